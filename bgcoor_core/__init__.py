@@ -1,0 +1,112 @@
+"""bg-coor: background tasks with pluggable brokers and storages, delivered at least once."""
+
+from ._broker import (
+    AtomicCompletion,
+    Broker,
+    Capability,
+    DeadLetter,
+    Message,
+    QueueStats,
+    Reservation,
+)
+from ._codec import Codec, Serializer
+from ._errors import (
+    BgcoorError,
+    CapabilityError,
+    ConfigurationError,
+    DecodeError,
+    DuplicateSchemeError,
+    DuplicateTaskError,
+    InvalidNameError,
+    InvalidTransitionError,
+    NonRetryableError,
+    PayloadError,
+    PayloadTooLargeError,
+    PluginError,
+    PluginLoadError,
+    ResultTimeoutError,
+    SettingsError,
+    StaleLeaseError,
+    TaskCancelledError,
+    TaskFailedError,
+    TaskNotFoundError,
+    TaskRegistrationError,
+    TaskTimeoutError,
+    UnknownSchemeError,
+    UnknownTaskError,
+)
+from ._executor import Executor
+from ._handlers import Handler
+from ._manager import TaskCall, TaskFunction, TaskHandle, TaskManager
+from ._plugins import PluginHost, build_plugin_host
+from ._pool import WorkerPool
+from ._registries import BackendContext, BrokerRegistry, SerializerRegistry, StorageRegistry
+from ._registry import TaskOptions, TaskRegistry
+from ._settings import Settings, load_settings
+from ._storage import Storage, check_write
+from ._task import ALLOWED_TRANSITIONS, Task, TaskStatus
+from .backends.memory import MemoryBroker, MemoryStorage
+from .hookspecs import hookimpl
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALLOWED_TRANSITIONS",
+    "AtomicCompletion",
+    "BackendContext",
+    "BgcoorError",
+    "Broker",
+    "BrokerRegistry",
+    "Capability",
+    "CapabilityError",
+    "Codec",
+    "ConfigurationError",
+    "DeadLetter",
+    "DecodeError",
+    "DuplicateSchemeError",
+    "DuplicateTaskError",
+    "Executor",
+    "Handler",
+    "InvalidNameError",
+    "InvalidTransitionError",
+    "MemoryBroker",
+    "MemoryStorage",
+    "Message",
+    "NonRetryableError",
+    "PayloadError",
+    "PayloadTooLargeError",
+    "PluginError",
+    "PluginHost",
+    "PluginLoadError",
+    "QueueStats",
+    "Reservation",
+    "ResultTimeoutError",
+    "Serializer",
+    "SerializerRegistry",
+    "Settings",
+    "SettingsError",
+    "StaleLeaseError",
+    "Storage",
+    "StorageRegistry",
+    "Task",
+    "TaskCall",
+    "TaskCancelledError",
+    "TaskFailedError",
+    "TaskFunction",
+    "TaskHandle",
+    "TaskManager",
+    "TaskNotFoundError",
+    "TaskOptions",
+    "TaskRegistrationError",
+    "TaskRegistry",
+    "TaskStatus",
+    "TaskTimeoutError",
+    "UnknownSchemeError",
+    "UnknownTaskError",
+    "WorkerPool",
+    "__version__",
+    "build_plugin_host",
+    "check_write",
+    "hookimpl",
+    "load_settings",
+]

@@ -1,0 +1,220 @@
+"""The broker contract: where tasks wait, are leased to workers and acknowledged.
+
+A backend implements a few abstract primitives; encoding, validation and capability
+checks live once here. Delivery is at-least-once: a reservation holds a *lease*; a task
+whose lease expires without ``ack`` is delivered again, and every call made with a lease
+token that is no longer current raises :class:`~bgcoor_core.StaleLeaseError`.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
+
+from ._codec import Codec
+from ._errors import CapabilityError, DecodeError
+from ._task import Task, validate_queue_name
+
+if TYPE_CHECKING:
+    from ._storage import Storage
+
+
+class Capability(enum.StrEnum):
+    """Optional abilities a backend declares; the conformance suite checks each one."""
+
+    PRIORITIES = "priorities"
+    DELAYS = "delays"
+    LEASE_EXTENSION = "lease_extension"
+    DEAD_LETTER = "dead_letter"
+    BATCH_RESERVE = "batch_reserve"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """An encoded task as the broker stores it. ``eta`` is a Unix timestamp."""
+
+    id: str
+    queue: str
+    body: bytes
+    priority: int = 0
+    eta: float | None = None
+
+
+@dataclass(slots=True)
+class Reservation:
+    """A task leased to one consumer.
+
+    ``deliveries`` counts every delivery including this one; ``lost`` counts the earlier
+    deliveries whose lease expired without ack or nack (the worker died or hung). When the
+    body could not be decoded, ``defect`` says why and ``task`` is a placeholder that only
+    carries the message id and queue, so the message can still be dead-lettered.
+    """
+
+    task: Task
+    token: str
+    deliveries: int = 1
+    lost: int = 0
+    defect: str | None = None
+
+    @property
+    def queue(self) -> str:
+        return self.task.queue
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message in a dead-letter queue and why it is there."""
+
+    id: str
+    queue: str
+    reason: str
+    task: Task | None
+    dead_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    ready: int = 0
+    scheduled: int = 0
+    reserved: int = 0
+    dead: int = 0
+
+
+class Broker(ABC):
+    """Base class of every broker. Subclasses implement the abstract primitives."""
+
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+
+    def __init__(self, codec: Codec) -> None:
+        self.codec = codec
+
+    # -- producing ---------------------------------------------------------------------
+
+    async def push(self, task: Task) -> None:
+        """Enqueue one task (delivered no earlier than ``task.eta``)."""
+        await self.push_messages([self.to_message(task)])
+
+    async def push_many(self, tasks: Sequence[Task]) -> None:
+        """Enqueue several tasks in as few round trips as the backend allows."""
+        await self.push_messages([self.to_message(t) for t in tasks])
+
+    def to_message(self, task: Task) -> Message:
+        """Validate and encode ``task`` (capabilities, queue name, size limit)."""
+        validate_queue_name(task.queue)
+        if task.priority and Capability.PRIORITIES not in self.capabilities:
+            raise CapabilityError(
+                f"{type(self).__name__} does not support priorities (task {task.name!r} "
+                f"has priority {task.priority})"
+            )
+        eta = task.eta.timestamp() if task.eta is not None else None
+        if eta is not None and Capability.DELAYS not in self.capabilities:
+            raise CapabilityError(f"{type(self).__name__} does not support delayed tasks")
+        return Message(task.id, task.queue, self.codec.encode(task), task.priority, eta)
+
+    @abstractmethod
+    async def push_messages(self, messages: Sequence[Message]) -> None:
+        """Store already-encoded messages. Also how tests inject raw, malformed bodies."""
+
+    # -- consuming ---------------------------------------------------------------------
+
+    @abstractmethod
+    async def reserve(
+        self, queues: Sequence[str], *, lease: float, limit: int = 1, timeout: float = 0.0
+    ) -> list[Reservation]:
+        """Lease up to ``limit`` ready tasks, waiting up to ``timeout`` seconds for one.
+
+        Earlier queues in ``queues`` are served first; within a queue higher priority
+        first, FIFO within a priority. Returns ``[]`` when nothing became ready in time.
+        A backend without :attr:`Capability.BATCH_RESERVE` may return a single task.
+        """
+
+    @abstractmethod
+    async def ack(self, reservation: Reservation) -> None:
+        """Remove the task for good. Stale token: :class:`StaleLeaseError`."""
+
+    @abstractmethod
+    async def nack(
+        self, reservation: Reservation, *, delay: float = 0.0, task: Task | None = None
+    ) -> None:
+        """Give the task back, ready again after ``delay`` seconds.
+
+        With ``task`` the stored message is replaced by it (a retry carries its updated
+        attempt count and error). A nack is a deliberate hand-back: it does not count as
+        a lost delivery.
+        """
+
+    async def extend(self, reservation: Reservation, lease: float) -> None:
+        """Push the lease deadline to ``lease`` seconds from now."""
+        raise CapabilityError(f"{type(self).__name__} cannot extend leases")
+
+    async def dead_letter(
+        self, reservation: Reservation, reason: str, task: Task | None = None
+    ) -> None:
+        """Move the task to its queue's dead-letter queue with ``reason``."""
+        raise CapabilityError(f"{type(self).__name__} has no dead-letter queue")
+
+    async def dead_letters(
+        self, queue: str, *, limit: int = 100, offset: int = 0
+    ) -> list[DeadLetter]:
+        """The dead-letter queue of ``queue``, oldest first."""
+        raise CapabilityError(f"{type(self).__name__} has no dead-letter queue")
+
+    async def requeue_dead(self, queue: str, ids: Sequence[str] | None = None) -> list[str]:
+        """Move dead letters (all, or those in ``ids``) back to ``queue``; return their ids."""
+        raise CapabilityError(f"{type(self).__name__} has no dead-letter queue")
+
+    async def purge_dead(self, queue: str) -> int:
+        """Delete the dead letters of ``queue``; return how many."""
+        raise CapabilityError(f"{type(self).__name__} has no dead-letter queue")
+
+    # -- inspecting --------------------------------------------------------------------
+
+    @abstractmethod
+    async def stats(self, queue: str) -> QueueStats:
+        """Counts of ready, scheduled (eta in the future), reserved and dead messages."""
+
+    async def queue_length(self, queue: str) -> int:
+        """Messages waiting in ``queue``: ready plus scheduled."""
+        stats = await self.stats(queue)
+        return stats.ready + stats.scheduled
+
+    @abstractmethod
+    async def purge(self, queue: str) -> int:
+        """Delete every waiting (not reserved) message in ``queue``; return how many."""
+
+    @abstractmethod
+    async def queues(self) -> list[str]:
+        """Names of queues that hold or held messages."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook with a sensible default
+        """Release connections. The broker must not be used afterwards."""
+
+    # -- helpers for implementations ---------------------------------------------------
+
+    def decode(self, message_id: str, queue: str, body: bytes) -> tuple[Task, str | None]:
+        """Decode a body; on failure return a placeholder task and the reason."""
+        try:
+            return self.codec.decode(body), None
+        except DecodeError as exc:
+            return Task.model_construct(id=message_id, name="<malformed>", queue=queue), str(exc)
+
+    def require(self, capability: Capability, what: str) -> None:
+        if capability not in self.capabilities:
+            raise CapabilityError(f"{what} needs {capability}, which {type(self).__name__} lacks")
+
+
+@runtime_checkable
+class AtomicCompletion(Protocol):
+    """Optional: a backend that is broker and storage at once stores a task's outcome and
+    acks it in one step, refused (:class:`StaleLeaseError`) for a stale lease token."""
+
+    def completes_into(self, storage: Storage) -> bool:
+        """True when ``storage`` is the store this broker writes outcomes into."""
+        ...
+
+    async def complete(
+        self, reservation: Reservation, task: Task, *, ttl: float | None
+    ) -> None: ...

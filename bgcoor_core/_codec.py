@@ -1,0 +1,104 @@
+"""Turning tasks into message bodies and back.
+
+A body is ``<content type> b"\\n" <serialised task>``. The content type names the
+serializer; a body whose content type is not accepted is refused *before* it is parsed,
+which is what keeps a pickle payload from ever being unpickled unless pickle was
+explicitly enabled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import ValidationError
+
+from ._errors import DecodeError, PayloadError, PayloadTooLargeError
+from ._task import Task
+
+JSON = "application/json"
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+
+
+@runtime_checkable
+class Serializer(Protocol):
+    """Turns plain data (dicts, lists, strings, numbers) into bytes and back."""
+
+    content_type: str
+
+    def dumps(self, data: Any) -> bytes: ...
+
+    def loads(self, raw: bytes) -> Any: ...
+
+
+class Codec:
+    """Encodes tasks with one serializer and decodes any *accepted* content type."""
+
+    def __init__(
+        self,
+        serializers: Mapping[str, Serializer],
+        *,
+        content_type: str = JSON,
+        accept: Iterable[str] = (JSON,),
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    ) -> None:
+        accept = frozenset(accept) | {content_type}
+        missing = sorted(ct for ct in accept if ct not in serializers)
+        if missing:
+            raise PayloadError(
+                f"no serializer for content type(s) {', '.join(missing)}; "
+                f"available: {', '.join(sorted(serializers))}"
+            )
+        self.content_type = content_type
+        self.max_payload_bytes = max_payload_bytes
+        self._serializer = serializers[content_type]
+        self._accepted = {ct: serializers[ct] for ct in accept}
+        self._prefix = content_type.encode() + b"\n"
+
+    def encode(self, task: Task) -> bytes:
+        """Serialise ``task``; raises :class:`PayloadError` naming what cannot be encoded."""
+        try:
+            if self.content_type == JSON:
+                body = task.model_dump_json().encode()
+            else:
+                body = self._serializer.dumps(task.model_dump(mode="json"))
+        except (TypeError, ValueError) as exc:
+            raise PayloadError(f"task {task.name!r} cannot be serialised: {exc}") from exc
+        data = self._prefix + body
+        if len(data) > self.max_payload_bytes:
+            raise PayloadTooLargeError(
+                f"task {task.name!r} is {len(data)} bytes encoded, above the limit of "
+                f"{self.max_payload_bytes} bytes (max_payload_bytes)"
+            )
+        return data
+
+    def decode(self, data: bytes) -> Task:
+        """Parse a body made by :meth:`encode`; raises :class:`DecodeError` saying why not."""
+        content_type, sep, body = data.partition(b"\n")
+        if not sep:
+            raise DecodeError("malformed message: no content-type header")
+        try:
+            ct = content_type.decode("ascii")
+        except UnicodeDecodeError:
+            raise DecodeError("malformed message: content type is not ASCII") from None
+        serializer = self._accepted.get(ct)
+        if serializer is None:
+            raise DecodeError(
+                f"refused message with content type {ct[:60]!r}: accepted are "
+                f"{', '.join(sorted(self._accepted))}"
+            )
+        try:
+            if ct == JSON:
+                return Task.model_validate_json(body)
+            return Task.model_validate(serializer.loads(body))
+        except ValidationError as exc:
+            raise DecodeError(f"malformed message: {_summarise(exc)}") from None
+        except Exception as exc:
+            raise DecodeError(f"malformed message: {type(exc).__name__}: {exc}") from None
+
+
+def _summarise(exc: ValidationError) -> str:
+    errors = exc.errors(include_url=False)
+    parts = [f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in errors[:3]]
+    more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
+    return "; ".join(parts) + more

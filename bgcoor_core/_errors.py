@@ -1,0 +1,120 @@
+"""Every error bg-coor raises on purpose derives from :class:`BgcoorError`."""
+
+from __future__ import annotations
+
+
+class BgcoorError(Exception):
+    """Base class of all bg-coor errors."""
+
+
+class ConfigurationError(BgcoorError):
+    """Settings, URLs or options that cannot work together."""
+
+
+class SettingsError(ConfigurationError):
+    """A ``BGCOOR_*`` setting is invalid; the message names the variable."""
+
+
+class UnknownSchemeError(ConfigurationError):
+    """No plugin provides a backend for the URL scheme."""
+
+
+class CapabilityError(ConfigurationError):
+    """An option needs a capability the chosen backend does not declare."""
+
+
+class PluginError(BgcoorError):
+    """A plugin could not be loaded or conflicts with another."""
+
+
+class PluginLoadError(PluginError):
+    """A plugin failed to import; names the entry point and its distribution."""
+
+    def __init__(self, name: str, distribution: str, cause: BaseException) -> None:
+        self.name = name
+        self.distribution = distribution
+        self.cause = cause
+        super().__init__(
+            f"plugin {name!r} from distribution {distribution!r} failed to load: "
+            f"{type(cause).__name__}: {cause}"
+        )
+
+
+class DuplicateSchemeError(PluginError):
+    """Two plugins claim the same URL scheme."""
+
+
+class TaskRegistrationError(BgcoorError):
+    """A task name is invalid or registered twice."""
+
+
+class UnknownTaskError(BgcoorError, LookupError):
+    """No handler is registered under the name."""
+
+    def __init__(self, name: str, known: list[str] | None = None) -> None:
+        self.name = name
+        hint = f"; registered tasks: {', '.join(sorted(known))}" if known else ""
+        super().__init__(f"unknown task {name!r}{hint}")
+
+
+class TaskNotFoundError(BgcoorError, LookupError):
+    """No record exists (or it expired) for the task id."""
+
+
+class PayloadError(BgcoorError, ValueError):
+    """A payload or result cannot be serialised, or does not fit the task's signature."""
+
+
+class PayloadTooLargeError(PayloadError):
+    """An encoded task is larger than ``max_payload_bytes``."""
+
+
+class InvalidNameError(BgcoorError, ValueError):
+    """A queue or task name outside the allowed character set or length."""
+
+
+class DecodeError(BgcoorError):
+    """A stored message or record cannot be decoded into a task."""
+
+
+class InvalidTransitionError(BgcoorError):
+    """A status change that the task life cycle does not allow."""
+
+
+class StaleLeaseError(BgcoorError):
+    """The lease behind a reservation expired and the task was (or may be) delivered again.
+
+    Raised for ack, nack, extend, dead-letter and outcome writes made with a lease token
+    that is no longer current, so a paused worker cannot overwrite a newer attempt.
+    """
+
+
+class TaskFailedError(BgcoorError):
+    """Raised by ``TaskHandle.result()`` when the task ended in ``failed`` or ``dead``."""
+
+    def __init__(self, task_id: str, status: str, error: str | None, traceback: str | None):
+        self.task_id = task_id
+        self.status = status
+        self.error = error
+        self.traceback = traceback
+        super().__init__(f"task {task_id} ended {status}: {error}")
+
+
+class TaskCancelledError(BgcoorError):
+    """Raised by ``TaskHandle.result()`` when the task was cancelled."""
+
+
+class ResultTimeoutError(BgcoorError, TimeoutError):
+    """The task did not reach a final state within the timeout."""
+
+
+class NonRetryableError(BgcoorError):
+    """Raise from a task to fail it at once, without retries."""
+
+
+class TaskTimeoutError(BgcoorError, TimeoutError):
+    """A task ran longer than its ``timeout``."""
+
+
+class DuplicateTaskError(BgcoorError):
+    """A task with this id is already waiting or reserved in the broker."""

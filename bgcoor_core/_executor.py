@@ -1,0 +1,243 @@
+"""Executor: runs one reserved task and settles it.
+
+The order of a task's life is fixed: mark running, run the handler, store the outcome,
+*then* ack (or nack for a retry, or dead-letter). A worker that dies anywhere before the
+ack leaves the task to be delivered again when its lease expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic_core import PydanticSerializationError, to_jsonable_python
+
+from ._broker import AtomicCompletion, Broker, Capability, Reservation
+from ._errors import (
+    InvalidTransitionError,
+    NonRetryableError,
+    PayloadError,
+    StaleLeaseError,
+    TaskTimeoutError,
+    UnknownTaskError,
+)
+from ._plugins import PluginHost
+from ._registry import RegisteredTask, TaskRegistry
+from ._settings import Settings
+from ._storage import Storage
+from ._task import Task, TaskStatus
+
+log = logging.getLogger("bgcoor.executor")
+
+
+def backoff_delay(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff with equal jitter: a delay in ``[d/2, d]``, ``d = base * 2**(attempt-1)``
+    capped at ``cap``."""
+    ceiling = min(cap, base * 2 ** max(attempt - 1, 0))
+    return float(ceiling / 2 + random.uniform(0, ceiling / 2))
+
+
+class Executor:
+    """Runs reserved tasks against a registry, storing outcomes before acknowledging."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        storage: Storage,
+        registry: TaskRegistry,
+        settings: Settings,
+        *,
+        host: PluginHost | None = None,
+        threads: ThreadPoolExecutor | None = None,
+    ) -> None:
+        self.broker = broker
+        self.storage = storage
+        self.registry = registry
+        self.settings = settings
+        self.host = host
+        self.threads = threads
+        self._atomic = isinstance(broker, AtomicCompletion) and broker.completes_into(storage)
+        self._final_ttl = settings.result_ttl
+
+    async def execute(self, reservation: Reservation) -> None:
+        """Run one reservation to a settled state. Never raises for task failures."""
+        task = reservation.task
+        if reservation.defect is not None:
+            await self._reject(reservation, reservation.defect)
+            return
+        try:
+            entry = self.registry.get(task.name)
+        except UnknownTaskError as exc:
+            await self._dead(reservation, task, str(exc))
+            return
+        if reservation.lost > self.settings.max_worker_lost:
+            reason = (
+                f"worker_lost: the worker died {reservation.lost} times while running it "
+                f"(limit {self.settings.max_worker_lost})"
+            )
+            await self._dead(reservation, task, reason)
+            return
+        if not await self._mark_running(reservation, task):
+            return
+        try:
+            result = await self._run(entry, task)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._hand_back(reservation))
+            raise
+        except Exception as exc:
+            await self._failed(reservation, task, entry, exc)
+            return
+        task.status = TaskStatus.SUCCEEDED
+        task.result = result
+        task.error = task.traceback = None
+        task.finished_at = datetime.now(UTC)
+        if await self._settle(reservation, task) and self.host:
+            self.host.task_succeeded(task)
+
+    async def _mark_running(self, reservation: Reservation, task: Task) -> bool:
+        task.status = TaskStatus.RUNNING
+        task.attempts += 1
+        task.started_at = datetime.now(UTC)
+        task.finished_at = None
+        task.lease_token = reservation.token
+        try:
+            await self.storage.save(task)
+        except InvalidTransitionError:
+            # Already final (a zombie stored it first, or it was cancelled): nothing to run.
+            log.info("task %s is already settled; acknowledging the extra delivery", task.id)
+            await self._ack_quietly(reservation)
+            return False
+        if self.host:
+            self.host.task_started(task)
+        return True
+
+    async def _run(self, entry: RegisteredTask, task: Task) -> Any:
+        timeout = task.timeout or entry.options.timeout or self.settings.timeout
+        try:
+            async with asyncio.timeout(timeout):
+                if entry.is_async:
+                    result = await entry.handler.run(task.payload)
+                else:
+                    loop = asyncio.get_running_loop()
+                    result = await loop.run_in_executor(
+                        self.threads, entry.handler.run, task.payload
+                    )
+        except TimeoutError as exc:
+            raise TaskTimeoutError(
+                f"task {task.name!r} exceeded its timeout of {timeout}s"
+            ) from exc
+        try:
+            return to_jsonable_python(result)
+        except PydanticSerializationError as exc:
+            raise PayloadError(
+                f"task {task.name!r} returned an unserialisable result: {exc}"
+            ) from None
+
+    async def _failed(
+        self, reservation: Reservation, task: Task, entry: RegisteredTask, exc: Exception
+    ) -> None:
+        task.error = f"{type(exc).__name__}: {exc}"
+        task.traceback = "".join(traceback.format_exception(exc))
+        if isinstance(exc, PayloadError):
+            await self._dead(reservation, task, f"bad payload: {exc}", owned=True)
+        elif isinstance(exc, NonRetryableError) or not isinstance(exc, entry.options.retry_on):
+            task.status = TaskStatus.FAILED
+            task.finished_at = datetime.now(UTC)
+            if await self._settle(reservation, task) and self.host:
+                self.host.task_failed(task)
+        elif task.attempts <= task.max_retries:
+            await self._retry(reservation, task, entry)
+        else:
+            reason = f"max_retries exceeded ({task.max_retries})"
+            await self._dead(reservation, task, reason, owned=True)
+
+    async def _retry(self, reservation: Reservation, task: Task, entry: RegisteredTask) -> None:
+        opts = entry.options
+        delay = backoff_delay(
+            task.attempts,
+            self.settings.retry_backoff if opts.retry_backoff is None else opts.retry_backoff,
+            self.settings.retry_backoff_max
+            if opts.retry_backoff_max is None
+            else opts.retry_backoff_max,
+        )
+        task.status = TaskStatus.RETRYING
+        try:
+            await self.storage.save(task)
+            await self.broker.nack(reservation, delay=delay, task=task)
+        except (StaleLeaseError, InvalidTransitionError) as exc:
+            log.warning("task %s: retry not recorded: %s", task.id, exc)
+            return
+        if self.host:
+            self.host.task_retrying(task, delay)
+
+    async def _dead(
+        self, reservation: Reservation, task: Task, reason: str, *, owned: bool = False
+    ) -> None:
+        """Store ``dead`` and move the message to the dead-letter queue.
+
+        ``owned``: the record was marked running under this reservation's lease, so the
+        write is checked against that lease; otherwise only the transition is checked.
+        """
+        task.lease_token = reservation.token if owned else None
+        task.status = TaskStatus.DEAD
+        task.error = task.error or reason
+        task.finished_at = datetime.now(UTC)
+        log.warning("task %s (%s) dead-lettered: %s", task.id, task.name, reason)
+        try:
+            await self.storage.save(task, ttl=self._final_ttl)
+        except StaleLeaseError as exc:
+            log.warning("%s", exc)
+            return
+        except InvalidTransitionError:
+            await self._ack_quietly(reservation)
+            return
+        if Capability.DEAD_LETTER in self.broker.capabilities:
+            await self._quietly(self.broker.dead_letter(reservation, reason, task))
+        else:
+            await self._ack_quietly(reservation)
+        if self.host:
+            self.host.task_dead_lettered(task, reason)
+
+    async def _reject(self, reservation: Reservation, defect: str) -> None:
+        """A body that could not be decoded: dead-letter it as it is, never run it."""
+        log.error("message %s dead-lettered: %s", reservation.task.id, defect)
+        if Capability.DEAD_LETTER in self.broker.capabilities:
+            await self._quietly(self.broker.dead_letter(reservation, defect))
+        else:
+            await self._ack_quietly(reservation)
+
+    async def _settle(self, reservation: Reservation, task: Task) -> bool:
+        """Store a final outcome and ack; False when a stale lease made it moot."""
+        try:
+            if self._atomic:
+                await self.broker.complete(  # type: ignore[attr-defined]
+                    reservation, task, ttl=self._final_ttl
+                )
+                return True
+            await self.storage.save(task, ttl=self._final_ttl)
+        except StaleLeaseError as exc:
+            log.warning("%s", exc)
+            return False
+        except InvalidTransitionError as exc:
+            log.info("%s; acknowledging", exc)
+            await self._ack_quietly(reservation)
+            return False
+        await self._ack_quietly(reservation)
+        return True
+
+    async def _hand_back(self, reservation: Reservation) -> None:
+        await self._quietly(self.broker.nack(reservation))
+
+    async def _ack_quietly(self, reservation: Reservation) -> None:
+        await self._quietly(self.broker.ack(reservation))
+
+    async def _quietly(self, call: Any) -> None:
+        try:
+            await call
+        except StaleLeaseError as exc:
+            log.warning("%s", exc)

@@ -1,0 +1,43 @@
+"""Time-sortable task ids (UUID version 7, RFC 9562)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+
+_lock = threading.Lock()
+_last_ms = 0
+_last_tail = 0
+_TAIL_BITS = 74  # 12 bits rand_a + 62 bits rand_b
+_TAIL_MASK = (1 << _TAIL_BITS) - 1
+
+
+def uuid7() -> uuid.UUID:
+    """Return a UUIDv7 that sorts after every id made earlier in this process.
+
+    Within one millisecond the 74 random bits are incremented instead of redrawn
+    (RFC 9562, method 2), so ids made in a tight loop stay ordered.
+    """
+    global _last_ms, _last_tail
+    with _lock:
+        ms = time.time_ns() // 1_000_000
+        if ms > _last_ms:
+            _last_ms = ms
+            _last_tail = int.from_bytes(os.urandom(10), "big") & (_TAIL_MASK >> 1)
+        else:
+            _last_tail = (_last_tail + 1) & _TAIL_MASK
+            ms = _last_ms
+        tail = _last_tail
+    value = (ms & 0xFFFF_FFFF_FFFF) << 80
+    value |= 0x7 << 76  # version
+    value |= (tail >> 62) << 64  # rand_a (12 bits)
+    value |= 0b10 << 62  # variant
+    value |= tail & ((1 << 62) - 1)  # rand_b
+    return uuid.UUID(int=value)
+
+
+def new_task_id() -> str:
+    """A new task id as its canonical string form."""
+    return str(uuid7())

@@ -1,0 +1,467 @@
+"""TaskManager: the front door. Decorate functions, enqueue them, await their results."""
+
+from __future__ import annotations
+
+import contextlib
+import typing
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from pydantic import TypeAdapter
+
+from ._broker import Broker
+from ._errors import (
+    ResultTimeoutError,
+    TaskCancelledError,
+    TaskFailedError,
+    TaskNotFoundError,
+)
+from ._executor import Executor
+from ._handlers import FunctionHandler
+from ._plugins import PluginHost, build_plugin_host
+from ._pool import WorkerPool, check_capabilities
+from ._portal import Portal
+from ._registry import RegisteredTask, TaskOptions, TaskRegistry
+from ._settings import Settings, load_settings
+from ._storage import Storage
+from ._task import Task, TaskStatus, validate_queue_name
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class TaskHandle(Generic[R]):
+    """A reference to an enqueued task: its id, status and eventual result."""
+
+    def __init__(
+        self, manager: TaskManager, task_id: str, decode: Callable[[Any], R] | None = None
+    ) -> None:
+        self.manager = manager
+        self.id = task_id
+        self._decode = decode
+
+    def __repr__(self) -> str:
+        return f"TaskHandle({self.id!r})"
+
+    async def result(self, timeout: float | None = None) -> R:
+        """Wait for the task to finish and return its result.
+
+        Raises :class:`TaskFailedError` (failed or dead, with the error and traceback),
+        :class:`TaskCancelledError`, or :class:`ResultTimeoutError`.
+        """
+        task = await self.manager.storage.wait(self.id, timeout=timeout)
+        return self._unwrap(task)
+
+    def _unwrap(self, task: Task) -> R:
+        if task.status is TaskStatus.SUCCEEDED:
+            return self._decode(task.result) if self._decode else task.result
+        if task.status is TaskStatus.CANCELLED:
+            raise TaskCancelledError(f"task {task.id} was cancelled")
+        raise TaskFailedError(task.id, task.status, task.error, task.traceback)
+
+    async def info(self) -> Task:
+        """The full task record."""
+        return await self.manager.get(self.id)
+
+    async def status(self) -> TaskStatus:
+        return (await self.info()).status
+
+    async def cancel(self) -> bool:
+        return await self.manager.cancel(self.id)
+
+    def result_sync(self, timeout: float | None = None) -> R:
+        """:meth:`result` for synchronous code."""
+        return self.manager.portal.call(self.result(timeout))
+
+
+class TaskCall(Generic[P, R]):
+    """A task function with per-call options: ``await add.options(delay=5).enqueue(1, 2)``."""
+
+    def __init__(self, fn: TaskFunction[P, R], overrides: dict[str, Any]) -> None:
+        self._fn = fn
+        self._overrides = overrides
+
+    async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
+        return await self._fn.manager.submit_with_handle(
+            self._fn.build(args, kwargs, **self._overrides), self._fn.decode_result
+        )
+
+    def enqueue_sync(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
+        return self._fn.manager.portal.call(self.enqueue(*args, **kwargs))
+
+
+class TaskFunction(Generic[P, R]):
+    """What ``@manager.task`` returns: still callable directly, plus ``enqueue``."""
+
+    def __init__(self, manager: TaskManager, fn: Callable[P, Any], entry: RegisteredTask):
+        self.manager = manager
+        self.fn = fn
+        self.entry = entry
+        self.name = entry.name
+        handler = entry.handler
+        assert isinstance(handler, FunctionHandler)
+        self._handler = handler
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+        self.decode_result = _result_decoder(fn)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def build(
+        self,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        delay: float | None = None,
+        eta: datetime | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+    ) -> Task:
+        """Validate the arguments here, in the caller, and build the task."""
+        opts = self.entry.options
+        if delay is not None:
+            eta = datetime.now(UTC) + timedelta(seconds=delay)
+        settings = self.manager.settings
+        return Task(
+            name=self.name,
+            payload=self._handler.encode_arguments(args, kwargs),
+            queue=validate_queue_name(queue or opts.queue),
+            priority=opts.priority if priority is None else priority,
+            eta=eta,
+            max_retries=_first(max_retries, opts.max_retries, settings.max_retries),
+            timeout=timeout if timeout is not None else opts.timeout,
+            status=TaskStatus.SCHEDULED if eta is not None else TaskStatus.PENDING,
+        )
+
+    async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
+        """Enqueue a call; arguments are checked against the signature first."""
+        return await self.manager.submit_with_handle(self.build(args, kwargs), self.decode_result)
+
+    async def enqueue_many(self, calls: Iterable[Sequence[Any]]) -> list[TaskHandle[R]]:
+        """Enqueue one task per tuple of positional arguments, in one batch."""
+        tasks = [self.build(args, {}) for args in calls]
+        await self.manager.submit_many(tasks)
+        return [TaskHandle(self.manager, t.id, self.decode_result) for t in tasks]
+
+    def options(
+        self,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        delay: float | None = None,
+        eta: datetime | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+    ) -> TaskCall[P, R]:
+        overrides = {
+            "queue": queue,
+            "priority": priority,
+            "delay": delay,
+            "eta": eta,
+            "max_retries": max_retries,
+            "timeout": timeout,
+        }
+        return TaskCall(self, overrides)
+
+    def enqueue_sync(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
+        """:meth:`enqueue` for synchronous code (runs on the manager's private loop)."""
+        return self.manager.portal.call(self.enqueue(*args, **kwargs))
+
+
+def _first(*values: int | None) -> int:
+    for value in values:
+        if value is not None:
+            return value
+    raise AssertionError("unreachable: settings always provide a default")
+
+
+def _result_decoder(fn: Callable[..., Any]) -> Callable[[Any], Any] | None:
+    try:
+        hint = typing.get_type_hints(fn).get("return")
+    except Exception:
+        return None
+    if hint is None or hint is Any or hint is type(None):
+        return None
+    adapter: TypeAdapter[Any] = TypeAdapter(hint)
+    return adapter.validate_python
+
+
+class TaskManager:
+    """Registers tasks, enqueues them, and runs in-process workers.
+
+    ``TaskManager()`` reads ``BGCOOR_*`` settings; keyword arguments override them, e.g.
+    ``TaskManager(broker_url="memory://", storage_url="memory://")``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        registry: TaskRegistry | None = None,
+        plugins: Iterable[object] = (),
+        **overrides: Any,
+    ) -> None:
+        self.settings = settings or load_settings(**overrides)
+        self.registry = registry or TaskRegistry()
+        self._plugins = list(plugins)
+        self._host: PluginHost | None = None
+        self._backends: tuple[Broker, Storage] | None = None
+        self._portal: Portal | None = None
+
+    # -- wiring ------------------------------------------------------------------------
+
+    @property
+    def host(self) -> PluginHost:
+        if self._host is None:
+            self._host = build_plugin_host(
+                plugins=self._plugins, disabled=self.settings.disable_plugins
+            )
+            self._host.register_tasks(self.registry)
+        return self._host
+
+    def _ensure_backends(self) -> tuple[Broker, Storage]:
+        if self._backends is None:
+            broker, storage = self.host.make_backends(self.settings)
+            check_capabilities(broker, self.registry)
+            self._backends = broker, storage
+        return self._backends
+
+    @property
+    def broker(self) -> Broker:
+        return self._ensure_backends()[0]
+
+    @property
+    def storage(self) -> Storage:
+        return self._ensure_backends()[1]
+
+    @property
+    def portal(self) -> Portal:
+        if self._portal is None:
+            self._portal = Portal()
+        return self._portal
+
+    # -- registering -------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[P, Awaitable[R]], /) -> TaskFunction[P, R]: ...
+    @overload
+    def task(self, fn: Callable[P, R], /) -> TaskFunction[P, R]: ...
+    @overload
+    def task(
+        self,
+        *,
+        name: str | None = ...,
+        max_retries: int | None = ...,
+        timeout: float | None = ...,
+        queue: str = ...,
+        priority: int = ...,
+        retry_backoff: float | None = ...,
+        retry_on: tuple[type[BaseException], ...] = ...,
+    ) -> _TaskDecorator: ...
+
+    def task(  # type: ignore[misc]  # the bare and the configured form share one body
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        queue: str = "default",
+        priority: int = 0,
+        retry_backoff: float | None = None,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+    ) -> Any:
+        """Register a function as a task: ``@manager.task`` or ``@manager.task(max_retries=3)``."""
+        options = TaskOptions(
+            max_retries=max_retries,
+            timeout=timeout,
+            queue=queue,
+            priority=priority,
+            retry_backoff=retry_backoff,
+            retry_on=retry_on,
+        )
+
+        def register(func: Callable[..., Any]) -> TaskFunction[Any, Any]:
+            task_name = name or f"{func.__module__}.{func.__qualname__}".replace(".<locals>", "")
+            entry = self.registry.register(task_name, func, options)
+            if self._backends is not None:
+                check_capabilities(self._backends[0], self.registry)
+            return TaskFunction(self, func, entry)
+
+        return register(fn) if fn is not None else _TaskDecorator(register)
+
+    # -- producing ---------------------------------------------------------------------
+
+    async def submit(self, task: Task) -> TaskHandle[Any]:
+        """Enqueue a ready-made :class:`Task` (its record is stored first)."""
+        return await self.submit_with_handle(task, None)
+
+    async def submit_with_handle(
+        self, task: Task, decode: Callable[[Any], R] | None
+    ) -> TaskHandle[R]:
+        broker, storage = self._ensure_backends()
+        message = broker.to_message(task)  # validates before anything is stored
+        await storage.save(task)
+        await broker.push_messages([message])
+        self.host.task_enqueued(task)
+        return TaskHandle(self, task.id, decode)
+
+    async def submit_many(self, tasks: Sequence[Task]) -> None:
+        broker, storage = self._ensure_backends()
+        messages = [broker.to_message(t) for t in tasks]
+        for task in tasks:
+            await storage.save(task)
+        await broker.push_messages(messages)
+        for task in tasks:
+            self.host.task_enqueued(task)
+
+    async def enqueue(self, name: str, *args: Any, **kwargs: Any) -> TaskHandle[Any]:
+        """Enqueue a task by name (it must be registered in this process)."""
+        entry = self.registry.get(name)
+        assert isinstance(entry.handler, FunctionHandler)
+        payload = entry.handler.encode_arguments(args, kwargs)
+        opts = entry.options
+        max_retries = (
+            opts.max_retries if opts.max_retries is not None else self.settings.max_retries
+        )
+        task = Task(
+            name=name,
+            payload=payload,
+            queue=opts.queue,
+            priority=opts.priority,
+            max_retries=max_retries,
+            timeout=opts.timeout,
+        )
+        return await self.submit(task)
+
+    # -- inspecting and changing -------------------------------------------------------
+
+    def handle(self, task_id: str) -> TaskHandle[Any]:
+        return TaskHandle(self, task_id)
+
+    async def get(self, task_id: str) -> Task:
+        task = await self.storage.get(task_id)
+        if task is None:
+            raise TaskNotFoundError(f"no task with id {task_id!r} (unknown or expired)")
+        return task
+
+    async def cancel(self, task_id: str) -> bool:
+        """Cancel a task that has not finished. A running task's outcome will be dropped."""
+        task = await self.get(task_id)
+        if task.status.is_final:
+            return False
+        task.status = TaskStatus.CANCELLED
+        task.finished_at = datetime.now(UTC)
+        task.lease_token = None
+        await self.storage.save(task, ttl=self.settings.result_ttl)
+        self.host.task_cancelled(task)
+        return True
+
+    async def requeue_dead(self, queue: str, ids: Sequence[str] | None = None) -> list[str]:
+        """Put dead letters back in their queue for one more attempt each."""
+        broker, storage = self._ensure_backends()
+        letters = await broker.dead_letters(queue, limit=1_000_000)
+        wanted = {letter.id for letter in letters if ids is None or letter.id in ids}
+        for letter in letters:
+            if letter.id in wanted and letter.task is not None:
+                record = await storage.get(letter.id) or letter.task
+                record.status, record.lease_token = TaskStatus.PENDING, None
+                await storage.save(record)
+        return await broker.requeue_dead(queue, sorted(wanted))
+
+    # -- running -----------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def worker(
+        self, concurrency: int | None = None, *, queues: Sequence[str] | None = None
+    ) -> AsyncIterator[WorkerPool]:
+        """An in-process worker pool, running for the duration of the ``async with``."""
+        broker, storage = self._ensure_backends()
+        pool = WorkerPool(
+            broker,
+            storage,
+            self.registry,
+            concurrency,
+            settings=self.settings,
+            host=self.host,
+            queues=queues,
+        )
+        await pool.start()
+        try:
+            yield pool
+        finally:
+            await pool.shutdown()
+
+    async def drain(
+        self, *, queues: Sequence[str] | None = None, raise_errors: bool = False
+    ) -> int:
+        """Run everything ready in the queues, one at a time, in this task; return how many.
+
+        For tests: with ``raise_errors`` the first task that does not succeed raises its
+        error here (:class:`TaskFailedError` carrying the traceback).
+        """
+        broker, storage = self._ensure_backends()
+        executor = Executor(broker, storage, self.registry, self.settings, host=self.host)
+        count = 0
+        while batch := await broker.reserve(
+            list(queues or self.settings.queues), lease=self.settings.lease_seconds, limit=100
+        ):
+            for reservation in batch:
+                await executor.execute(reservation)
+                count += 1
+                if raise_errors:
+                    await self._raise_if_failed(reservation.task.id)
+        return count
+
+    async def _raise_if_failed(self, task_id: str) -> None:
+        task = await self.storage.get(task_id)
+        if task is not None and task.status in (
+            TaskStatus.RETRYING,
+            TaskStatus.FAILED,
+            TaskStatus.DEAD,
+        ):
+            raise TaskFailedError(task.id, task.status, task.error, task.traceback)
+
+    async def close(self) -> None:
+        """Close the broker and storage (and the private loop of the sync API)."""
+        await self._close_backends()
+        self._close_portal()
+
+    def close_sync(self) -> None:
+        """:meth:`close` for synchronous code."""
+        if self._backends is not None:
+            self.portal.call(self._close_backends())
+        self._close_portal()
+
+    async def _close_backends(self) -> None:
+        if self._backends is not None:
+            broker, storage = self._backends
+            self._backends = None
+            await broker.close()
+            if storage is not broker:  # type: ignore[comparison-overlap]
+                await storage.close()
+
+    def _close_portal(self) -> None:
+        if self._portal is not None:
+            self._portal.close()
+            self._portal = None
+
+
+class _TaskDecorator:
+    def __init__(self, register: Callable[[Callable[..., Any]], TaskFunction[Any, Any]]):
+        self._register = register
+
+    @overload
+    def __call__(self, fn: Callable[P, Awaitable[R]], /) -> TaskFunction[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> TaskFunction[P, R]: ...
+    def __call__(self, fn: Callable[..., Any], /) -> TaskFunction[Any, Any]:
+        return self._register(fn)
+
+
+__all__ = ["ResultTimeoutError", "TaskCall", "TaskFunction", "TaskHandle", "TaskManager"]

@@ -1,0 +1,239 @@
+"""Building the plugin manager, and the one typed facade the core calls hooks through."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from . import hookspecs as _hookspecs
+from ._codec import Codec
+from ._errors import BgcoorError, PluginError, PluginLoadError
+from ._registries import (
+    BackendContext,
+    BrokerRegistry,
+    SerializerRegistry,
+    StorageRegistry,
+    redact,
+)
+
+if TYPE_CHECKING:
+    from ._broker import Broker
+    from ._registry import TaskRegistry
+    from ._settings import Settings
+    from ._storage import Storage
+    from ._task import Task
+
+log = logging.getLogger("bgcoor.plugins")
+GROUP = "bgcoor"
+
+
+@dataclass(frozen=True, slots=True)
+class PluginFailure:
+    name: str
+    distribution: str
+    error: str
+
+
+@dataclass(slots=True)
+class PluginInfo:
+    name: str
+    distribution: str
+    version: str
+    provides: list[str] = field(default_factory=list)
+
+
+class PluginHost:
+    """Typed facade over the pluggy manager: one method per hook the core calls."""
+
+    def __init__(
+        self,
+        pm: pluggy.PluginManager,
+        dists: dict[str, tuple[str, str]],
+        failures: list[PluginFailure],
+    ) -> None:
+        self.pm = pm
+        self.failures = failures
+        self._dists = dists
+        self._brokers: BrokerRegistry | None = None
+        self._storages: StorageRegistry | None = None
+        self._serializers: SerializerRegistry | None = None
+        self._refresh_observers()
+
+    def register(self, plugin: object, name: str | None = None) -> None:
+        """Register a plugin programmatically (after entry points were loaded)."""
+        self.pm.register(plugin, name=name)
+        self.pm.check_pending()
+        self._brokers = self._storages = self._serializers = None
+        self._refresh_observers()
+
+    # -- register-style hooks ----------------------------------------------------------
+
+    @property
+    def brokers(self) -> BrokerRegistry:
+        if self._brokers is None:
+            self._brokers = BrokerRegistry()
+            self._collect("bgcoor_register_brokers", self._brokers)
+        return self._brokers
+
+    @property
+    def storages(self) -> StorageRegistry:
+        if self._storages is None:
+            self._storages = StorageRegistry()
+            self._collect("bgcoor_register_storages", self._storages)
+        return self._storages
+
+    @property
+    def serializers(self) -> SerializerRegistry:
+        if self._serializers is None:
+            self._serializers = SerializerRegistry()
+            self._collect("bgcoor_register_serializers", self._serializers)
+        return self._serializers
+
+    def register_tasks(self, tasks: TaskRegistry) -> None:
+        self._collect("bgcoor_register_tasks", tasks)
+
+    def _collect(self, hook_name: str, registry: Any) -> None:
+        """Call each implementation on its own so errors can name the plugin."""
+        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+            if hasattr(registry, "current_plugin"):
+                registry.current_plugin = impl.plugin_name
+            try:
+                impl.function(*[registry for _ in impl.argnames])
+            except BgcoorError:
+                raise
+            except Exception as exc:
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r} failed in {hook_name}: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+
+    # -- assembling backends -----------------------------------------------------------
+
+    def make_codec(self, settings: Settings) -> Codec:
+        return Codec(
+            self.serializers.serializers,
+            content_type=settings.serializer,
+            accept=settings.accept_content,
+            max_payload_bytes=settings.max_payload_bytes,
+        )
+
+    def make_backends(self, settings: Settings) -> tuple[Broker, Storage]:
+        """Broker and storage for the settings' URLs; one object if it can serve as both."""
+        from ._storage import Storage
+
+        context = BackendContext(settings, self.make_codec(settings))
+        broker_entry = self.brokers.lookup(settings.broker_url)
+        storage_entry = self.storages.lookup(settings.storage_url)
+        broker = broker_entry.factory(settings.broker_url, context)
+        if settings.storage_url == settings.broker_url and isinstance(broker, Storage):
+            return broker, broker  # one object, both roles
+        storage = storage_entry.factory(settings.storage_url, context)
+        log.debug(
+            "broker %s, storage %s", redact(settings.broker_url), redact(settings.storage_url)
+        )
+        return broker, storage
+
+    # -- lifecycle events --------------------------------------------------------------
+
+    def _refresh_observers(self) -> None:
+        hook = self.pm.hook
+        self._observed = {name for name in _EVENTS if getattr(hook, name).get_hookimpls()}
+
+    def _emit(self, name: str, **kwargs: Any) -> None:
+        if name in self._observed:
+            try:
+                getattr(self.pm.hook, name)(**kwargs)
+            except Exception:  # an observer must never break task processing
+                log.exception("lifecycle hook %s raised", name)
+
+    def task_enqueued(self, task: Task) -> None:
+        self._emit("bgcoor_task_enqueued", task=task)
+
+    def task_started(self, task: Task) -> None:
+        self._emit("bgcoor_task_started", task=task)
+
+    def task_succeeded(self, task: Task) -> None:
+        self._emit("bgcoor_task_succeeded", task=task)
+
+    def task_failed(self, task: Task) -> None:
+        self._emit("bgcoor_task_failed", task=task)
+
+    def task_retrying(self, task: Task, delay: float) -> None:
+        self._emit("bgcoor_task_retrying", task=task, delay=delay)
+
+    def task_dead_lettered(self, task: Task, reason: str) -> None:
+        self._emit("bgcoor_task_dead_lettered", task=task, reason=reason)
+
+    def task_cancelled(self, task: Task) -> None:
+        self._emit("bgcoor_task_cancelled", task=task)
+
+    # -- introspection -----------------------------------------------------------------
+
+    def describe(self) -> list[PluginInfo]:
+        """Every registered plugin with its distribution and what it provides."""
+        infos: dict[str, PluginInfo] = {}
+        for name, plugin in self.pm.list_name_plugin():
+            if plugin is None:
+                continue
+            dist, version = self._dists.get(name, ("-", "-"))
+            infos[name] = PluginInfo(name, dist, version)
+        for kind, reg in (("broker", self.brokers), ("storage", self.storages)):
+            for entry in reg.entries.values():
+                if entry.plugin in infos:
+                    infos[entry.plugin].provides.append(f"{kind} {entry.scheme}://")
+        for ct, owner in self.serializers.owners.items():
+            if owner in infos:
+                infos[owner].provides.append(f"serializer {ct}")
+        return list(infos.values())
+
+
+_EVENTS = tuple(name for name in dir(_hookspecs) if name.startswith("bgcoor_task_"))
+
+
+def build_plugin_host(
+    *,
+    plugins: Iterable[object] = (),
+    disabled: Iterable[str] = (),
+    load_entry_points: bool = True,
+    strict: bool = True,
+) -> PluginHost:
+    """Add the specs, load ``bgcoor`` entry points (minus ``disabled``), register ``plugins``.
+
+    With ``strict`` a plugin that fails to import raises :class:`PluginLoadError`; without,
+    failures are collected in ``host.failures`` (the ``bgcoor plugins`` command lists them).
+    """
+    pm = pluggy.PluginManager(_hookspecs.PROJECT)
+    pm.add_hookspecs(_hookspecs)
+    dists: dict[str, tuple[str, str]] = {}
+    failures: list[PluginFailure] = []
+    blocked = set(disabled)
+    if load_entry_points:
+        for ep in entry_points(group=GROUP):
+            dist = ep.dist.name if ep.dist else "?"
+            version = ep.dist.version if ep.dist else "?"
+            if ep.name in blocked or pm.has_plugin(ep.name):
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                if strict:
+                    raise PluginLoadError(ep.name, dist, exc) from exc
+                failures.append(PluginFailure(ep.name, dist, f"{type(exc).__name__}: {exc}"))
+                continue
+            pm.register(plugin, name=ep.name)
+            dists[ep.name] = (dist, version)
+    for plugin in plugins:
+        name = getattr(plugin, "__name__", None)
+        if name in blocked:
+            continue
+        pm.register(plugin, name=name)
+    pm.check_pending()
+    return PluginHost(pm, dists, failures)
+
+
+ObserverFn = Callable[..., None]

@@ -1,0 +1,104 @@
+"""The storage contract: task records, their status and results."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+from ._codec import Codec
+from ._errors import InvalidTransitionError, ResultTimeoutError, StaleLeaseError
+from ._task import Task, TaskStatus, can_transition
+
+
+def check_write(old: Task | None, new: Task) -> None:
+    """The rule every storage applies before overwriting ``old`` with ``new``.
+
+    * the status change must be allowed (see ``ALLOWED_TRANSITIONS``);
+    * an outcome written under a lease (``new.lease_token`` set, status not ``running``)
+      is refused when the stored record belongs to another lease: that writer is a
+      zombie whose task was delivered again.
+    """
+    if old is None:
+        return
+    if (
+        new.lease_token is not None
+        and new.status is not TaskStatus.RUNNING
+        and old.lease_token != new.lease_token
+    ):
+        raise StaleLeaseError(
+            f"task {new.id}: outcome from an expired lease refused (the task was delivered again)"
+        )
+    if not can_transition(old.status, new.status):
+        raise InvalidTransitionError(
+            f"task {new.id}: cannot move from {old.status} to {new.status}"
+        )
+
+
+class Storage(ABC):
+    """Base class of every storage. Subclasses implement the abstract primitives."""
+
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, codec: Codec) -> None:
+        self.codec = codec
+
+    @abstractmethod
+    async def save(self, task: Task, *, ttl: float | None = None) -> None:
+        """Insert or overwrite the record of ``task`` after :func:`check_write`.
+
+        ``ttl`` (seconds) makes the record expire; expired records are never returned.
+        """
+
+    @abstractmethod
+    async def get(self, task_id: str) -> Task | None:
+        """The record of ``task_id``, or ``None`` if unknown or expired."""
+
+    @abstractmethod
+    async def list(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        name: str | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> list[Task]:
+        """Records matching every given filter, ordered by id (oldest first).
+
+        Pagination: pass the last id of a page as ``after`` to get the next one.
+        """
+
+    @abstractmethod
+    async def counts(self) -> dict[TaskStatus, int]:
+        """Number of live records in each status (every status is a key)."""
+
+    async def delete_expired(self) -> int:
+        """Remove records whose time-to-live has passed; return how many."""
+        return 0
+
+    async def wait(self, task_id: str, *, timeout: float | None) -> Task:
+        """Wait until the record of ``task_id`` reaches a final status and return it.
+
+        The default polls with a growing interval (1 ms to 50 ms); backends that can be
+        notified override it.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval = 0.001
+        while True:
+            task = await self.get(task_id)
+            if task is not None and task.status.is_final:
+                return task
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ResultTimeoutError(f"task {task_id} did not finish within {timeout}s")
+            await asyncio.sleep(interval)
+            interval = min(interval * 2, 0.05)
+
+    async def close(self) -> None:  # noqa: B027 - optional hook with a sensible default
+        """Release connections. The storage must not be used afterwards."""
+
+
+def check_page(limit: int) -> None:
+    if not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be a positive integer, got {limit!r}")

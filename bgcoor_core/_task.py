@@ -1,0 +1,131 @@
+"""The task record: what is enqueued, stored and reported."""
+
+from __future__ import annotations
+
+import enum
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ._errors import InvalidNameError
+from ._ids import new_task_id
+
+QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,199}")
+
+
+def validate_queue_name(name: object) -> str:
+    """Return ``name`` if it is a valid queue name, else raise :class:`InvalidNameError`."""
+    if not isinstance(name, str) or not QUEUE_NAME.fullmatch(name):
+        raise InvalidNameError(
+            f"invalid queue name {_clip(name)}: use 1-64 characters from A-Z a-z 0-9 _ . : - "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def validate_task_name(name: object) -> str:
+    """Return ``name`` if it is a valid task name, else raise :class:`InvalidNameError`."""
+    if not isinstance(name, str) or not TASK_NAME.fullmatch(name):
+        raise InvalidNameError(
+            f"invalid task name {_clip(name)}: use 1-200 characters from A-Z a-z 0-9 _ . : - "
+            "starting with a letter or underscore"
+        )
+    return name
+
+
+def _clip(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class TaskStatus(enum.StrEnum):
+    PENDING = "pending"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    RETRYING = "retrying"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset(
+    {TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.DEAD, TaskStatus.CANCELLED}
+)
+
+_S = TaskStatus
+#: Which status may follow which. ``running -> running`` is a redelivery after a lost lease;
+#: ``dead``/``failed -> pending`` is a manual requeue.
+ALLOWED_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
+    _S.PENDING: frozenset({_S.PENDING, _S.SCHEDULED, _S.RUNNING, _S.DEAD, _S.CANCELLED}),
+    _S.SCHEDULED: frozenset({_S.PENDING, _S.RUNNING, _S.DEAD, _S.CANCELLED}),
+    _S.RUNNING: frozenset(
+        {_S.RUNNING, _S.SUCCEEDED, _S.FAILED, _S.RETRYING, _S.DEAD, _S.CANCELLED}
+    ),
+    _S.RETRYING: frozenset({_S.RUNNING, _S.DEAD, _S.CANCELLED, _S.PENDING}),
+    _S.SUCCEEDED: frozenset(),
+    _S.FAILED: frozenset({_S.PENDING}),
+    _S.DEAD: frozenset({_S.PENDING}),
+    _S.CANCELLED: frozenset(),
+}
+
+
+def can_transition(old: TaskStatus, new: TaskStatus) -> bool:
+    """True when a record in status ``old`` may be overwritten with status ``new``."""
+    return new in ALLOWED_TRANSITIONS[old]
+
+
+class Task(BaseModel):
+    """One unit of work and everything known about it.
+
+    ``payload`` is any JSON value. Tasks registered from functions use the shape
+    ``{"args": [...], "kwargs": {...}}``; handler objects receive the payload as is.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+    id: str = Field(default_factory=new_task_id)
+    name: str
+    payload: Any = None
+    status: TaskStatus = TaskStatus.PENDING
+    attempts: int = Field(default=0, ge=0)
+    max_retries: int = Field(default=3, ge=0)
+    queue: str = "default"
+    priority: int = 0
+    eta: datetime | None = None
+    timeout: float | None = Field(default=None, gt=0)
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+    traceback: str | None = None
+    result: Any = None
+    #: Token of the lease under which the current attempt runs; outcome writes carrying
+    #: another token are refused by the storage.
+    lease_token: str | None = None
+
+    _check_name = field_validator("name")(lambda cls, v: validate_task_name(v))
+    _check_queue = field_validator("queue")(lambda cls, v: validate_queue_name(v))
+
+    @classmethod
+    def new(cls, name: str, payload: Any = None, max_retries: int = 3, **fields: Any) -> Task:
+        """Create a pending task, as in ``Task.new("my_task", payload, 3)``."""
+        return cls(name=name, payload=payload, max_retries=max_retries, **fields)
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> Task:
+        return cls.model_validate_json(data)

@@ -1,0 +1,384 @@
+"""In-memory broker and storage: complete, thread-safe implementations for one process.
+
+They honour the whole contract (leases, redelivery, stale tokens, delays, priorities,
+dead letters, TTLs), so tests run against real semantics. Registered for ``memory://``
+through the ``bgcoor`` entry-point group like any other plugin.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .._broker import Broker, Capability, DeadLetter, Message, QueueStats, Reservation
+from .._codec import Codec
+from .._errors import DuplicateTaskError, ResultTimeoutError, StaleLeaseError
+from .._registries import BackendContext, BrokerRegistry, StorageRegistry
+from .._storage import Storage, check_page, check_write
+from .._task import Task, TaskStatus, validate_queue_name
+from ..hookspecs import hookimpl
+from ._waiters import Waiters, wait_for_wake
+
+READY, SCHEDULED, RESERVED = "ready", "scheduled", "reserved"
+
+
+@dataclass(slots=True)
+class _Entry:
+    message: Message
+    seq: int
+    state: str = READY
+    due: float = 0.0  # wall clock for SCHEDULED, monotonic lease deadline for RESERVED
+    token: str | None = None
+    deliveries: int = 0
+    lost: int = 0
+
+
+@dataclass(slots=True)
+class _Dead:
+    message: Message
+    reason: str
+    dead_at: float
+
+
+class MemoryBroker(Broker):
+    """A broker held in this process's memory; usable from any thread and event loop."""
+
+    capabilities = frozenset(Capability)
+
+    def __init__(self, codec: Codec) -> None:
+        super().__init__(codec)
+        self._lock = threading.Lock()
+        self._seq = itertools.count()
+        self._entries: dict[str, _Entry] = {}
+        self._ready: dict[str, list[tuple[int, int, str]]] = {}
+        self._scheduled: list[tuple[float, int, str]] = []
+        self._leases: list[tuple[float, int, str]] = []
+        self._dead: dict[str, dict[str, _Dead]] = {}
+        self._waiters = Waiters()
+
+    # -- producing ---------------------------------------------------------------------
+
+    async def push_messages(self, messages: Sequence[Message]) -> None:
+        for message in messages:
+            validate_queue_name(message.queue)
+        with self._lock:
+            for message in messages:
+                if message.id in self._entries:
+                    raise DuplicateTaskError(f"task {message.id} is already in the broker")
+            now = time.time()
+            for message in messages:
+                entry = _Entry(message, next(self._seq))
+                self._entries[message.id] = entry
+                self._enqueue(entry, message.eta if message.eta and message.eta > now else None)
+            self._waiters.wake_all()
+
+    def _enqueue(self, entry: _Entry, eta: float | None) -> None:
+        entry.token = None
+        if eta is None:
+            entry.state = READY
+            heap = self._ready.setdefault(entry.message.queue, [])
+            heapq.heappush(heap, (-entry.message.priority, entry.seq, entry.message.id))
+        else:
+            entry.state, entry.due = SCHEDULED, eta
+            heapq.heappush(self._scheduled, (eta, entry.seq, entry.message.id))
+
+    # -- consuming ---------------------------------------------------------------------
+
+    async def reserve(
+        self, queues: Sequence[str], *, lease: float, limit: int = 1, timeout: float = 0.0
+    ) -> list[Reservation]:
+        for queue in queues:
+            validate_queue_name(queue)
+        give_up = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                taken = self._take(queues, lease, limit)
+                if taken or time.monotonic() >= give_up:
+                    break
+                future = self._waiters.add()
+                wake_at = min(give_up, self._next_change())
+            try:
+                await wait_for_wake(future, wake_at - time.monotonic())
+            finally:
+                with self._lock:
+                    self._waiters.discard(future)
+        return [self._reservation(entry) for entry in taken]
+
+    def _take(self, queues: Sequence[str], lease: float, limit: int) -> list[_Entry]:
+        self._promote(time.time(), time.monotonic())
+        taken: list[_Entry] = []
+        deadline = time.monotonic() + lease
+        for queue in queues:
+            heap = self._ready.get(queue)
+            while heap and len(taken) < limit:
+                _, seq, message_id = heapq.heappop(heap)
+                entry = self._entries.get(message_id)
+                if entry is None or entry.state != READY or entry.seq != seq:
+                    continue
+                entry.state, entry.due, entry.token = RESERVED, deadline, os.urandom(12).hex()
+                entry.deliveries += 1
+                heapq.heappush(self._leases, (deadline, entry.seq, message_id))
+                taken.append(entry)
+        return taken
+
+    def _promote(self, wall: float, mono: float) -> None:
+        """Make due scheduled tasks ready and expired leases ready again (counted as lost)."""
+        while self._scheduled and self._scheduled[0][0] <= wall:
+            _, seq, message_id = heapq.heappop(self._scheduled)
+            entry = self._entries.get(message_id)
+            if entry is not None and entry.state == SCHEDULED and entry.seq == seq:
+                self._enqueue(entry, None)
+        while self._leases and self._leases[0][0] <= mono:
+            due, seq, message_id = heapq.heappop(self._leases)
+            entry = self._entries.get(message_id)
+            if entry is not None and entry.state == RESERVED and entry.due == due:
+                entry.lost += 1
+                entry.seq = next(self._seq)
+                self._enqueue(entry, None)
+
+    def _next_change(self) -> float:
+        """Monotonic time at which a scheduled task or a lease next falls due."""
+        candidates = [float("inf")]
+        if self._scheduled:
+            candidates.append(time.monotonic() + self._scheduled[0][0] - time.time())
+        if self._leases:
+            candidates.append(self._leases[0][0])
+        return min(candidates)
+
+    def _reservation(self, entry: _Entry) -> Reservation:
+        message = entry.message
+        task, defect = self.decode(message.id, message.queue, message.body)
+        assert entry.token is not None
+        return Reservation(task, entry.token, entry.deliveries, entry.lost, defect)
+
+    def _held(self, reservation: Reservation) -> _Entry:
+        entry = self._entries.get(reservation.task.id)
+        if (
+            entry is None
+            or entry.state != RESERVED
+            or entry.token != reservation.token
+            or entry.due <= time.monotonic()
+        ):
+            raise StaleLeaseError(
+                f"task {reservation.task.id}: lease {reservation.token[:8]} is no longer held"
+            )
+        return entry
+
+    async def ack(self, reservation: Reservation) -> None:
+        with self._lock:
+            self._held(reservation)
+            del self._entries[reservation.task.id]
+
+    async def nack(
+        self, reservation: Reservation, *, delay: float = 0.0, task: Task | None = None
+    ) -> None:
+        body = self.codec.encode(task) if task is not None else None
+        with self._lock:
+            entry = self._held(reservation)
+            if body is not None:
+                old = entry.message
+                entry.message = Message(old.id, old.queue, body, old.priority, old.eta)
+            entry.seq = next(self._seq)
+            self._enqueue(entry, time.time() + delay if delay > 0 else None)
+            self._waiters.wake_all()
+
+    async def extend(self, reservation: Reservation, lease: float) -> None:
+        with self._lock:
+            entry = self._held(reservation)
+            entry.due = time.monotonic() + lease
+            heapq.heappush(self._leases, (entry.due, entry.seq, entry.message.id))
+
+    async def dead_letter(
+        self, reservation: Reservation, reason: str, task: Task | None = None
+    ) -> None:
+        body = self.codec.encode(task) if task is not None else None
+        with self._lock:
+            entry = self._held(reservation)
+            message = entry.message
+            if body is not None:
+                message = Message(message.id, message.queue, body, message.priority)
+            del self._entries[message.id]
+            dead = self._dead.setdefault(message.queue, {})
+            dead[message.id] = _Dead(message, reason, time.time())
+
+    async def dead_letters(
+        self, queue: str, *, limit: int = 100, offset: int = 0
+    ) -> list[DeadLetter]:
+        check_page(limit)
+        with self._lock:
+            items = list(self._dead.get(queue, {}).values())[offset : offset + limit]
+        out = []
+        for item in items:
+            task, defect = self.decode(item.message.id, queue, item.message.body)
+            out.append(
+                DeadLetter(
+                    item.message.id, queue, item.reason, None if defect else task, item.dead_at
+                )
+            )
+        return out
+
+    async def requeue_dead(self, queue: str, ids: Sequence[str] | None = None) -> list[str]:
+        with self._lock:
+            dead = self._dead.get(queue, {})
+            chosen = [
+                i
+                for i in (list(dead) if ids is None else ids)
+                if i in dead and i not in self._entries
+            ]
+            for message_id in chosen:
+                message = dead.pop(message_id).message
+                entry = _Entry(message, next(self._seq))
+                self._entries[message_id] = entry
+                self._enqueue(entry, None)
+            self._waiters.wake_all()
+        return chosen
+
+    async def purge_dead(self, queue: str) -> int:
+        with self._lock:
+            return len(self._dead.pop(queue, {}))
+
+    # -- inspecting --------------------------------------------------------------------
+
+    async def stats(self, queue: str) -> QueueStats:
+        with self._lock:
+            self._promote(time.time(), time.monotonic())
+            counts = {READY: 0, SCHEDULED: 0, RESERVED: 0}
+            for entry in self._entries.values():
+                if entry.message.queue == queue:
+                    counts[entry.state] += 1
+            dead = len(self._dead.get(queue, {}))
+        return QueueStats(counts[READY], counts[SCHEDULED], counts[RESERVED], dead)
+
+    async def purge(self, queue: str) -> int:
+        with self._lock:
+            doomed = [
+                key
+                for key, entry in self._entries.items()
+                if entry.message.queue == queue and entry.state != RESERVED
+            ]
+            for key in doomed:
+                del self._entries[key]
+            self._ready.pop(queue, None)
+        return len(doomed)
+
+    async def queues(self) -> list[str]:
+        with self._lock:
+            names = {e.message.queue for e in self._entries.values()}
+            return sorted(names | set(self._ready) | set(self._dead))
+
+
+class MemoryStorage(Storage):
+    """Task records in this process's memory; usable from any thread and event loop."""
+
+    def __init__(self, codec: Codec) -> None:
+        super().__init__(codec)
+        self._lock = threading.Lock()
+        self._records: dict[str, Task] = {}
+        self._expires: dict[str, float] = {}
+        self._waiters: dict[str, Waiters] = {}
+
+    def _live(self, task_id: str) -> Task | None:
+        expires = self._expires.get(task_id)
+        if expires is not None and expires <= time.monotonic():
+            del self._records[task_id], self._expires[task_id]
+            return None
+        return self._records.get(task_id)
+
+    async def save(self, task: Task, *, ttl: float | None = None) -> None:
+        record = task.model_copy()
+        with self._lock:
+            check_write(self._live(task.id), record)
+            self._records[task.id] = record
+            if ttl is not None:
+                self._expires[task.id] = time.monotonic() + ttl
+            else:
+                self._expires.pop(task.id, None)
+            if record.status.is_final and task.id in self._waiters:
+                self._waiters.pop(task.id).wake_all()
+
+    async def get(self, task_id: str) -> Task | None:
+        with self._lock:
+            record = self._live(task_id)
+        return None if record is None else record.model_copy()
+
+    async def list(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        name: str | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> list[Task]:
+        check_page(limit)
+        with self._lock:
+            ids = sorted(i for i in list(self._records) if self._live(i) is not None)
+            records = [self._records[i] for i in ids if after is None or i > after]
+        matches = [
+            r.model_copy()
+            for r in records
+            if (status is None or r.status == status)
+            and (name is None or r.name == name)
+            and (queue is None or r.queue == queue)
+        ]
+        return matches[:limit]
+
+    async def counts(self) -> dict[TaskStatus, int]:
+        counts = dict.fromkeys(TaskStatus, 0)
+        with self._lock:
+            for task_id in list(self._records):
+                record = self._live(task_id)
+                if record is not None:
+                    counts[record.status] += 1
+        return counts
+
+    async def delete_expired(self) -> int:
+        with self._lock:
+            before = len(self._records)
+            for task_id in list(self._expires):
+                self._live(task_id)
+            return before - len(self._records)
+
+    async def wait(self, task_id: str, *, timeout: float | None) -> Task:
+        give_up = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                record = self._live(task_id)
+                if record is not None and record.status.is_final:
+                    return record.model_copy()
+                future = self._waiters.setdefault(task_id, Waiters()).add()
+            remaining = 3600.0 if give_up is None else give_up - time.monotonic()
+            try:
+                if remaining <= 0:
+                    raise ResultTimeoutError(f"task {task_id} did not finish within {timeout}s")
+                await wait_for_wake(future, remaining)
+            finally:
+                with self._lock:
+                    waiters = self._waiters.get(task_id)
+                    if waiters is not None:
+                        waiters.discard(future)
+                        if not waiters:
+                            del self._waiters[task_id]
+
+
+@hookimpl
+def bgcoor_register_brokers(brokers: BrokerRegistry) -> None:
+    brokers.add("memory", _memory_broker, test_url=lambda _tmp: "memory://")
+
+
+@hookimpl
+def bgcoor_register_storages(storages: StorageRegistry) -> None:
+    storages.add("memory", _memory_storage, test_url=lambda _tmp: "memory://")
+
+
+def _memory_broker(url: str, context: BackendContext) -> MemoryBroker:
+    return MemoryBroker(context.codec)
+
+
+def _memory_storage(url: str, context: BackendContext) -> MemoryStorage:
+    return MemoryStorage(context.codec)

@@ -1,0 +1,133 @@
+"""Hook specifications: every way a plugin extends bg-coor.
+
+A plugin is a module (or object) with functions marked ``@hookimpl`` whose names match
+the specs below, published under the ``bgcoor`` entry-point group::
+
+    [project.entry-points.bgcoor]
+    myplugin = "myplugin.plugin"
+
+Register-style hooks receive a typed registry and add to it; lifecycle hooks observe
+tasks and return nothing. Hook implementations may omit arguments they do not need.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from ._registries import BrokerRegistry, SerializerRegistry, StorageRegistry
+    from ._registry import TaskRegistry
+    from ._task import Task
+
+PROJECT = "bgcoor"
+hookspec = pluggy.HookspecMarker(PROJECT)
+#: Marker for plugin authors: decorate hook implementations with ``@hookimpl``.
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def bgcoor_register_brokers(brokers: BrokerRegistry) -> None:
+    """Provide brokers for URL schemes.
+
+    Call ``brokers.add("redis", factory, test_url=...)`` once per scheme, where
+    ``factory(url, context)`` returns a :class:`~bgcoor_core.Broker` and ``context`` is a
+    :class:`~bgcoor_core.BackendContext` (settings and codec). ``test_url(tmp_path)``, if
+    given, returns a URL the shared conformance suite may use for a throw-away backend.
+    Two plugins adding the same scheme is a :class:`~bgcoor_core.DuplicateSchemeError`.
+
+    :param brokers: The registry to add broker factories to.
+    """
+
+
+@hookspec
+def bgcoor_register_storages(storages: StorageRegistry) -> None:
+    """Provide storages for URL schemes; the storage twin of :func:`bgcoor_register_brokers`.
+
+    When the broker and storage URLs are equal and the broker object is itself a
+    :class:`~bgcoor_core.Storage`, it serves as both and no storage factory is called.
+
+    :param storages: The registry to add storage factories to.
+    """
+
+
+@hookspec
+def bgcoor_register_tasks(tasks: TaskRegistry) -> None:
+    """Contribute task handlers; this is how a third-party handler package ships tasks.
+
+    Call ``tasks.register("billing.charge", handler)`` with a function or an object that
+    has a ``run(payload)`` method (sync or async). Called once per worker pool or manager
+    that loads plugins.
+
+    :param tasks: The registry of the manager or worker being assembled.
+    """
+
+
+@hookspec
+def bgcoor_register_serializers(serializers: SerializerRegistry) -> None:
+    """Provide serializers (objects with ``content_type``, ``dumps`` and ``loads``).
+
+    Which content type is used to encode is ``BGCOOR_SERIALIZER``; which are accepted when
+    decoding is ``BGCOOR_ACCEPT_CONTENT``. Providing a serializer does not make it accepted.
+
+    :param serializers: The registry to add serializers to.
+    """
+
+
+@hookspec
+def bgcoor_task_enqueued(task: Task) -> None:
+    """A task was accepted by the broker. Called in the producer.
+
+    :param task: The task as enqueued (status ``pending`` or ``scheduled``).
+    """
+
+
+@hookspec
+def bgcoor_task_started(task: Task) -> None:
+    """A worker is about to run the task's handler (status ``running``).
+
+    :param task: The task, with ``attempts`` already counting this attempt.
+    """
+
+
+@hookspec
+def bgcoor_task_succeeded(task: Task) -> None:
+    """The handler returned and its result is stored.
+
+    :param task: The task in status ``succeeded`` with ``result`` set.
+    """
+
+
+@hookspec
+def bgcoor_task_failed(task: Task) -> None:
+    """The task failed for good without being dead-lettered (a non-retryable error).
+
+    :param task: The task in status ``failed`` with ``error`` and ``traceback``.
+    """
+
+
+@hookspec
+def bgcoor_task_retrying(task: Task, delay: float) -> None:
+    """An attempt failed and the task will run again after ``delay`` seconds.
+
+    :param task: The task in status ``retrying`` with the attempt's error.
+    :param delay: Seconds until the next attempt (backoff with jitter).
+    """
+
+
+@hookspec
+def bgcoor_task_dead_lettered(task: Task, reason: str) -> None:
+    """The task was moved to the dead-letter queue.
+
+    :param task: The task in status ``dead``.
+    :param reason: Why, e.g. ``max_retries exceeded``, ``unknown task``, ``worker_lost``.
+    """
+
+
+@hookspec
+def bgcoor_task_cancelled(task: Task) -> None:
+    """The task was cancelled before it finished.
+
+    :param task: The task in status ``cancelled``.
+    """

@@ -1,0 +1,43 @@
+"""Built-in serializers, registered as an ordinary plugin (entry point ``json``).
+
+JSON is the default. Pickle is registered too, but a codec only decodes content types
+listed in ``BGCOOR_ACCEPT_CONTENT``, so pickle payloads are refused unless a user
+enables it explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from typing import Any
+
+from ._registries import SerializerRegistry
+from .hookspecs import hookimpl
+
+
+class JsonSerializer:
+    content_type = "application/json"
+
+    def dumps(self, data: Any) -> bytes:
+        return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
+
+    def loads(self, raw: bytes) -> Any:
+        return json.loads(raw)
+
+
+class PickleSerializer:
+    """Only for trusted producers: unpickling runs arbitrary code."""
+
+    content_type = "application/x-python-pickle"
+
+    def dumps(self, data: Any) -> bytes:
+        return pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def loads(self, raw: bytes) -> Any:
+        return pickle.loads(raw)
+
+
+@hookimpl
+def bgcoor_register_serializers(serializers: SerializerRegistry) -> None:
+    serializers.add(JsonSerializer())
+    serializers.add(PickleSerializer())
