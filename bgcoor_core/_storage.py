@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from abc import ABC, abstractmethod
-from typing import ClassVar
 
 from ._codec import Codec
 from ._errors import InvalidTransitionError, ResultTimeoutError, StaleLeaseError
@@ -20,26 +19,30 @@ def check_write(old: Task | None, new: Task) -> None:
       is refused when the stored record belongs to another lease: that writer is a
       zombie whose task was delivered again.
     """
-    if old is None:
-        return
-    if (
-        new.lease_token is not None
-        and new.status is not TaskStatus.RUNNING
-        and old.lease_token != new.lease_token
-    ):
+    if old is not None:
+        check_transition(new.id, old.status, old.lease_token, new.status, new.lease_token)
+
+
+def check_transition(
+    task_id: str,
+    old_status: TaskStatus,
+    old_token: str | None,
+    new_status: TaskStatus,
+    new_token: str | None,
+) -> None:
+    """:func:`check_write` for backends that read only the stored status and token."""
+    if new_token is not None and new_status is not TaskStatus.RUNNING and old_token != new_token:
         raise StaleLeaseError(
-            f"task {new.id}: outcome from an expired lease refused (the task was delivered again)"
+            f"task {task_id}: outcome from an expired lease refused (the task was delivered again)"
         )
-    if not can_transition(old.status, new.status):
+    if not can_transition(old_status, new_status):
         raise InvalidTransitionError(
-            f"task {new.id}: cannot move from {old.status} to {new.status}"
+            f"task {task_id}: cannot move from {old_status} to {new_status}"
         )
 
 
 class Storage(ABC):
     """Base class of every storage. Subclasses implement the abstract primitives."""
-
-    capabilities: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, codec: Codec) -> None:
         self.codec = codec

@@ -1,0 +1,90 @@
+"""Task records in the ``tasks`` table (always JSON, whatever the message serializer)."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+from pydantic import ValidationError
+
+from ..._errors import DecodeError
+from ..._storage import check_transition
+from ..._task import Task, TaskStatus
+from ._connection import transaction
+
+_LIVE = "(expires_at IS NULL OR expires_at > ?)"
+
+
+def write(conn: sqlite3.Connection, task: Task, ttl: float | None) -> None:
+    """Check the transition against the stored record and upsert (inside a transaction)."""
+    now = time.time()
+    old = conn.execute(
+        f"SELECT status, lease_token FROM tasks WHERE id = ? AND {_LIVE}", (task.id, now)
+    ).fetchone()
+    if old is not None:
+        check_transition(task.id, TaskStatus(old[0]), old[1], task.status, task.lease_token)
+    conn.execute(
+        "INSERT INTO tasks (id, name, queue, status, lease_token, expires_at, record) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
+        "queue = excluded.queue, status = excluded.status, lease_token = excluded.lease_token, "
+        "expires_at = excluded.expires_at, record = excluded.record",
+        (
+            task.id,
+            task.name,
+            task.queue,
+            task.status.value,
+            task.lease_token,
+            None if ttl is None else now + ttl,
+            task.model_dump_json(),
+        ),
+    )
+
+
+def save(conn: sqlite3.Connection, task: Task, ttl: float | None) -> None:
+    with transaction(conn):
+        write(conn, task, ttl)
+
+
+def decode(task_id: str, record: str) -> Task:
+    try:
+        return Task.model_validate_json(record)
+    except ValidationError as exc:
+        raise DecodeError(f"stored record of task {task_id} cannot be decoded: {exc}") from None
+
+
+def get(conn: sqlite3.Connection, task_id: str) -> Task | None:
+    row = conn.execute(
+        f"SELECT record FROM tasks WHERE id = ? AND {_LIVE}", (task_id, time.time())
+    ).fetchone()
+    return None if row is None else decode(task_id, row[0])
+
+
+def select(
+    conn: sqlite3.Connection,
+    status: TaskStatus | None,
+    name: str | None,
+    queue: str | None,
+    limit: int,
+    after: str | None,
+) -> list[Task]:
+    clauses: list[str] = [_LIVE]
+    params: list[object] = [time.time()]
+    filters = (("status = ?", status), ("name = ?", name), ("queue = ?", queue), ("id > ?", after))
+    for clause, value in filters:
+        if value is not None:
+            clauses.append(clause)
+            params.append(value)
+    rows = conn.execute(
+        f"SELECT id, record FROM tasks WHERE {' AND '.join(clauses)} ORDER BY id LIMIT ?",
+        (*params, limit),
+    ).fetchall()
+    return [decode(task_id, record) for task_id, record in rows]
+
+
+def counts(conn: sqlite3.Connection) -> dict[TaskStatus, int]:
+    result = dict.fromkeys(TaskStatus, 0)
+    for status, count in conn.execute(
+        f"SELECT status, count(*) FROM tasks WHERE {_LIVE} GROUP BY status", (time.time(),)
+    ):
+        result[TaskStatus(status)] = count
+    return result

@@ -1,0 +1,75 @@
+"""The SQLite schema, versioned with ``PRAGMA user_version``.
+
+Each entry of :data:`MIGRATIONS` moves the file one version up; a newer release appends
+entries and existing files are migrated on open, inside one write transaction so two
+processes opening a new file at once cannot both apply a step.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+MIGRATIONS: list[str] = [
+    # version 1
+    """
+    CREATE TABLE messages (
+        id TEXT PRIMARY KEY,
+        queue TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('ready', 'reserved', 'dead')),
+        available_at REAL NOT NULL,   -- ready: not before (eta), reserved: lease deadline
+        token TEXT,
+        deliveries INTEGER NOT NULL DEFAULT 0,
+        lost INTEGER NOT NULL DEFAULT 0,
+        reason TEXT,
+        dead_at REAL
+    );
+    CREATE INDEX messages_take ON messages (queue, priority DESC, seq, id)
+        WHERE state != 'dead';
+    CREATE INDEX messages_dead ON messages (queue, dead_at) WHERE state = 'dead';
+    CREATE TABLE queues (name TEXT PRIMARY KEY);
+    CREATE TABLE tasks (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        status TEXT NOT NULL,
+        lease_token TEXT,
+        expires_at REAL,
+        record TEXT NOT NULL
+    );
+    CREATE INDEX tasks_status ON tasks (status, id);
+    CREATE INDEX tasks_name ON tasks (name, id);
+    CREATE INDEX tasks_queue ON tasks (queue, id);
+    CREATE INDEX tasks_expires ON tasks (expires_at) WHERE expires_at IS NOT NULL;
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaTooNewError(RuntimeError):
+    pass
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the file up to :data:`SCHEMA_VERSION`; return the version it had."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNewError(
+                f"database schema version {version} is newer than this bg-coor supports "
+                f"({SCHEMA_VERSION}); upgrade bg-coor"
+            )
+        for step in range(version, SCHEMA_VERSION):
+            for statement in MIGRATIONS[step].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {step + 1}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return version
