@@ -63,7 +63,10 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_heartbeat(self) -> Settings:
         if self.heartbeat_seconds is not None and self.heartbeat_seconds >= self.lease_seconds:
-            raise ValueError("heartbeat_seconds must be shorter than lease_seconds")
+            raise ValueError(
+                f"{ENV_PREFIX}HEARTBEAT_SECONDS (heartbeat_seconds) must be shorter than "
+                f"{ENV_PREFIX}LEASE_SECONDS (lease_seconds)"
+            )
         return self
 
     @property

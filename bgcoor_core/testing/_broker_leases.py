@@ -1,0 +1,185 @@
+"""Broker contract, part 2: leases, acknowledgement, redelivery and stale tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from .._broker import AtomicCompletion, Broker, Capability, QueueStats, Reservation
+from .._errors import StaleLeaseError
+from .._storage import Storage
+from .._task import TaskStatus
+from ._helpers import (
+    ASYNC,
+    DEFAULT,
+    EARLY,
+    LEASE,
+    LONG_LEASE,
+    SLACK,
+    make_task,
+    require,
+    reserve_one,
+)
+
+
+async def _redelivered(broker: Broker) -> tuple[Reservation, Reservation]:
+    """Push a task, let its first lease expire, reserve it again: (stale, current)."""
+    await broker.push(make_task())
+    stale = await reserve_one(broker, lease=LEASE)
+    current = await reserve_one(broker, timeout=LEASE + SLACK)
+    assert current.task.id == stale.task.id
+    return stale, current
+
+
+class BrokerLeaseTests:
+    pytestmark = [ASYNC]
+
+    async def test_lease_expiry_redelivers_with_a_new_token(self, broker: Broker) -> None:
+        task = make_task()
+        await broker.push(task)
+        first = await reserve_one(broker, lease=LEASE)
+        reserved_at = time.monotonic()
+        assert await broker.reserve([DEFAULT], lease=LEASE, timeout=0) == [], "lease ignored"
+        assert (await broker.stats(DEFAULT)).reserved == 1
+        second = await reserve_one(broker, lease=LEASE, timeout=LEASE + SLACK)
+        assert time.monotonic() - reserved_at >= LEASE - EARLY, "redelivered before expiry"
+        assert second.task == task
+        assert second.token != first.token
+        assert (second.deliveries, second.lost) == (2, 1)
+        third = await reserve_one(broker, timeout=LEASE + SLACK)
+        assert third.token not in {first.token, second.token}
+        assert (third.deliveries, third.lost) == (3, 2)
+        await broker.ack(third)
+
+    async def test_stale_token_refused_by_ack_and_nack(self, broker: Broker) -> None:
+        stale, current = await _redelivered(broker)
+        with pytest.raises(StaleLeaseError):
+            await broker.ack(stale)
+        with pytest.raises(StaleLeaseError):
+            await broker.nack(stale)
+        with pytest.raises(StaleLeaseError):
+            await broker.nack(stale, task=stale.task.model_copy(update={"attempts": 9}))
+        # None of that touched the current holder's lease.
+        assert await broker.reserve([DEFAULT], lease=LONG_LEASE, timeout=0) == []
+        assert (await broker.stats(DEFAULT)).reserved == 1
+        await broker.ack(current)
+        assert await broker.stats(DEFAULT) == QueueStats()
+
+    async def test_stale_token_refused_by_extend(self, broker: Broker) -> None:
+        require(broker, Capability.LEASE_EXTENSION)
+        stale, current = await _redelivered(broker)
+        with pytest.raises(StaleLeaseError):
+            await broker.extend(stale, LONG_LEASE)
+        await broker.ack(current)
+
+    async def test_stale_token_refused_by_dead_letter(self, broker: Broker) -> None:
+        require(broker, Capability.DEAD_LETTER)
+        stale, current = await _redelivered(broker)
+        with pytest.raises(StaleLeaseError):
+            await broker.dead_letter(stale, "from a zombie")
+        assert await broker.dead_letters(DEFAULT) == []
+        await broker.ack(current)
+
+    async def test_unknown_token_refused(self, broker: Broker) -> None:
+        task = make_task()
+        await broker.push(task)
+        held = await reserve_one(broker)
+        with pytest.raises(StaleLeaseError):
+            await broker.ack(Reservation(task, "not-a-token"))
+        with pytest.raises(StaleLeaseError):
+            await broker.ack(Reservation(make_task(), held.token))  # a task never pushed
+        await broker.ack(held)
+
+    async def test_ack_removes_for_good(self, broker: Broker) -> None:
+        await broker.push(make_task())
+        reservation = await reserve_one(broker, lease=LEASE)
+        await broker.ack(reservation)
+        assert await broker.reserve([DEFAULT], lease=LEASE, timeout=LEASE + 0.2) == []
+        assert await broker.stats(DEFAULT) == QueueStats()
+        with pytest.raises(StaleLeaseError):
+            await broker.ack(reservation)
+
+    async def test_nack_hands_back_at_once_and_is_not_lost(self, broker: Broker) -> None:
+        task = make_task()
+        await broker.push(task)
+        first = await reserve_one(broker)  # a long lease: only the nack can free it
+        await broker.nack(first)
+        second = await reserve_one(broker)
+        assert second.task == task
+        assert (second.deliveries, second.lost) == (2, 0)
+        with pytest.raises(StaleLeaseError):
+            await broker.ack(first)
+        await broker.ack(second)
+
+    async def test_nack_with_task_replaces_the_body(self, broker: Broker) -> None:
+        await broker.push(make_task(payload={"n": 1}))
+        first = await reserve_one(broker)
+        updated = first.task.model_copy(
+            update={"attempts": 3, "status": TaskStatus.RETRYING, "error": "ValueError: boom"}
+        )
+        await broker.nack(first, task=updated)
+        second = await reserve_one(broker)
+        assert second.task == updated
+        await broker.ack(second)
+
+    async def test_nack_with_delay(self, broker: Broker) -> None:
+        require(broker, Capability.DELAYS)
+        await broker.push(make_task())
+        first = await reserve_one(broker)
+        delay = 0.3
+        nacked_at = time.monotonic()
+        await broker.nack(first, delay=delay)
+        assert await broker.reserve([DEFAULT], lease=LONG_LEASE, timeout=0) == []
+        stats = await broker.stats(DEFAULT)
+        assert (stats.ready, stats.scheduled, stats.reserved) == (0, 1, 0)
+        second = await reserve_one(broker, timeout=delay + SLACK)
+        assert time.monotonic() - nacked_at >= delay - EARLY, "delivered before the delay"
+        assert (second.deliveries, second.lost) == (2, 0)
+        await broker.ack(second)
+
+    async def test_extend_keeps_the_lease(self, broker: Broker) -> None:
+        require(broker, Capability.LEASE_EXTENSION)
+        await broker.push(make_task())
+        reservation = await reserve_one(broker, lease=LEASE)
+        reserved_at = time.monotonic()
+        await asyncio.sleep(LEASE / 2)
+        await broker.extend(reservation, 1.0 + LEASE)
+        await asyncio.sleep(max(0.0, reserved_at + LEASE + 0.15 - time.monotonic()))
+        assert await broker.reserve([DEFAULT], lease=LONG_LEASE, timeout=0) == []
+        assert (await broker.stats(DEFAULT)).reserved == 1
+        await broker.extend(reservation, LONG_LEASE)  # the token is still current
+        await broker.ack(reservation)
+
+    async def test_atomic_completion(
+        self, broker: Broker, completion_storage: Storage | None
+    ) -> None:
+        if not isinstance(broker, AtomicCompletion):
+            pytest.skip(f"{type(broker).__name__} does not implement AtomicCompletion")
+        storage = completion_storage
+        if storage is None or not broker.completes_into(storage):
+            pytest.skip("no storage this broker completes into (override completion_storage)")
+        stale, current = await _redelivered(broker)
+        running = current.task.model_copy(
+            update={"status": TaskStatus.RUNNING, "attempts": 2, "lease_token": current.token}
+        )
+        await storage.save(running)
+        zombie = running.model_copy(
+            update={"status": TaskStatus.SUCCEEDED, "result": "zombie", "lease_token": stale.token}
+        )
+        with pytest.raises(StaleLeaseError):
+            await broker.complete(stale, zombie, ttl=None)
+        assert await storage.get(running.id) == running
+        done = running.model_copy(update={"status": TaskStatus.SUCCEEDED, "result": [1, 2]})
+        await broker.complete(current, done, ttl=None)
+        assert await storage.get(done.id) == done
+        assert await broker.stats(DEFAULT) == QueueStats()
+        with pytest.raises(StaleLeaseError):
+            await broker.ack(current)
+
+    @pytest.fixture
+    def completion_storage(self, broker: Broker) -> Storage | None:
+        """The storage :class:`AtomicCompletion` writes into; override when it is not
+        the broker object itself."""
+        return broker if isinstance(broker, Storage) else None

@@ -1,0 +1,179 @@
+"""SQLite backend specifics: URLs, schema versions, and real processes sharing one file.
+
+The broker and storage contracts themselves are checked by the shared conformance suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bgcoor_core import ConfigurationError, TaskManager, TaskStatus
+from bgcoor_core.backends.sqlite import SQLiteBackend, parse_sqlite_url
+from bgcoor_core.backends.sqlite._schema import SCHEMA_VERSION, SchemaTooNewError
+
+HERE = Path(__file__).parent
+
+
+def test_url_forms(tmp_path: Path) -> None:
+    assert parse_sqlite_url("sqlite:///jobs.db")[0] == "jobs.db"
+    path, options = parse_sqlite_url(f"sqlite:///{tmp_path}/a.db?poll_interval=0.5")
+    assert path == f"{tmp_path}/a.db"
+    assert options.poll_interval == 0.5
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("sqlite://host/x.db", "invalid SQLite URL"),
+        ("sqlite:///", "names no file"),
+        ("sqlite:///x.db?colour=blue", "colour"),
+        ("sqlite:///x.db?poll_interval=-1", "poll_interval"),
+        ("sqlite:////no/such/dir/x.db", "does not exist"),
+    ],
+)
+def test_bad_urls_name_the_problem(url: str, problem: str) -> None:
+    with pytest.raises(ConfigurationError, match=problem):
+        parse_sqlite_url(url)
+
+
+async def test_schema_is_created_versioned_and_reopened(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    for _ in range(2):  # the second open must find the schema current and change nothing
+        manager = TaskManager(broker_url=url, storage_url=url)
+        assert await manager.storage.counts() == dict.fromkeys(TaskStatus, 0)
+        await manager.close()
+    with sqlite3.connect(tmp_path / "s.db") as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "new.db") as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    url = f"sqlite:///{tmp_path}/new.db"
+    manager = TaskManager(broker_url=url, storage_url=url)
+    with pytest.raises(SchemaTooNewError, match="newer"):
+        await manager.storage.counts()
+    await manager.close()
+
+
+async def test_one_object_serves_as_broker_and_storage(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/one.db"
+    manager = TaskManager(broker_url=url, storage_url=url)
+    assert isinstance(manager.broker, SQLiteBackend)
+    assert manager.broker is manager.storage
+    await manager.close()
+
+
+# -- real processes ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def app_env(tmp_path: Path) -> dict[str, str]:
+    url = f"sqlite:///{tmp_path}/shared.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BGCOOR_")}
+    env.update(
+        BGCOOR_BROKER_URL=url,
+        BGCOOR_STORAGE_URL=url,
+        BGCOOR_CONCURRENCY="4",
+        BGCOOR_LEASE_SECONDS="2",
+        BGCOOR_SHUTDOWN_GRACE="5",
+        LEDGER=str(tmp_path / "ledger.txt"),
+        PYTHONPATH=str(HERE),
+    )
+    (tmp_path / "ledger.txt").touch()
+    return env
+
+
+@pytest.fixture
+def workers(app_env: dict[str, str]) -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+def start_worker(env: dict[str, str], started: list[subprocess.Popen[bytes]]) -> None:
+    started.append(subprocess.Popen([sys.executable, str(HERE / "sqlite_app.py")], env=env))
+
+
+def producer(env: dict[str, str]) -> TaskManager:
+    url = env["BGCOOR_BROKER_URL"]
+    return TaskManager(broker_url=url, storage_url=url)
+
+
+async def wait_for(manager: TaskManager, status: TaskStatus, count: int, limit: float) -> None:
+    deadline = time.monotonic() + limit
+    while (await manager.storage.counts())[status] < count:
+        assert time.monotonic() < deadline, await manager.storage.counts()
+        await asyncio.sleep(0.05)
+
+
+def ledger(env: dict[str, str]) -> list[tuple[int, int, float, float]]:
+    lines = Path(env["LEDGER"]).read_text().splitlines()
+    return [(int(i), int(pid), float(a), float(b)) for i, pid, a, b in map(str.split, lines)]
+
+
+@pytest.mark.slow
+async def test_processes_share_one_file_each_task_runs_once(
+    app_env: dict[str, str], workers: list[subprocess.Popen[bytes]]
+) -> None:
+    n = 1500
+    manager = producer(app_env)
+    from tests_sqlite_tasks import record_task  # noqa: PLC0415 - see module docstring
+
+    await record_task(manager).enqueue_many([(i,) for i in range(n)])
+    for _ in range(3):
+        start_worker(app_env, workers)
+    await wait_for(manager, TaskStatus.SUCCEEDED, n, limit=90)
+    for proc in workers:
+        proc.send_signal(signal.SIGTERM)
+    assert [proc.wait(timeout=20) for proc in workers] == [0, 0, 0]
+    runs = Counter(i for i, *_ in ledger(app_env))
+    assert set(runs) == set(range(n))
+    assert max(runs.values()) == 1, [i for i, c in runs.items() if c > 1]
+    assert len({pid for _, pid, *_ in ledger(app_env)}) == 3  # all three did work
+    await manager.close()
+
+
+@pytest.mark.slow
+async def test_sigkilled_worker_tasks_run_after_restart(
+    app_env: dict[str, str], workers: list[subprocess.Popen[bytes]]
+) -> None:
+    n = 12
+    manager = producer(app_env)
+    from tests_sqlite_tasks import record_task  # noqa: PLC0415
+
+    handles = await record_task(manager).enqueue_many([(i, 0.4) for i in range(n)])
+    start_worker(app_env, workers)
+    await wait_for(manager, TaskStatus.RUNNING, 1, limit=20)
+    workers[0].send_signal(signal.SIGKILL)
+    workers[0].wait(timeout=10)
+    interrupted = await manager.storage.list(status=TaskStatus.RUNNING)
+    assert interrupted, "the killed worker left running tasks behind"
+    start_worker(app_env, workers)  # a fresh worker reclaims them once their lease expires
+    await wait_for(manager, TaskStatus.SUCCEEDED, n, limit=60)
+    runs = ledger(app_env)
+    assert {i for i, *_ in runs} == set(range(n))
+    second_pid = workers[1].pid
+    for task in interrupted:
+        record = await manager.get(task.id)
+        assert record.status is TaskStatus.SUCCEEDED
+        # the killed attempt never finished; the task was run again by the new worker
+        assert [pid for i, pid, *_ in runs if i == task.payload["args"][0]] == [second_pid]
+    assert (await manager.storage.counts())[TaskStatus.RUNNING] == 0
+    assert [await h.result(timeout=1) for h in handles] == list(range(n))
+    await manager.close()
