@@ -54,6 +54,12 @@ def make_settings(**overrides: Any) -> Settings:
 
 
 @pytest.fixture
+def fast() -> dict[str, Any]:
+    """The fast settings as keyword arguments, e.g. ``TaskManager(plugins=[...], **fast)``."""
+    return dict(FAST)
+
+
+@pytest.fixture
 def fast_settings() -> Callable[..., Settings]:
     """Factory: ``fast_settings(lease_seconds=0.3)`` gives fast settings with changes."""
     return make_settings

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests_sqlite_tasks import record_task
 
 from bgcoor_core import ConfigurationError, TaskManager, TaskStatus
 from bgcoor_core.backends.sqlite import SQLiteBackend, parse_sqlite_url
@@ -133,8 +134,6 @@ async def test_processes_share_one_file_each_task_runs_once(
 ) -> None:
     n = 1500
     manager = producer(app_env)
-    from tests_sqlite_tasks import record_task  # noqa: PLC0415 - see module docstring
-
     await record_task(manager).enqueue_many([(i,) for i in range(n)])
     for _ in range(3):
         start_worker(app_env, workers)
@@ -155,8 +154,6 @@ async def test_sigkilled_worker_tasks_run_after_restart(
 ) -> None:
     n = 12
     manager = producer(app_env)
-    from tests_sqlite_tasks import record_task  # noqa: PLC0415
-
     handles = await record_task(manager).enqueue_many([(i, 0.4) for i in range(n)])
     start_worker(app_env, workers)
     await wait_for(manager, TaskStatus.RUNNING, 1, limit=20)
