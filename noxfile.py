@@ -1,4 +1,4 @@
-"""Developer sessions: ``nox`` runs tests, lint and typecheck; ``nox -s docs_check`` too."""
+"""Developer sessions: ``nox`` runs tests, lint, typecheck and docs_check; ``nox -l`` lists them."""
 
 from __future__ import annotations
 
@@ -8,19 +8,16 @@ import nox
 
 nox.options.default_venv_backend = "uv" if shutil.which("uv") else "venv"
 nox.options.sessions = ["tests", "lint", "typecheck", "docs_check"]
-nox.options.error_on_missing_interpreters = True
-
-PYTHON = "3.11"
 
 
-@nox.session(python=PYTHON)
+@nox.session
 def tests(session: nox.Session) -> None:
     """The test suite; extra arguments go to pytest (``nox -s tests -- -k lease``)."""
     session.install(".[test]")
     session.run("pytest", *session.posargs)
 
 
-@nox.session(python=PYTHON)
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff is the only linter and formatter."""
     session.install("ruff>=0.6")
@@ -28,14 +25,14 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", ".")
 
 
-@nox.session(python=PYTHON)
+@nox.session
 def typecheck(session: nox.Session) -> None:
     """``mypy --strict`` on the core package."""
     session.install(".[test]", "mypy>=1.11")
     session.run("mypy", "--strict", "bgcoor_core")
 
 
-@nox.session(python=PYTHON)
+@nox.session
 def docs_check(session: nox.Session) -> None:
     """The hook reference in docs/writing-plugins.md matches the hook spec docstrings."""
     session.install(".")

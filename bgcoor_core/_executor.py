@@ -118,8 +118,9 @@ class Executor:
 
     async def _run(self, entry: RegisteredTask, task: Task) -> Any:
         timeout = task.timeout or entry.options.timeout or self.settings.timeout
+        deadline = asyncio.timeout(timeout)
         try:
-            async with asyncio.timeout(timeout):
+            async with deadline:
                 if entry.is_async:
                     result = await entry.handler.run(task.payload)
                 else:
@@ -128,6 +129,8 @@ class Executor:
                         self.threads, entry.handler.run, task.payload
                     )
         except TimeoutError as exc:
+            if not deadline.expired():  # the handler's own TimeoutError, not ours
+                raise
             raise TaskTimeoutError(
                 f"task {task.name!r} exceeded its timeout of {timeout}s"
             ) from exc
@@ -171,6 +174,7 @@ class Executor:
             await self.broker.nack(reservation, delay=delay, task=task)
         except (StaleLeaseError, InvalidTransitionError) as exc:
             log.warning("task %s: retry not recorded: %s", task.id, exc)
+            await self._ack_quietly(reservation)  # see _settle
             return
         if self.host:
             self.host.task_retrying(task, delay)
@@ -192,6 +196,7 @@ class Executor:
             await self.storage.save(task, ttl=self._final_ttl)
         except StaleLeaseError as exc:
             log.warning("%s", exc)
+            await self._ack_quietly(reservation)  # see _settle
             return
         except InvalidTransitionError:
             await self._ack_quietly(reservation)
@@ -222,6 +227,9 @@ class Executor:
             await self.storage.save(task, ttl=self._final_ttl)
         except StaleLeaseError as exc:
             log.warning("%s", exc)
+            # The record moved on without us: a newer lease (then the broker refuses this
+            # ack too) or a cancel while we ran (then the message is ours to remove).
+            await self._ack_quietly(reservation)
             return False
         except InvalidTransitionError as exc:
             log.info("%s; acknowledging", exc)

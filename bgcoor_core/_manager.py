@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -211,24 +212,34 @@ class TaskManager:
         self._host: PluginHost | None = None
         self._backends: tuple[Broker, Storage] | None = None
         self._portal: Portal | None = None
+        self._wiring = threading.RLock()  # first use may come from several threads at once
 
     # -- wiring ------------------------------------------------------------------------
 
     @property
     def host(self) -> PluginHost:
-        if self._host is None:
-            self._host = build_plugin_host(
-                plugins=self._plugins, disabled=self.settings.disable_plugins
-            )
-            self._host.register_tasks(self.registry)
-        return self._host
+        host = self._host
+        if host is not None:
+            return host
+        with self._wiring:
+            if self._host is None:
+                host = build_plugin_host(
+                    plugins=self._plugins, disabled=self.settings.disable_plugins
+                )
+                host.register_tasks(self.registry)
+                self._host = host  # published only once complete
+            return self._host
 
     def _ensure_backends(self) -> tuple[Broker, Storage]:
-        if self._backends is None:
-            broker, storage = self.host.make_backends(self.settings)
-            check_capabilities(broker, self.registry)
-            self._backends = broker, storage
-        return self._backends
+        backends = self._backends
+        if backends is not None:
+            return backends
+        with self._wiring:
+            if self._backends is None:
+                broker, storage = self.host.make_backends(self.settings)
+                check_capabilities(broker, self.registry)
+                self._backends = broker, storage
+            return self._backends
 
     @property
     def broker(self) -> Broker:
@@ -322,6 +333,7 @@ class TaskManager:
 
     async def enqueue(self, name: str, *args: Any, **kwargs: Any) -> TaskHandle[Any]:
         """Enqueue a task by name (it must be registered in this process)."""
+        self._ensure_backends()  # loads plugins, whose tasks may be the one asked for
         entry = self.registry.get(name)
         assert isinstance(entry.handler, FunctionHandler)
         payload = entry.handler.encode_arguments(args, kwargs)
@@ -357,7 +369,8 @@ class TaskManager:
             return False
         task.status = TaskStatus.CANCELLED
         task.finished_at = datetime.now(UTC)
-        task.lease_token = None
+        # The lease token stays: a worker still running it then finds the record final
+        # (not stale), stores nothing and acks the message.
         await self.storage.save(task, ttl=self.settings.result_ttl)
         self.host.task_cancelled(task)
         return True

@@ -67,7 +67,11 @@ class PluginHost:
     def register(self, plugin: object, name: str | None = None) -> None:
         """Register a plugin programmatically (after entry points were loaded)."""
         self.pm.register(plugin, name=name)
-        self.pm.check_pending()
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError:
+            self.pm.unregister(plugin)  # a rejected plugin must not fail every later register
+            raise
         self._brokers = self._storages = self._serializers = None
         self._refresh_observers()
 

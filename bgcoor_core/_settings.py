@@ -24,7 +24,9 @@ class Settings(BaseSettings):
     plugin that owns the scheme.
     """
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, env_parse_none_str="none"
+    )
 
     broker_url: str = "memory://"
     storage_url: str = "memory://"

@@ -24,12 +24,17 @@ import pytest
 from ._manager import TaskManager
 from ._settings import Settings
 
-MEMORY = {"broker_url": "memory://", "storage_url": "memory://", "retry_backoff": 0.0}
+MEMORY: dict[str, Any] = {
+    "broker_url": "memory://",
+    "storage_url": "memory://",
+    "retry_backoff": 0.0,
+}
 
 
 def memory_settings(base: Settings | None = None, **overrides: Any) -> Settings:
     """``base`` (or defaults) switched to the in-memory backends with instant retries."""
-    return (base or Settings(**MEMORY)).model_copy(update={**MEMORY, **overrides})
+    base = base or Settings(broker_url="memory://", storage_url="memory://")
+    return base.model_copy(update={**MEMORY, **overrides})
 
 
 @pytest.fixture

@@ -56,15 +56,14 @@ def split_docstring(doc: str) -> tuple[str, dict[str, str]]:
 
 
 def to_markdown(text: str, hook_names: set[str]) -> str:
-    """Sphinx roles to code spans (hooks become links), ``::`` blocks to fenced code."""
+    """Sphinx roles and double backticks to code spans; roles naming a hook become links."""
 
     def role(match: re.Match[str]) -> str:
         target = match.group(1)
         short = target.rsplit(".", 1)[-1]
         return f"[`{short}`](#{short})" if short in hook_names else f"`{short}`"
 
-    text = ROLE.sub(role, text).replace("``", "`")
-    return text
+    return ROLE.sub(role, text).replace("``", "`")
 
 
 def signature(fn: Callable[..., Any]) -> str:

@@ -122,4 +122,3 @@ def wait_until() -> WaitUntil:
     Only for states no event announces (e.g. broker counters); fails loudly on timeout.
     """
     return _wait_until
-

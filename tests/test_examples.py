@@ -9,21 +9,26 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
 
 
-def run_example(name: str) -> str:
+def run_python(*args: str) -> str:
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("BGCOOR_")}
     proc = subprocess.run(
-        [sys.executable, "-W", "error", str(EXAMPLES / name)],
+        [sys.executable, "-W", "error", *args],
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=60,
         env=env,
         check=False,
     )
-    assert proc.returncode == 0, f"{name} exited {proc.returncode}:\n{proc.stderr}"
+    assert proc.returncode == 0, f"{args} exited {proc.returncode}:\n{proc.stderr}"
     return proc.stdout
+
+
+def run_example(name: str) -> str:
+    return run_python(str(EXAMPLES / name))
 
 
 def test_original_design_task_succeeds() -> None:
@@ -44,3 +49,18 @@ def test_quickstart() -> None:
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.py")), ids=lambda p: p.name)
 def test_every_example_is_tested(path: Path) -> None:
     assert f'run_example("{path.name}")' in Path(__file__).read_text()
+
+
+def test_readme_quickstart_runs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    code = readme.split("## Quickstart", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert run_python("-c", code).splitlines() == ["3", "49"]
+
+
+def test_benchmark_smoke() -> None:
+    out = run_python(
+        str(ROOT / "benchmarks" / "memory_bench.py"),
+        *("--n", "300", "--concurrency", "10", "--latency-n", "50"),
+    )
+    assert out.count("processed") == 2
+    assert out.count("p99") == 2

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import EntryPoint
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 import pluggy
@@ -69,16 +69,15 @@ class BrokenEntryPoint:
 
 
 @pytest.fixture
-def broken_entry_point(monkeypatch: pytest.MonkeyPatch) -> Iterator[BrokenEntryPoint]:
+def broken_entry_point(monkeypatch: pytest.MonkeyPatch) -> BrokenEntryPoint:
     """Adds a failing ``broken`` entry point to the real ones."""
-    real = plugins_module.entry_points
     broken = BrokenEntryPoint("broken", FakeDist("broken-dist", "1.2.3"))
 
     def fake_entry_points(*, group: str) -> list[Any]:
-        return [*real(group=group), broken]
+        return [*entry_points(group=group), broken]
 
     monkeypatch.setattr(plugins_module, "entry_points", fake_entry_points)
-    yield broken
+    return broken
 
 
 # -- discovery -------------------------------------------------------------------------
@@ -106,10 +105,11 @@ def test_without_entry_points_there_is_no_memory_backend() -> None:
 
 
 def test_memory_entry_point_is_declared_by_our_distribution() -> None:
-    eps = {ep.name: ep for ep in plugins_module.entry_points(group="bgcoor")}
+    eps = {ep.name: ep for ep in entry_points(group="bgcoor")}
     assert isinstance(eps["memory"], EntryPoint)
     assert eps["memory"].value == "bgcoor_core.backends.memory"
-    assert eps["memory"].dist is not None and eps["memory"].dist.name == "bgcoor"
+    assert eps["memory"].dist is not None
+    assert eps["memory"].dist.name == "bgcoor"
     assert eps["json"].value == "bgcoor_core.serializers"
 
 
@@ -182,7 +182,8 @@ def test_unknown_scheme_lists_schemes_and_suggests_the_closest() -> None:
         host.brokers.lookup("memroy://")
     message = str(info.value)
     assert "'memroy'" in message
-    assert "available: " in message and "memory" in message
+    assert "available: " in message
+    assert "memory" in message
     assert "did you mean 'memory'?" in message
     with pytest.raises(UnknownSchemeError, match="no storage for URL scheme 'memroy'"):
         host.storages.lookup("memroy://")
@@ -190,7 +191,7 @@ def test_unknown_scheme_lists_schemes_and_suggests_the_closest() -> None:
 
 def test_unknown_scheme_without_anything_close() -> None:
     host = build_plugin_host()
-    with pytest.raises(UnknownSchemeError, match="available: .*memory") as info:
+    with pytest.raises(UnknownSchemeError, match=r"available: .*memory") as info:
         host.brokers.lookup("zzzzqqq://")
     assert "did you mean" not in str(info.value)
 
@@ -302,7 +303,9 @@ def test_hook_with_wrong_argument_name_is_rejected() -> None:
         pass
 
     with pytest.raises(pluggy.PluginValidationError):
-        build_plugin_host(plugins=[make_plugin("bad_args", bgcoor_task_started=bgcoor_task_started)])
+        build_plugin_host(
+            plugins=[make_plugin("bad_args", bgcoor_task_started=bgcoor_task_started)]
+        )
 
 
 # -- task handlers from plugins --------------------------------------------------------
@@ -449,7 +452,8 @@ async def test_every_lifecycle_hook_is_observed_with_the_right_status(
         ("failed", S.FAILED),
     ]
     assert recorder.of("cancelled") == [("enqueued", S.PENDING), ("cancelled", S.CANCELLED)]
-    assert len(recorder.delays) == 1 and 0 < recorder.delays[0] <= fast["retry_backoff_max"]
+    assert len(recorder.delays) == 1
+    assert 0 < recorder.delays[0] <= fast["retry_backoff_max"]
     assert recorder.reasons == ["max_retries exceeded (1)"]
 
 

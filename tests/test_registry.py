@@ -90,7 +90,7 @@ def test_registering_a_name_twice_is_an_error(registry: TaskRegistry) -> None:
 
 def test_unknown_name_is_an_error_naming_it(registry: TaskRegistry) -> None:
     registry.register("known.one", add)
-    with pytest.raises(UnknownTaskError, match="unknown task 'no.such.task'") as info:
+    with pytest.raises(UnknownTaskError, match=r"unknown task 'no\.such\.task'") as info:
         registry.get("no.such.task")
     assert info.value.name == "no.such.task"
     assert "known.one" in str(info.value)  # lists what is registered

@@ -172,12 +172,12 @@ def test_task_manager_reads_settings_and_overrides(monkeypatch: pytest.MonkeyPat
     manager = TaskManager(concurrency=6)
     assert manager.settings.queues == ["one", "two"]
     assert manager.settings.concurrency == 6
+    monkeypatch.setenv("BGCOOR_CONCURRENCY", "many")
     with pytest.raises(SettingsError, match="BGCOOR_CONCURRENCY"):
-        monkeypatch.setenv("BGCOOR_CONCURRENCY", "many")
         TaskManager()
 
 
 def test_settings_are_frozen() -> None:
     settings = load_settings()
     with pytest.raises(ValueError, match="frozen"):
-        settings.concurrency = 3  # type: ignore[misc]
+        settings.concurrency = 3

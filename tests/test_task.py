@@ -25,8 +25,9 @@ JSON_SCALARS = (
 )
 JSON_VALUES = st.recursive(
     JSON_SCALARS,
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
     max_leaves=25,
 )
 
@@ -58,7 +59,7 @@ def full_task() -> Task:
         created_at=datetime(2024, 2, 29, 23, 59, 59, 999999, tzinfo=UTC),
         started_at=datetime(2024, 3, 1, 1, 0, 0, 1, tzinfo=minus_7),
         finished_at=datetime(2024, 3, 1, 9, 0, 0, tzinfo=UTC),
-        error="ValueError: naïve – “quoted” ✓",
+        error='ValueError: naïve ✓ 日本語 "quoted"',
         traceback='Traceback (most recent call last):\n  File "x.py", line 1\nValueError: ✓\n',
         result={"total": 12.75, "items": [{"sku": "A-1", "qty": 2}], "ok": False},
         lease_token="abc123",
@@ -96,7 +97,8 @@ def test_json_round_trip_is_lossless() -> None:
     assert restored == task
     assert restored.model_dump() == task.model_dump()
     # Offsets survive, not just the instant.
-    assert restored.eta is not None and task.eta is not None
+    assert restored.eta is not None
+    assert task.eta is not None
     assert restored.eta.utcoffset() == timedelta(hours=5, minutes=30)
     assert restored.started_at is not None
     assert restored.started_at.utcoffset() == timedelta(hours=-7)
@@ -135,7 +137,7 @@ def test_unknown_fields_are_rejected_when_decoding() -> None:
 )
 def test_out_of_range_numbers_are_rejected(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field):
-        Task(name="t", **{field: value})
+        Task.model_validate({"name": "t", field: value})
 
 
 # -- ids -------------------------------------------------------------------------------

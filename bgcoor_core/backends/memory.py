@@ -67,9 +67,11 @@ class MemoryBroker(Broker):
         for message in messages:
             validate_queue_name(message.queue)
         with self._lock:
+            seen: set[str] = set()
             for message in messages:
-                if message.id in self._entries:
+                if message.id in self._entries or message.id in seen:
                     raise DuplicateTaskError(f"task {message.id} is already in the broker")
+                seen.add(message.id)
             now = time.time()
             for message in messages:
                 entry = _Entry(message, next(self._seq))
@@ -290,7 +292,7 @@ class MemoryStorage(Storage):
         return self._records.get(task_id)
 
     async def save(self, task: Task, *, ttl: float | None = None) -> None:
-        record = task.model_copy()
+        record = task.model_copy(deep=True)  # deep: callers may mutate payload/result later
         with self._lock:
             check_write(self._live(task.id), record)
             self._records[task.id] = record
@@ -304,7 +306,7 @@ class MemoryStorage(Storage):
     async def get(self, task_id: str) -> Task | None:
         with self._lock:
             record = self._live(task_id)
-        return None if record is None else record.model_copy()
+        return None if record is None else record.model_copy(deep=True)
 
     async def list(
         self,
@@ -320,7 +322,7 @@ class MemoryStorage(Storage):
             ids = sorted(i for i in list(self._records) if self._live(i) is not None)
             records = [self._records[i] for i in ids if after is None or i > after]
         matches = [
-            r.model_copy()
+            r.model_copy(deep=True)
             for r in records
             if (status is None or r.status == status)
             and (name is None or r.name == name)
@@ -350,7 +352,7 @@ class MemoryStorage(Storage):
             with self._lock:
                 record = self._live(task_id)
                 if record is not None and record.status.is_final:
-                    return record.model_copy()
+                    return record.model_copy(deep=True)
                 future = self._waiters.setdefault(task_id, Waiters()).add()
             remaining = 3600.0 if give_up is None else give_up - time.monotonic()
             try:

@@ -9,8 +9,10 @@ from ._broker_records import BrokerRecordTests
 from ._helpers import ASYNC
 
 
+# pytest collects the most basic class first: listed in reverse so the report reads
+# delivery, leases, records, concurrency.
 class BrokerContract(
-    BrokerDeliveryTests, BrokerLeaseTests, BrokerRecordTests, BrokerConcurrencyTests
+    BrokerConcurrencyTests, BrokerRecordTests, BrokerLeaseTests, BrokerDeliveryTests
 ):
     """Base class of the broker conformance tests.
 

@@ -46,7 +46,8 @@ class BrokerDeliveryTests:
         assert reservation.task == task
         assert reservation.defect is None
         assert (reservation.deliveries, reservation.lost) == (1, 0)
-        assert isinstance(reservation.token, str) and reservation.token
+        assert isinstance(reservation.token, str)
+        assert reservation.token
         assert reservation.queue == DEFAULT
         await broker.ack(reservation)
 

@@ -143,7 +143,8 @@ class BrokerRecordTests:
         await broker.push(good)
         reservation = await reserve_one(broker, ["raw"])
         assert not _marker(tmp_path).exists(), "a pickle body was unpickled"
-        assert isinstance(reservation.defect, str) and reservation.defect
+        assert isinstance(reservation.defect, str)
+        assert reservation.defect, "the defect must say why the body was refused"
         assert reservation.task.id == message.id
         assert reservation.queue == "raw"
         if Capability.DEAD_LETTER in broker.capabilities:

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import pytest
 
 from .._broker import Broker, Capability, Reservation
-from .._codec import JSON, Codec
+from .._codec import JSON, Codec, Serializer
 from .._task import Task
 from ..serializers import JsonSerializer, PickleSerializer
 
@@ -40,8 +40,13 @@ def make_test_codec(*, max_payload_bytes: int = TEST_MAX_PAYLOAD_BYTES) -> Codec
     It encodes JSON and knows pickle without accepting it, like a default deployment:
     the suite checks that a pickle body is refused before it is ever unpickled.
     """
-    serializers = {JSON: JsonSerializer(), PickleSerializer.content_type: PickleSerializer()}
-    return Codec(serializers, content_type=JSON, accept=(JSON,), max_payload_bytes=max_payload_bytes)
+    serializers: dict[str, Serializer] = {
+        JSON: JsonSerializer(),
+        PickleSerializer.content_type: PickleSerializer(),
+    }
+    return Codec(
+        serializers, content_type=JSON, accept=(JSON,), max_payload_bytes=max_payload_bytes
+    )
 
 
 def make_task(name: str = "contract.task", payload: Any = None, **fields: Any) -> Task:

@@ -132,7 +132,9 @@ class SQLiteBackend(Broker, Storage):
         return Reservation(task, token, deliveries, lost, defect)
 
     async def ack(self, reservation: Reservation) -> None:
-        await self.db.run(_settle, reservation.task.id, reservation.token, "DELETE", ())
+        await self.db.run(
+            _settle, reservation.task.id, reservation.token, "DELETE FROM messages", ()
+        )
 
     async def nack(
         self, reservation: Reservation, *, delay: float = 0.0, task: Task | None = None

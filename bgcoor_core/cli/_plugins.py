@@ -1,0 +1,122 @@
+"""``bgcoor plugins``: what is installed, what each plugin provides, and what failed."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from .._errors import PluginError
+from .._handlers import FunctionHandler
+from .._manager import TaskManager
+from .._plugins import PluginHost, PluginInfo, build_plugin_host
+from .._registry import TaskRegistry
+from .._settings import load_settings
+from ._app_loading import load_manager
+from ._options import AppOption
+from ._output import out_console
+
+
+def plugins(app: AppOption = None) -> None:
+    """Every discovered plugin (distribution, version, what it provides) and any that failed.
+
+    With --app, also the programmatic plugins and the registered tasks of that manager.
+    """
+    manager = load_manager(app) if app else None
+    settings = manager.settings if manager is not None else load_settings()
+    # Not strict: a plugin that fails to import is listed with why instead of aborting.
+    host = build_plugin_host(strict=False, disabled=settings.disable_plugins)
+    shown = host
+    if manager is not None:
+        # The manager's host includes plugins passed to TaskManager(plugins=...); it fails
+        # on a broken entry point, which is then listed below as a failure.
+        with contextlib.suppress(PluginError):
+            shown = manager.host
+    console = out_console()
+    console.print(_plugin_table(shown.describe(), _tasks_by_plugin(shown)))
+    if settings.disable_plugins:
+        console.print(
+            Text("disabled by BGCOOR_DISABLE_PLUGINS: " + ", ".join(settings.disable_plugins))
+        )
+    _print_failures(console, host)
+    if manager is not None:
+        console.print()
+        console.print(_task_table(manager, app or ""))
+        manager.close_sync()
+
+
+def _plugin_table(infos: list[PluginInfo], tasks: dict[str, list[str]]) -> Table:
+    table = Table(title=Text("Plugins"), title_justify="left")
+    for column in ("plugin", "distribution", "version", "provides"):
+        table.add_column(column)
+    for info in sorted(infos, key=lambda i: i.name):
+        provides = [*info.provides, *(f"task {name}" for name in tasks.get(info.name, []))]
+        table.add_row(
+            Text(info.name),
+            Text(info.distribution),
+            Text(info.version),
+            Text("\n".join(provides) or "-"),
+        )
+    return table
+
+
+def _tasks_by_plugin(host: PluginHost) -> dict[str, list[str]]:
+    """Task names each plugin contributes, found by calling its hook into a scratch registry."""
+    found: dict[str, list[str]] = {}
+    for impl in host.pm.hook.bgcoor_register_tasks.get_hookimpls():
+        scratch = TaskRegistry()
+        try:
+            impl.function(*[scratch for _ in impl.argnames])
+        except Exception as exc:
+            found[impl.plugin_name] = [f"(failed: {type(exc).__name__}: {exc})"]
+        else:
+            found[impl.plugin_name] = scratch.names()
+    return found
+
+
+def _print_failures(console: Console, host: PluginHost) -> None:
+    if not host.failures:
+        console.print("no plugin failed to load")
+        return
+    table = Table(title=Text("Plugins that failed to load", "red"), title_justify="left")
+    for column in ("plugin", "distribution", "error"):
+        table.add_column(column)
+    for failure in host.failures:
+        table.add_row(Text(failure.name), Text(failure.distribution), Text(failure.error, "red"))
+    console.print(table)
+
+
+def _task_table(manager: TaskManager, app: str) -> Table:
+    table = Table(title=Text(f"Tasks registered by {app}"), title_justify="left")
+    for column in ("task", "queue", "priority", "max retries", "timeout", "kind", "signature"):
+        table.add_column(column)
+    for name in manager.registry.names():
+        entry = manager.registry.get(name)
+        opts = entry.options
+        handler: Any = entry.handler
+        is_function = isinstance(handler, FunctionHandler)
+        kind = ("async " if entry.is_async else "") + ("function" if is_function else "handler")
+        table.add_row(
+            Text(name),
+            Text(opts.queue),
+            str(opts.priority),
+            "default" if opts.max_retries is None else str(opts.max_retries),
+            "-" if opts.timeout is None else f"{opts.timeout:g}s",
+            kind,
+            Text(_signature(handler) if is_function else "(payload)"),
+        )
+    if not manager.registry.names():
+        table.caption = "no tasks registered"
+    return table
+
+
+def _signature(handler: FunctionHandler) -> str:
+    """The function's signature with string annotations resolved where possible."""
+    try:
+        return str(inspect.signature(handler.fn, eval_str=True))
+    except Exception:  # an unresolvable forward reference: show it as written
+        return str(handler.signature)

@@ -1,0 +1,252 @@
+"""``bgcoor enqueue APP TASK`` and ``bgcoor inspect ID``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from .._errors import ResultTimeoutError, TaskCancelledError, TaskFailedError
+from .._handlers import FunctionHandler
+from .._manager import TaskManager
+from .._registry import RegisteredTask
+from .._task import Task, TaskStatus
+from ._app_loading import run_with_manager
+from ._options import AppArgument, AppOption, check_queue
+from ._output import CliError, err_console, json_text, out_console, timestamp
+
+STATUS_STYLES = {
+    TaskStatus.SUCCEEDED: "green",
+    TaskStatus.FAILED: "red",
+    TaskStatus.DEAD: "bold red",
+    TaskStatus.RETRYING: "yellow",
+    TaskStatus.RUNNING: "cyan",
+    TaskStatus.CANCELLED: "magenta",
+}
+
+
+def parse_json(value: str | None, option: str, expected: type) -> Any:
+    """The JSON in ``option``, checked to be a ``list``/``dict`` (or any value for ``object``).
+
+    Missing: an empty ``expected``. Malformed or of the wrong kind: a usage error (exit 2).
+    """
+    if value is None:
+        return expected()
+    examples = {list: "--args '[1, \"two\"]'", dict: '--kwargs \'{"name": "x"}\''}
+    example = f"; e.g. {examples[expected]}" if expected in examples else ""
+    try:
+        data = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise CliError(
+            f"{option} is not valid JSON ({exc.msg} at column {exc.colno}){example}",
+            exit_code=2,
+        ) from None
+    if not isinstance(data, expected):
+        wanted = "list" if expected is list else "object"
+        raise CliError(
+            f"{option} must be a JSON {wanted}, got {_json_kind(data)}{example}",
+            exit_code=2,
+        )
+    return data
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    return "a number"
+
+
+def enqueue(
+    app: AppArgument,
+    task: Annotated[str, typer.Argument(metavar="TASK", help="Registered task name.")],
+    args: Annotated[
+        str | None,
+        typer.Option("--args", metavar="JSON", help="Positional arguments as a JSON list."),
+    ] = None,
+    kwargs: Annotated[
+        str | None,
+        typer.Option("--kwargs", metavar="JSON", help="Keyword arguments as a JSON object."),
+    ] = None,
+    payload: Annotated[
+        str | None,
+        typer.Option(
+            "--payload",
+            metavar="JSON",
+            help="Raw payload, for tasks that are handler objects rather than functions.",
+        ),
+    ] = None,
+    queue: Annotated[
+        str | None,
+        typer.Option(
+            "--queue",
+            "-q",
+            callback=check_queue,
+            help="Queue [default: the task's].",
+            show_default=False,
+        ),
+    ] = None,
+    priority: Annotated[
+        int | None,
+        typer.Option(
+            "--priority", "-p", help="Priority [default: the task's].", show_default=False
+        ),
+    ] = None,
+    delay: Annotated[
+        float | None,
+        typer.Option("--delay", "-d", min=0, help="Run no earlier than SECONDS from now."),
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", "-w", help="Wait for the task and print its result as JSON.")
+    ] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", "-t", min=0, help="With --wait: give up after SECONDS."),
+    ] = None,
+) -> None:
+    """Enqueue TASK from APP and print its id; with --wait, also its result.
+
+    Arguments are checked against the task's signature before anything is enqueued.
+    """
+    if timeout is not None and not wait:
+        raise CliError("--timeout only applies with --wait", exit_code=2)
+    call = _Call(
+        args=parse_json(args, "--args", list),
+        kwargs=parse_json(kwargs, "--kwargs", dict),
+        payload=parse_json(payload, "--payload", object) if payload is not None else _NO_PAYLOAD,
+    )
+
+    async def body(manager: TaskManager) -> None:
+        built = _build(manager, _registered(manager, task), call)
+        if queue is not None:
+            built.queue = queue
+        if priority is not None:
+            built.priority = priority
+        if delay:
+            built.eta = datetime.now(UTC) + timedelta(seconds=delay)
+            built.status = TaskStatus.SCHEDULED
+        handle = await manager.submit(built)
+        typer.echo(handle.id)
+        if wait:
+            with err_console().status(f"waiting for {task} ({handle.id})", spinner="dots"):
+                result = await _wait(handle.result(timeout=timeout), handle.id, built.queue)
+            typer.echo(json_text(result))
+
+    run_with_manager(app, body)
+
+
+_NO_PAYLOAD = object()
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    args: list[Any]
+    kwargs: dict[str, Any]
+    payload: Any
+
+
+def _registered(manager: TaskManager, name: str) -> RegisteredTask:
+    manager.host  # noqa: B018 - plugins contribute their tasks when the host is built
+    return manager.registry.get(name)
+
+
+def _build(manager: TaskManager, entry: RegisteredTask, call: _Call) -> Task:
+    """The task as ``TaskFunction.build`` makes it: arguments checked here, in the caller."""
+    handler = entry.handler
+    payload: Any
+    if isinstance(handler, FunctionHandler):
+        if call.payload is not _NO_PAYLOAD:
+            raise CliError(
+                f"task {entry.name!r} is a function: pass --args/--kwargs, not --payload",
+                exit_code=2,
+            )
+        payload = handler.encode_arguments(call.args, call.kwargs)
+    else:
+        if call.args or call.kwargs:
+            raise CliError(
+                f"task {entry.name!r} is a handler object that takes a raw payload: "
+                "pass --payload JSON, not --args/--kwargs",
+                exit_code=2,
+            )
+        payload = None if call.payload is _NO_PAYLOAD else call.payload
+    opts = entry.options
+    max_retries = opts.max_retries
+    return Task(
+        name=entry.name,
+        payload=payload,
+        queue=opts.queue,
+        priority=opts.priority,
+        max_retries=manager.settings.max_retries if max_retries is None else max_retries,
+        timeout=opts.timeout,
+    )
+
+
+async def _wait(result: Any, task_id: str, queue: str) -> Any:
+    try:
+        return await result
+    except TaskFailedError as exc:
+        raise CliError(f"{exc} (details: bgcoor inspect {task_id})") from exc
+    except TaskCancelledError as exc:
+        raise CliError(str(exc)) from exc
+    except ResultTimeoutError as exc:
+        raise CliError(f"{exc}; is a worker serving queue {queue!r}?") from exc
+
+
+def inspect(
+    task_id: Annotated[str, typer.Argument(metavar="ID", help="Task id.")],
+    app: AppOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the whole record as JSON.")
+    ] = False,
+) -> None:
+    """Show one task: status, attempts, timestamps, error with traceback, result."""
+
+    async def body(manager: TaskManager) -> Task:
+        return await manager.get(task_id)
+
+    record = run_with_manager(app, body)
+    if as_json:
+        typer.echo(record.model_dump_json(indent=2))
+        return
+    console = out_console()
+    console.print(_describe(record))
+    if record.traceback:
+        console.print(Text("traceback", style="bold"))
+        console.print(Text(record.traceback.rstrip()), soft_wrap=True)
+
+
+def _describe(task: Task) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.add_row("id", Text(task.id))
+    grid.add_row("name", Text(task.name))
+    grid.add_row("status", Text(task.status.value, STATUS_STYLES.get(task.status, "")))
+    grid.add_row("queue", Text(task.queue))
+    grid.add_row("priority", str(task.priority))
+    grid.add_row("attempts", f"{task.attempts} (max retries {task.max_retries})")
+    grid.add_row("created", timestamp(task.created_at))
+    if task.eta is not None:
+        grid.add_row("eta", timestamp(task.eta))
+    grid.add_row("started", timestamp(task.started_at))
+    grid.add_row("finished", timestamp(task.finished_at))
+    if task.timeout is not None:
+        grid.add_row("timeout", f"{task.timeout:g}s")
+    grid.add_row("payload", Text(json_text(task.payload)))
+    if task.status is TaskStatus.SUCCEEDED:
+        grid.add_row("result", Text(json_text(task.result)))
+    if task.error:
+        grid.add_row("error", Text(task.error, "red"))
+    return grid

@@ -1,0 +1,117 @@
+"""``bgcoor worker APP``: serve tasks until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from .. import __version__
+from .._manager import TaskManager
+from .._pool import WorkerPool
+from .._registries import redact
+from ._app_loading import load_manager
+from ._options import AppArgument, check_queue_list, split_queues
+from ._output import logging_to_stderr, out_console
+
+
+class LogLevel(enum.StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+def worker(
+    app: AppArgument,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            "--concurrency",
+            "-c",
+            min=1,
+            max=10_000,
+            help="Tasks run at once [default: BGCOOR_CONCURRENCY, 10].",
+            show_default=False,
+        ),
+    ] = None,
+    queues: Annotated[
+        str | None,
+        typer.Option(
+            "--queues",
+            "-Q",
+            metavar="A,B",
+            callback=check_queue_list,
+            help="Comma-separated queues to serve, first served first "
+            "[default: BGCOOR_QUEUES, default].",
+            show_default=False,
+        ),
+    ] = None,
+    log_level: Annotated[
+        LogLevel, typer.Option("--log-level", "-l", case_sensitive=False, help="Log level.")
+    ] = LogLevel.INFO,
+) -> None:
+    """Run a worker for APP's tasks until SIGTERM or Ctrl+C (twice to force).
+
+    The first signal stops taking tasks and lets running ones finish (BGCOOR_SHUTDOWN_GRACE);
+    a second one hands running tasks back to the broker at once.
+    """
+    manager = load_manager(app)
+    queue_list = split_queues(queues) if queues else None
+    with logging_to_stderr(log_level.value):
+        asyncio.run(_serve(manager, app, concurrency, queue_list))
+
+
+async def _serve(
+    manager: TaskManager, app: str, concurrency: int | None, queues: list[str] | None
+) -> None:
+    console = out_console()
+    try:
+        pool = WorkerPool(
+            manager.broker,
+            manager.storage,
+            manager.registry,
+            concurrency,
+            settings=manager.settings,
+            host=manager.host,
+            queues=queues,
+        )
+        console.print(_banner(manager, pool, app))
+        # Runs once pool.run() has installed its signal handlers and started: only then is a
+        # SIGTERM a graceful stop, so "ready" is a promise scripts and tests can rely on.
+        asyncio.get_running_loop().call_soon(
+            console.print, "[green]ready[/]: press Ctrl+C to stop (twice to force)"
+        )
+        await pool.run()
+        console.print(f"worker stopped after {pool.processed} task(s)")
+    finally:
+        await manager.close()
+
+
+def _banner(manager: TaskManager, pool: WorkerPool, app: str) -> Table:
+    settings = manager.settings
+    tasks = manager.registry.names()
+    plugins = [
+        info.name if info.version == "-" else f"{info.name} ({info.distribution} {info.version})"
+        for info in manager.host.describe()
+    ]
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.title = Text(f"bg-coor {__version__} worker", style="bold cyan")
+    grid.title_justify = "left"
+    grid.add_row("app", Text(app))
+    grid.add_row("broker", Text(redact(settings.broker_url)))
+    grid.add_row("storage", Text(redact(settings.storage_url)))
+    grid.add_row("queues", Text(", ".join(pool.queues)))
+    grid.add_row("concurrency", str(pool.concurrency))
+    if tasks:
+        grid.add_row(f"tasks ({len(tasks)})", Text(", ".join(tasks)))
+    else:
+        grid.add_row("tasks", Text("none registered: every task will be dead-lettered", "yellow"))
+    grid.add_row("plugins", Text(", ".join(plugins) or "none"))
+    return grid

@@ -1,0 +1,31 @@
+"""The conformance suite every broker and storage must pass, shipped with the package.
+
+A backend passes it by subclassing and providing one fixture::
+
+    import pytest_asyncio
+    from bgcoor_core.testing import BrokerContract, make_test_codec
+
+    class TestMyBroker(BrokerContract):
+        @pytest_asyncio.fixture
+        async def broker(self):
+            broker = MyBroker(make_test_codec())
+            yield broker
+            await broker.close()
+
+Importing this package needs pytest and pytest-asyncio (the ``test`` extra).
+"""
+
+from ._broker_contract import BrokerContract
+from ._helpers import EARLY, LEASE, LONG_LEASE, SLACK, make_task, make_test_codec
+from ._storage_contract import StorageContract
+
+__all__ = [
+    "EARLY",
+    "LEASE",
+    "LONG_LEASE",
+    "SLACK",
+    "BrokerContract",
+    "StorageContract",
+    "make_task",
+    "make_test_codec",
+]
