@@ -13,6 +13,7 @@ from pydantic import TypeAdapter
 
 from ._broker import Broker
 from ._errors import (
+    PayloadError,
     ResultTimeoutError,
     TaskCancelledError,
     TaskFailedError,
@@ -123,19 +124,16 @@ class TaskFunction(Generic[P, R]):
         timeout: float | None = None,
     ) -> Task:
         """Validate the arguments here, in the caller, and build the task."""
-        opts = self.entry.options
-        if delay is not None:
-            eta = datetime.now(UTC) + timedelta(seconds=delay)
-        settings = self.manager.settings
-        return Task(
-            name=self.name,
-            payload=self._handler.encode_arguments(args, kwargs),
-            queue=validate_queue_name(queue or opts.queue),
-            priority=opts.priority if priority is None else priority,
+        return self.manager.build_task(
+            self.entry,
+            args,
+            kwargs,
+            queue=queue,
+            priority=priority,
+            delay=delay,
             eta=eta,
-            max_retries=_first(max_retries, opts.max_retries, settings.max_retries),
-            timeout=timeout if timeout is not None else opts.timeout,
-            status=TaskStatus.SCHEDULED if eta is not None else TaskStatus.PENDING,
+            max_retries=max_retries,
+            timeout=timeout,
         )
 
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
@@ -332,24 +330,56 @@ class TaskManager:
             self.host.task_enqueued(task)
 
     async def enqueue(self, name: str, *args: Any, **kwargs: Any) -> TaskHandle[Any]:
-        """Enqueue a task by name (it must be registered in this process)."""
-        self._ensure_backends()  # loads plugins, whose tasks may be the one asked for
-        entry = self.registry.get(name)
-        assert isinstance(entry.handler, FunctionHandler)
-        payload = entry.handler.encode_arguments(args, kwargs)
-        opts = entry.options
-        max_retries = (
-            opts.max_retries if opts.max_retries is not None else self.settings.max_retries
-        )
-        task = Task(
-            name=name,
+        """Enqueue a task by name (it must be registered in this process).
+
+        A function task takes its arguments; a handler-object task takes one argument,
+        the payload its ``run(payload)`` receives.
+        """
+        return await self.submit(self.build_task(name, args, kwargs))
+
+    def build_task(
+        self,
+        task: str | RegisteredTask,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        delay: float | None = None,
+        eta: datetime | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+    ) -> Task:
+        """Check a call against a registered task and build the :class:`Task` to submit.
+
+        Arguments are validated here, in the caller, so a wrong one fails before anything
+        is enqueued; options default to the task's, then to the settings.
+        """
+        if isinstance(task, str):
+            self.host  # noqa: B018 - loads plugins, whose tasks may be the one named
+            task = self.registry.get(task)
+        kwargs = kwargs or {}
+        if isinstance(task.handler, FunctionHandler):
+            payload = task.handler.encode_arguments(args, kwargs)
+        elif len(args) == 1 and not kwargs:
+            payload = args[0]
+        else:
+            raise PayloadError(
+                f"task {task.name!r} is a handler object: pass exactly one argument, its payload"
+            )
+        opts = task.options
+        if delay is not None:
+            eta = datetime.now(UTC) + timedelta(seconds=delay)
+        return Task(
+            name=task.name,
             payload=payload,
-            queue=opts.queue,
-            priority=opts.priority,
-            max_retries=max_retries,
-            timeout=opts.timeout,
+            queue=validate_queue_name(queue or opts.queue),
+            priority=opts.priority if priority is None else priority,
+            eta=eta,
+            max_retries=_first(max_retries, opts.max_retries, self.settings.max_retries),
+            timeout=timeout if timeout is not None else opts.timeout,
+            status=TaskStatus.SCHEDULED if eta is not None else TaskStatus.PENDING,
         )
-        return await self.submit(task)
 
     # -- inspecting and changing -------------------------------------------------------
 
@@ -422,8 +452,8 @@ class TaskManager:
         executor = Executor(broker, storage, self.registry, self.settings, host=self.host)
         count = 0
         while batch := await broker.reserve(
-            list(queues or self.settings.queues), lease=self.settings.lease_seconds, limit=100
-        ):
+            list(queues or self.settings.queues), lease=self.settings.lease_seconds, limit=1
+        ):  # one at a time: a batch's later leases would tick while earlier tasks run
             for reservation in batch:
                 await executor.execute(reservation)
                 count += 1

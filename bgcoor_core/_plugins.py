@@ -149,11 +149,15 @@ class PluginHost:
         self._observed = {name for name in _EVENTS if getattr(hook, name).get_hookimpls()}
 
     def _emit(self, name: str, **kwargs: Any) -> None:
-        if name in self._observed:
+        if name not in self._observed:
+            return
+        # Each observer on its own: one that raises must neither break task processing
+        # nor keep the others from seeing the event.
+        for impl in getattr(self.pm.hook, name).get_hookimpls():
             try:
-                getattr(self.pm.hook, name)(**kwargs)
-            except Exception:  # an observer must never break task processing
-                log.exception("lifecycle hook %s raised", name)
+                impl.function(*[kwargs[arg] for arg in impl.argnames])
+            except Exception:
+                log.exception("lifecycle hook %s raised in plugin %r", name, impl.plugin_name)
 
     def task_enqueued(self, task: Task) -> None:
         self._emit("bgcoor_task_enqueued", task=task)
@@ -232,7 +236,7 @@ def build_plugin_host(
             pm.register(plugin, name=ep.name)
             dists[ep.name] = (dist, version)
     for plugin in plugins:
-        name = getattr(plugin, "__name__", None)
+        name = getattr(plugin, "__name__", None) or f"{type(plugin).__qualname__}@{id(plugin):x}"
         if name in blocked:
             continue
         pm.register(plugin, name=name)

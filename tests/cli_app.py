@@ -76,3 +76,13 @@ def explode(message: str = "boom") -> None:
 async def sleepy(seconds: float) -> str:
     await asyncio.sleep(seconds)
     return "rested"
+
+
+class Echo:
+    """A handler object (not a function): it receives the raw payload."""
+
+    def run(self, payload: Any) -> Any:
+        return payload
+
+
+manager.registry.register("echo", Echo())

@@ -17,6 +17,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -33,7 +34,7 @@ from bgcoor_core import TaskManager, TaskStatus, __version__
 from bgcoor_core.cli import app
 
 TESTS_DIR = Path(__file__).resolve().parent
-TASKS = "add, explode, greet, sleepy"
+TASKS = "add, echo, explode, greet, sleepy"
 runner = CliRunner()
 
 
@@ -56,8 +57,10 @@ def _cli_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     modules = set(sys.modules)
     sys.modules.pop("cli_app", None)  # each test imports the app under its own settings
     yield
-    for name in set(sys.modules) - modules:
-        del sys.modules[name]
+    for name in set(sys.modules) - modules:  # forget the app modules loaded, only them
+        origin = getattr(sys.modules[name], "__file__", None) or ""
+        if origin.startswith((str(TESTS_DIR), tempfile.gettempdir())):
+            del sys.modules[name]
 
 
 def cli(*args: str, input: str | None = None) -> Result:
@@ -229,6 +232,7 @@ def test_version_and_help_list_every_command() -> None:
         (["dlq", "requeue"], "give the ids of the dead letters to requeue, or --all"),
         (["dlq", "requeue", "some-id", "--all"], "give the ids of the dead letters"),
         (["enqueue", ":manager", "add"], "invalid APP ':manager'"),
+        (["inspect", "x", "--debug"], "--debug goes before the command: bgcoor --debug"),
     ],
 )
 def test_bad_usage_is_one_line_and_exit_2(args: list[str], expected: str) -> None:
@@ -259,6 +263,13 @@ def test_enqueue_overrides_queue_priority_and_delay(shared: ModuleType) -> None:
     assert 55 <= (task.eta - before).total_seconds() <= 65
     assert stats(shared.manager, "urgent").scheduled == 1
     assert stats(shared.manager, "mail").ready == 0  # not the task's own queue
+
+
+def test_enqueue_a_handler_object_takes_a_raw_payload(shared: ModuleType) -> None:
+    task_id = ok("enqueue", "cli_app", "echo", "--payload", '{"rows": [1, 2]}').strip()
+    assert record(shared.manager, task_id).payload == {"rows": [1, 2]}
+    line = fails("enqueue", "cli_app", "echo", "--args", "[1]", code=2)
+    assert "task 'echo' is a handler object that takes a raw payload: pass --payload" in line
 
 
 def test_enqueue_wait_prints_the_result_as_json(shared: ModuleType) -> None:
@@ -374,6 +385,36 @@ def test_app_as_module_finds_its_only_manager(
     )
     task_id = ok("enqueue", name, "ping").strip()
     assert re.fullmatch(r"[0-9a-f-]{36}", task_id)
+
+
+def test_unexpected_errors_are_one_line_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    name = write_module(
+        tmp_path,
+        "faulty_app",
+        """
+        from bgcoor_core import TaskManager, hookimpl
+
+        class Faulty:
+            @hookimpl
+            def bgcoor_register_brokers(self, brokers):
+                brokers.add("faulty", self.connect)
+
+            def connect(self, url, context):
+                raise ValueError("connection refused by the faulty broker")
+
+        manager = TaskManager(plugins=[Faulty()], broker_url="faulty://")
+        """,
+    )
+    assert fails("status", "--app", name) == (
+        "error: unexpected ValueError: connection refused by the faulty broker "
+        "(run with --debug for the traceback)"
+    )
+    result = cli("--debug", "status", "--app", name)
+    assert result.exit_code == 1
+    assert 'raise ValueError("connection refused by the faulty broker")' in result.stderr
 
 
 # -- status ----------------------------------------------------------------------------
@@ -563,15 +604,15 @@ def test_plugins_lists_a_broken_plugin_with_why(
 def test_plugins_with_app_shows_its_plugins_and_tasks(shared: ModuleType) -> None:
     out = ok("plugins", "--app", "cli_app")
     assert "broker sharedmem://" in row(out, "cli-test-sharedmem")[-1]
-    assert row(out, "add") == [
-        "default",
+    assert row(out, "add") == ["default", "0", "default", "-", "def add(x: int, y: int) -> int"]
+    assert row(out, "greet") == [
+        "mail",
         "0",
         "default",
         "-",
-        "function",
-        "(x: int, y: int) -> int",
+        "async def greet(name: str, punctuation: str = '!') -> dict[str, typing.Any]",
     ]
-    assert row(out, "greet")[:5] == ["mail", "0", "default", "-", "async function"]
+    assert row(out, "echo")[-1] == "Echo.run(payload)"  # a handler object
     assert row(out, "explode")[2] == "0"  # max retries
 
 
@@ -629,7 +670,7 @@ def test_worker_banner_and_graceful_sigterm(monkeypatch: pytest.MonkeyPatch) -> 
     assert re.search(r"^storage +memory://\s*$", out, re.MULTILINE)
     assert re.search(r"^queues +default, mail\s*$", out, re.MULTILINE)
     assert re.search(r"^concurrency +3\s*$", out, re.MULTILINE)
-    assert re.search(rf"^tasks \(4\) +{TASKS}\s*$", out, re.MULTILINE)
+    assert re.search(rf"^tasks \(5\) +{TASKS}\s*$", out, re.MULTILINE)
     assert re.search(r"^plugins +.*memory \(bgcoor [\d.]+\)", out, re.MULTILINE)
     assert "worker stopped after 0 task(s)" in out
     assert "hunter2" not in out + err

@@ -610,3 +610,19 @@ def test_backends_are_built_once_under_concurrent_first_use(fast: dict[str, Any]
         assert len(set(seen)) == 1  # one broker and one storage, shared by every thread
     finally:
         manager.close_sync()
+
+
+async def test_enqueue_by_name_for_a_handler_object_takes_its_payload(
+    manager: TaskManager,
+) -> None:
+    class Greeter:
+        async def run(self, payload: dict[str, str]) -> str:
+            return f"hello {payload['who']}"
+
+    manager.registry.register("greet", Greeter())
+    handle = await manager.enqueue("greet", {"who": "ada"})
+    await manager.drain(raise_errors=True)
+    assert await handle.result(timeout=1) == "hello ada"
+    with pytest.raises(PayloadError, match="exactly one argument"):
+        await manager.enqueue("greet", {"who": "ada"}, extra=1)
+    assert await manager.broker.queue_length("default") == 0

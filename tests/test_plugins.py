@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,12 +16,15 @@ import bgcoor_core._plugins as plugins_module
 from bgcoor_core import (
     BackendContext,
     BrokerRegistry,
+    DecodeError,
     DuplicateSchemeError,
     MemoryBroker,
     MemoryStorage,
     NonRetryableError,
+    PayloadError,
     PluginError,
     PluginLoadError,
+    SerializerRegistry,
     StorageRegistry,
     Task,
     TaskManager,
@@ -32,6 +36,7 @@ from bgcoor_core import (
     load_settings,
 )
 from bgcoor_core.backends.memory import _memory_broker, _memory_storage
+from bgcoor_core.serializers import JsonSerializer
 
 
 def make_plugin(name: str, **hooks: Callable[..., Any]) -> types.ModuleType:
@@ -308,6 +313,77 @@ def test_hook_with_wrong_argument_name_is_rejected() -> None:
         )
 
 
+# -- serializers from plugins ---------------------------------------------------------
+
+
+class ReversedJson:
+    """A toy serializer: JSON, bytes reversed."""
+
+    content_type = "application/x-reversed-json"
+
+    def dumps(self, data: Any) -> bytes:
+        return json.dumps(data).encode()[::-1]
+
+    def loads(self, raw: bytes) -> Any:
+        return json.loads(raw[::-1])
+
+
+def reversed_json_plugin() -> types.ModuleType:
+    def bgcoor_register_serializers(serializers: SerializerRegistry) -> None:
+        serializers.add(ReversedJson())
+
+    return make_plugin("reversed_json", bgcoor_register_serializers=bgcoor_register_serializers)
+
+
+async def test_a_plugin_serializer_carries_tasks_end_to_end(fast: dict[str, Any]) -> None:
+    ct = ReversedJson.content_type
+    manager = TaskManager(plugins=[reversed_json_plugin()], serializer=ct, **fast)
+
+    @manager.task
+    def greet(name: str) -> str:
+        return f"hello, {name}"
+
+    try:
+        assert manager.broker.codec.content_type == ct
+        assert manager.broker.codec.encode(Task.new("t")).startswith(ct.encode() + b"\n")
+        handle = await greet.enqueue("plugin")
+        assert await manager.drain(raise_errors=True) == 1
+        assert await handle.result(timeout=5) == "hello, plugin"
+    finally:
+        await manager.close()
+    info = {i.name: i for i in manager.host.describe()}["reversed_json"]
+    assert info.provides == [f"serializer {ct}"]
+
+
+def test_a_serializer_not_accepted_is_refused_when_decoding() -> None:
+    host = build_plugin_host(plugins=[reversed_json_plugin()])
+    producer = host.make_codec(load_settings(serializer=ReversedJson.content_type))
+    consumer = host.make_codec(load_settings())  # accepts JSON only
+    body = producer.encode(Task.new("t"))
+    with pytest.raises(DecodeError, match="refused message with content type"):
+        consumer.decode(body)
+    pickled = host.make_codec(load_settings(serializer="application/x-python-pickle"))
+    with pytest.raises(DecodeError, match="x-python-pickle"):
+        consumer.decode(pickled.encode(Task.new("t")))
+
+
+def test_two_plugins_providing_one_content_type_are_named() -> None:
+    def bgcoor_register_serializers(serializers: SerializerRegistry) -> None:
+        serializers.add(JsonSerializer())
+
+    host = build_plugin_host(
+        plugins=[make_plugin("json_clone", bgcoor_register_serializers=bgcoor_register_serializers)]
+    )
+    with pytest.raises(PluginError, match="'json' and 'json_clone'"):
+        _ = host.serializers
+
+
+def test_an_unknown_serializer_setting_lists_what_exists() -> None:
+    host = build_plugin_host()
+    with pytest.raises(PayloadError, match=r"no serializer for content type.*application/json"):
+        host.make_codec(load_settings(serializer="application/msgpack"))
+
+
 # -- task handlers from plugins --------------------------------------------------------
 
 
@@ -487,3 +563,46 @@ async def test_an_observer_that_raises_does_not_break_processing(
     finally:
         await manager.close()
     assert "lifecycle hook bgcoor_task_started raised" in caplog.text
+
+
+async def test_a_raising_observer_does_not_hide_the_event_from_others(
+    fast: dict[str, Any],
+) -> None:
+    seen: list[str] = []
+
+    class Broken:
+        @hookimpl
+        def bgcoor_task_succeeded(self, task: Task) -> None:
+            raise RuntimeError("observer bug")
+
+    class Watcher:
+        @hookimpl
+        def bgcoor_task_succeeded(self, task: Task) -> None:
+            seen.append(task.id)
+
+    # pluggy calls later-registered implementations first: register the broken one last
+    manager = TaskManager(plugins=[Watcher(), Broken()], **fast)
+
+    @manager.task
+    async def one() -> int:
+        return 1
+
+    try:
+        handle = await one.enqueue()
+        await manager.drain()
+        assert seen == [handle.id]
+    finally:
+        await manager.close()
+
+
+def test_unnamed_plugin_objects_get_a_readable_name() -> None:
+    class Observer:
+        @hookimpl
+        def bgcoor_task_started(self, task: Task) -> None: ...
+
+    host = build_plugin_host(plugins=[Observer()], load_entry_points=False)
+    names = [name for name, _ in host.pm.list_name_plugin()]
+    assert any(
+        name.startswith("test_unnamed_plugin_objects_get_a_readable_name.<locals>.Observer@")
+        for name in names
+    ), names

@@ -48,7 +48,9 @@ def _fail(exc: BaseException, debug: bool) -> NoReturn:
 def _usage(exc: Exception) -> NoReturn:
     ctx = getattr(exc, "ctx", None)
     message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-    if ctx is not None:
+    if "--debug" in message:
+        message = f"{message.rstrip('.')}. --debug goes before the command: bgcoor --debug ..."
+    elif ctx is not None:
         message = f"{message.rstrip('.')}. See '{ctx.command_path} --help'."
     print_error(message)
     raise typer.Exit(getattr(exc, "exit_code", 2)) from None

@@ -92,26 +92,33 @@ def _print_failures(console: Console, host: PluginHost) -> None:
 
 def _task_table(manager: TaskManager, app: str) -> Table:
     table = Table(title=Text(f"Tasks registered by {app}"), title_justify="left")
-    for column in ("task", "queue", "priority", "max retries", "timeout", "kind", "signature"):
-        table.add_column(column)
+    table.add_column("task", no_wrap=True)
+    table.add_column("queue", no_wrap=True)
+    for column in ("prio", "retries", "timeout"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("runs", ratio=1, overflow="fold")
     for name in manager.registry.names():
         entry = manager.registry.get(name)
         opts = entry.options
-        handler: Any = entry.handler
-        is_function = isinstance(handler, FunctionHandler)
-        kind = ("async " if entry.is_async else "") + ("function" if is_function else "handler")
         table.add_row(
             Text(name),
             Text(opts.queue),
             str(opts.priority),
             "default" if opts.max_retries is None else str(opts.max_retries),
             "-" if opts.timeout is None else f"{opts.timeout:g}s",
-            kind,
-            Text(_signature(handler) if is_function else "(payload)"),
+            Text(_callable(entry.handler, entry.is_async)),
         )
     if not manager.registry.names():
         table.caption = "no tasks registered"
     return table
+
+
+def _callable(handler: Any, is_async: bool) -> str:
+    """``def add(x: int, y: int) -> int``, or the handler object's class."""
+    if not isinstance(handler, FunctionHandler):
+        return f"{type(handler).__name__}.run(payload)"
+    prefix = "async def" if is_async else "def"
+    return f"{prefix} {getattr(handler.fn, '__name__', '?')}{_signature(handler)}"
 
 
 def _signature(handler: FunctionHandler) -> str:

@@ -69,6 +69,18 @@ def _json_kind(value: Any) -> str:
     return "a number"
 
 
+_NO_PAYLOAD = object()  # --payload not given (null is a valid payload)
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """What the command line says to call the task with."""
+
+    args: list[Any]
+    kwargs: dict[str, Any]
+    payload: Any
+
+
 def enqueue(
     app: AppArgument,
     task: Annotated[str, typer.Argument(metavar="TASK", help="Registered task name.")],
@@ -147,16 +159,6 @@ def enqueue(
     run_with_manager(app, body)
 
 
-_NO_PAYLOAD = object()
-
-
-@dataclass(frozen=True, slots=True)
-class _Call:
-    args: list[Any]
-    kwargs: dict[str, Any]
-    payload: Any
-
-
 def _registered(manager: TaskManager, name: str) -> RegisteredTask:
     manager.host  # noqa: B018 - plugins contribute their tasks when the host is built
     return manager.registry.get(name)
@@ -182,13 +184,12 @@ def _build(manager: TaskManager, entry: RegisteredTask, call: _Call) -> Task:
             )
         payload = None if call.payload is _NO_PAYLOAD else call.payload
     opts = entry.options
-    max_retries = opts.max_retries
     return Task(
         name=entry.name,
         payload=payload,
         queue=opts.queue,
         priority=opts.priority,
-        max_retries=manager.settings.max_retries if max_retries is None else max_retries,
+        max_retries=manager.settings.max_retries if opts.max_retries is None else opts.max_retries,
         timeout=opts.timeout,
     )
 

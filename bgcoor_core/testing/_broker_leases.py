@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
@@ -18,6 +17,7 @@ from ._helpers import (
     LEASE,
     LONG_LEASE,
     SLACK,
+    Stopwatch,
     make_task,
     require,
     reserve_one,
@@ -39,12 +39,15 @@ class BrokerLeaseTests:
     async def test_lease_expiry_redelivers_with_a_new_token(self, broker: Broker) -> None:
         task = make_task()
         await broker.push(task)
+        clock = Stopwatch()
         first = await reserve_one(broker, lease=LEASE)
-        reserved_at = time.monotonic()
-        assert await broker.reserve([DEFAULT], lease=LEASE, timeout=0) == [], "lease ignored"
-        assert (await broker.stats(DEFAULT)).reserved == 1
+        early = await broker.reserve([DEFAULT], lease=LEASE, timeout=0)
+        stats = await broker.stats(DEFAULT)
+        if clock.elapsed < LEASE:
+            assert early == [], "delivered again while the first lease held"
+            assert (stats.ready, stats.reserved) == (0, 1)
         second = await reserve_one(broker, lease=LEASE, timeout=LEASE + SLACK)
-        assert time.monotonic() - reserved_at >= LEASE - EARLY, "redelivered before expiry"
+        assert clock.elapsed >= LEASE - EARLY, "redelivered before the lease expired"
         assert second.task == task
         assert second.token != first.token
         assert (second.deliveries, second.lost) == (2, 1)
@@ -129,28 +132,36 @@ class BrokerLeaseTests:
         await broker.push(make_task())
         first = await reserve_one(broker)
         delay = 0.3
-        nacked_at = time.monotonic()
+        clock = Stopwatch()
         await broker.nack(first, delay=delay)
-        assert await broker.reserve([DEFAULT], lease=LONG_LEASE, timeout=0) == []
+        early = await broker.reserve([DEFAULT], lease=LONG_LEASE, timeout=0)
         stats = await broker.stats(DEFAULT)
-        assert (stats.ready, stats.scheduled, stats.reserved) == (0, 1, 0)
+        if clock.elapsed < delay:
+            assert early == [], "delivered before the nack delay"
+            assert (stats.ready, stats.scheduled, stats.reserved) == (0, 1, 0)
         second = await reserve_one(broker, timeout=delay + SLACK)
-        assert time.monotonic() - nacked_at >= delay - EARLY, "delivered before the delay"
+        assert clock.elapsed >= delay - EARLY, "delivered before the nack delay"
         assert (second.deliveries, second.lost) == (2, 0)
         await broker.ack(second)
 
     async def test_extend_keeps_the_lease(self, broker: Broker) -> None:
         require(broker, Capability.LEASE_EXTENSION)
         await broker.push(make_task())
-        reservation = await reserve_one(broker, lease=LEASE)
-        reserved_at = time.monotonic()
+        first_lease = 2 * LEASE
+        clock = Stopwatch()
+        reservation = await reserve_one(broker, lease=first_lease)
         await asyncio.sleep(LEASE / 2)
-        await broker.extend(reservation, 1.0 + LEASE)
-        await asyncio.sleep(max(0.0, reserved_at + LEASE + 0.15 - time.monotonic()))
+        await broker.extend(reservation, LONG_LEASE)
+        await asyncio.sleep(max(0.0, first_lease + 0.15 - clock.elapsed))
         assert await broker.reserve([DEFAULT], lease=LONG_LEASE, timeout=0) == []
         assert (await broker.stats(DEFAULT)).reserved == 1
-        await broker.extend(reservation, LONG_LEASE)  # the token is still current
-        await broker.ack(reservation)
+        # The new deadline is ``lease`` seconds from now, also when that is sooner.
+        clock = Stopwatch()
+        await broker.extend(reservation, LEASE)
+        again = await reserve_one(broker, timeout=LEASE + SLACK)
+        assert clock.elapsed >= LEASE - EARLY
+        assert (again.deliveries, again.lost) == (2, 1)
+        await broker.ack(again)
 
     async def test_atomic_completion(
         self, broker: Broker, completion_storage: Storage | None

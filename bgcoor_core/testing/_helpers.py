@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any, TypeVar
 
@@ -81,6 +82,22 @@ async def drain(broker: Broker, queues: Sequence[str] = (DEFAULT,)) -> list[str]
             ids.append(reservation.task.id)
             await broker.ack(reservation)
     return ids
+
+
+class Stopwatch:
+    """Started before the lease, delay or TTL being tested begins.
+
+    "Not yet" checks run only while ``elapsed`` is below the interval (on a badly stalled
+    machine the interval may rightly have passed); "not before" checks compare ``elapsed``
+    with the interval, which can only make them more lenient.
+    """
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
 
 
 @contextlib.asynccontextmanager
