@@ -28,8 +28,8 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX, extra="forbid", frozen=True, env_parse_none_str="none"
     )
 
-    broker_url: str = "memory://"
-    storage_url: str = "memory://"
+    broker_url: str = "sqlite:///bgcoor.db"
+    storage_url: str = "sqlite:///bgcoor.db"
     concurrency: int = Field(default=10, ge=1, le=10_000)
     queues: CommaList = Field(default_factory=lambda: ["default"], min_length=1)
     lease_seconds: float = Field(default=30.0, gt=0)

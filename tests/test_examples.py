@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
 
-def run_python(*args: str) -> str:
+def run_python(*args: str, cwd: Path | None = None) -> str:
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("BGCOOR_")}
     proc = subprocess.run(
         [sys.executable, "-W", "error", *args],
@@ -21,6 +21,7 @@ def run_python(*args: str) -> str:
         text=True,
         timeout=60,
         env=env,
+        cwd=cwd,
         check=False,
     )
     assert proc.returncode == 0, f"{args} exited {proc.returncode}:\n{proc.stderr}"
@@ -51,10 +52,11 @@ def test_every_example_is_tested(path: Path) -> None:
     assert f'run_example("{path.name}")' in Path(__file__).read_text()
 
 
-def test_readme_quickstart_runs() -> None:
+def test_readme_quickstart_runs(tmp_path: Path) -> None:
     readme = (ROOT / "README.md").read_text()
     code = readme.split("## Quickstart", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
-    assert run_python("-c", code).splitlines() == ["3", "49"]
+    # run where the embedded default (./bgcoor.db) may be created
+    assert run_python("-c", code, cwd=tmp_path).splitlines() == ["3", "49"]
 
 
 def test_benchmark_smoke() -> None:

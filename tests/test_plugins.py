@@ -7,6 +7,7 @@ import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -36,6 +37,7 @@ from bgcoor_core import (
     load_settings,
 )
 from bgcoor_core.backends.memory import _memory_broker, _memory_storage
+from bgcoor_core.backends.sqlite import SQLiteBackend
 from bgcoor_core.serializers import JsonSerializer
 
 
@@ -126,9 +128,23 @@ def test_disabled_plugins_are_not_loaded() -> None:
 
 def test_make_backends_builds_memory_from_settings() -> None:
     host = build_plugin_host()
-    broker, storage = host.make_backends(load_settings())
+    broker, storage = host.make_backends(
+        load_settings(broker_url="memory://", storage_url="memory://")
+    )
     assert isinstance(broker, MemoryBroker)
     assert isinstance(storage, MemoryStorage)
+
+
+async def test_default_settings_share_one_sqlite_file_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    broker, storage = build_plugin_host().make_backends(load_settings())
+    assert isinstance(broker, SQLiteBackend)
+    assert storage is broker  # one object, so outcome and ack are stored atomically
+    assert await storage.counts() == dict.fromkeys(TaskStatus, 0)
+    await broker.close()
+    assert (tmp_path / "bgcoor.db").exists()
 
 
 # -- programmatic registration ---------------------------------------------------------

@@ -468,8 +468,10 @@ async def test_from_settings_assembles_everything_through_the_hooks(
         assert (await pool.storage.wait(task.id, timeout=5)).result == "HI"
 
 
-async def test_from_settings_with_defaults_uses_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_from_settings_assembles_backends_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BGCOOR_CONCURRENCY", "2")
+    monkeypatch.setenv("BGCOOR_BROKER_URL", "memory://")
+    monkeypatch.setenv("BGCOOR_STORAGE_URL", "memory://")
     pool = WorkerPool.from_settings()
     assert pool.concurrency == 2
     assert isinstance(pool.broker, MemoryBroker)

@@ -15,8 +15,9 @@ from bgcoor_core import (
 
 def test_defaults() -> None:
     settings = load_settings()
-    assert settings.broker_url == "memory://"
-    assert settings.storage_url == "memory://"
+    # the embedded default: one SQLite file shared by every process in this directory
+    assert settings.broker_url == "sqlite:///bgcoor.db"
+    assert settings.storage_url == "sqlite:///bgcoor.db"
     assert settings.concurrency == 10
     assert settings.queues == ["default"]
     assert settings.lease_seconds == 30.0

@@ -114,7 +114,7 @@ def demo(
             "-c",
             min=1,
             max=10_000,
-            help="Worker slots [default: BGCOOR_CONCURRENCY, 10].",
+            help="Worker slots (default: BGCOOR_CONCURRENCY, 10).",
             show_default=False,
         ),
     ] = None,

@@ -72,8 +72,8 @@ class BgcoorGroup(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except (typer.Exit, typer.Abort):
-            raise
+        except (typer.Exit, typer.Abort, BrokenPipeError):
+            raise  # Typer handles these (a closed pipe, as in `bgcoor ... | head`, is quiet)
         except UsageError as exc:
             if type(exc).__name__ == "NoArgsIsHelpError":
                 raise  # ``bgcoor dlq``: Typer prints that group's help

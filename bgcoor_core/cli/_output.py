@@ -72,25 +72,29 @@ def timestamp(value: datetime | float | None) -> str:
 
 @contextlib.contextmanager
 def logging_to_stderr(level: str) -> Iterator[None]:
-    """Show log records at ``level`` and above on stderr (rich), unless the app set up logging.
+    """Show bg-coor's log records at ``level`` and above on stderr (rich).
 
-    The root logger is restored afterwards, so nothing leaks out of an in-process run.
+    When the app configured logging itself (the root logger has handlers), only bg-coor's
+    own logger level is set; otherwise a handler is added and the root level set, so the
+    app's own records show too. Everything is restored afterwards.
     """
     from rich.logging import RichHandler
 
-    root = logging.getLogger()
-    old_level = root.level
+    root, ours = logging.getLogger(), logging.getLogger("bgcoor")
+    old_root, old_ours = root.level, ours.level
     handler: logging.Handler | None = None
     if not root.handlers:
         handler = RichHandler(console=err_console(), show_path=False, rich_tracebacks=False)
         root.addHandler(handler)
-    root.setLevel(level.upper())
+        root.setLevel(level.upper())
+    ours.setLevel(level.upper())
     try:
         yield
     finally:
-        root.setLevel(old_level)
+        ours.setLevel(old_ours)
         if handler is not None:
             root.removeHandler(handler)
+            root.setLevel(old_root)
 
 
 @contextlib.contextmanager

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import typer
@@ -106,14 +105,14 @@ def enqueue(
             "--queue",
             "-q",
             callback=check_queue,
-            help="Queue [default: the task's].",
+            help="Queue (default: the task's).",
             show_default=False,
         ),
     ] = None,
     priority: Annotated[
         int | None,
         typer.Option(
-            "--priority", "-p", help="Priority [default: the task's].", show_default=False
+            "--priority", "-p", help="Priority (default: the task's).", show_default=False
         ),
     ] = None,
     delay: Annotated[
@@ -141,14 +140,7 @@ def enqueue(
     )
 
     async def body(manager: TaskManager) -> None:
-        built = _build(manager, _registered(manager, task), call)
-        if queue is not None:
-            built.queue = queue
-        if priority is not None:
-            built.priority = priority
-        if delay:
-            built.eta = datetime.now(UTC) + timedelta(seconds=delay)
-            built.status = TaskStatus.SCHEDULED
+        built = _build(manager, _registered(manager, task), call, queue, priority, delay)
         handle = await manager.submit(built)
         typer.echo(handle.id)
         if wait:
@@ -164,34 +156,31 @@ def _registered(manager: TaskManager, name: str) -> RegisteredTask:
     return manager.registry.get(name)
 
 
-def _build(manager: TaskManager, entry: RegisteredTask, call: _Call) -> Task:
-    """The task as ``TaskFunction.build`` makes it: arguments checked here, in the caller."""
-    handler = entry.handler
-    payload: Any
-    if isinstance(handler, FunctionHandler):
+def _build(
+    manager: TaskManager,
+    entry: RegisteredTask,
+    call: _Call,
+    queue: str | None,
+    priority: int | None,
+    delay: float | None,
+) -> Task:
+    """Arguments are checked here, in the caller, by the manager's own task builder."""
+    options: dict[str, Any] = {"queue": queue, "priority": priority, "delay": delay or None}
+    if isinstance(entry.handler, FunctionHandler):
         if call.payload is not _NO_PAYLOAD:
             raise CliError(
                 f"task {entry.name!r} is a function: pass --args/--kwargs, not --payload",
                 exit_code=2,
             )
-        payload = handler.encode_arguments(call.args, call.kwargs)
-    else:
-        if call.args or call.kwargs:
-            raise CliError(
-                f"task {entry.name!r} is a handler object that takes a raw payload: "
-                "pass --payload JSON, not --args/--kwargs",
-                exit_code=2,
-            )
-        payload = None if call.payload is _NO_PAYLOAD else call.payload
-    opts = entry.options
-    return Task(
-        name=entry.name,
-        payload=payload,
-        queue=opts.queue,
-        priority=opts.priority,
-        max_retries=manager.settings.max_retries if opts.max_retries is None else opts.max_retries,
-        timeout=opts.timeout,
-    )
+        return manager.build_task(entry, call.args, call.kwargs, **options)
+    if call.args or call.kwargs:
+        raise CliError(
+            f"task {entry.name!r} is a handler object that takes a raw payload: "
+            "pass --payload JSON, not --args/--kwargs",
+            exit_code=2,
+        )
+    payload = None if call.payload is _NO_PAYLOAD else call.payload
+    return manager.build_task(entry, [payload], **options)
 
 
 async def _wait(result: Any, task_id: str, queue: str) -> Any:

@@ -35,7 +35,7 @@ def worker(
             "-c",
             min=1,
             max=10_000,
-            help="Tasks run at once [default: BGCOOR_CONCURRENCY, 10].",
+            help="Tasks run at once (default: BGCOOR_CONCURRENCY, 10).",
             show_default=False,
         ),
     ] = None,
@@ -47,7 +47,7 @@ def worker(
             metavar="A,B",
             callback=check_queue_list,
             help="Comma-separated queues to serve, first served first "
-            "[default: BGCOOR_QUEUES, default].",
+            "(default: BGCOOR_QUEUES, default).",
             show_default=False,
         ),
     ] = None,
@@ -57,8 +57,8 @@ def worker(
 ) -> None:
     """Run a worker for APP's tasks until SIGTERM or Ctrl+C (twice to force).
 
-    The first signal stops taking tasks and lets running ones finish (BGCOOR_SHUTDOWN_GRACE);
-    a second one hands running tasks back to the broker at once.
+    The first signal stops taking tasks and lets running ones finish (up to
+    BGCOOR_SHUTDOWN_GRACE seconds). A second one hands running tasks back at once.
     """
     manager = load_manager(app)
     queue_list = split_queues(queues) if queues else None
