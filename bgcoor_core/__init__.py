@@ -2,6 +2,7 @@
 
 from ._broker import (
     AtomicCompletion,
+    AtomicEnqueue,
     Broker,
     Capability,
     DeadLetter,
@@ -53,6 +54,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ALLOWED_TRANSITIONS",
     "AtomicCompletion",
+    "AtomicEnqueue",
     "BackendContext",
     "BgcoorError",
     "Broker",

@@ -218,3 +218,17 @@ class AtomicCompletion(Protocol):
     async def complete(
         self, reservation: Reservation, task: Task, *, ttl: float | None
     ) -> None: ...
+
+
+@runtime_checkable
+class AtomicEnqueue(Protocol):
+    """Optional: a backend that is broker and storage at once stores the tasks' records and
+    pushes their messages in one step, so a task never exists in one and not the other."""
+
+    def completes_into(self, storage: Storage) -> bool:
+        """True when ``storage`` is the store this broker writes records into."""
+        ...
+
+    async def enqueue_atomically(self, tasks: Sequence[Task], messages: Sequence[Message]) -> None:
+        """Save ``tasks`` (as :meth:`Storage.save` would) and push ``messages``."""
+        ...

@@ -11,7 +11,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from pydantic import TypeAdapter
 
-from ._broker import Broker
+from ._broker import AtomicEnqueue, Broker
 from ._errors import (
     PayloadError,
     ResultTimeoutError,
@@ -313,19 +313,22 @@ class TaskManager:
     async def submit_with_handle(
         self, task: Task, decode: Callable[[Any], R] | None
     ) -> TaskHandle[R]:
-        broker, storage = self._ensure_backends()
-        message = broker.to_message(task)  # validates before anything is stored
-        await storage.save(task)
-        await broker.push_messages([message])
-        self.host.task_enqueued(task)
+        await self.submit_many([task])
         return TaskHandle(self, task.id, decode)
 
     async def submit_many(self, tasks: Sequence[Task]) -> None:
+        """Store the tasks' records, then push their messages.
+
+        Every task is validated and encoded before anything is written. A backend that is
+        broker and storage at once (:class:`AtomicEnqueue`) does both in one step.
+        """
         broker, storage = self._ensure_backends()
         messages = [broker.to_message(t) for t in tasks]
-        for task in tasks:
-            await storage.save(task)
-        await broker.push_messages(messages)
+        if isinstance(broker, AtomicEnqueue) and broker.completes_into(storage):
+            await broker.enqueue_atomically(tasks, messages)
+        else:
+            await storage.save_many(tasks)
+            await broker.push_messages(messages)
         for task in tasks:
             self.host.task_enqueued(task)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 from ._codec import Codec
 from ._errors import InvalidTransitionError, ResultTimeoutError, StaleLeaseError
@@ -53,6 +54,11 @@ class Storage(ABC):
 
         ``ttl`` (seconds) makes the record expire; expired records are never returned.
         """
+
+    async def save_many(self, tasks: Sequence[Task]) -> None:
+        """Save several new records; backends override it to use one round trip."""
+        for task in tasks:
+            await self.save(task)
 
     @abstractmethod
     async def get(self, task_id: str) -> Task | None:

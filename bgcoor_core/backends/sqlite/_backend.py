@@ -252,6 +252,16 @@ class SQLiteBackend(Broker, Storage):
     def completes_into(self, storage: Storage) -> bool:
         return storage is self
 
+    async def enqueue_atomically(self, tasks: Sequence[Task], messages: Sequence[Message]) -> None:
+        for message in messages:
+            validate_queue_name(message.queue)
+        await self.db.run(_enqueue, tasks, messages)
+        with self._waiters_lock:
+            self._waiters.wake_all()
+
+    async def save_many(self, tasks: Sequence[Task]) -> None:
+        await self.db.run(_records.save_many, tasks)
+
     async def complete(self, reservation: Reservation, task: Task, *, ttl: float | None) -> None:
         await self.db.run(_complete, reservation.task.id, reservation.token, task, ttl)
 
@@ -263,24 +273,33 @@ class SQLiteBackend(Broker, Storage):
 
 
 def _insert_messages(conn: sqlite3.Connection, messages: Sequence[Message]) -> None:
+    with transaction(conn):
+        _insert(conn, messages)
+
+
+def _enqueue(conn: sqlite3.Connection, tasks: Sequence[Task], messages: Sequence[Message]) -> None:
+    with transaction(conn):
+        for task in tasks:
+            _records.write(conn, task, None)
+        _insert(conn, messages)
+
+
+def _insert(conn: sqlite3.Connection, messages: Sequence[Message]) -> None:
     seq = time.time_ns()
     rows = [
         (m.id, m.queue, m.priority, seq + i, m.body, m.eta or 0.0) for i, m in enumerate(messages)
     ]
-    with transaction(conn):
-        try:
-            conn.executemany(
-                "INSERT INTO messages (id, queue, priority, seq, body, state, available_at) "
-                "VALUES (?, ?, ?, ?, ?, 'ready', ?)",
-                rows,
-            )
-        except sqlite3.IntegrityError:
-            raise DuplicateTaskError(
-                "a task with one of these ids is already in the broker"
-            ) from None
+    try:
         conn.executemany(
-            "INSERT OR IGNORE INTO queues (name) VALUES (?)", {(m.queue,) for m in messages}
+            "INSERT INTO messages (id, queue, priority, seq, body, state, available_at) "
+            "VALUES (?, ?, ?, ?, ?, 'ready', ?)",
+            rows,
         )
+    except sqlite3.IntegrityError:
+        raise DuplicateTaskError("a task with one of these ids is already in the broker") from None
+    conn.executemany(
+        "INSERT OR IGNORE INTO queues (name) VALUES (?)", {(m.queue,) for m in messages}
+    )
 
 
 _CANDIDATES = (

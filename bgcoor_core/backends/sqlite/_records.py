@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Sequence
 
 from pydantic import ValidationError
 
@@ -43,6 +44,12 @@ def write(conn: sqlite3.Connection, task: Task, ttl: float | None) -> None:
 def save(conn: sqlite3.Connection, task: Task, ttl: float | None) -> None:
     with transaction(conn):
         write(conn, task, ttl)
+
+
+def save_many(conn: sqlite3.Connection, tasks: Sequence[Task]) -> None:
+    with transaction(conn):
+        for task in tasks:
+            write(conn, task, None)
 
 
 def decode(task_id: str, record: str) -> Task:
