@@ -7,6 +7,7 @@ from ._broker import (
     Capability,
     DeadLetter,
     Message,
+    Migratable,
     QueueStats,
     Reservation,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "MemoryBroker",
     "MemoryStorage",
     "Message",
+    "Migratable",
     "NonRetryableError",
     "PayloadError",
     "PayloadTooLargeError",

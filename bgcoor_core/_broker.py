@@ -232,3 +232,16 @@ class AtomicEnqueue(Protocol):
     async def enqueue_atomically(self, tasks: Sequence[Task], messages: Sequence[Message]) -> None:
         """Save ``tasks`` (as :meth:`Storage.save` would) and push ``messages``."""
         ...
+
+
+@runtime_checkable
+class Migratable(Protocol):
+    """Optional: a backend with a versioned schema applies its pending migrations.
+
+    Must be idempotent and safe when several processes call it at once (``bgcoor migrate``
+    and workers starting together).
+    """
+
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations; return a line for each one applied (empty if current)."""
+        ...

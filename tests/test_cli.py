@@ -724,3 +724,14 @@ def test_worker_second_sigint_forces_and_hands_the_task_back(
     code, _, err = worker.finish(timeout=10)
     assert code == 0, err
     assert row(ok("status"), "default")[0] == "1"  # handed back: ready for the next worker
+
+
+def test_migrate_reports_applied_then_up_to_date(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/m.db"
+    env = {"BGCOOR_BROKER_URL": url, "BGCOOR_STORAGE_URL": url}
+    first = runner.invoke(app, ["migrate"], env=env)
+    assert first.exit_code == 0, first.output
+    assert "schema version 1" in first.output
+    second = runner.invoke(app, ["migrate"], env=env)
+    assert second.exit_code == 0, second.output
+    assert "schema is up to date" in second.output

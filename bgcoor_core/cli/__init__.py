@@ -14,6 +14,7 @@ from .. import __version__
 from ._demo import demo
 from ._dlq import dlq_app
 from ._group import BgcoorGroup
+from ._migrate import migrate
 from ._plugins import plugins
 from ._status import status
 from ._tasks import enqueue, inspect
@@ -60,6 +61,7 @@ app.command("inspect")(inspect)
 app.add_typer(dlq_app, name="dlq")
 app.command("plugins")(plugins)
 app.command("demo")(demo)
+app.command("migrate")(migrate)
 
 
 def main() -> None:

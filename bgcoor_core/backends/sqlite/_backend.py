@@ -27,8 +27,10 @@ from ..._task import Task, TaskStatus, validate_queue_name
 from .._waiters import Waiters, wait_for_wake
 from . import _records
 from ._connection import Connection, transaction
+from ._schema import SCHEMA_VERSION
 
 Row = tuple[Any, ...]
+Lines = list[str]  # the class below defines a method named ``list``
 
 
 class SQLiteOptions(BaseModel):
@@ -264,6 +266,12 @@ class SQLiteBackend(Broker, Storage):
 
     async def complete(self, reservation: Reservation, task: Task, *, ttl: float | None) -> None:
         await self.db.run(_complete, reservation.task.id, reservation.token, task, ttl)
+
+    async def migrate(self) -> Lines:
+        """The file is migrated when first opened; report what that did."""
+        await self.db.run(_fetch, "SELECT 1", ())
+        found = self.db.found_version or 0
+        return [f"{self.db.path}: schema version {v + 1}" for v in range(found, SCHEMA_VERSION)]
 
     async def close(self) -> None:
         await self.db.close()

@@ -24,6 +24,7 @@ class Connection:
         self._synchronous = synchronous
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="bgcoor-sqlite")
         self._conn: sqlite3.Connection | None = None
+        self.found_version: int | None = None  # schema version the file had when opened
 
     def _open(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -36,7 +37,7 @@ class Connection:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
-            migrate(conn)
+            self.found_version = migrate(conn)
             self._conn = conn
         return self._conn
 

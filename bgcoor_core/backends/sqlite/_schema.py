@@ -54,7 +54,10 @@ class SchemaTooNewError(RuntimeError):
 
 
 def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the file up to :data:`SCHEMA_VERSION`; return the version it had."""
+    """Bring the file up to :data:`SCHEMA_VERSION`; return the version it had.
+
+    Runs on every open: an embedded file needs no separate migration step.
+    """
     conn.execute("BEGIN IMMEDIATE")
     try:
         version: int = conn.execute("PRAGMA user_version").fetchone()[0]
