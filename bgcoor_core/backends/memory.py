@@ -19,7 +19,7 @@ from .._broker import Broker, Capability, DeadLetter, Message, QueueStats, Reser
 from .._codec import Codec
 from .._errors import DuplicateTaskError, ResultTimeoutError, StaleLeaseError
 from .._registries import BackendContext, BrokerRegistry, StorageRegistry
-from .._storage import Storage, check_page, check_write
+from .._storage import Storage, check_page, check_transition
 from .._task import Task, TaskStatus, validate_queue_name
 from ..hookspecs import hookimpl
 from ._waiters import Waiters, wait_for_wake
@@ -59,6 +59,7 @@ class MemoryBroker(Broker):
         self._scheduled: list[tuple[float, int, str]] = []
         self._leases: list[tuple[float, int, str]] = []
         self._dead: dict[str, dict[str, _Dead]] = {}
+        self._known: set[str] = set()  # every queue that ever held a message
         self._waiters = Waiters()
 
     # -- producing ---------------------------------------------------------------------
@@ -76,6 +77,7 @@ class MemoryBroker(Broker):
             for message in messages:
                 entry = _Entry(message, next(self._seq))
                 self._entries[message.id] = entry
+                self._known.add(message.queue)
                 self._enqueue(entry, message.eta if message.eta and message.eta > now else None)
             self._waiters.wake_all()
 
@@ -270,8 +272,22 @@ class MemoryBroker(Broker):
 
     async def queues(self) -> list[str]:
         with self._lock:
-            names = {e.message.queue for e in self._entries.values()}
-            return sorted(names | set(self._ready) | set(self._dead))
+            return sorted(self._known)
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    """A stored task: serialised like in a real store (so callers never share objects with
+    it), with the fields the filters and transition checks need kept alongside."""
+
+    status: TaskStatus
+    name: str
+    queue: str
+    lease_token: str | None
+    json: bytes
+
+    def task(self) -> Task:
+        return Task.model_validate_json(self.json)
 
 
 class MemoryStorage(Storage):
@@ -280,11 +296,11 @@ class MemoryStorage(Storage):
     def __init__(self, codec: Codec) -> None:
         super().__init__(codec)
         self._lock = threading.Lock()
-        self._records: dict[str, Task] = {}
+        self._records: dict[str, _Record] = {}
         self._expires: dict[str, float] = {}
         self._waiters: dict[str, Waiters] = {}
 
-    def _live(self, task_id: str) -> Task | None:
+    def _live(self, task_id: str) -> _Record | None:
         expires = self._expires.get(task_id)
         if expires is not None and expires <= time.monotonic():
             del self._records[task_id], self._expires[task_id]
@@ -292,9 +308,15 @@ class MemoryStorage(Storage):
         return self._records.get(task_id)
 
     async def save(self, task: Task, *, ttl: float | None = None) -> None:
-        record = task.model_copy(deep=True)  # deep: callers may mutate payload/result later
+        record = _Record(
+            task.status, task.name, task.queue, task.lease_token, task.model_dump_json().encode()
+        )
         with self._lock:
-            check_write(self._live(task.id), record)
+            old = self._live(task.id)
+            if old is not None:
+                check_transition(
+                    task.id, old.status, old.lease_token, task.status, task.lease_token
+                )
             self._records[task.id] = record
             if ttl is not None:
                 self._expires[task.id] = time.monotonic() + ttl
@@ -306,7 +328,7 @@ class MemoryStorage(Storage):
     async def get(self, task_id: str) -> Task | None:
         with self._lock:
             record = self._live(task_id)
-        return None if record is None else record.model_copy(deep=True)
+        return None if record is None else record.task()
 
     async def list(
         self,
@@ -322,13 +344,13 @@ class MemoryStorage(Storage):
             ids = sorted(i for i in list(self._records) if self._live(i) is not None)
             records = [self._records[i] for i in ids if after is None or i > after]
         matches = [
-            r.model_copy(deep=True)
+            r
             for r in records
             if (status is None or r.status == status)
             and (name is None or r.name == name)
             and (queue is None or r.queue == queue)
         ]
-        return matches[:limit]
+        return [r.task() for r in matches[:limit]]
 
     async def counts(self) -> dict[TaskStatus, int]:
         counts = dict.fromkeys(TaskStatus, 0)
@@ -352,7 +374,7 @@ class MemoryStorage(Storage):
             with self._lock:
                 record = self._live(task_id)
                 if record is not None and record.status.is_final:
-                    return record.model_copy(deep=True)
+                    return record.task()
                 future = self._waiters.setdefault(task_id, Waiters()).add()
             remaining = 3600.0 if give_up is None else give_up - time.monotonic()
             try:

@@ -259,6 +259,8 @@ class BrokerDeliveryTests:
         names = await broker.queues()
         assert {"alpha", "beta"} <= set(names)
         assert "never-used" not in names
+        await broker.purge("alpha")  # "hold or held": an emptied queue is still known
+        assert "alpha" in await broker.queues()
 
 
 def _stats(ready: int, scheduled: int, reserved: int, dead: int) -> QueueStats:

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from .._broker import AtomicCompletion, Broker, Capability, QueueStats, Reservation
-from .._errors import StaleLeaseError
+from .._broker import AtomicCompletion, AtomicEnqueue, Broker, Capability, QueueStats, Reservation
+from .._errors import DuplicateTaskError, StaleLeaseError
 from .._storage import Storage
 from .._task import TaskStatus
 from ._helpers import (
@@ -188,6 +188,26 @@ class BrokerLeaseTests:
         assert await broker.stats(DEFAULT) == QueueStats()
         with pytest.raises(StaleLeaseError):
             await broker.ack(current)
+
+    async def test_atomic_enqueue(self, broker: Broker, completion_storage: Storage | None) -> None:
+        if not isinstance(broker, AtomicEnqueue):
+            pytest.skip(f"{type(broker).__name__} does not implement AtomicEnqueue")
+        storage = completion_storage
+        if storage is None or not broker.completes_into(storage):
+            pytest.skip("no storage this broker writes into (override completion_storage)")
+        tasks = [make_task(payload={"n": n}) for n in range(3)]
+        await broker.enqueue_atomically(tasks, [broker.to_message(t) for t in tasks])
+        for task in tasks:
+            assert await storage.get(task.id) == task
+        held = await broker.reserve([DEFAULT], lease=LONG_LEASE, limit=3, timeout=SLACK)
+        assert sorted(r.task.id for r in held) == sorted(t.id for t in tasks)
+        # all or nothing: a batch with one duplicate id stores no record and no message
+        fresh = make_task()
+        batch = [fresh, tasks[0]]
+        with pytest.raises(DuplicateTaskError):
+            await broker.enqueue_atomically(batch, [broker.to_message(t) for t in batch])
+        assert await storage.get(fresh.id) is None
+        assert (await broker.stats(DEFAULT)).ready == 0
 
     @pytest.fixture
     def completion_storage(self, broker: Broker) -> Storage | None:

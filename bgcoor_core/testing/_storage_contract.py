@@ -62,6 +62,13 @@ class StorageContract:
         await storage.save(task)
         assert await storage.get(task.id) == task
 
+    async def test_save_many(self, storage: Storage) -> None:
+        tasks = [make_task(payload={"n": n}) for n in range(5)]
+        await storage.save_many(tasks)
+        for task in tasks:
+            assert await storage.get(task.id) == task
+        assert (await storage.counts())[TaskStatus.PENDING] == 5
+
     async def test_get_unknown_is_none(self, storage: Storage) -> None:
         assert await storage.get(make_task().id) is None
 
