@@ -88,8 +88,8 @@ class Broker(ABC):
 
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
 
-    def __init__(self, codec: Codec) -> None:
-        self.codec = codec
+    def __init__(self, codec: Codec | None = None) -> None:
+        self.codec = codec or Codec.json()
 
     # -- producing ---------------------------------------------------------------------
 

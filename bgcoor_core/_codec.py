@@ -8,6 +8,7 @@ explicitly enabled.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
@@ -31,8 +32,23 @@ class Serializer(Protocol):
     def loads(self, raw: bytes) -> Any: ...
 
 
+class JsonSerializer:
+    content_type = JSON
+
+    def dumps(self, data: Any) -> bytes:
+        return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
+
+    def loads(self, raw: bytes) -> Any:
+        return json.loads(raw)
+
+
 class Codec:
     """Encodes tasks with one serializer and decodes any *accepted* content type."""
+
+    @classmethod
+    def json(cls, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Codec:
+        """JSON only: what backends use when constructed without a codec."""
+        return cls({JSON: JsonSerializer()}, max_payload_bytes=max_payload_bytes)
 
     def __init__(
         self,

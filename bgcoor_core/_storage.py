@@ -45,8 +45,8 @@ def check_transition(
 class Storage(ABC):
     """Base class of every storage. Subclasses implement the abstract primitives."""
 
-    def __init__(self, codec: Codec) -> None:
-        self.codec = codec
+    def __init__(self, codec: Codec | None = None) -> None:
+        self.codec = codec or Codec.json()
 
     @abstractmethod
     async def save(self, task: Task, *, ttl: float | None = None) -> None:

@@ -7,22 +7,12 @@ enables it explicitly.
 
 from __future__ import annotations
 
-import json
 import pickle
 from typing import Any
 
+from ._codec import JsonSerializer
 from ._registries import SerializerRegistry
 from .hookspecs import hookimpl
-
-
-class JsonSerializer:
-    content_type = "application/json"
-
-    def dumps(self, data: Any) -> bytes:
-        return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
-
-    def loads(self, raw: bytes) -> Any:
-        return json.loads(raw)
 
 
 class PickleSerializer:

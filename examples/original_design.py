@@ -12,11 +12,9 @@ from typing import Any
 from bgcoor_core import (
     MemoryBroker,
     MemoryStorage,
-    Settings,
     Task,
     TaskRegistry,
     WorkerPool,
-    build_plugin_host,
 )
 
 
@@ -28,10 +26,8 @@ class MyTask:
 
 
 async def main() -> None:
-    # Backends encode tasks with a codec built from the serializers the plugins provide.
-    codec = build_plugin_host().make_codec(Settings())
-    broker = MemoryBroker(codec)
-    storage = MemoryStorage(codec)
+    broker = MemoryBroker()
+    storage = MemoryStorage()
     registry = TaskRegistry()
     registry.register("my_task", MyTask())
 

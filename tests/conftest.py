@@ -23,7 +23,7 @@ from bgcoor_core import (
     TaskRegistry,
     load_settings,
 )
-from bgcoor_core.serializers import JsonSerializer
+from bgcoor_core._codec import JsonSerializer
 
 #: Settings that keep the suite fast: short leases, near-instant retries, short grace.
 FAST: dict[str, Any] = {

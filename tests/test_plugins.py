@@ -36,9 +36,9 @@ from bgcoor_core import (
     hookimpl,
     load_settings,
 )
+from bgcoor_core._codec import JsonSerializer
 from bgcoor_core.backends.memory import _memory_broker, _memory_storage
 from bgcoor_core.backends.sqlite import SQLiteBackend
-from bgcoor_core.serializers import JsonSerializer
 
 
 def make_plugin(name: str, **hooks: Callable[..., Any]) -> types.ModuleType:

@@ -50,7 +50,7 @@ class MemoryBroker(Broker):
 
     capabilities = frozenset(Capability)
 
-    def __init__(self, codec: Codec) -> None:
+    def __init__(self, codec: Codec | None = None) -> None:
         super().__init__(codec)
         self._lock = threading.Lock()
         self._seq = itertools.count()
@@ -293,7 +293,7 @@ class _Record:
 class MemoryStorage(Storage):
     """Task records in this process's memory; usable from any thread and event loop."""
 
-    def __init__(self, codec: Codec) -> None:
+    def __init__(self, codec: Codec | None = None) -> None:
         super().__init__(codec)
         self._lock = threading.Lock()
         self._records: dict[str, _Record] = {}

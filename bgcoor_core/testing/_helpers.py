@@ -11,9 +11,8 @@ from typing import Any, TypeVar
 import pytest
 
 from .._broker import Broker, Capability, Reservation
-from .._codec import JSON, Codec, Serializer
+from .._codec import JSON, Codec, JsonSerializer, PickleSerializer, Serializer
 from .._task import Task
-from ..serializers import JsonSerializer, PickleSerializer
 
 T = TypeVar("T")
 
