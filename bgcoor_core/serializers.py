@@ -31,3 +31,6 @@ class PickleSerializer:
 def bgcoor_register_serializers(serializers: SerializerRegistry) -> None:
     serializers.add(JsonSerializer())
     serializers.add(PickleSerializer())
+
+
+__all__ = ["JsonSerializer", "PickleSerializer", "bgcoor_register_serializers"]
