@@ -11,8 +11,9 @@ from typing import Any, TypeVar
 import pytest
 
 from .._broker import Broker, Capability, Reservation
-from .._codec import JSON, Codec, JsonSerializer, PickleSerializer, Serializer
+from .._codec import JSON, Codec, JsonSerializer, Serializer
 from .._task import Task
+from ..serializers import PickleSerializer
 
 T = TypeVar("T")
 
