@@ -111,30 +111,9 @@ class TaskFunction(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
         return self.fn(*args, **kwargs)
 
-    def build(
-        self,
-        args: Sequence[Any],
-        kwargs: dict[str, Any],
-        *,
-        queue: str | None = None,
-        priority: int | None = None,
-        delay: float | None = None,
-        eta: datetime | None = None,
-        max_retries: int | None = None,
-        timeout: float | None = None,
-    ) -> Task:
-        """Validate the arguments here, in the caller, and build the task."""
-        return self.manager.build_task(
-            self.entry,
-            args,
-            kwargs,
-            queue=queue,
-            priority=priority,
-            delay=delay,
-            eta=eta,
-            max_retries=max_retries,
-            timeout=timeout,
-        )
+    def build(self, args: Sequence[Any], kwargs: dict[str, Any], **options: Any) -> Task:
+        """Validate a call here, in the caller, and build its task (see ``build_task``)."""
+        return self.manager.build_task(self.entry, args, kwargs, **options)
 
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
         """Enqueue a call; arguments are checked against the signature first."""
