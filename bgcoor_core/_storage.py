@@ -45,6 +45,9 @@ def check_transition(
 class Storage(ABC):
     """Base class of every storage. Subclasses implement the abstract primitives."""
 
+    #: Longest pause between two polls of the default :meth:`wait`, in seconds.
+    wait_poll_max: float = 0.05
+
     def __init__(self, codec: Codec | None = None) -> None:
         self.codec = codec or Codec.json()
 
@@ -90,8 +93,8 @@ class Storage(ABC):
     async def wait(self, task_id: str, *, timeout: float | None) -> Task:
         """Wait until the record of ``task_id`` reaches a final status and return it.
 
-        The default polls with a growing interval (1 ms to 50 ms); backends that can be
-        notified override it.
+        The default polls with a growing interval (1 ms up to :attr:`wait_poll_max`);
+        backends that can be notified override it.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = 0.001
@@ -102,7 +105,7 @@ class Storage(ABC):
             if deadline is not None and time.monotonic() >= deadline:
                 raise ResultTimeoutError(f"task {task_id} did not finish within {timeout}s")
             await asyncio.sleep(interval)
-            interval = min(interval * 2, 0.05)
+            interval = min(interval * 2, self.wait_poll_max)
 
     async def close(self) -> None:  # noqa: B027 - optional hook with a sensible default
         """Release connections. The storage must not be used afterwards."""

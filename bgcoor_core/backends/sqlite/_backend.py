@@ -79,6 +79,7 @@ class SQLiteBackend(Broker, Storage):
         )
         self._waiters = Waiters()
         self._waiters_lock = threading.Lock()
+        self.wait_poll_max = self.options.poll_interval  # reads are cheap: poll as reserve does
 
     def __repr__(self) -> str:
         return f"SQLiteBackend({self.db.path!r})"
