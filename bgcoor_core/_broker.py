@@ -195,11 +195,24 @@ class Broker(ABC):
     # -- helpers for implementations ---------------------------------------------------
 
     def decode(self, message_id: str, queue: str, body: bytes) -> tuple[Task, str | None]:
-        """Decode a body; on failure return a placeholder task and the reason."""
+        """Decode a body; on failure return a placeholder task and the reason.
+
+        A body naming another id or queue than the message that carries it is a defect
+        too: settling it by the body's id would miss the message, which then could never
+        be acked, dead-lettered or stopped from being delivered again.
+        """
         try:
-            return self.codec.decode(body), None
+            task = self.codec.decode(body)
         except DecodeError as exc:
-            return Task.model_construct(id=message_id, name="<malformed>", queue=queue), str(exc)
+            defect = str(exc)
+        else:
+            if (task.id, task.queue) == (message_id, queue):
+                return task, None
+            defect = (
+                f"malformed message: its body names task {task.id[:40]!r} in queue "
+                f"{task.queue!r}, not message {message_id[:40]!r} in queue {queue!r}"
+            )
+        return Task.model_construct(id=message_id, name="<malformed>", queue=queue), defect
 
     def require(self, capability: Capability, what: str) -> None:
         if capability not in self.capabilities:

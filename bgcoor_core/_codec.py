@@ -89,7 +89,16 @@ class Codec:
         return data
 
     def decode(self, data: bytes) -> Task:
-        """Parse a body made by :meth:`encode`; raises :class:`DecodeError` saying why not."""
+        """Parse a body made by :meth:`encode`; raises :class:`DecodeError` saying why not.
+
+        A body above ``max_payload_bytes`` is refused unparsed, like one ``encode`` refuses:
+        the limit holds for messages written by any producer, not only by this codec.
+        """
+        if len(data) > self.max_payload_bytes:
+            raise DecodeError(
+                f"refused message of {len(data)} bytes, above the limit of "
+                f"{self.max_payload_bytes} bytes (max_payload_bytes)"
+            )
         content_type, sep, body = data.partition(b"\n")
         if not sep:
             raise DecodeError("malformed message: no content-type header")

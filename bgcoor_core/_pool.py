@@ -147,7 +147,55 @@ class WorkerPool:
                 continue
             for reservation in batch:
                 self._held[reservation.token] = reservation
+            suspect = next((r for r in batch if self._suspect(r)), None)
+            if suspect is not None:
+                await self._run_alone(suspect, batch)
+                continue
+            for reservation in batch:
                 self._ready.put_nowait(reservation)
+
+    def _suspect(self, reservation: Reservation) -> bool:
+        """Its earlier worker was lost, and not to a lease that lapsed in this very pool
+        (which would still be running the earlier delivery)."""
+        return bool(reservation.lost) and not any(
+            held.task.id == reservation.task.id and held is not reservation
+            for held in self._held.values()
+        )
+
+    async def _run_alone(self, suspect: Reservation, batch: list[Reservation]) -> None:
+        """Run ``suspect``, a task whose earlier worker was lost, and nothing else.
+
+        It may be what killed that worker: run beside others it would take them down too,
+        and every death counts against their ``max_worker_lost`` as well as its own. So the
+        rest of the batch goes back at once, the running tasks finish, the suspect runs
+        alone, and only then does reserving resume.
+        """
+        others = [r for r in batch if r is not suspect]
+        try:
+            await self._give_back(others)
+            while len(self._held) > 1:
+                self._room.clear()
+                await self._room.wait()
+        except asyncio.CancelledError:  # shutting down before it started: hand it back
+            await asyncio.shield(self._give_back([*others, suspect]))
+            raise
+        self._ready.put_nowait(suspect)
+        while suspect.token in self._held:
+            self._room.clear()
+            await self._room.wait()
+
+    async def _give_back(self, reservations: list[Reservation]) -> None:
+        """Nack held reservations that never started (not a lost delivery)."""
+        for reservation in reservations:
+            if reservation.token not in self._held:
+                continue
+            try:
+                await self.broker.nack(reservation)
+            except StaleLeaseError:
+                pass
+            except Exception as exc:  # it comes back when its lease expires
+                log.warning("task %s: hand-back failed: %s", reservation.task.id, exc)
+            self._held.pop(reservation.token, None)
 
     async def _slot(self) -> None:
         while (reservation := await self._ready.get()) is not None:

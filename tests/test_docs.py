@@ -1,5 +1,6 @@
 """The docs stay true: hook specs are documented, the hook reference is current, every hook
-has a test, and every setting is documented."""
+has a test, every setting and every command-line option is documented, links resolve, and
+the README's commands are the ones CI and new users run."""
 
 from __future__ import annotations
 
@@ -95,9 +96,70 @@ def test_relative_links_resolve(page: str) -> None:
     assert not broken, f"{page} links to missing files: {broken}"
 
 
+def _anchors(path: Path) -> set[str]:
+    """GitHub's ids for the headings of a Markdown page (lower case, punctuation dropped)."""
+    headings = re.findall(r"^#{1,6} +(.+?) *$", path.read_text(), re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
+@pytest.mark.parametrize("page", ["README.md", *(f"docs/{p.name}" for p in DOCS.glob("*.md"))])
+def test_anchor_links_resolve(page: str) -> None:
+    path = ROOT / page
+    broken = []
+    for target, anchor in re.findall(r"\]\(([^)#\s]*)#([^)\s]+)\)", path.read_text()):
+        linked = path.parent / target if target else path
+        if "://" in target or linked.suffix != ".md" or not linked.is_file():
+            continue  # not a page of ours (a missing file fails test_relative_links_resolve)
+        if anchor not in _anchors(linked):
+            broken.append(f"{target}#{anchor}")
+    assert not broken, f"{page} links to missing headings: {broken}"
+
+
+def _cli_commands() -> list[tuple[list[str], list[str]]]:
+    """Every ``bgcoor`` command as (words after ``bgcoor``, its long options)."""
+    import typer
+
+    from bgcoor_core.cli import app
+
+    found: list[tuple[list[str], list[str]]] = []
+
+    def walk(command: Any, words: list[str]) -> None:
+        options = [o for p in command.params for o in p.opts if o.startswith("--")]
+        found.append((words, options))
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, [*words, name])
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+CLI_COMMANDS = _cli_commands()
+
+
+@pytest.mark.parametrize(
+    ("words", "options"), CLI_COMMANDS, ids=[" ".join(w) or "bgcoor" for w, _ in CLI_COMMANDS]
+)
+def test_cli_command_and_options_are_documented(words: list[str], options: list[str]) -> None:
+    page = (DOCS / "cli.md").read_text()
+    section = page
+    if words:
+        heading = f"\n## {words[0]}\n"
+        assert heading in page, f"docs/cli.md has no section '## {words[0]}'"
+        section = page.split(heading, 1)[1].split("\n## ", 1)[0]
+        assert f"bgcoor {' '.join(words)}" in section, f"docs/cli.md lacks 'bgcoor {words}'"
+    missing = [o for o in options if o not in section]
+    assert not missing, f"docs/cli.md does not document {missing} of bgcoor {' '.join(words)}"
+
+
 def test_ci_runs_the_readme_test_command() -> None:
     readme = (ROOT / "README.md").read_text()
     commands = re.findall(r"```bash\n(.+)\n```", readme)
     test_command = next(c for c in commands if "pytest" in c or "nox" in c)
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
     assert any(line.startswith(test_command + " ||") or line == test_command for line in ci_lines)
+
+
+def test_readme_first_command_installs_and_runs_the_demo() -> None:
+    readme = (ROOT / "README.md").read_text()
+    first = re.findall(r"```bash\n(.+)\n```", readme)[0]
+    assert first == "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/bgcoor demo"

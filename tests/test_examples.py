@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,6 +60,46 @@ def test_readme_quickstart_runs(tmp_path: Path) -> None:
     code = readme.split("## Quickstart", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     # run where the embedded default (./bgcoor.db) may be created
     assert run_python("-c", code, cwd=tmp_path).splitlines() == ["3", "49"]
+
+
+def test_readme_two_processes(tmp_path: Path) -> None:
+    """The README's worker and enqueue commands, in two processes sharing ./bgcoor.db."""
+    section = (ROOT / "README.md").read_text().split("## Two processes", 1)[1].split("\n## ")[0]
+    (tmp_path / "tasks.py").write_text(section.split("```python\n", 1)[1].split("```", 1)[0])
+    worker_cmd, enqueue_cmd = (
+        shlex.split(block.split("```", 1)[0], comments=True)
+        for block in section.split("```bash\n")[1:]
+    )
+    assert worker_cmd[0] == enqueue_cmd[0] == ".venv/bin/bgcoor"
+    cli = [sys.executable, "-W", "error", "-m", "bgcoor_core.cli"]
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("BGCOOR_")}
+    log = tmp_path / "worker.out"
+    with log.open("w") as out:
+        worker = subprocess.Popen(
+            [*cli, *worker_cmd[1:]], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while "ready:" not in log.read_text():
+            assert worker.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        proc = subprocess.run(
+            [*cli, *enqueue_cmd[1:], "--timeout", "30"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.splitlines()[1:] == ["3"]
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        code = worker.wait(timeout=30)
+    assert code == 0, log.read_text()
+    assert (tmp_path / "bgcoor.db").exists()
 
 
 def test_benchmark_smoke() -> None:

@@ -1,0 +1,448 @@
+"""PostgresBackend: broker and storage in one PostgreSQL schema.
+
+Round trips per task (see the README): enqueue 1 per batch, reserve 1 per batch, mark
+running 1 and outcome + ack 1, the last two coalesced across concurrently running tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import asyncpg
+
+from bgcoor_core import (
+    Broker,
+    Capability,
+    Codec,
+    DeadLetter,
+    DuplicateTaskError,
+    InvalidTransitionError,
+    Message,
+    QueueStats,
+    Reservation,
+    StaleLeaseError,
+    Storage,
+    Task,
+    TaskStatus,
+)
+from bgcoor_core._storage import check_page
+from bgcoor_core._task import validate_queue_name
+
+from . import _records
+from ._coalesce import Coalescer
+from ._database import Conn, Database
+from ._listener import Listener
+from ._options import PostgresTarget
+from ._records import Write
+from ._sql import Statements, numbers
+
+log = logging.getLogger("bgcoor.postgres")
+Tasks = list[Task]  # the class below defines a method named ``list``
+Records = list[asyncpg.Record]
+Lines = list[str]
+Verdicts = list[BaseException | None]
+Extension = tuple[str, str, float]  # message id, token, lease seconds
+
+
+@dataclass
+class _LoopState:
+    """What belongs to one event loop: wake-ups, coalescers, background work."""
+
+    listener: Listener
+    writes: Coalescer[Write, None]
+    extensions: Coalescer[Extension, None]
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
+    next_cleanup: float = 0.0
+
+
+class PostgresBackend(Broker, Storage):
+    """Broker and storage over one PostgreSQL schema; see the package README."""
+
+    capabilities = frozenset(Capability)
+
+    def __init__(self, target: PostgresTarget, codec: Codec) -> None:
+        Broker.__init__(self, codec)
+        self.target = target
+        self.options = target.options
+        self.sql = Statements(target.schema, fast_lease_commits=self.options.fast_lease_commits)
+        self._db = Database(target)
+        self._states: dict[asyncio.AbstractEventLoop, _LoopState] = {}
+
+    def __repr__(self) -> str:
+        return f"PostgresBackend({self.target.safe_dsn!r}, schema={self.target.schema!r})"
+
+    def _state(self) -> _LoopState:
+        loop = asyncio.get_running_loop()
+        state = self._states.get(loop)
+        if state is None:
+            batch = self.options.max_batch
+            state = _LoopState(
+                Listener(self._db, self.sql.channel),
+                Coalescer(self._flush_writes, key=lambda w: w.task.id, max_batch=batch),
+                Coalescer(self._flush_extensions, key=lambda e: e[0], max_batch=batch),
+            )
+            self._states[loop] = state
+        return state
+
+    # -- broker: producing -------------------------------------------------------------
+
+    async def push_messages(self, messages: Sequence[Message]) -> None:
+        _check_messages(messages)
+        if messages:
+            await self._db.run(_retrying_insert(self.sql.push, _message_columns(messages)))
+            self._state().listener.wake(m.queue for m in messages)
+
+    async def enqueue_atomically(self, tasks: Sequence[Task], messages: Sequence[Message]) -> None:
+        """Store the records and push the messages in one statement (all or nothing)."""
+        _check_messages(messages)
+        if len({t.id for t in tasks}) != len(tasks):
+            raise DuplicateTaskError("the same task id appears twice in one batch")
+        args = self._enqueue_args(tasks, messages)
+        await self._db.run(_retrying_insert(self.sql.enqueue, args, self.sql, tasks))
+        self._state().listener.wake(m.queue for m in messages)
+
+    async def enqueue_in(self, conn: Conn, tasks: Sequence[Task]) -> None:
+        """Enqueue ``tasks`` on the caller's connection, inside the caller's transaction.
+
+        The records and messages exist only if that transaction commits; consumers are
+        notified at the commit. ``conn`` must be connected to this backend's database.
+        """
+        messages = [self.to_message(t) for t in tasks]
+        _check_messages(messages)
+        if len({t.id for t in tasks}) != len(tasks):
+            raise DuplicateTaskError("the same task id appears twice in one batch")
+        await _insert(conn, self.sql.enqueue, self._enqueue_args(tasks, messages), self.sql, tasks)
+
+    def _enqueue_args(self, tasks: Sequence[Task], messages: Sequence[Message]) -> list[Any]:
+        return [
+            *_message_columns(messages),
+            [t.id for t in tasks],
+            [t.name for t in tasks],
+            [t.queue for t in tasks],
+            [t.status.value for t in tasks],
+            [t.lease_token for t in tasks],
+            [t.model_dump_json() for t in tasks],
+        ]
+
+    # -- broker: consuming -------------------------------------------------------------
+
+    async def reserve(
+        self, queues: Sequence[str], *, lease: float, limit: int = 1, timeout: float = 0.0
+    ) -> list[Reservation]:
+        names = [validate_queue_name(q) for q in queues]
+        state = self._state()
+        state.listener.start()
+        self._maybe_clean_up(state)
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + timeout
+        while True:
+            woken = state.listener.add(names)
+            try:
+                rows, due = await self._take(state, names, lease, limit)
+                remaining = give_up - loop.time()
+                if rows or remaining <= 0:
+                    return [self._reservation(row) for row in rows]
+                await _wait(woken, self._pause(state, remaining, due))
+            finally:
+                state.listener.discard(woken)
+
+    def _pause(self, state: _LoopState, remaining: float, due: float | None) -> float:
+        """Sleep until woken, the next eta or lease deadline, or the safety-net poll."""
+        poll = self.options.poll_interval if state.listener.connected else 0.1
+        pause = min(remaining, poll)
+        if due is not None:
+            # a due time already past means rows locked by another consumer right now
+            pause = min(pause, max(due, 0.005))
+        return pause
+
+    async def _take(
+        self, state: _LoopState, queues: list[str], lease: float, limit: int
+    ) -> tuple[Records, float | None]:
+        """One statement leases up to ``limit`` messages. If our caller is cancelled
+        meanwhile (pool shutdown), what it leased is handed straight back."""
+
+        async def take(conn: Conn) -> Records:
+            return await conn.fetch(self.sql.reserve, queues, max(limit, 1), lease)
+
+        job = asyncio.ensure_future(self._db.run(take))
+        try:
+            rows = await asyncio.shield(job)
+        except asyncio.CancelledError:
+            job.add_done_callback(lambda done: self._release_after_cancel(state, done))
+            raise
+        taken = sorted((r for r in rows if r["id"] is not None), key=lambda r: (r[6], -r[7], r[8]))
+        due = rows[0]["due"] if rows and not taken else None
+        return taken, due
+
+    def _release_after_cancel(self, state: _LoopState, job: asyncio.Future[Records]) -> None:
+        if job.cancelled() or job.exception() is not None:
+            return
+        rows = [r for r in job.result() if r["id"] is not None]
+        if rows:
+            ids, tokens = [r["id"] for r in rows], [r["token"] for r in rows]
+            self._spawn(state, self._db.run(lambda c: c.execute(self.sql.release, ids, tokens)))
+
+    def _reservation(self, row: asyncpg.Record) -> Reservation:
+        message_id, queue, body, deliveries, lost, token = row[:6]
+        task, defect = self.decode(message_id, queue, body)
+        return Reservation(task, token, deliveries, lost, defect)
+
+    async def ack(self, reservation: Reservation) -> None:
+        await self._settle(self.sql.ack, reservation)
+
+    async def nack(
+        self, reservation: Reservation, *, delay: float = 0.0, task: Task | None = None
+    ) -> None:
+        body = self.codec.encode(task) if task is not None else None
+        await self._settle(self.sql.nack, reservation, max(delay, 0.0), body)
+        if delay <= 0:
+            self._state().listener.wake([reservation.queue])
+
+    async def extend(self, reservation: Reservation, lease: float) -> None:
+        await self._state().extensions.submit((reservation.task.id, reservation.token, lease))
+
+    async def dead_letter(
+        self, reservation: Reservation, reason: str, task: Task | None = None
+    ) -> None:
+        body = self.codec.encode(task) if task is not None else None
+        await self._settle(self.sql.dead_letter, reservation, reason, body)
+
+    async def _settle(self, statement: str, reservation: Reservation, *args: Any) -> None:
+        """Run ``statement`` for the message while ``reservation`` holds its lease."""
+        message_id, token = reservation.task.id, reservation.token
+        changed = await self._db.run(lambda c: c.fetchval(statement, message_id, token, *args))
+        if not changed:
+            raise StaleLeaseError(f"task {message_id}: lease {token[:8]} is no longer held")
+
+    async def _flush_extensions(self, items: Sequence[Extension]) -> Verdicts:
+        ids, tokens = [item[0] for item in items], [item[1] for item in items]
+        leases = [item[2] for item in items]
+        rows = await self._db.run(lambda c: c.fetch(self.sql.extend, ids, tokens, numbers(leases)))
+        extended = {row[0] for row in rows}
+        return [
+            None
+            if message_id in extended
+            else StaleLeaseError(f"task {message_id}: lease {token[:8]} is no longer held")
+            for message_id, token, _ in items
+        ]
+
+    # -- broker: dead letters and inspecting -------------------------------------------
+
+    async def dead_letters(
+        self, queue: str, *, limit: int = 100, offset: int = 0
+    ) -> list[DeadLetter]:
+        check_page(limit)
+        rows = await self._db.run(
+            lambda c: c.fetch(self.sql.dead_letters, queue, limit, max(offset, 0))
+        )
+        letters = []
+        for message_id, body, reason, dead_at in rows:
+            task, defect = self.decode(message_id, queue, body)
+            letters.append(DeadLetter(message_id, queue, reason, None if defect else task, dead_at))
+        return letters
+
+    async def requeue_dead(self, queue: str, ids: Sequence[str] | None = None) -> list[str]:
+        if ids is not None and not ids:
+            return []
+        wanted = None if ids is None else list(ids)
+        rows = await self._db.run(lambda c: c.fetch(self.sql.requeue_dead, queue, wanted))
+        requeued = [row[0] for row in rows if row[0] is not None]
+        if requeued:
+            self._state().listener.wake([queue])
+        return requeued
+
+    async def purge_dead(self, queue: str) -> int:
+        return await self._count(self.sql.purge_dead, queue)
+
+    async def purge(self, queue: str) -> int:
+        return await self._count(self.sql.purge, queue)
+
+    async def _count(self, statement: str, *args: Any) -> int:
+        status = await self._db.run(lambda c: c.execute(statement, *args))
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def stats(self, queue: str) -> QueueStats:
+        row = await self._db.run(lambda c: c.fetchrow(self.sql.stats, queue))
+        assert row is not None
+        return QueueStats(*row)
+
+    async def queues(self) -> list[str]:
+        rows = await self._db.run(lambda c: c.fetch(self.sql.queues))
+        return [row[0] for row in rows]
+
+    # -- storage -----------------------------------------------------------------------
+
+    async def save(self, task: Task, *, ttl: float | None = None) -> None:
+        await self._state().writes.submit(Write(task, ttl))
+
+    async def save_many(self, tasks: Sequence[Task]) -> None:
+        writes = self._state().writes
+        await asyncio.gather(*(writes.submit(Write(t, None)) for t in tasks))
+
+    async def get(self, task_id: str) -> Task | None:
+        record = await self._db.run(lambda c: c.fetchval(self.sql.get, task_id))
+        return None if record is None else _records.decode(task_id, record)
+
+    async def list(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        name: str | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> Tasks:
+        check_page(limit)
+        given = {"status": status, "name": name, "queue": queue}
+        filters = {column: value for column, value in given.items() if value is not None}
+        statement = _records.list_statement(self.sql, filters, after)
+        args = [*(str(v) for v in filters.values()), *([after] if after is not None else [])]
+        rows = await self._db.run(lambda c: c.fetch(statement, *args, limit))
+        return [_records.decode(task_id, record) for task_id, record in rows]
+
+    async def counts(self) -> dict[TaskStatus, int]:
+        rows = await self._db.run(lambda c: c.fetch(self.sql.counts))
+        result = dict.fromkeys(TaskStatus, 0)
+        for status, count in rows:
+            result[TaskStatus(status)] = count
+        return result
+
+    async def delete_expired(self) -> int:
+        """Delete expired records in chunks; consuming backends also run it every
+        ``cleanup_interval`` seconds in the background."""
+        deleted = 0
+        while True:
+            chunk = await self._count(self.sql.delete_expired, 5000)
+            deleted += chunk
+            if chunk < 5000:
+                return deleted
+
+    def _maybe_clean_up(self, state: _LoopState) -> None:
+        now = asyncio.get_running_loop().time()
+        if now >= state.next_cleanup:
+            state.next_cleanup = now + self.options.cleanup_interval
+            self._spawn(state, self.delete_expired())
+
+    # -- both: outcome + ack in one statement ------------------------------------------
+
+    def completes_into(self, storage: Storage) -> bool:
+        return storage is self or (
+            isinstance(storage, PostgresBackend)
+            and (storage.target.dsn, storage.target.schema) == (self.target.dsn, self.target.schema)
+        )
+
+    async def complete(self, reservation: Reservation, task: Task, *, ttl: float | None) -> None:
+        await self._state().writes.submit(Write(task, ttl, reservation.token))
+
+    async def _flush_writes(self, writes: Sequence[Write]) -> Verdicts:
+        saves = [w for w in writes if w.token is None]
+        completions = [w for w in writes if w.token is not None]
+        results: dict[int, BaseException | None] = {}
+        for group, complete in ((saves, False), (completions, True)):
+            if group:
+                outcome = await self._db.run(
+                    partial(_records.write, sql=self.sql, writes=group, complete=complete)
+                )
+                results.update(zip(map(id, group), outcome, strict=True))
+        return [results[id(w)] for w in writes]
+
+    async def migrate(self) -> Lines:
+        return await self._db.migrate()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def _spawn(self, state: _LoopState, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        state.background.add(task)
+        task.add_done_callback(_log_failure)
+        task.add_done_callback(state.background.discard)
+
+    async def close(self) -> None:
+        state = self._states.pop(asyncio.get_running_loop(), None)
+        if state is not None:
+            await state.writes.drain()
+            await state.extensions.drain()
+            await state.listener.close()
+            await asyncio.gather(*state.background, return_exceptions=True)
+        drop = self.sql.drop_schema if self.options.temporary else None
+        await self._db.close(drop_schema=drop)
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _check_messages(messages: Sequence[Message]) -> None:
+    for message in messages:
+        validate_queue_name(message.queue)
+    if len({m.id for m in messages}) != len(messages):
+        raise DuplicateTaskError("the same task id appears twice in one batch")
+
+
+def _message_columns(messages: Sequence[Message]) -> list[list[Any]]:
+    return [
+        [m.id for m in messages],
+        [m.queue for m in messages],
+        [m.priority for m in messages],
+        [m.body for m in messages],
+        numbers(m.eta for m in messages),
+    ]
+
+
+def _retrying_insert(
+    statement: str,
+    args: list[Any],
+    sql: Statements | None = None,
+    tasks: Sequence[Task] = (),
+) -> Any:
+    """An insert operation for :meth:`Database.run`. Retried after a lost connection, it
+    may find its own rows from the attempt that committed unseen: that is success."""
+    attempts = 0
+
+    async def operation(conn: Conn) -> None:
+        nonlocal attempts
+        attempts += 1
+        try:
+            await _insert(conn, statement, args, sql, tasks)
+        except DuplicateTaskError:
+            if attempts == 1:
+                raise
+            log.info("insert retried after a lost connection had already committed")
+
+    return operation
+
+
+async def _insert(
+    conn: Conn, statement: str, args: list[Any], sql: Statements | None, tasks: Sequence[Task]
+) -> None:
+    try:
+        await conn.fetchrow(statement, *args)
+    except (asyncpg.UniqueViolationError, asyncpg.CardinalityViolationError):
+        raise DuplicateTaskError("a task with one of these ids is already in the broker") from None
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate != "BG409" or sql is None:
+            raise
+        if conn.is_in_transaction():  # the caller's transaction is aborted: no more queries
+            raise InvalidTransitionError(
+                "a task record refused its new status; nothing was enqueued"
+            ) from None
+        raise await _records.explain_refusal(conn, sql, tasks) from None
+
+
+async def _wait(future: asyncio.Future[None], timeout: float) -> None:
+    if timeout <= 0 or future.done():
+        return
+    try:
+        async with asyncio.timeout(timeout):
+            await future
+    except TimeoutError:
+        pass
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("background PostgreSQL work failed: %s", task.exception())

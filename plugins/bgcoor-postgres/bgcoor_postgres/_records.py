@@ -1,0 +1,145 @@
+"""Task records: batched writes with a verdict per row, and decoding.
+
+A record is stored as the task's JSON (``json``, kept verbatim so numbers round-trip
+exactly) beside the columns that the indexes and the write rule need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from bgcoor_core import (
+    DecodeError,
+    InvalidTransitionError,
+    StaleLeaseError,
+    Task,
+    TaskStatus,
+)
+from bgcoor_core._storage import check_transition
+
+from ._database import Conn
+from ._sql import Statements, numbers
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One record to store; with ``token`` only while that lease holds (outcome + ack)."""
+
+    task: Task
+    ttl: float | None
+    token: str | None = None
+
+
+def _columns(writes: Sequence[Write]) -> list[list[Any]]:
+    tasks = [w.task for w in writes]
+    return [
+        [t.id for t in tasks],
+        [t.name for t in tasks],
+        [t.queue for t in tasks],
+        [t.status.value for t in tasks],
+        [t.lease_token for t in tasks],
+        numbers(w.ttl for w in writes),
+        [t.model_dump_json() for t in tasks],
+    ]
+
+
+async def write(
+    conn: Conn, sql: Statements, writes: Sequence[Write], *, complete: bool
+) -> list[BaseException | None]:
+    """Run one save (or complete) statement; per write ``None`` or the error to raise.
+
+    A row the statement refused is judged again in Python from the record it saw, which
+    yields the precise error; a refusal that the snapshot cannot explain (another writer
+    got in between) is retried once on its own.
+    """
+    verdicts = await _run(conn, sql, writes, complete=complete)
+    retry = [w for w in writes if verdicts[w.task.id] is _AGAIN]
+    if retry:
+        verdicts.update(await _run(conn, sql, retry, complete=complete))
+    results: list[BaseException | None] = []
+    for w in writes:
+        verdict = verdicts[w.task.id]
+        results.append(
+            InvalidTransitionError(f"task {w.task.id}: record changed concurrently; not saved")
+            if verdict is _AGAIN
+            else verdict
+        )
+    return results
+
+
+class _Again(Exception):
+    pass
+
+
+_AGAIN = _Again()
+
+
+async def _run(
+    conn: Conn, sql: Statements, writes: Sequence[Write], *, complete: bool
+) -> dict[str, BaseException | None]:
+    columns = _columns(writes)
+    if complete:
+        rows = await conn.fetch(sql.complete, *columns, [w.token for w in writes])
+    else:
+        running = all(w.task.status is TaskStatus.RUNNING for w in writes)
+        rows = await conn.fetch(sql.save_running if running else sql.save, *columns)
+    by_id = {w.task.id: w for w in writes}
+    verdicts: dict[str, BaseException | None] = {}
+    for task_id, saved, held, old_status, old_token in rows:
+        task = by_id[task_id].task
+        if saved:
+            verdicts[task_id] = None
+        elif complete and not held:
+            token = by_id[task_id].token or ""
+            verdicts[task_id] = StaleLeaseError(
+                f"task {task_id}: lease {token[:8]} is no longer held"
+            )
+        else:
+            verdicts[task_id] = _refusal(task, old_status, old_token)
+    return verdicts
+
+
+def _refusal(task: Task, old_status: str | None, old_token: str | None) -> BaseException:
+    if old_status is None:
+        return _AGAIN
+    try:
+        check_transition(task.id, TaskStatus(old_status), old_token, task.status, task.lease_token)
+    except (StaleLeaseError, InvalidTransitionError) as exc:
+        return exc
+    return _AGAIN
+
+
+async def explain_refusal(conn: Conn, sql: Statements, tasks: Sequence[Task]) -> BaseException:
+    """Why an enqueue's record write was refused (it rolled back: nothing was stored)."""
+    rows = await conn.fetch(sql.record_states, [t.id for t in tasks])
+    stored = {row[0]: (row[1], row[2]) for row in rows}
+    for task in tasks:
+        if task.id in stored:
+            status, token = stored[task.id]
+            error = _refusal(task, status, token)
+            if error is not _AGAIN:
+                return error
+    return InvalidTransitionError("a task record changed concurrently; nothing was enqueued")
+
+
+def decode(task_id: str, record: str) -> Task:
+    try:
+        return Task.model_validate_json(record)
+    except ValidationError as exc:
+        raise DecodeError(f"stored record of task {task_id} cannot be decoded: {exc}") from None
+
+
+def list_statement(sql: Statements, filters: dict[str, Any], after: str | None) -> str:
+    """``SELECT`` for :meth:`Storage.list`: one clause per given filter, so each variant
+    is a plain prepared statement the planner serves from the matching index."""
+    clauses = [sql.list_prefix]
+    for number, column in enumerate(filters, start=1):
+        clauses.append(f"t.{column} = ${number}")
+    if after is not None:
+        clauses.append(f"t.id > ${len(filters) + 1}")
+    limit = len(filters) + (after is not None) + 1
+    return " AND ".join(clauses) + f" ORDER BY t.id LIMIT ${limit}"

@@ -1,0 +1,130 @@
+"""The schema, versioned in a ``migrations`` table inside the configured schema.
+
+Each entry of :data:`MIGRATIONS` moves the schema one version up; a newer release appends
+entries. :func:`migrate` applies the missing ones in one transaction that first takes a
+transaction-level advisory lock keyed by the schema name, so workers starting together
+(and ``bgcoor migrate`` beside them) apply each step exactly once: the second waits for
+the first to commit, then finds nothing left to do.
+
+Times are server time (``clock_timestamp()``), so the clocks of worker hosts never decide
+whether a lease has expired.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from bgcoor_core import ConfigurationError
+
+from ._sql import quote_ident
+
+MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "messages, queues and task records",
+        """
+        CREATE SEQUENCE {s}.message_seq;
+        CREATE TABLE {s}.messages (
+            id text COLLATE "C" PRIMARY KEY,
+            queue text NOT NULL,
+            priority integer NOT NULL DEFAULT 0,
+            seq bigint NOT NULL DEFAULT nextval('{s}.message_seq'),
+            body bytea NOT NULL,
+            state text NOT NULL DEFAULT 'ready' CHECK (state IN ('ready', 'reserved', 'dead')),
+            -- ready: not before (eta); reserved: lease deadline
+            available_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+            token text,
+            deliveries integer NOT NULL DEFAULT 0,
+            lost integer NOT NULL DEFAULT 0,
+            reason text,
+            dead_at timestamptz
+        );
+        -- reserve: per queue, higher priority first, FIFO within a priority
+        CREATE INDEX messages_take ON {s}.messages (queue, priority DESC, seq)
+            WHERE state <> 'dead';
+        -- an idle consumer's next wake-up: the earliest eta or lease deadline
+        CREATE INDEX messages_due ON {s}.messages (queue, available_at)
+            WHERE state <> 'dead';
+        CREATE INDEX messages_dead ON {s}.messages (queue, dead_at, id)
+            WHERE state = 'dead';
+        CREATE TABLE {s}.queues (name text COLLATE "C" PRIMARY KEY);
+        CREATE TABLE {s}.tasks (
+            id text COLLATE "C" PRIMARY KEY,
+            name text NOT NULL,
+            queue text NOT NULL,
+            status text NOT NULL,
+            lease_token text,
+            expires_at timestamptz,
+            record json NOT NULL
+        );
+        -- list(status=...) pages by id; counts() reads (status, expires_at) from the index
+        CREATE INDEX tasks_status ON {s}.tasks (status, id) INCLUDE (expires_at);
+        CREATE INDEX tasks_name ON {s}.tasks (name, id);
+        CREATE INDEX tasks_queue ON {s}.tasks (queue, id);
+        CREATE INDEX tasks_expires ON {s}.tasks (expires_at) WHERE expires_at IS NOT NULL;
+        -- aborts a statement (and so its transaction) from inside SQL: enqueue is all or
+        -- nothing when a record refuses its new status
+        CREATE FUNCTION {s}.refuse(what text) RETURNS boolean LANGUAGE plpgsql AS $$
+        BEGIN
+            RAISE EXCEPTION 'bgcoor: %', what USING ERRCODE = 'BG409';
+        END $$;
+        """,
+    ),
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaTooNewError(ConfigurationError):
+    """The schema was migrated by a newer bgcoor-postgres than this one."""
+
+
+class SchemaNotMigratedError(ConfigurationError):
+    """``auto_migrate`` is off and the schema lacks migrations: run ``bgcoor migrate``."""
+
+
+async def migrate(conn: asyncpg.Connection, schema: str) -> list[str]:
+    """Bring ``schema`` up to :data:`SCHEMA_VERSION`; a line per migration applied."""
+    s = quote_ident(schema)
+    applied: list[str] = []
+    async with conn.transaction():
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"bgcoor-migrate:{schema}"
+        )
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {s}.migrations (version integer PRIMARY KEY, "
+            "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT clock_timestamp())"
+        )
+        version = await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {s}.migrations")
+        _check_not_newer(schema, version)
+        for number in range(version + 1, SCHEMA_VERSION + 1):
+            name, script = MIGRATIONS[number - 1]
+            await conn.execute(script.format(s=s))
+            await conn.execute(
+                f"INSERT INTO {s}.migrations (version, name) VALUES ($1, $2)", number, name
+            )
+            applied.append(f"postgresql schema {schema}: version {number} ({name})")
+    return applied
+
+
+async def check_version(conn: asyncpg.Connection, schema: str) -> None:
+    """Refuse to run on a schema that is missing migrations or is newer than this code."""
+    s = quote_ident(schema)
+    exists = await conn.fetchval("SELECT to_regclass($1)", f"{s}.migrations")
+    version = 0
+    if exists is not None:
+        version = await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {s}.migrations")
+    _check_not_newer(schema, version)
+    if version < SCHEMA_VERSION:
+        raise SchemaNotMigratedError(
+            f"PostgreSQL schema {schema!r} is at version {version}, this bgcoor-postgres needs "
+            f"{SCHEMA_VERSION}: run `bgcoor migrate` (or drop auto_migrate=false)"
+        )
+
+
+def _check_not_newer(schema: str, version: int) -> None:
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNewError(
+            f"PostgreSQL schema {schema!r} is at version {version}, newer than this "
+            f"bgcoor-postgres supports ({SCHEMA_VERSION}); upgrade bgcoor-postgres"
+        )

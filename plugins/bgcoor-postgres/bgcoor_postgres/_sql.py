@@ -1,0 +1,227 @@
+"""Every statement the backend runs, built once per schema.
+
+Each one is a single round trip. Batches travel as arrays expanded with ``unnest``;
+several steps that must happen together are data-modifying CTEs of one statement, which
+PostgreSQL runs as one atomic unit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from bgcoor_core import ALLOWED_TRANSITIONS, TaskStatus
+
+
+def numbers(values: Iterable[float | None]) -> list[str | None]:
+    """Floats as text for a ``text[]`` parameter (``repr`` round-trips exactly)."""
+    return [None if v is None else repr(float(v)) for v in values]
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _allowed_pairs() -> str:
+    """``ALLOWED_TRANSITIONS`` as SQL row literals, generated so the two never diverge."""
+    pairs = sorted(
+        (old.value, new.value) for old, news in ALLOWED_TRANSITIONS.items() for new in news
+    )
+    return ", ".join(f"('{old}', '{new}')" for old, new in pairs)
+
+
+def write_allowed(old: str, new: str) -> str:
+    """SQL twin of :func:`bgcoor_core.check_write` for ``old`` (stored) and ``new`` rows.
+
+    An expired record counts as absent; otherwise the lease-token rule and the allowed
+    transitions both have to hold.
+    """
+    running = TaskStatus.RUNNING.value
+    return (
+        f"(({old}.expires_at IS NOT NULL AND {old}.expires_at <= clock_timestamp()) OR "
+        f"(({new}.lease_token IS NULL OR {new}.status = '{running}' "
+        f"OR {old}.lease_token IS NOT DISTINCT FROM {new}.lease_token) "
+        f"AND ({old}.status, {new}.status) IN ({_allowed_pairs()})))"
+    )
+
+
+LIVE = "(t.expires_at IS NULL OR t.expires_at > clock_timestamp())"
+#: ``synchronous_commit = off`` for the current transaction only. Used where losing the
+#: last moments of writes to a server crash is harmless: a forgotten lease or "running"
+#: mark means the task is delivered again (at-least-once), never lost. Enqueues and
+#: outcomes always wait for the WAL flush.
+RELAX = "(SELECT set_config('synchronous_commit', 'off', true)) AS relax"
+HELD = "m.state = 'reserved' AND m.available_at > clock_timestamp()"
+SECONDS = "* interval '1 second'"
+
+# unnest() column lists: the arrays travel as parameters $1..$n in this order. Floats
+# travel as text[] (see :func:`numbers`): asyncpg has a built-in codec for text[] only and
+# looks other array types up once per new connection (bytea[] and int[] share one look-up).
+_MESSAGE_COLUMNS = "$1::text[], $2::text[], $3::int[], $4::bytea[], $5::text[]"
+_RECORD_UPSERT = (
+    "ON CONFLICT (id) DO UPDATE SET name = excluded.name, queue = excluded.queue, "
+    "status = excluded.status, lease_token = excluded.lease_token, "
+    "expires_at = excluded.expires_at, record = excluded.record "
+    "WHERE {allowed}"
+)
+
+
+class Statements:
+    """SQL for one schema, e.g. ``Statements("bgcoor").reserve``."""
+
+    def __init__(self, schema: str, *, fast_lease_commits: bool = True) -> None:
+        s = quote_ident(schema)
+        # joined into lease-only statements: their commit does not wait for the WAL flush
+        relax = f" CROSS JOIN {RELAX}" if fast_lease_commits else ""
+        self.schema = schema
+        self.channel = f"{schema}_wake"
+        m, t, q = f"{s}.messages", f"{s}.tasks", f"{s}.queues"
+        upsert = _RECORD_UPSERT.format(allowed=write_allowed("t", "excluded"))
+        notify = f"SELECT count(*) FROM (SELECT pg_notify('{self.channel}', d.queue) FROM "
+
+        # -- producing -----------------------------------------------------------------
+        messages = (
+            f"new_m AS (SELECT * FROM unnest({_MESSAGE_COLUMNS}) WITH ORDINALITY "
+            "AS n(id, queue, priority, body, eta, ord)), "
+            f"ins AS (INSERT INTO {m} (id, queue, priority, body, available_at) "
+            "SELECT id, queue, priority, body, "
+            "coalesce(to_timestamp(eta::float8), clock_timestamp()) "
+            "FROM new_m ORDER BY ord RETURNING queue), "
+            f"named AS (INSERT INTO {q} (name) SELECT DISTINCT queue FROM new_m "
+            "ON CONFLICT DO NOTHING) "
+        )
+        self.push = f"WITH {messages}{notify}(SELECT DISTINCT queue FROM ins) d) x"
+        # records $6..$11 beside the messages $1..$5; a refused record aborts everything
+        self.enqueue = (
+            "WITH new_t AS (SELECT * FROM unnest($6::text[], $7::text[], $8::text[], "
+            "$9::text[], $10::text[], $11::text[]) "
+            "AS n(id, name, queue, status, lease_token, record)), "
+            f"up AS (INSERT INTO {t} AS t (id, name, queue, status, lease_token, record) "
+            "SELECT id, name, queue, status, lease_token, record::json FROM new_t ORDER BY id "
+            f"{upsert} RETURNING t.id), "
+            f"{messages}"
+            f"SELECT (SELECT bool_and({s}.refuse(n.id)) FROM new_t n "
+            "WHERE n.id NOT IN (SELECT id FROM up)), "
+            f"({notify}(SELECT DISTINCT queue FROM ins) d) x)"
+        )
+
+        # -- consuming -----------------------------------------------------------------
+        self.reserve = (
+            "WITH cand AS (SELECT c.id, w.ord FROM unnest($1::text[]) WITH ORDINALITY "
+            "AS w(name, ord) CROSS JOIN LATERAL ("
+            f"SELECT id, priority, seq FROM {m} WHERE queue = w.name AND state <> 'dead' "
+            "AND available_at <= clock_timestamp() ORDER BY priority DESC, seq LIMIT $2 "
+            "FOR UPDATE SKIP LOCKED) c ORDER BY w.ord, c.priority DESC, c.seq LIMIT $2), "
+            f"taken AS (UPDATE {m} m SET state = 'reserved', token = gen_random_uuid()::text, "
+            f"available_at = clock_timestamp() + $3 {SECONDS}, deliveries = m.deliveries + 1, "
+            "lost = m.lost + (m.state = 'reserved')::int FROM cand WHERE m.id = cand.id "
+            "RETURNING m.id, m.queue, m.body, m.deliveries, m.lost, m.token, cand.ord, "
+            "m.priority, m.seq) "
+            "SELECT id, queue, body, deliveries, lost, token, ord, priority, seq, "
+            f"NULL::float8 AS due FROM taken{relax} UNION ALL "
+            # nothing taken: how long until the earliest eta or lease deadline
+            "SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
+            "(SELECT extract(epoch FROM min(f.at) - clock_timestamp())::float8 "
+            "FROM unnest($1::text[]) AS w(name) CROSS JOIN LATERAL ("
+            f"SELECT available_at AS at FROM {m} WHERE queue = w.name AND state <> 'dead' "
+            "ORDER BY available_at LIMIT 1) f) WHERE NOT EXISTS (SELECT 1 FROM taken)"
+        )
+        self.release = (
+            f"WITH back AS (UPDATE {m} m SET state = 'ready', token = NULL, "
+            "available_at = clock_timestamp(), deliveries = m.deliveries - 1 "
+            "FROM unnest($1::text[], $2::text[]) AS r(id, token) "
+            "WHERE m.id = r.id AND m.token = r.token RETURNING m.queue) "
+            f"{notify}(SELECT DISTINCT queue FROM back) d) x"
+        )
+        self.ack = f"DELETE FROM {m} m WHERE id = $1 AND token = $2 AND {HELD} RETURNING 1"
+        self.nack = (
+            f"WITH back AS (UPDATE {m} m SET state = 'ready', token = NULL, "
+            f"available_at = clock_timestamp() + $3 {SECONDS}, "
+            f"seq = nextval('{s}.message_seq'), body = coalesce($4, m.body) "
+            f"WHERE id = $1 AND token = $2 AND {HELD} RETURNING m.queue) "
+            "SELECT (SELECT count(*) FROM back), "
+            f"({notify}(SELECT DISTINCT queue FROM back) d) x)"
+        )
+        self.extend = (
+            f"UPDATE {m} m SET available_at = clock_timestamp() + r.lease::float8 {SECONDS} "
+            f"FROM unnest($1::text[], $2::text[], $3::text[]) AS r(id, token, lease){relax} "
+            f"WHERE m.id = r.id AND m.token = r.token AND {HELD} RETURNING m.id"
+        )
+        self.dead_letter = (
+            f"UPDATE {m} m SET state = 'dead', token = NULL, reason = $3, "
+            "dead_at = clock_timestamp(), body = coalesce($4, m.body) "
+            f"WHERE id = $1 AND token = $2 AND {HELD} RETURNING 1"
+        )
+        self.dead_letters = (
+            "SELECT id, body, reason, extract(epoch FROM dead_at)::float8 "
+            f"FROM {m} WHERE queue = $1 AND state = 'dead' "
+            "ORDER BY dead_at, id LIMIT $2 OFFSET $3"
+        )
+        self.requeue_dead = (
+            f"WITH back AS (UPDATE {m} SET state = 'ready', available_at = clock_timestamp(), "
+            f"seq = nextval('{s}.message_seq'), lost = 0, deliveries = 0, reason = NULL, "
+            "dead_at = NULL WHERE queue = $1 AND state = 'dead' "
+            "AND ($2::text[] IS NULL OR id = ANY($2::text[])) RETURNING id, queue) "
+            "SELECT id, NULL::bigint FROM back UNION ALL "
+            f"SELECT NULL, ({notify}(SELECT DISTINCT queue FROM back) d) x)"
+        )
+        self.purge_dead = f"DELETE FROM {m} WHERE queue = $1 AND state = 'dead'"
+        self.purge = f"DELETE FROM {m} WHERE queue = $1 AND state = 'ready'"
+        self.stats = (
+            "SELECT count(*) FILTER (WHERE state <> 'dead' AND available_at <= c.now), "
+            "count(*) FILTER (WHERE state = 'ready' AND available_at > c.now), "
+            "count(*) FILTER (WHERE state = 'reserved' AND available_at > c.now), "
+            "count(*) FILTER (WHERE state = 'dead') "
+            f"FROM {m}, (SELECT clock_timestamp() AS now) c WHERE queue = $1"
+        )
+        self.queues = f"SELECT name FROM {q} ORDER BY name"
+
+        # -- storage -------------------------------------------------------------------
+        records = (
+            "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], "
+            "$5::text[], $6::text[], $7::text[]) "
+            "AS n(id, name, queue, status, lease_token, ttl, record)"
+        )
+        old = (
+            f"old AS (SELECT t.id, t.status, t.lease_token FROM {t} t "
+            f"JOIN new_t USING (id) WHERE {LIVE})"
+        )
+        insert = (
+            f"INSERT INTO {t} AS t (id, name, queue, status, lease_token, expires_at, record) "
+            f"SELECT n.id, n.name, n.queue, n.status, n.lease_token, "
+            f"clock_timestamp() + n.ttl::float8 {SECONDS}, n.record::json "
+        )
+        self.save = (
+            f"WITH new_t AS ({records}), {old}, "
+            f"up AS ({insert} FROM new_t n ORDER BY n.id {upsert} RETURNING t.id) "
+            "SELECT n.id, up.id IS NOT NULL AS saved, NULL::boolean AS held, old.status, "
+            "old.lease_token FROM new_t n LEFT JOIN up USING (id) LEFT JOIN old USING (id)"
+        )
+        # the same for batches that only mark tasks running
+        self.save_running = self.save + relax
+        # outcome + ack: $8 are the lease tokens; the record is written only while the
+        # lease holds, and the message deleted only if the record was written
+        self.complete = (
+            f"WITH new_t AS (SELECT n.*, k.token FROM ({records}) n "
+            "JOIN unnest($1::text[], $8::text[]) AS k(id, token) USING (id)), "
+            f"held AS (SELECT m.id FROM {m} m JOIN new_t n ON m.id = n.id AND m.token = n.token "
+            f"WHERE {HELD} ORDER BY m.id FOR UPDATE OF m), {old}, "
+            f"up AS ({insert} FROM new_t n JOIN held USING (id) ORDER BY n.id {upsert} "
+            "RETURNING t.id), "
+            f"gone AS (DELETE FROM {m} m USING up WHERE m.id = up.id RETURNING m.id) "
+            "SELECT n.id, gone.id IS NOT NULL AS saved, held.id IS NOT NULL AS held, "
+            "old.status, old.lease_token FROM new_t n LEFT JOIN held USING (id) "
+            "LEFT JOIN gone USING (id) LEFT JOIN old USING (id)"
+        )
+        self.get = f"SELECT t.record::text FROM {t} t WHERE t.id = $1 AND {LIVE}"
+        self.record_states = (
+            f"SELECT t.id, t.status, t.lease_token FROM {t} t "
+            f"WHERE t.id = ANY($1::text[]) AND {LIVE}"
+        )
+        self.list_prefix = f"SELECT t.id, t.record::text FROM {t} t WHERE {LIVE}"
+        self.counts = f"SELECT t.status, count(*) FROM {t} t WHERE {LIVE} GROUP BY t.status"
+        self.delete_expired = (
+            f"WITH doomed AS (SELECT id FROM {t} WHERE expires_at <= clock_timestamp() "
+            f"LIMIT $1 FOR UPDATE SKIP LOCKED) DELETE FROM {t} t USING doomed "
+            "WHERE t.id = doomed.id"
+        )
+        self.drop_schema = f"DROP SCHEMA IF EXISTS {s} CASCADE"

@@ -1,0 +1,67 @@
+"""RedisBackend: broker and storage over one Redis database, one object for both roles."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from bgcoor_core import Codec, ConfigurationError, Message, Reservation, Storage, Task
+
+from ._broker import RedisBrokerSide
+from ._encoding import raise_for, record_args, text, ttl_arg
+from ._options import RedisTarget, parse_redis_url
+from ._storage import RedisStorageSide
+
+#: Version of the key layout; ``migrate()`` records it under ``<prefix>:layout``.
+LAYOUT_VERSION = 1
+
+
+class RedisBackend(RedisBrokerSide, RedisStorageSide):
+    """Broker and storage in one Redis database, under one key prefix.
+
+    ``RedisBackend("redis://127.0.0.1:6379/0?prefix=shop")``. When the broker and storage
+    URLs are equal, one object serves both, and a task's outcome is stored and its
+    message acknowledged by one script (:meth:`complete`); its record and message are
+    created together as well (:meth:`enqueue_atomically`).
+    """
+
+    def __init__(self, url: str | RedisTarget, codec: Codec | None = None) -> None:
+        target = parse_redis_url(url) if isinstance(url, str) else url
+        super().__init__(target, codec)
+        self.wait_poll_max = target.options.result_poll_max
+
+    def completes_into(self, storage: Storage) -> bool:
+        """True for this object, or another one on the same database and prefix."""
+        if not isinstance(storage, RedisBackend):
+            return False
+        mine, theirs = self.target, storage.target
+        return (mine.host, mine.port, mine.db, mine.tls, self.prefix) == (
+            theirs.host,
+            theirs.port,
+            theirs.db,
+            theirs.tls,
+            storage.prefix,
+        )
+
+    async def enqueue_atomically(self, tasks: Sequence[Task], messages: Sequence[Message]) -> None:
+        await self.enqueue(tasks, messages)
+
+    async def complete(self, reservation: Reservation, task: Task, *, ttl: float | None) -> None:
+        """Store ``task`` (the outcome) and ack its message in one script call."""
+        _, *record = record_args(task)
+        reply = await self.run(
+            "complete", reservation.task.id, reservation.token, *record, ttl_arg(ttl)
+        )
+        raise_for(reply, task.id, task.status.value)
+
+    async def migrate(self) -> list[str]:
+        """Record the key layout version on first use; refuse a newer layout."""
+        key = self.key("layout")
+        if await self.command("SET", key, LAYOUT_VERSION, "NX"):
+            return [f"{self.target.safe_url}: key layout version {LAYOUT_VERSION}"]
+        found = int(text(await self.command("GET", key)))
+        if found > LAYOUT_VERSION:
+            raise ConfigurationError(
+                f"{self.target.safe_url}: keys under prefix {self.prefix!r} use layout version "
+                f"{found}, newer than this bgcoor-redis supports ({LAYOUT_VERSION}); upgrade it"
+            )
+        return []

@@ -1,0 +1,134 @@
+"""What the broker and storage halves of the backend share: connections and scripts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+from bgcoor_core import Codec, Message, Task
+
+from ._channel import BlockingPool, CommandChannel
+from ._encoding import chunks, raise_for, text
+from ._options import RedisTarget
+from ._scripts import Script, scripts
+
+log = logging.getLogger("bgcoor.redis")
+
+
+class Link:
+    """The connections of one event loop (asyncio connections cannot change loops)."""
+
+    def __init__(self, target: RedisTarget) -> None:
+        connect = target.connection_factory()
+        options = target.options
+        self.commands = CommandChannel(
+            connect, reply_timeout=options.socket_timeout, where=target.safe_url
+        )
+        self.blocking = BlockingPool(connect, limit=options.max_connections, where=target.safe_url)
+        self._loading: dict[str, asyncio.Future[Any]] = {}
+
+    async def load(self, script: Script) -> None:
+        """``SCRIPT LOAD`` once, however many callers found the script missing at once."""
+        loading = self._loading.get(script.sha)
+        if loading is None:
+            loading = self.commands.send("SCRIPT", "LOAD", script.source)
+            self._loading[script.sha] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(script.sha, None))
+        await asyncio.shield(loading)
+
+    async def close(self) -> None:
+        await self.commands.close()
+        await self.blocking.close()
+
+
+class RedisBase:
+    """Connections per event loop, the Lua scripts, and background chores."""
+
+    def __init__(self, target: RedisTarget, codec: Codec | None = None) -> None:
+        self.codec = codec or Codec.json()
+        self.target = target
+        self.options = target.options
+        self.prefix = target.options.prefix
+        self._links: dict[asyncio.AbstractEventLoop, Link] = {}
+        self._chores: set[asyncio.Task[Any]] = set()
+        self._scripts = scripts()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.target.safe_url!r})"
+
+    def key(self, *parts: str) -> str:
+        """A key in this backend's namespace, e.g. ``key("q", "default", "ready")``."""
+        return ":".join((self.prefix, *parts))
+
+    def link(self) -> Link:
+        loop = asyncio.get_running_loop()
+        link = self._links.get(loop)
+        if link is None:
+            for stale in [other for other in self._links if other.is_closed()]:
+                del self._links[stale]
+            link = self._links[loop] = Link(self.target)
+        return link
+
+    async def run(self, name: str, *args: Any) -> Any:
+        """Run script ``name`` with ARGV ``prefix, *args``: one command, one atomic step."""
+        script = self._scripts[name]
+        link = self.link()
+        try:
+            return await link.commands.send("EVALSHA", script.sha, 0, self.prefix, *args)
+        except NoScriptError:
+            # Not cached (first use, or the server restarted), so it did not run: load it
+            # and run it now.
+            await link.load(script)
+            return await link.commands.send("EVALSHA", script.sha, 0, self.prefix, *args)
+
+    async def command(self, *args: Any) -> Any:
+        """One plain command through the pipelined connection."""
+        return await self.link().commands.send(*args)
+
+    async def enqueue(self, tasks: Sequence[Task], messages: Sequence[Message]) -> None:
+        """Store records and push messages, each chunk in one atomic script call.
+
+        Everything is validated and encoded before anything is sent. A batch larger than
+        one chunk is stored chunk by chunk; an error stops at its chunk.
+        """
+        status = {task.id: task.status.value for task in tasks}
+        for args in chunks(tasks, messages):
+            reply = await self.run("enqueue", *args)
+            if len(reply) > 1:
+                task_id = text(reply[1])
+                raise_for(reply, task_id, status.get(task_id, ""))
+
+    def chore(self, work: Coroutine[Any, Any, Any], what: str) -> None:
+        """Run ``work`` in the background (e.g. undoing a cancelled reservation)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._chores.add(task)
+
+        def done(finished: asyncio.Task[Any]) -> None:
+            self._chores.discard(finished)
+            if not finished.cancelled() and finished.exception() is not None:
+                log.warning("%s failed: %s", what, finished.exception())
+
+        task.add_done_callback(done)
+
+    async def close(self) -> None:
+        """Finish background chores and close this process's connections."""
+        give_up = asyncio.get_running_loop().time() + self.options.socket_timeout
+        while self._chores:  # a chore may start another (a reserve, then its hand-back)
+            left = give_up - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            await asyncio.wait(list(self._chores), timeout=left)
+        current = asyncio.get_running_loop()
+        links, self._links = self._links, {}
+        for loop, link in links.items():
+            if loop is current:
+                await link.close()
+            elif loop.is_running():  # another thread's loop (e.g. the sync API's portal)
+                closing = asyncio.run_coroutine_threadsafe(link.close(), loop)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.wrap_future(closing), timeout=5.0)

@@ -1,0 +1,234 @@
+"""The broker half: messages in sorted sets, moved between them by Lua scripts.
+
+Per queue ``q`` (keys under the prefix): ``q:<q>:ready`` (score: priority, then push
+order), ``q:<q>:later`` (score: eta), ``q:<q>:leased`` (score: lease deadline),
+``q:<q>:dead`` (score: when) and the list ``q:<q>:wake`` that idle consumers block on.
+Each message is a hash ``m:<id>``. Deadlines use the server's clock (``TIME``), so hosts
+with skewed clocks agree on when a lease expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+from bgcoor_core import (
+    Broker,
+    Capability,
+    DeadLetter,
+    Message,
+    QueueStats,
+    Reservation,
+    StaleLeaseError,
+    Task,
+)
+from bgcoor_core._storage import check_page
+from bgcoor_core._task import validate_queue_name
+
+from ._base import RedisBase
+from ._channel import Ticket
+from ._encoding import text
+
+#: Fields per reserved message in the reserve script's reply.
+_FIELDS = 6
+
+
+class RedisBrokerSide(RedisBase, Broker):
+    """Every :class:`~bgcoor_core.Capability`; see the module docstring for the layout."""
+
+    capabilities = frozenset(Capability)
+
+    # -- producing ---------------------------------------------------------------------
+
+    async def push_messages(self, messages: Sequence[Message]) -> None:
+        await self.enqueue((), messages)
+
+    # -- consuming ---------------------------------------------------------------------
+
+    async def reserve(
+        self, queues: Sequence[str], *, lease: float, limit: int = 1, timeout: float = 0.0
+    ) -> list[Reservation]:
+        names = [validate_queue_name(queue) for queue in queues]
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit!r}")
+        give_up = time.monotonic() + timeout
+        taken, due = await self._take(names, lease, limit)
+        while not taken:
+            remaining = give_up - time.monotonic()
+            if remaining <= 0:
+                break
+            wait = min(remaining, due, self.options.max_block)
+            if wait < 0.001:  # falls due right now: look again at once
+                taken, due = await self._take(names, lease, limit)
+            else:
+                taken, due = await self._wait_and_take(names, lease, limit, wait)
+        return taken
+
+    def _reserve_args(self, queues: list[str], lease: float, limit: int) -> list[Any]:
+        return [lease, limit, os.urandom(6).hex() + ".", *queues]
+
+    async def _take(
+        self, queues: list[str], lease: float, limit: int
+    ) -> tuple[list[Reservation], float]:
+        """One reserve script call: the reservations, and seconds until one could be due.
+
+        If our caller is cancelled while the script runs, whatever it reserved is handed
+        straight back instead of waiting out its lease.
+        """
+        if not queues:
+            return [], math.inf
+        job = asyncio.ensure_future(self.run("reserve", *self._reserve_args(queues, lease, limit)))
+        try:
+            reply = await asyncio.shield(job)
+        except asyncio.CancelledError:
+            self.chore(self._abandon(job), "handing back a cancelled reservation")
+            raise
+        return self._parse_reserved(reply)
+
+    async def _wait_and_take(
+        self, queues: list[str], lease: float, limit: int, wait: float
+    ) -> tuple[list[Reservation], float]:
+        """Block on the queues' wake lists for up to ``wait`` seconds, then reserve.
+
+        Both go in one write on a blocking connection: the server runs the reserve script
+        the moment ``BLPOP`` returns (woken by a push, or timed out because something falls
+        due), so an idle consumer gets a new task in one round trip. A cancelled caller's
+        exchange is cut short with ``CLIENT UNBLOCK`` and what it reserved handed back.
+        """
+        if not queues:
+            await asyncio.sleep(wait)
+            return [], math.inf
+        script = self._scripts["reserve"]
+        args = self._reserve_args(queues, lease, limit)
+        commands = [
+            ("BLPOP", *(self.key("q", queue, "wake") for queue in queues), f"{wait:.3f}"),
+            ("EVALSHA", script.sha, 0, self.prefix, *args),
+        ]
+        ticket = Ticket()
+        job = asyncio.ensure_future(self.link().blocking.exchange(commands, wait, ticket))
+        try:
+            replies = await asyncio.shield(job)
+        except asyncio.CancelledError:
+            self.chore(self._abandon(job, ticket), "handing back a cancelled reservation")
+            raise
+        assert replies is not None  # only an abandoned ticket gets no replies
+        reply = replies[1]
+        if isinstance(reply, NoScriptError):  # the server lost its script cache
+            return self._parse_reserved(await self.run("reserve", *args))
+        if isinstance(reply, Exception):
+            raise reply
+        return self._parse_reserved(reply)
+
+    async def _abandon(self, job: asyncio.Future[Any], ticket: Ticket | None = None) -> None:
+        """Hand back what ``job`` (a reserve whose caller was cancelled) reserves.
+
+        A blocking exchange (with a ``ticket``) is cut short by ``CLIENT UNBLOCK``, or
+        never sent at all if it had not been yet.
+        """
+        if ticket is not None:
+            ticket.abandoned = True
+            for _ in range(3):
+                if job.done() or ticket.client_id is None:
+                    break
+                await self.command("CLIENT", "UNBLOCK", ticket.client_id)
+                await asyncio.wait([job], timeout=0.05)
+        reply = await job
+        if ticket is not None:
+            reply = None if reply is None else reply[1]
+        if isinstance(reply, list):
+            await self._release(reply)
+
+    def _parse_reserved(self, reply: list[Any]) -> tuple[list[Reservation], float]:
+        due = float(reply[1]) if reply[1] else math.inf
+        return [self._reservation(reply, i) for i in range(2, len(reply), _FIELDS)], due
+
+    def _reservation(self, reply: list[Any], at: int) -> Reservation:
+        message_id, queue, body, deliveries, lost, token = reply[at : at + _FIELDS]
+        message_id, queue = text(message_id), text(queue)
+        task, defect = self.decode(message_id, queue, body)
+        return Reservation(task, text(token), deliveries, lost, defect)
+
+    async def _release(self, reply: list[Any]) -> None:
+        """Hand back what a reserve whose caller went away had taken."""
+        pairs: list[Any] = []
+        for at in range(2, len(reply), _FIELDS):
+            pairs += [reply[at], reply[at + _FIELDS - 1]]
+        if pairs:
+            await self.run("release", *pairs)
+
+    async def ack(self, reservation: Reservation) -> None:
+        await self._settle("ack", reservation)
+
+    async def nack(
+        self, reservation: Reservation, *, delay: float = 0.0, task: Task | None = None
+    ) -> None:
+        body = self.codec.encode(task) if task is not None else b""
+        await self._settle("nack", reservation, max(delay, 0.0), body)
+
+    async def extend(self, reservation: Reservation, lease: float) -> None:
+        await self._settle("extend", reservation, lease)
+
+    async def dead_letter(
+        self, reservation: Reservation, reason: str, task: Task | None = None
+    ) -> None:
+        body = self.codec.encode(task) if task is not None else b""
+        await self._settle("dead_letter", reservation, reason, body)
+
+    async def _settle(self, script: str, reservation: Reservation, *args: Any) -> None:
+        """Run a script that acts only while ``reservation`` holds the message's lease."""
+        if not await self.run(script, reservation.task.id, reservation.token, *args):
+            raise StaleLeaseError(
+                f"task {reservation.task.id}: lease {reservation.token[:8]} is no longer held"
+            )
+
+    # -- dead letters ------------------------------------------------------------------
+
+    async def dead_letters(
+        self, queue: str, *, limit: int = 100, offset: int = 0
+    ) -> list[DeadLetter]:
+        check_page(limit)
+        reply = await self.run("dead_letters", queue, max(offset, 0), limit)
+        letters = []
+        for at in range(0, len(reply), 4):
+            message_id, body, reason, dead_at = reply[at : at + 4]
+            task, defect = self.decode(text(message_id), queue, body)
+            letters.append(
+                DeadLetter(
+                    text(message_id),
+                    queue,
+                    text(reason),
+                    None if defect else task,
+                    float(dead_at),
+                )
+            )
+        return letters
+
+    async def requeue_dead(self, queue: str, ids: Sequence[str] | None = None) -> list[str]:
+        if ids is None:
+            moved = await self.run("requeue_dead", queue, "all")
+        elif not ids:
+            return []
+        else:
+            moved = await self.run("requeue_dead", queue, "ids", *ids)
+        return [text(message_id) for message_id in moved]
+
+    async def purge_dead(self, queue: str) -> int:
+        return int(await self.run("purge_dead", queue))
+
+    # -- inspecting --------------------------------------------------------------------
+
+    async def stats(self, queue: str) -> QueueStats:
+        ready, scheduled, reserved, dead = await self.run("stats", queue)
+        return QueueStats(ready, scheduled, reserved, dead)
+
+    async def purge(self, queue: str) -> int:
+        return int(await self.run("purge", queue))
+
+    async def queues(self) -> list[str]:
+        return sorted(text(name) for name in await self.command("SMEMBERS", self.key("queues")))

@@ -1,0 +1,104 @@
+"""Script arguments and replies: tasks and messages in, errors and records out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from bgcoor_core import (
+    CapabilityError,
+    DecodeError,
+    DuplicateTaskError,
+    InvalidTransitionError,
+    Message,
+    StaleLeaseError,
+    Task,
+)
+from bgcoor_core._task import validate_queue_name
+
+from ._scripts import MAX_PRIORITY, MIN_PRIORITY
+
+#: Records plus messages per enqueue script call. A script blocks the server while it runs;
+#: a chunk of this size takes a few milliseconds.
+CHUNK = 500
+
+
+def record_args(task: Task) -> list[Any]:
+    """id, status, token, name, queue, json: a record as the scripts take it.
+
+    The lease token is ``""`` for none and ``"+" + token`` otherwise, so that an empty
+    token still counts as a token, as it does in :func:`bgcoor_core.check_write`.
+    """
+    token = "" if task.lease_token is None else "+" + task.lease_token
+    return [task.id, task.status.value, token, task.name, task.queue, task.model_dump_json()]
+
+
+def message_args(message: Message) -> list[Any]:
+    """id, queue, body, priority, eta: a message as the enqueue script takes it."""
+    validate_queue_name(message.queue)
+    if not MIN_PRIORITY <= message.priority <= MAX_PRIORITY:
+        raise CapabilityError(
+            f"task {message.id} has priority {message.priority}; the Redis backend supports "
+            f"priorities from {MIN_PRIORITY} to {MAX_PRIORITY}"
+        )
+    eta = "" if message.eta is None else repr(float(message.eta))
+    return [message.id, message.queue, message.body, message.priority, eta]
+
+
+def ttl_arg(ttl: float | None) -> float:
+    """0 for no expiry; a TTL of zero or less expires the record at once."""
+    if ttl is None:
+        return 0
+    return max(ttl, 0.001)
+
+
+def text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def raise_for(reply: Sequence[Any], task_id: str, status: str = "") -> None:
+    """Turn a script's ``{"OK"}``, ``{"STALE"}``, ``{"TRANSITION <old>"}`` or
+    ``{"DUPLICATE"}`` reply (optionally followed by the id concerned) into the core's
+    errors; ``status`` is the status the refused write wanted."""
+    code = text(reply[0])
+    if code == "OK":
+        return
+    if code == "STALE":
+        raise StaleLeaseError(
+            f"task {task_id}: outcome from an expired lease refused (the task was delivered again)"
+        )
+    if code == "DUPLICATE":
+        raise DuplicateTaskError(f"task {task_id} is already in the broker")
+    if code.startswith("TRANSITION "):
+        old = code.removeprefix("TRANSITION ")
+        raise InvalidTransitionError(f"task {task_id}: cannot move from {old} to {status}")
+    raise RuntimeError(f"unexpected reply from a Redis script: {code!r}")
+
+
+def decode_record(task_id: str, raw: bytes) -> Task:
+    try:
+        return Task.model_validate_json(raw)
+    except ValidationError as exc:
+        raise DecodeError(f"stored record of task {task_id} cannot be decoded: {exc}") from None
+
+
+def chunks(tasks: Sequence[Task], messages: Sequence[Message]) -> list[list[Any]]:
+    """Enqueue script arguments (after the prefix), at most :data:`CHUNK` items each.
+
+    Records and messages at the same positions share a chunk, so a task's record and its
+    message are stored in the same atomic step.
+    """
+    half = CHUNK // 2
+    out = []
+    for start in range(0, max(len(tasks), len(messages)), half):
+        records = tasks[start : start + half]
+        pushed = messages[start : start + half]
+        args: list[Any] = [len(records), len(pushed)]
+        for task in records:
+            args += record_args(task)
+        for message in pushed:
+            args += message_args(message)
+        out.append(args)
+    return out

@@ -1,0 +1,89 @@
+"""The Lua scripts. Each file in ``lua/`` runs after ``lua/common.lua`` as one atomic step.
+
+The status rules are not copied into Lua by hand: the transition table is generated from
+:data:`bgcoor_core.ALLOWED_TRANSITIONS` when the scripts are first loaded.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass
+from importlib.resources import files
+
+from bgcoor_core import ALLOWED_TRANSITIONS, TaskStatus
+
+#: Priorities a message may have. A ready score is ``(MAX_PRIORITY - priority) * SPAN + seq``
+#: and must stay an exact integer in a double: 2,001 levels times 2**42 sequence numbers
+#: (4.4 trillion pushes per prefix) fit below 2**53.
+MIN_PRIORITY = -1000
+MAX_PRIORITY = 1000
+SPAN = 2**42
+assert (MAX_PRIORITY - MIN_PRIORITY + 1) * SPAN <= 2**53
+
+NAMES = (
+    "ack",
+    "complete",
+    "counts",
+    "dead_letter",
+    "dead_letters",
+    "delete_expired",
+    "enqueue",
+    "extend",
+    "final",
+    "list",
+    "nack",
+    "purge",
+    "purge_dead",
+    "release",
+    "requeue_dead",
+    "reserve",
+    "resignal",
+    "save",
+    "stats",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    name: str
+    source: bytes
+    sha: str
+
+
+def allowed_pairs() -> str:
+    """Every allowed status change as ``" old>new "``, looked up with ``string.find``."""
+    pairs = sorted(f"{old}>{new}" for old, news in ALLOWED_TRANSITIONS.items() for new in news)
+    return " " + " ".join(pairs) + " "
+
+
+def final_statuses() -> str:
+    return " " + " ".join(sorted(s.value for s in TaskStatus if s.is_final)) + " "
+
+
+def _read(name: str) -> str:
+    return files(__package__).joinpath(f"lua/{name}.lua").read_text("utf-8")
+
+
+def common_source() -> str:
+    text = _read("common")
+    values = {
+        "@MAX_PRIORITY@": str(MAX_PRIORITY),
+        "@SPAN@": str(SPAN),
+        "@ALLOWED@": allowed_pairs(),
+        "@FINAL@": final_statuses(),
+    }
+    for placeholder, value in values.items():
+        text = text.replace(placeholder, value)
+    return text
+
+
+@functools.cache
+def scripts() -> dict[str, Script]:
+    """Every script by name, with the SHA1 that ``EVALSHA`` calls it by."""
+    common = common_source()
+    loaded = {}
+    for name in NAMES:
+        source = f"{common}\n-- {name}.lua\n{_read(name)}".encode()
+        loaded[name] = Script(name, source, hashlib.sha1(source).hexdigest())
+    return loaded

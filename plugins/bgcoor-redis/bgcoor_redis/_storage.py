@@ -1,0 +1,77 @@
+"""The storage half: task records as hashes, found through index sets, never by scanning.
+
+Each record is a hash ``t:<id>`` (status, lease token, name, queue, the task as JSON).
+Index sets ``i:all``, ``i:s:<status>``, ``i:n:<name>`` and ``i:q:<queue>`` hold ids with
+score 0, so ``ZRANGEBYLEX`` walks them in id order (ids are time-sortable UUIDv7 strings)
+and ``ZCARD`` counts them. A record saved with a TTL expires in Redis and is listed in
+``i:exp`` (by expiry time) so its index entries are removed before anything is counted or
+listed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+from bgcoor_core import ResultTimeoutError, Storage, Task, TaskStatus
+from bgcoor_core._storage import check_page
+
+from ._base import RedisBase
+from ._encoding import decode_record, raise_for, record_args, ttl_arg
+
+_STATUSES = list(TaskStatus)
+
+
+class RedisStorageSide(RedisBase, Storage):
+    """Task records; see the module docstring for the layout."""
+
+    async def save(self, task: Task, *, ttl: float | None = None) -> None:
+        reply = await self.run("save", *record_args(task), ttl_arg(ttl))
+        raise_for(reply, task.id, task.status.value)
+
+    async def save_many(self, tasks: Sequence[Task]) -> None:
+        await self.enqueue(tasks, ())
+
+    async def get(self, task_id: str) -> Task | None:
+        raw = await self.command("HGET", self.key("t", task_id), "j")
+        return None if raw is None else decode_record(task_id, raw)
+
+    async def list(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        name: str | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> list[Task]:
+        check_page(limit)
+        filters = [status.value if status else "", name or "", queue or "", after or ""]
+        reply = await self.run("list", *filters, limit)
+        return [decode_record("?", raw) for raw in reply]
+
+    async def counts(self) -> dict[TaskStatus, int]:
+        reply = await self.run("counts", *_STATUSES)
+        return dict(zip(_STATUSES, reply, strict=True))
+
+    async def delete_expired(self) -> int:
+        return int(await self.run("delete_expired"))
+
+    async def wait(self, task_id: str, *, timeout: float | None) -> Task:
+        """Poll the record (1 ms, doubling up to ``result_poll_max``) until it is final;
+        each poll is one small script call that returns the record only once final."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval = 0.001
+        while True:
+            raw = await self.run("final", task_id)
+            if raw is not None:
+                return decode_record(task_id, raw)
+            pause = interval
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ResultTimeoutError(f"task {task_id} did not finish within {timeout}s")
+                pause = min(pause, left)
+            await asyncio.sleep(pause)
+            interval = min(interval * 2, self.options.result_poll_max)

@@ -1,0 +1,12 @@
+-- ARGV: prefix, queue, offset, limit. Returns id, body, reason, dead_at per dead letter,
+-- oldest first.
+local queue, offset, limit = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local out = {}
+for _, id in ipairs(redis.call("ZRANGE", qkey(queue, "dead"), offset, offset + limit - 1)) do
+  local m = redis.call("HMGET", mkey(id), "b", "r", "x")
+  out[#out + 1] = id
+  out[#out + 1] = m[1]
+  out[#out + 1] = m[2]
+  out[#out + 1] = m[3]
+end
+return out

@@ -1,0 +1,15 @@
+-- Hand back reservations whose reply never reached a consumer (its reserve was cancelled):
+-- each goes back to its place, as if it had not been delivered.
+-- ARGV: prefix, then pairs id, token.
+for a = 2, #ARGV, 2 do
+  local id, token = ARGV[a], ARGV[a + 1]
+  local key = mkey(id)
+  local m = redis.call("HMGET", key, "q", "t", "o")
+  if m[1] and m[2] == token then
+    unlease(m[1], id)
+    redis.call("HINCRBY", key, "d", -1)
+    redis.call("ZADD", qkey(m[1], "ready"), m[3], id)
+    wake(m[1])
+  end
+end
+return 0

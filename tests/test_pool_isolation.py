@@ -1,0 +1,94 @@
+"""A task whose earlier worker was lost runs alone, so a poison task cannot take innocent
+tasks down with it (and use up their ``max_worker_lost``). Found by the reliability
+suite's poison scenario; pinned here on the memory backend."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from bgcoor_core import (
+    MemoryBroker,
+    MemoryStorage,
+    Settings,
+    Task,
+    TaskRegistry,
+    TaskStatus,
+    WorkerPool,
+)
+
+Interval = tuple[str, float, float]
+WaitUntil = Callable[..., Awaitable[None]]  # the wait_until fixture
+
+
+def timed(
+    name: str, log: list[Interval], seconds: float, started: list[str] | None = None
+) -> Callable[[], object]:
+    async def run() -> None:
+        start = time.monotonic()
+        if started is not None:
+            started.append(name)
+        await asyncio.sleep(seconds)
+        log.append((name, start, time.monotonic()))
+
+    return run
+
+
+async def lose_once(broker: MemoryBroker, task: Task) -> None:
+    """Reserve ``task`` and never settle it: its worker died."""
+    await broker.push(task)
+    [reservation] = await broker.reserve(["default"], lease=0.05, timeout=1)
+    assert reservation.task.id == task.id
+
+
+async def test_a_task_whose_worker_was_lost_runs_alone(
+    fast_settings: Callable[..., Settings], wait_until: WaitUntil
+) -> None:
+    broker, storage, registry = MemoryBroker(), MemoryStorage(), TaskRegistry()
+    log: list[Interval] = []
+    registry.register("suspect", timed("suspect", log, 0.2))
+    registry.register("normal", timed("normal", log, 0.1))
+    suspect = Task.new("suspect")
+    await lose_once(broker, suspect)
+    normal = [Task.new("normal") for _ in range(6)]
+    await broker.push_many(normal)
+
+    async def lease_expired() -> bool:  # the suspect is ready again, ahead of the others
+        return (await broker.stats("default")).reserved == 0
+
+    await wait_until(lease_expired, timeout=5)
+    pool = WorkerPool(broker, storage, registry, 4, settings=fast_settings())
+    async with pool:
+        for task in [suspect, *normal]:
+            done = await storage.wait(task.id, timeout=5)
+            assert done.status is TaskStatus.SUCCEEDED
+    [(_, start, end)] = [entry for entry in log if entry[0] == "suspect"]
+    beside = [
+        entry for entry in log if entry[0] == "normal" and entry[1] < end and entry[2] > start
+    ]
+    assert beside == [], "tasks ran beside the suspect"
+    assert len(log) == 7
+    assert (await broker.stats("default")).reserved == 0
+
+
+async def test_shutdown_while_a_suspect_waits_hands_it_back(
+    fast_settings: Callable[..., Settings], wait_until: WaitUntil
+) -> None:
+    broker, storage, registry = MemoryBroker(), MemoryStorage(), TaskRegistry()
+    log: list[Interval] = []
+    registry.register("suspect", timed("suspect", log, 0.0))
+    log_started: list[str] = []
+    registry.register("long", timed("long", log, 5.0, log_started))
+    long = Task.new("long")
+    await broker.push(long)
+    pool = WorkerPool(broker, storage, registry, 2, settings=fast_settings(shutdown_grace=0))
+    await pool.start()
+    await wait_until(lambda: bool(log_started), timeout=5)  # the long task is running
+    suspect = Task.new("suspect")
+    await lose_once(broker, suspect)  # reserved by a worker that died at once
+    await wait_until(lambda: pool.running == 2, timeout=5)  # holds the suspect, waiting
+    await pool.shutdown()
+    stats = await broker.stats("default")
+    assert (stats.ready, stats.reserved) == (2, 0)  # both handed back, none left leased
+    assert log == []
