@@ -1,4 +1,4 @@
-"""TaskManager quickstart on the embedded default (memory://): no server needed.
+"""TaskManager quickstart on the in-memory backend (one process, nothing to set up).
 
 Run it with ``python examples/quickstart.py``.
 """
