@@ -74,6 +74,7 @@ class WorkerPool:
         self._room = asyncio.Event()
         self._fetcher: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
         self._slots: list[asyncio.Task[None]] = []
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -109,6 +110,8 @@ class WorkerPool:
         self._fetcher = asyncio.create_task(self._fetch_loop(), name="bgcoor-fetch")
         if Capability.LEASE_EXTENSION in self.broker.capabilities:
             self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="bgcoor-heartbeat")
+        if self.settings.cleanup_seconds is not None:
+            self._housekeeping = asyncio.create_task(self._cleanup_loop(), name="bgcoor-cleanup")
         log.info("worker pool started: concurrency %d, queues %s", self.concurrency, self.queues)
 
     async def __aenter__(self) -> Self:
@@ -218,6 +221,19 @@ class WorkerPool:
             if held:
                 await asyncio.gather(*(self._extend(r) for r in held))
 
+    async def _cleanup_loop(self) -> None:
+        """Delete records whose time-to-live has passed, so stores do not grow forever."""
+        assert self.settings.cleanup_seconds is not None
+        while True:
+            try:
+                removed = await self.storage.delete_expired()
+            except Exception as exc:
+                log.warning("deleting expired records failed: %s", exc)
+            else:
+                if removed:
+                    log.info("deleted %d expired task record(s)", removed)
+            await asyncio.sleep(self.settings.cleanup_seconds)
+
     async def _extend(self, reservation: Reservation) -> None:
         try:
             await self.broker.extend(reservation, self.settings.lease_seconds)
@@ -252,9 +268,10 @@ class WorkerPool:
         if late:
             log.warning("%d task(s) still running after %.1fs; handed back", len(late), grace)
             await asyncio.gather(*late, return_exceptions=True)
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            await asyncio.gather(self._heartbeat, return_exceptions=True)
+        for loop_task in (self._heartbeat, self._housekeeping):
+            if loop_task is not None:
+                loop_task.cancel()
+                await asyncio.gather(loop_task, return_exceptions=True)
         self._threads.shutdown(wait=False, cancel_futures=True)
         self._stopped.set()
         log.info("worker pool stopped after %d task(s)", self.processed)

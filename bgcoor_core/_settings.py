@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     retry_backoff: float = Field(default=1.0, ge=0)
     retry_backoff_max: float = Field(default=300.0, ge=0)
     result_ttl: float | None = Field(default=7 * 24 * 3600.0, gt=0)
+    cleanup_seconds: float | None = Field(default=300.0, gt=0)
     max_payload_bytes: int = Field(default=DEFAULT_MAX_PAYLOAD_BYTES, ge=1024)
     max_worker_lost: int = Field(default=3, ge=0)
     shutdown_grace: float = Field(default=30.0, ge=0)

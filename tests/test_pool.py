@@ -635,3 +635,24 @@ async def test_a_settling_failure_does_not_kill_the_slot_and_the_task_comes_back
     assert [d.status for d in done] == [TaskStatus.SUCCEEDED, TaskStatus.SUCCEEDED]
     assert calls == 3  # one outcome was lost and redelivered after its lease
     assert (await broker.stats("default")).reserved == 0
+
+
+async def test_pool_deletes_expired_records_periodically(
+    broker: MemoryBroker,
+    storage: MemoryStorage,
+    registry: TaskRegistry,
+    fast_settings: Callable[..., Settings],
+) -> None:
+    expired = Task.new("gone", None, 0)
+    await storage.save(expired, ttl=0.01)
+    kept = Task.new("kept", None, 0)
+    await storage.save(kept)
+    pool = WorkerPool(broker, storage, registry, 1, settings=fast_settings(cleanup_seconds=0.05))
+    await asyncio.sleep(0.02)
+    async with pool:
+        for _ in range(100):
+            if not storage._records.get(expired.id):
+                break
+            await asyncio.sleep(0.01)
+    assert expired.id not in storage._records  # deleted, not merely hidden
+    assert await storage.get(kept.id) == kept
