@@ -22,6 +22,7 @@ from ._errors import (
     InvalidTransitionError,
     NonRetryableError,
     PayloadError,
+    PayloadTooLargeError,
     StaleLeaseError,
     TaskTimeoutError,
     UnknownTaskError,
@@ -40,6 +41,14 @@ def backoff_delay(attempt: int, base: float, cap: float) -> float:
     capped at ``cap``."""
     ceiling = min(cap, base * 2 ** max(attempt - 1, 0))
     return float(ceiling / 2 + random.uniform(0, ceiling / 2))
+
+
+def _as_message(task: Task) -> Task:
+    """``task`` as a retry or dead letter carries it in its message: without the
+    traceback, which the record keeps, so a payload that fitted ``max_payload_bytes``
+    still fits after a failure (the error text is clipped for the same reason)."""
+    error = task.error if task.error is None or len(task.error) <= 500 else task.error[:500] + "..."
+    return task.model_copy(update={"traceback": None, "error": error})
 
 
 class Executor:
@@ -171,10 +180,13 @@ class Executor:
         task.status = TaskStatus.RETRYING
         try:
             await self.storage.save(task)
-            await self.broker.nack(reservation, delay=delay, task=task)
+            await self.broker.nack(reservation, delay=delay, task=_as_message(task))
         except (StaleLeaseError, InvalidTransitionError) as exc:
             log.warning("task %s: retry not recorded: %s", task.id, exc)
             await self._ack_quietly(reservation)  # see _settle
+            return
+        except PayloadTooLargeError as exc:  # its error alone outgrew the limit
+            await self._dead(reservation, task, f"cannot retry: {exc}", owned=True)
             return
         if self.host:
             self.host.task_retrying(task, delay)
@@ -202,11 +214,17 @@ class Executor:
             await self._ack_quietly(reservation)
             return
         if Capability.DEAD_LETTER in self.broker.capabilities:
-            await self._quietly(self.broker.dead_letter(reservation, reason, task))
+            await self._quietly(self._dead_letter(reservation, reason, task))
         else:
             await self._ack_quietly(reservation)
         if self.host:
             self.host.task_dead_lettered(task, reason)
+
+    async def _dead_letter(self, reservation: Reservation, reason: str, task: Task) -> None:
+        try:
+            await self.broker.dead_letter(reservation, reason, _as_message(task))
+        except PayloadTooLargeError:  # keep the body it was delivered with
+            await self.broker.dead_letter(reservation, reason)
 
     async def _reject(self, reservation: Reservation, defect: str) -> None:
         """A body that could not be decoded: dead-letter it as it is, never run it."""

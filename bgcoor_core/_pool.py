@@ -238,7 +238,10 @@ class WorkerPool:
         try:
             await self.broker.extend(reservation, self.settings.lease_seconds)
         except StaleLeaseError:
-            log.warning("task %s lost its lease; its outcome will be refused", reservation.task.id)
+            if reservation.token in self._held:  # not merely settled while we extended
+                log.warning(
+                    "task %s lost its lease; its outcome will be refused", reservation.task.id
+                )
         except Exception as exc:
             log.warning("lease extension failed for %s: %s", reservation.task.id, exc)
 

@@ -118,7 +118,7 @@ class BgcoorAdapter(Adapter):
 
     async def enqueue_noop(self, n):
         await noop.enqueue_many([() for _ in range(n)])
-        return "enqueue_many (bulk: record + message per task, one script call per 250 tasks)"
+        return "enqueue_many (bulk: record + message per task, stored atomically)"
 
     async def enqueue_sleep(self, n, ms):
         await sleep_task.enqueue_many([(ms,) for _ in range(n)])

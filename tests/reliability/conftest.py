@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from .backends import BACKENDS, Backend
+from .backends import BACKENDS, Backend, in_ci
 from .outcome import Outcome
 from .scenarios import SCENARIOS, run_scenario
+from .servers import Unavailable
 
 Run = Callable[..., Awaitable[Outcome]]
 
@@ -40,6 +41,14 @@ def run(backend: Backend, tmp_path: Path) -> Run:
     """``await run("sigkill", tasks=100)``: the named scenario on this test's backend."""
 
     async def run(name: str, **params: Any) -> Outcome:
-        return await run_scenario(SCENARIOS[name], backend, tmp_path, **params)
+        scenario = SCENARIOS[name]
+        if not scenario.applies_to(backend):
+            pytest.skip(f"{name} does not apply to {backend.name}")
+        try:
+            return await run_scenario(scenario, backend, tmp_path, **params)
+        except Unavailable as exc:
+            if in_ci():
+                raise
+            pytest.skip(str(exc))
 
     return run

@@ -16,16 +16,6 @@ from .harness import Rig, Worker, wait_until
 from .outcome import QUEUE, Outcome, account, nothing_left, stop_cleanly
 
 
-async def _all_final(rig: Rig, ids: list[str], timeout: float) -> float:
-    """Seconds until every record in ``ids`` reached a final status."""
-
-    async def final() -> bool:
-        statuses = await rig.statuses(ids)
-        return all(s is not None and s.is_final for s in statuses.values())
-
-    return await wait_until(final, timeout, f"{len(ids)} interrupted task(s) finish")
-
-
 async def _ready_victim(current: list[Worker], rng: random.Random) -> Worker:
     """A worker that is up and serving (so the kill lands mid-work, not mid-start-up)."""
     ready: list[Worker] = []
@@ -69,9 +59,9 @@ async def sigkill(
             outcome.kills += 1
             held = await rig.producer.storage.list(status=TaskStatus.RUNNING, limit=10_000)
             interrupted = [t.id for t in held]
-            recoveries.append(asyncio.create_task(_all_final(rig, interrupted, 300)))
+            recoveries.append(asyncio.create_task(rig.wait_final(interrupted, 300)))
         last_kill = time.monotonic()
-        await rig.wait_counts(TaskStatus.SUCCEEDED, tasks, timeout=60 + tasks / 10)
+        await rig.wait_final([h.id for h in handles], timeout=60 + tasks / 10)
         drained = time.monotonic() - last_kill
         recover = await asyncio.gather(*recoveries)
     await stop_cleanly(rig, outcome)
@@ -108,7 +98,7 @@ async def crash_before_ack(
     marked = set(keys[::step][:crashing])
     handles = [await rig.tasks.charge.enqueue(k, crash=k in marked) for k in keys]
     async with rig.workers.supervised(workers, concurrency, rig.faulty_env()):
-        await rig.wait_counts(TaskStatus.SUCCEEDED, tasks, timeout=60 + 5 * crashing)
+        await rig.wait_final([h.id for h in handles], timeout=60 + 5 * crashing)
     outcome.kills = rig.workers.deaths
     await stop_cleanly(rig, outcome)
     await account(rig, outcome, keys, [h.id for h in handles])
@@ -234,10 +224,8 @@ async def poison(
             record = await rig.producer.get(bad.id)
             return record.status is TaskStatus.DEAD
 
-        await wait_until(settled, 30 + 5 * limit, "the poison task is dead-lettered")
-        last_death = time.monotonic()
-        await rig.wait_counts(TaskStatus.SUCCEEDED, good, timeout=60)
-        outcome.recover = time.monotonic() - last_death
+        await wait_until(settled, 30 + 10 * limit, "the poison task is dead-lettered")
+        await rig.wait_final([h.id for h in handles], timeout=60)
     outcome.kills = rig.workers.deaths
     await stop_cleanly(rig, outcome)
     await account(rig, outcome, keys, [h.id for h in handles])
@@ -253,6 +241,8 @@ async def poison(
     )
     outcome.expect(set(letters) == {bad.id}, f"other tasks dead-lettered: {letters}")
     executions = len(rig.ledger.of("poison"))
+    if executions and record.finished_at is not None:  # from the first death to quarantine
+        outcome.recover = record.finished_at.timestamp() - rig.ledger.of("poison")[0].start
     outcome.expect(
         executions == limit + 1,
         f"the poison task ran {executions} times; expected {limit + 1} (max_worker_lost + 1)",

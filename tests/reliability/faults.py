@@ -135,7 +135,7 @@ class FaultyBackend(Broker, Storage):
     async def get(self, task_id: str) -> Task | None:
         return await self.inner_storage.get(task_id)
 
-    async def list(self, **filters: Any) -> Records:  # type: ignore[override]
+    async def list(self, **filters: Any) -> Records:
         return await self.inner_storage.list(**filters)
 
     async def counts(self) -> dict[TaskStatus, int]:

@@ -27,9 +27,11 @@ from .tasks import Tasks, create_side_effects_table, declare
 TESTS = Path(__file__).resolve().parent.parent
 APP = "reliability.app:manager"
 
-#: Settings every scenario starts from (CI-sized: short leases, quick retries).
+#: Settings every scenario starts from (CI-sized: short leases, quick retries). The
+#: heartbeat leaves 1.6 s of slack: a loaded CI machine must not make leases lapse.
 BASE_SETTINGS: dict[str, Any] = {
-    "lease_seconds": 1.0,
+    "lease_seconds": 2.0,
+    "heartbeat_seconds": 0.4,
     "poll_seconds": 0.2,
     "shutdown_grace": 5.0,
     "retry_backoff": 0.1,
@@ -336,6 +338,22 @@ class Rig:
             found[task_id] = None if record is None else record.status
         return found
 
+    async def wait_final(self, ids: Iterable[str], timeout: float) -> float:
+        """Wait until every record in ``ids`` is final (succeeded, failed, dead or
+        cancelled: a lost task is then reported by the checks, not as a timeout)."""
+        pending = set(ids)
+
+        async def all_final() -> bool:
+            self.workers.check()
+            for task_id in list(pending):
+                record = await self.producer.storage.get(task_id)
+                if record is None or not record.status.is_final:
+                    return False
+                pending.discard(task_id)
+            return True
+
+        return await wait_until(all_final, timeout, f"{len(pending)} task(s) finish")
+
     async def wait_counts(self, status: TaskStatus, count: int, timeout: float) -> float:
         """Wait until ``count`` records are in ``status``; the seconds it took."""
 
@@ -347,14 +365,16 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def open_rig(backend: Backend, workdir: Path, **overrides: Any) -> AsyncIterator[Rig]:
-    """A rig on a fresh URL of ``backend``; workers killed, namespace removed afterwards."""
-    url = backend.make_url(workdir)
-    rig = Rig(backend, url, workdir, {**BASE_SETTINGS, **overrides})
+async def open_rig(
+    backend: Backend, workdir: Path, *, url: str | None = None, **overrides: Any
+) -> AsyncIterator[Rig]:
+    """A rig on a fresh URL of ``backend`` (or on ``url``, a private server's, removed by
+    its owner); workers are killed and the namespace removed afterwards."""
+    rig = Rig(backend, url or backend.make_url(workdir), workdir, {**BASE_SETTINGS, **overrides})
     try:
         yield rig
     finally:
         rig.workers.kill_all()
         await rig.producer.close()
-        if backend.cleanup is not None:
-            await backend.cleanup(url)
+        if url is None and backend.cleanup is not None:
+            await backend.cleanup(rig.url)

@@ -14,7 +14,6 @@ from bgcoor_core import (
     Message,
     PayloadTooLargeError,
     SettingsError,
-    TaskStatus,
     load_settings,
 )
 from bgcoor_core._codec import JSON, JsonSerializer
@@ -71,7 +70,7 @@ async def malformed(rig: Rig, *, examples: int = 60, good: int = 20) -> Outcome:
     handles += await rig.tasks.work.enqueue_many([(k,) for k in keys[good // 2 :]])
     worker = rig.workers.start(4)
     reasons = await _dead_lettered(rig, set(kinds), outcome)
-    await rig.wait_counts(TaskStatus.SUCCEEDED, good, timeout=60)
+    await rig.wait_final([h.id for h in handles], timeout=60)
     outcome.enqueued = good + len(messages)
     outcome.expect(worker.alive(), "the worker died")
     outcome.expect(not marker.exists(), "a pickle body was unpickled (marker file exists)")
@@ -80,9 +79,9 @@ async def malformed(rig: Rig, *, examples: int = 60, good: int = 20) -> Outcome:
     extra = sorted(set(reasons) - set(kinds))
     outcome.expect(not extra, f"good tasks dead-lettered: {extra}")
     log = worker.output()
-    lines = log.splitlines()
-    looped = sorted(kinds[i] for i in kinds if sum(i in line for line in lines) > 1)
-    outcome.expect(not looped, f"messages handled more than once: {looped}")
+    settled = [line for line in log.splitlines() if "dead-lettered" in line]
+    looped = sorted(kinds[i] for i in kinds if sum(i in line for line in settled) > 1)
+    outcome.expect(not looped, f"messages dead-lettered more than once: {looped}")
     _log_problems(worker, outcome)
     await stop_cleanly(rig, outcome)
     await account(rig, outcome, keys, [h.id for h in handles])
@@ -118,13 +117,24 @@ async def oversize(
     except PayloadTooLargeError as exc:  # a backend may refuse them at the door: fine too
         outcome.details["raw push refused"] = str(exc)
         messages = []
+    # A payload that fits, from a task that fails: its retry and its dead letter must fit
+    # too, although the failure adds an error and a traceback to what the message carries.
+    probe = rig.producer.build_task("rel.fail", ["near"], max_retries=1)
+    room = limit - len(rig.producer.broker.codec.encode(probe)) - 200
+    near = await rig.tasks.fail.options(max_retries=1).enqueue("near", pad="x" * room)
     keys = [f"g{i}" for i in range(good)]
     handles = await rig.tasks.work.enqueue_many([(k,) for k in keys])
     worker = rig.workers.start(4)
-    reasons = await _dead_lettered(rig, {m.id for m in messages}, outcome)
-    await rig.wait_counts(TaskStatus.SUCCEEDED, good, timeout=60)
+    reasons = await _dead_lettered(rig, {m.id for m in messages} | {near.id}, outcome)
+    near_reason = reasons.pop(near.id, "")
+    outcome.expect(
+        near_reason.startswith("max_retries exceeded"), f"near-limit task: {near_reason!r}"
+    )
+    tries = len(rig.ledger.of("near"))
+    outcome.expect(tries == 2, f"the near-limit task ran {tries} times, expected 2 (1 retry)")
+    await rig.wait_final([h.id for h in handles], timeout=60)
     peak = worker.peak_rss_mb()
-    outcome.enqueued = good + len(messages) + 1
+    outcome.enqueued = good + len(messages) + 2
     ran = sorted(k for k in rig.ledger.completed() if k.startswith("huge"))
     outcome.expect(not ran, f"oversize messages were run: {ran}")
     vague = [r for r in reasons.values() if str(limit) not in r]
@@ -135,7 +145,7 @@ async def oversize(
     _log_problems(worker, outcome)
     await stop_cleanly(rig, outcome)
     await account(rig, outcome, keys, [h.id for h in handles])
-    await nothing_left(rig, outcome, dead=len(messages))
+    await nothing_left(rig, outcome, dead=len(messages) + 1)
     return outcome
 
 
@@ -166,6 +176,35 @@ def _sqlite_schema(rig: Rig) -> list[tuple[Any, ...]]:
         conn.close()
 
 
+Check = tuple[str, Callable[[], Any], type[Exception]]
+
+
+def _entry_points(rig: Rig, name: str) -> list[Check]:
+    """Every way a queue or task name gets in, each to be refused for ``name``."""
+    broker = rig.producer.broker
+    task = rig.producer.build_task("rel.work", ["k"])
+    checks: list[Check] = [
+        (
+            "push to",
+            lambda: broker.push_messages([Message(task.id, name, broker.codec.encode(task))]),
+            InvalidNameError,
+        ),
+        ("reserve", lambda: broker.reserve([name], lease=1, timeout=0), InvalidNameError),
+    ]
+    if name:  # an empty name or queue means "not given": the default applies
+        checks.append(("task", lambda: rig.producer.task(name=name)(_noop), InvalidNameError))
+        checks.append(
+            (
+                "enqueue to",
+                lambda: rig.tasks.work.options(queue=name).enqueue("k"),
+                InvalidNameError,
+            )
+        )
+    if name == name.strip():  # settings lists trim the blanks around each name
+        checks.append(("settings", lambda: load_settings(queues=name), SettingsError))
+    return checks
+
+
 #: Valid names that look like the suffixes a backend may use for its own keys or tables.
 LOOKALIKES = ["q", "q:dead", "q.dead", "q-dead", "q:q", "dead", "q:1", "Q"]
 
@@ -174,44 +213,13 @@ async def names(rig: Rig) -> Outcome:
     """12. Hostile queue and task names are refused with a clear error everywhere a name
     enters; valid look-alike names stay separate; tables and keys stay intact."""
     outcome = Outcome("names", rig.backend.name)
-    broker, body = rig.producer.broker, rig.producer.broker.codec.encode
+    broker = rig.producer.broker
     first = await rig.tasks.work.enqueue("before")
     schema = _sqlite_schema(rig)
     queues_before = await broker.queues()
     for name in HOSTILE_NAMES:
-        label = repr(name[:20])
-        task = rig.producer.build_task("rel.work", ["k"])
-        checks: list[tuple[str, Callable[[], Any], type[Exception]]] = [
-            (
-                f"push to {label}",
-                lambda n=name, t=task: broker.push_messages([Message(t.id, n, body(t))]),
-                InvalidNameError,
-            ),
-            (
-                f"reserve {label}",
-                lambda n=name: broker.reserve([n], lease=1, timeout=0),
-                InvalidNameError,
-            ),
-        ]
-        if name:  # an empty name or queue means "not given": the default applies
-            checks += [
-                (
-                    f"task {label}",
-                    lambda n=name: rig.producer.task(name=n)(_noop),
-                    InvalidNameError,
-                ),
-                (
-                    f"enqueue to {label}",
-                    lambda n=name: rig.tasks.work.options(queue=n).enqueue("k"),
-                    InvalidNameError,
-                ),
-            ]
-        if name == name.strip():  # settings lists trim the blanks around each name
-            checks.append(
-                (f"settings {label}", lambda n=name: load_settings(queues=n), SettingsError)
-            )
-        for what, call, error in checks:
-            await _refused(outcome, what, call, error)
+        for what, call, error in _entry_points(rig, name):
+            await _refused(outcome, f"{what} {name[:20]!r}", call, error)
     raw: list[Message] = []
     for name in HOSTILE_NAMES:  # the same names inside bodies: dead-lettered, never run
         task_id = new_id()
@@ -226,7 +234,7 @@ async def names(rig: Rig) -> Outcome:
         outcome.expect(stats.ready == 1, f"queue {queue!r} holds {stats.ready} ready, expected 1")
     worker = rig.workers.start(4, settings_env({"queues": [QUEUE, *LOOKALIKES]}))
     await _dead_lettered(rig, {m.id for m in raw}, outcome)
-    await rig.wait_counts(TaskStatus.SUCCEEDED, len(handles), timeout=60)
+    await rig.wait_final([h.id for h in handles], timeout=60)
     for queue in LOOKALIKES:
         left = await broker.stats(queue)
         outcome.expect(left.ready + left.reserved + left.dead == 0, f"queue {queue!r}: {left}")

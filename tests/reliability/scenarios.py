@@ -8,45 +8,67 @@ the figures down (the driver).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import crashes, inputs, timing
+from . import crashes, inputs, outages, timing
 from .backends import Backend
 from .harness import open_rig
 from .outcome import Outcome
+from .servers import private_server
+
+Scale = Callable[[int, float], dict[str, Any]]
 
 
 @dataclass(frozen=True)
 class Scenario:
+    """A scenario of issue 6 (``number``), the settings its rig needs, and how the driver
+    scales it: ``scale(tasks, kill_seconds)`` gives its parameters for a bigger run."""
+
     number: int
     name: str
     title: str
     run: Callable[..., Awaitable[Outcome]]
     settings: dict[str, Any] = field(default_factory=dict)
-    #: Which parameters the driver scales: ``--tasks`` and ``--kill-seconds``.
-    scales: tuple[str, ...] = ()
+    scale: Scale = lambda tasks, kill_seconds: {}
+    #: Backends it applies to (``None``: all); a scenario that restarts or reconfigures a
+    #: server runs on a private one started with ``server_config``.
+    backends: frozenset[str] | None = None
+    private_server: bool = False
+    server_config: tuple[str, ...] = ()
 
+    def applies_to(self, backend: Backend) -> bool:
+        return self.backends is None or backend.name in self.backends
+
+
+SHUTDOWN = {"lease_seconds": 30.0, "shutdown_grace": 1.5, "prefetch": 2}
 
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in [
         Scenario(
-            1, "sigkill", "SIGKILL mid-task", crashes.sigkill, scales=("tasks", "kill_seconds")
+            1,
+            "sigkill",
+            "SIGKILL mid-task",
+            crashes.sigkill,
+            scale=lambda tasks, kill_seconds: {"tasks": tasks, "kill_seconds": kill_seconds},
         ),
         Scenario(
             2,
             "crash_before_ack",
             "crash after the side effect, before ack",
             crashes.crash_before_ack,
-            scales=("tasks",),
+            scale=lambda tasks, _: {
+                "tasks": max(24, tasks // 10),
+                "crashing": max(6, min(tasks // 40, 50)),
+            },
         ),
-        Scenario(
-            3, "long_lease", "task longer than its lease", timing.long_lease, {"lease_seconds": 2.0}
-        ),
+        Scenario(3, "long_lease", "task longer than its lease", timing.long_lease),
         Scenario(4, "zombie", "zombie worker (SIGSTOP for 3 leases)", crashes.zombie),
         Scenario(
             5,
@@ -54,7 +76,7 @@ SCENARIOS: dict[str, Scenario] = {
             "poison task (os._exit)",
             crashes.poison,
             {"max_worker_lost": 2},
-            scales=("good",),
+            scale=lambda tasks, _: {"good": max(60, tasks // 10)},
         ),
         Scenario(
             6,
@@ -68,22 +90,33 @@ SCENARIOS: dict[str, Scenario] = {
             "malformed",
             "malformed messages (Hypothesis)",
             inputs.malformed,
-            scales=("examples",),
+            scale=lambda tasks, _: {"examples": max(60, min(tasks // 10, 1000))},
         ),
         Scenario(8, "oversize", "oversize payload", inputs.oversize, {"max_payload_bytes": 65536}),
         Scenario(
-            10,
-            "sigterm",
-            "graceful SIGTERM",
-            timing.sigterm,
-            {"lease_seconds": 30.0, "shutdown_grace": 1.5, "prefetch": 2},
+            9,
+            "broker_restart",
+            "broker restart",
+            outages.broker_restart,
+            backends=frozenset({"redis", "postgres"}),
+            private_server=True,
         ),
+        Scenario(10, "sigterm", "graceful SIGTERM", timing.sigterm, SHUTDOWN),
         Scenario(
             10,
             "sigterm_twice",
             "SIGTERM, then a second signal",
-            timing.sigterm,
-            {"lease_seconds": 30.0, "shutdown_grace": 1.5, "prefetch": 2},
+            functools.partial(timing.sigterm, second_signal=True),
+            SHUTDOWN,
+        ),
+        Scenario(
+            11,
+            "eviction",
+            "Redis eviction policy",
+            outages.eviction,
+            backends=frozenset({"redis"}),
+            private_server=True,
+            server_config=("--maxmemory", "4mb", "--maxmemory-policy", "allkeys-lru"),
         ),
         Scenario(12, "names", "hostile queue and task names", inputs.names),
         Scenario(13, "pickle", "pickle content type", inputs.pickle_refused),
@@ -94,14 +127,22 @@ SCENARIOS: dict[str, Scenario] = {
 async def run_scenario(
     scenario: Scenario, backend: Backend, workdir: Path, **params: Any
 ) -> Outcome:
-    """Run ``scenario`` on a fresh rig of ``backend`` in ``workdir``.
+    """Run ``scenario`` on a fresh rig of ``backend`` in ``workdir`` (on a private server
+    when it needs one; :class:`~.servers.Unavailable` when that cannot be started).
 
     A scenario that cannot even finish (a wait timed out) raises :class:`AssertionError`
     carrying the workers' logs; a finished one reports its failed criteria in the outcome.
     """
-    if scenario.name == "sigterm_twice":
-        params.setdefault("second_signal", True)
-    async with open_rig(backend, workdir, **scenario.settings) as rig:
+    async with contextlib.AsyncExitStack() as stack:
+        url = None
+        if scenario.private_server:
+            server = stack.enter_context(
+                private_server(backend.name, workdir, *scenario.server_config)
+            )
+            url, params = server.url(), {**params, "server": server}
+        rig = await stack.enter_async_context(
+            open_rig(backend, workdir, url=url, **scenario.settings)
+        )
         started = time.monotonic()
         try:
             outcome = await scenario.run(rig, **params)

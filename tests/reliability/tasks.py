@@ -88,8 +88,9 @@ def poison(key: str) -> None:
     os._exit(1)
 
 
-def fail(key: str) -> None:
-    """Fail every attempt (retried ``FAIL_RETRIES`` times, then dead-lettered)."""
+def fail(key: str, pad: str = "") -> None:
+    """Fail every attempt (retried ``FAIL_RETRIES`` times, then dead-lettered). ``pad``
+    only makes the payload big."""
     record("fail", key, time.time())
     raise RuntimeError(f"task {key} always fails")
 

@@ -32,7 +32,7 @@ async def long_lease(rig: Rig, *, workers: int = 2, concurrency: int = 3) -> Out
     keys = [key for _, key, _ in plan]
     for _ in range(workers):
         rig.workers.start(concurrency)
-    await rig.wait_counts(TaskStatus.SUCCEEDED, len(plan), timeout=60)
+    await rig.wait_final([h.id for h in handles], timeout=60)
     await stop_cleanly(rig, outcome)
     await account(rig, outcome, keys, [h.id for h in handles])
     attempts = {h.id: (await rig.producer.get(h.id)).attempts for h in handles}
@@ -131,7 +131,7 @@ async def sigterm(
     ]
     outcome.expect(not late, f"started after the signal: {late}")
     rig.workers.start(concurrency)
-    outcome.recover = await rig.wait_counts(TaskStatus.SUCCEEDED, tasks, timeout=lease / 2)
+    outcome.recover = await rig.wait_final([h.id for h in handles], timeout=lease / 2)
     await stop_cleanly(rig, outcome)
     await account(rig, outcome, keys, [h.id for h in handles])
     await nothing_left(rig, outcome)

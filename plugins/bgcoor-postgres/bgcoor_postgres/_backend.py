@@ -1,7 +1,7 @@
 """PostgresBackend: broker and storage in one PostgreSQL schema.
 
-Round trips per task (see the README): enqueue 1 per batch, reserve 1 per batch, mark
-running 1 and outcome + ack 1, the last two coalesced across concurrently running tasks.
+Round trips per task (see the README): enqueue 1 per batch, reserve 1 per batch (it also
+marks the records running), outcome + ack 1, coalesced across tasks that finish together.
 """
 
 from __future__ import annotations
@@ -58,6 +58,15 @@ class _LoopState:
     extensions: Coalescer[Extension, None]
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     next_cleanup: float = 0.0
+    #: (queues, listener generation before the take, when) of the last take that left
+    #: fewer rows than it could have taken: those queues were empty then.
+    drained: tuple[tuple[str, ...], int, float] | None = None
+
+
+#: How long after a take that emptied its queues the next reserve trusts NOTIFY alone
+#: instead of taking again at once: saves the empty round trip that would follow every
+#: partial batch. Etas and expired leases (which send no NOTIFY) wait this much longer.
+TRUST_NOTIFY = 0.05
 
 
 class PostgresBackend(Broker, Storage):
@@ -72,6 +81,9 @@ class PostgresBackend(Broker, Storage):
         self.sql = Statements(target.schema, fast_lease_commits=self.options.fast_lease_commits)
         self._db = Database(target)
         self._states: dict[asyncio.AbstractEventLoop, _LoopState] = {}
+        #: lease token -> what reserve did to the task's record: "marked" (running) or the
+        #: status that refused it; consumed by the executor's mark-running save
+        self._premarks: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"PostgresBackend({self.target.safe_dsn!r}, schema={self.target.schema!r})"
@@ -143,13 +155,32 @@ class PostgresBackend(Broker, Storage):
         while True:
             woken = state.listener.add(names)
             try:
+                quiet = self._quiet_for(state, names, give_up)
+                if quiet > 0:
+                    await _wait(woken, quiet)
+                    continue
+                generation = state.listener.generation
                 rows, due = await self._take(state, names, lease, limit)
-                remaining = give_up - loop.time()
-                if rows or remaining <= 0:
+                now = loop.time()
+                drained = len(rows) < limit
+                state.drained = (tuple(names), generation, now) if drained else None
+                if rows or give_up <= now:
                     return [self._reservation(row) for row in rows]
-                await _wait(woken, self._pause(state, remaining, due))
+                await _wait(woken, self._pause(state, give_up - now, due))
             finally:
                 state.listener.discard(woken)
+
+    def _quiet_for(self, state: _LoopState, queues: list[str], give_up: float) -> float:
+        """How long to wait for a NOTIFY before taking: >0 only right after a take that
+        found ``queues`` empty, with no wake-up since and the listener connected."""
+        drained = state.drained
+        if drained is None or not state.listener.connected:
+            return 0.0
+        names, generation, when = drained
+        now = asyncio.get_running_loop().time()
+        if names != tuple(queues) or generation != state.listener.generation:
+            return 0.0
+        return min(when + TRUST_NOTIFY, give_up) - now
 
     def _pause(self, state: _LoopState, remaining: float, due: float | None) -> float:
         """Sleep until woken, the next eta or lease deadline, or the safety-net poll."""
@@ -189,6 +220,10 @@ class PostgresBackend(Broker, Storage):
 
     def _reservation(self, row: asyncpg.Record) -> Reservation:
         message_id, queue, body, deliveries, lost, token = row[:6]
+        if row["premark"] is not None:
+            if len(self._premarks) > 100_000:  # never consumed (e.g. unknown tasks)
+                self._premarks.clear()
+            self._premarks[token] = row["premark"]
         task, defect = self.decode(message_id, queue, body)
         return Reservation(task, token, deliveries, lost, defect)
 
@@ -215,6 +250,7 @@ class PostgresBackend(Broker, Storage):
     async def _settle(self, statement: str, reservation: Reservation, *args: Any) -> None:
         """Run ``statement`` for the message while ``reservation`` holds its lease."""
         message_id, token = reservation.task.id, reservation.token
+        self._premarks.pop(token, None)
         changed = await self._db.run(lambda c: c.fetchval(statement, message_id, token, *args))
         if not changed:
             raise StaleLeaseError(f"task {message_id}: lease {token[:8]} is no longer held")
@@ -278,6 +314,15 @@ class PostgresBackend(Broker, Storage):
     # -- storage -----------------------------------------------------------------------
 
     async def save(self, task: Task, *, ttl: float | None = None) -> None:
+        if task.status is TaskStatus.RUNNING and task.lease_token is not None and ttl is None:
+            # the executor marking a task running that our reserve already marked
+            verdict = self._premarks.pop(task.lease_token, None)
+            if verdict == "marked":
+                return
+            if verdict is not None:
+                raise InvalidTransitionError(
+                    f"task {task.id}: cannot move from {verdict} to running"
+                )
         await self._state().writes.submit(Write(task, ttl))
 
     async def save_many(self, tasks: Sequence[Task]) -> None:
@@ -337,6 +382,7 @@ class PostgresBackend(Broker, Storage):
         )
 
     async def complete(self, reservation: Reservation, task: Task, *, ttl: float | None) -> None:
+        self._premarks.pop(reservation.token, None)
         await self._state().writes.submit(Write(task, ttl, reservation.token))
 
     async def _flush_writes(self, writes: Sequence[Write]) -> Verdicts:

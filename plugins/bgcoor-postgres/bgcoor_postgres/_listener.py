@@ -32,6 +32,8 @@ class Listener:
         self._task: asyncio.Task[None] | None = None
         self._lost = asyncio.Event()
         self.connected = False
+        #: Counts wake-ups: unchanged means nothing was pushed (that we heard of).
+        self.generation = 0
 
     def start(self) -> None:
         """Open the LISTEN connection in the background (idempotent)."""
@@ -48,6 +50,7 @@ class Listener:
 
     def wake(self, queues: Iterable[str] | None = None) -> None:
         """Wake the waiters of any of ``queues`` (all waiters when ``None``)."""
+        self.generation += 1
         wanted = None if queues is None else set(queues)
         for future, waits_on in list(self._waiters.items()):
             if (wanted is None or not wanted.isdisjoint(waits_on)) and not future.done():
@@ -61,7 +64,7 @@ class Listener:
 
     async def _listen(self) -> None:
         delay = 0.05
-        while True:
+        while not self._db.closed:
             conn: asyncpg.Connection[Any] | None = None
             try:
                 conn = await self._db.connect()

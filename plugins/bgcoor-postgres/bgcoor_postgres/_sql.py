@@ -77,6 +77,12 @@ class Statements:
         m, t, q = f"{s}.messages", f"{s}.tasks", f"{s}.queues"
         upsert = _RECORD_UPSERT.format(allowed=write_allowed("t", "excluded"))
         notify = f"SELECT count(*) FROM (SELECT pg_notify('{self.channel}', d.queue) FROM "
+        running = TaskStatus.RUNNING.value
+        to_running = ", ".join(
+            f"'{old.value}'"
+            for old, news in ALLOWED_TRANSITIONS.items()
+            if TaskStatus.RUNNING in news
+        )
 
         # -- producing -----------------------------------------------------------------
         messages = (
@@ -99,9 +105,10 @@ class Statements:
             "SELECT id, name, queue, status, lease_token, record::json FROM new_t ORDER BY id "
             f"{upsert} RETURNING t.id), "
             f"{messages}"
-            f"SELECT (SELECT bool_and({s}.refuse(n.id)) FROM new_t n "
-            "WHERE n.id NOT IN (SELECT id FROM up)), "
-            f"({notify}(SELECT DISTINCT queue FROM ins) d) x)"
+            # messages first: a duplicate id is DuplicateTaskError before any refusal
+            f"SELECT ({notify}(SELECT DISTINCT queue FROM ins) d) x), "
+            f"(SELECT bool_and({s}.refuse(n.id)) FROM new_t n "
+            "WHERE n.id NOT IN (SELECT id FROM up))"
         )
 
         # -- consuming -----------------------------------------------------------------
@@ -115,15 +122,29 @@ class Statements:
             f"available_at = clock_timestamp() + $3 {SECONDS}, deliveries = m.deliveries + 1, "
             "lost = m.lost + (m.state = 'reserved')::int FROM cand WHERE m.id = cand.id "
             "RETURNING m.id, m.queue, m.body, m.deliveries, m.lost, m.token, cand.ord, "
-            "m.priority, m.seq) "
-            "SELECT id, queue, body, deliveries, lost, token, ord, priority, seq, "
-            f"NULL::float8 AS due FROM taken{relax} UNION ALL "
+            "m.priority, m.seq), "
+            # the taken tasks' records are marked running here, saving the executor's own
+            # write (see PostgresBackend.save); a record in a status that may not become
+            # running is left alone and reported, an absent one reported as NULL
+            f"seen AS (SELECT t.id, t.status FROM {t} t JOIN taken USING (id) WHERE {LIVE}), "
+            f"marked AS (UPDATE {t} t SET status = '{running}', lease_token = k.token, "
+            f"expires_at = NULL, record = (t.record::jsonb || jsonb_build_object("
+            f"'status', '{running}', 'attempts', coalesce((t.record->>'attempts')::int, 0) + 1, "
+            "'started_at', to_char(clock_timestamp() AT TIME ZONE 'UTC', "
+            """'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), 'finished_at', NULL, """
+            "'lease_token', k.token))::json FROM taken k "
+            f"WHERE t.id = k.id AND {LIVE} AND t.status IN ({to_running}) RETURNING t.id) "
+            "SELECT k.id, k.queue, k.body, k.deliveries, k.lost, k.token, k.ord, k.priority, "
+            "k.seq, NULL::float8 AS due, "
+            "CASE WHEN marked.id IS NOT NULL THEN 'marked' ELSE seen.status END AS premark "
+            "FROM taken k LEFT JOIN marked USING (id) LEFT JOIN seen USING (id)"
+            f"{relax} UNION ALL "
             # nothing taken: how long until the earliest eta or lease deadline
             "SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
             "(SELECT extract(epoch FROM min(f.at) - clock_timestamp())::float8 "
             "FROM unnest($1::text[]) AS w(name) CROSS JOIN LATERAL ("
             f"SELECT available_at AS at FROM {m} WHERE queue = w.name AND state <> 'dead' "
-            "ORDER BY available_at LIMIT 1) f) WHERE NOT EXISTS (SELECT 1 FROM taken)"
+            "ORDER BY available_at LIMIT 1) f), NULL WHERE NOT EXISTS (SELECT 1 FROM taken)"
         )
         self.release = (
             f"WITH back AS (UPDATE {m} m SET state = 'ready', token = NULL, "

@@ -255,3 +255,42 @@ async def test_statements_are_served_by_indexes(
     finally:
         await conn.close()
     assert index in plan, plan
+
+
+# -- reserve marks records running -------------------------------------------------------
+
+
+async def test_reserve_marks_the_records_running(backend: PostgresBackend) -> None:
+    task = make_task(payload={"x": 0.5}, attempts=2)
+    await backend.enqueue_atomically([task], [backend.to_message(task)])
+    [reservation] = await backend.reserve(["default"], lease=30)
+    stored = await backend.get(task.id)
+    assert stored is not None
+    assert (stored.status, stored.attempts, stored.lease_token) == (
+        TaskStatus.RUNNING,
+        3,
+        reservation.token,
+    )
+    assert stored.started_at is not None
+    assert stored.payload == {"x": 0.5}
+    # the executor's own mark-running write is then free, and changes nothing
+    running = reservation.task.model_copy(
+        update={"status": TaskStatus.RUNNING, "attempts": 3, "lease_token": reservation.token}
+    )
+    await backend.save(running)
+    assert (await backend.get(task.id)) == stored
+
+
+async def test_a_cancelled_task_is_acked_not_run(manager: TaskManager) -> None:
+    ran: list[int] = []
+
+    @manager.task(name="job")
+    async def job(i: int) -> None:
+        ran.append(i)
+
+    handle = await job.enqueue(1)
+    assert await handle.cancel()
+    assert await manager.drain() == 1
+    assert ran == []
+    assert (await handle.info()).status is TaskStatus.CANCELLED
+    assert (await manager.broker.stats("default")).reserved == 0

@@ -21,28 +21,57 @@ log = logging.getLogger("bgcoor.redis")
 
 
 class Link:
-    """The connections of one event loop (asyncio connections cannot change loops)."""
+    """The connections of one event loop (asyncio connections cannot change loops).
+
+    Commands go to one of ``pipelines`` auto-pipelined connections (one by default): an
+    idle one if there is one, else the one with the shortest queue.
+    """
 
     def __init__(self, target: RedisTarget) -> None:
         connect = target.connection_factory()
         options = target.options
-        self.commands = CommandChannel(
-            connect, reply_timeout=options.socket_timeout, where=target.safe_url
-        )
+        self.channels = [
+            CommandChannel(connect, reply_timeout=options.socket_timeout, where=target.safe_url)
+            for _ in range(options.pipelines)
+        ]
         self.blocking = BlockingPool(connect, limit=options.max_connections, where=target.safe_url)
         self._loading: dict[str, asyncio.Future[Any]] = {}
+
+    def send(self, *command: Any) -> asyncio.Future[Any]:
+        """Queue one command; the future resolves to its raw reply (or its error)."""
+        channels = self.channels
+        chosen = channels[0]
+        if chosen.busy:
+            for channel in channels[1:]:
+                if not channel.busy:
+                    chosen = channel
+                    break
+            else:
+                chosen = min(channels, key=lambda c: c.queued)
+        return chosen.send(*command)
+
+    @property
+    def round_trips(self) -> int:
+        """Batches sent so far (one round trip each), over all command connections."""
+        return sum(channel.batches for channel in self.channels)
+
+    @property
+    def commands(self) -> int:
+        """Commands sent so far over the command connections."""
+        return sum(channel.commands for channel in self.channels)
 
     async def load(self, script: Script) -> None:
         """``SCRIPT LOAD`` once, however many callers found the script missing at once."""
         loading = self._loading.get(script.sha)
         if loading is None:
-            loading = self.commands.send("SCRIPT", "LOAD", script.source)
+            loading = self.send("SCRIPT", "LOAD", script.source)
             self._loading[script.sha] = loading
             loading.add_done_callback(lambda _: self._loading.pop(script.sha, None))
         await asyncio.shield(loading)
 
     async def close(self) -> None:
-        await self.commands.close()
+        for channel in self.channels:
+            await channel.close()
         await self.blocking.close()
 
 
@@ -79,16 +108,16 @@ class RedisBase:
         script = self._scripts[name]
         link = self.link()
         try:
-            return await link.commands.send("EVALSHA", script.sha, 0, self.prefix, *args)
+            return await link.send("EVALSHA", script.sha, 0, self.prefix, *args)
         except NoScriptError:
             # Not cached (first use, or the server restarted), so it did not run: load it
             # and run it now.
             await link.load(script)
-            return await link.commands.send("EVALSHA", script.sha, 0, self.prefix, *args)
+            return await link.send("EVALSHA", script.sha, 0, self.prefix, *args)
 
     async def command(self, *args: Any) -> Any:
         """One plain command through the pipelined connection."""
-        return await self.link().commands.send(*args)
+        return await self.link().send(*args)
 
     async def enqueue(self, tasks: Sequence[Task], messages: Sequence[Message]) -> None:
         """Store records and push messages, each chunk in one atomic script call.
@@ -99,7 +128,7 @@ class RedisBase:
         status = {task.id: task.status.value for task in tasks}
         for args in chunks(tasks, messages):
             reply = await self.run("enqueue", *args)
-            if len(reply) > 1:
+            if reply != 0:
                 task_id = text(reply[1])
                 raise_for(reply, task_id, status.get(task_id, ""))
 

@@ -35,9 +35,6 @@ from ._base import RedisBase
 from ._channel import Ticket
 from ._encoding import text
 
-#: Fields per reserved message in the reserve script's reply.
-_FIELDS = 6
-
 
 class RedisBrokerSide(RedisBase, Broker):
     """Every :class:`~bgcoor_core.Capability`; see the module docstring for the layout."""
@@ -70,7 +67,9 @@ class RedisBrokerSide(RedisBase, Broker):
                 taken, due = await self._wait_and_take(names, lease, limit, wait)
         return taken
 
-    def _reserve_args(self, queues: list[str], lease: float, limit: int) -> list[Any]:
+    @staticmethod
+    def _reserve_args(queues: list[str], lease: float, limit: int) -> list[Any]:
+        """Script arguments; the third, a fresh nonce, prefixes the leases' tokens."""
         return [lease, limit, os.urandom(6).hex() + ".", *queues]
 
     async def _take(
@@ -83,13 +82,14 @@ class RedisBrokerSide(RedisBase, Broker):
         """
         if not queues:
             return [], math.inf
-        job = asyncio.ensure_future(self.run("reserve", *self._reserve_args(queues, lease, limit)))
+        args = self._reserve_args(queues, lease, limit)
+        job = asyncio.ensure_future(self.run("reserve", *args))
         try:
             reply = await asyncio.shield(job)
         except asyncio.CancelledError:
-            self.chore(self._abandon(job), "handing back a cancelled reservation")
+            self.chore(self._abandon(job, args), "handing back a cancelled reservation")
             raise
-        return self._parse_reserved(reply)
+        return self._parse_reserved(reply, args)
 
     async def _wait_and_take(
         self, queues: list[str], lease: float, limit: int, wait: float
@@ -115,17 +115,19 @@ class RedisBrokerSide(RedisBase, Broker):
         try:
             replies = await asyncio.shield(job)
         except asyncio.CancelledError:
-            self.chore(self._abandon(job, ticket), "handing back a cancelled reservation")
+            self.chore(self._abandon(job, args, ticket), "handing back a cancelled reservation")
             raise
         assert replies is not None  # only an abandoned ticket gets no replies
         reply = replies[1]
         if isinstance(reply, NoScriptError):  # the server lost its script cache
-            return self._parse_reserved(await self.run("reserve", *args))
-        if isinstance(reply, Exception):
+            reply = await self.run("reserve", *args)
+        elif isinstance(reply, Exception):
             raise reply
-        return self._parse_reserved(reply)
+        return self._parse_reserved(reply, args)
 
-    async def _abandon(self, job: asyncio.Future[Any], ticket: Ticket | None = None) -> None:
+    async def _abandon(
+        self, job: asyncio.Future[Any], args: list[Any], ticket: Ticket | None = None
+    ) -> None:
         """Hand back what ``job`` (a reserve whose caller was cancelled) reserves.
 
         A blocking exchange (with a ``ticket``) is cut short by ``CLIENT UNBLOCK``, or
@@ -142,25 +144,20 @@ class RedisBrokerSide(RedisBase, Broker):
         if ticket is not None:
             reply = None if reply is None else reply[1]
         if isinstance(reply, list):
-            await self._release(reply)
+            taken, _ = self._parse_reserved(reply, args)
+            pairs = [part for r in taken for part in (r.task.id, r.token)]
+            if pairs:
+                await self.run("release", *pairs)
 
-    def _parse_reserved(self, reply: list[Any]) -> tuple[list[Reservation], float]:
-        due = float(reply[1]) if reply[1] else math.inf
-        return [self._reservation(reply, i) for i in range(2, len(reply), _FIELDS)], due
-
-    def _reservation(self, reply: list[Any], at: int) -> Reservation:
-        message_id, queue, body, deliveries, lost, token = reply[at : at + _FIELDS]
-        message_id, queue = text(message_id), text(queue)
-        task, defect = self.decode(message_id, queue, body)
-        return Reservation(task, text(token), deliveries, lost, defect)
-
-    async def _release(self, reply: list[Any]) -> None:
-        """Hand back what a reserve whose caller went away had taken."""
-        pairs: list[Any] = []
-        for at in range(2, len(reply), _FIELDS):
-            pairs += [reply[at], reply[at + _FIELDS - 1]]
-        if pairs:
-            await self.run("release", *pairs)
+    def _parse_reserved(self, reply: list[Any], args: list[Any]) -> tuple[list[Reservation], float]:
+        """The reserve script's reply: reservations, and seconds until one could be due."""
+        nonce, queues = args[2], args[3:]
+        taken = []
+        for n, at in enumerate(range(2, len(reply), 2), start=1):
+            message_id, index, deliveries, lost = text(reply[at]).rsplit(" ", 3)
+            task, defect = self.decode(message_id, queues[int(index)], reply[at + 1])
+            taken.append(Reservation(task, f"{nonce}{n}", int(deliveries), int(lost), defect))
+        return taken, float(reply[1]) if reply[1] else math.inf
 
     async def ack(self, reservation: Reservation) -> None:
         await self._settle("ack", reservation)

@@ -24,30 +24,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ._resp import INCOMPLETE, Command, Replies, pack
+
 Connect = Callable[[], AbstractConnection]
-Command = tuple[Any, ...]
-
-
-def pack(commands: Sequence[Command]) -> bytes:
-    """Commands in the Redis protocol (RESP), ready to write.
-
-    Arguments are ``str`` (UTF-8), ``bytes``, ``int`` or ``float``. A few times faster than
-    redis-py's general-purpose packer, which matters at a few commands per task.
-    """
-    out: list[bytes] = []
-    for command in commands:
-        out.append(b"*%d\r\n" % len(command))
-        for arg in command:
-            if isinstance(arg, str):
-                data = arg.encode()
-            elif isinstance(arg, bytes):
-                data = arg
-            elif isinstance(arg, int | float) and not isinstance(arg, bool):
-                data = repr(arg).encode()
-            else:
-                raise TypeError(f"cannot send {type(arg).__name__} to Redis: {arg!r:.60}")
-            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
 
 
 class CommandChannel:
@@ -56,23 +35,37 @@ class CommandChannel:
     def __init__(self, connect: Connect, *, reply_timeout: float, where: str) -> None:
         self._connect = connect
         self._conn: AbstractConnection | None = None
+        self._replies = Replies()
         self._reply_timeout = reply_timeout
         self._where = where
-        self._queue: list[tuple[Command, asyncio.Future[Any]]] = []
+        self._queue: list[tuple[bytes, asyncio.Future[Any]]] = []
         self._sender: asyncio.Task[None] | None = None
         self._closed = False
         #: Round trips made, and commands sent (for tests and benchmarks).
         self.batches = 0
         self.commands = 0
 
+    @property
+    def busy(self) -> bool:
+        """A batch is on the wire (what is sent now waits for the next one)."""
+        return self._sender is not None
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
     def send(self, *command: Any) -> asyncio.Future[Any]:
-        """Queue ``command``; the future resolves to its raw reply (or its error)."""
+        """Queue ``command``; the future resolves to its raw reply (or its error).
+
+        An argument that cannot be sent raises ``TypeError`` here, in the caller.
+        """
+        data = pack(command)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if self._closed:
             future.set_exception(RedisConnectionError(f"connection to {self._where} is closed"))
             return future
-        self._queue.append((command, future))
+        self._queue.append((data, future))
         if self._sender is None:
             self._sender = loop.create_task(self._send_all(), name="bgcoor-redis-pipeline")
         return future
@@ -90,24 +83,16 @@ class CommandChannel:
         finally:
             self._sender = None
 
-    async def _round_trip(self, batch: list[tuple[Command, asyncio.Future[Any]]]) -> None:
+    async def _round_trip(self, batch: list[tuple[bytes, asyncio.Future[Any]]]) -> None:
         if not batch:
             return
         try:
             conn = await self._connected()
-            await conn.send_packed_command(
-                pack([command for command, _ in batch]), check_health=False
-            )
+            await conn.send_packed_command(b"".join(data for data, _ in batch), check_health=False)
             self.batches += 1
             self.commands += len(batch)
             async with asyncio.timeout(self._reply_timeout):
-                for _, future in batch:
-                    try:
-                        reply = await conn.read_response()
-                    except ResponseError as exc:  # an error reply: the stream is intact
-                        _settle(future, error=exc)
-                    else:
-                        _settle(future, reply)
+                await self._read_replies(conn, [future for _, future in batch])
         except (RedisError, OSError, TimeoutError) as exc:
             error = _connection_error(exc, self._where)
             await self._drop()
@@ -119,11 +104,37 @@ class CommandChannel:
                 future.cancel()
             raise
 
+    async def _read_replies(
+        self, conn: AbstractConnection, futures: list[asyncio.Future[Any]]
+    ) -> None:
+        """Read one reply per future, in order; an error reply fails only its future."""
+        reader = getattr(conn, "_reader", None)
+        if not isinstance(reader, asyncio.StreamReader):  # not the redis-py we know
+            for future in futures:
+                try:
+                    _settle(future, await conn.read_response())
+                except ResponseError as exc:
+                    _settle(future, error=exc)
+            return
+        for future in futures:
+            reply = self._replies.next()
+            while reply is INCOMPLETE:
+                chunk = await reader.read(1 << 16)
+                if not chunk:
+                    raise RedisConnectionError(f"{self._where} closed the connection")
+                self._replies.feed(chunk)
+                reply = self._replies.next()
+            if isinstance(reply, ResponseError):
+                _settle(future, error=reply)
+            else:
+                _settle(future, reply)
+
     async def _connected(self) -> AbstractConnection:
         if self._conn is None:
             self._conn = self._connect()
         if not self._conn.is_connected:
             await self._conn.connect()  # type: ignore[no-untyped-call]
+            self._replies = Replies()
         return self._conn
 
     async def _drop(self) -> None:
@@ -183,7 +194,9 @@ class BlockingPool:
                     self._free.append(conn)
                     return None
                 ticket.client_id = client_id
-                await conn.send_packed_command(pack(commands), check_health=False)
+                await conn.send_packed_command(
+                    b"".join(pack(command) for command in commands), check_health=False
+                )
                 self.exchanges += 1
                 self.waiting += 1
                 try:
@@ -216,7 +229,7 @@ class BlockingPool:
     async def _client_id(self, conn: AbstractConnection) -> int:
         if not conn.is_connected or conn not in self._ids:
             await conn.connect()  # type: ignore[no-untyped-call]
-            await conn.send_packed_command(pack([("CLIENT", "ID")]), check_health=False)
+            await conn.send_packed_command(pack(("CLIENT", "ID")), check_health=False)
             self._ids[conn] = int(await conn.read_response())
         return self._ids[conn]
 

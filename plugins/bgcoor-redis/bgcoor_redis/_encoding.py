@@ -58,13 +58,17 @@ def text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def raise_for(reply: Sequence[Any], task_id: str, status: str = "") -> None:
-    """Turn a script's ``{"OK"}``, ``{"STALE"}``, ``{"TRANSITION <old>"}`` or
-    ``{"DUPLICATE"}`` reply (optionally followed by the id concerned) into the core's
-    errors; ``status`` is the status the refused write wanted."""
-    code = text(reply[0])
-    if code == "OK":
+def raise_for(reply: Any, task_id: str, status: str = "") -> None:
+    """Turn a script's refusal into the core's errors; ``0`` means done.
+
+    A refusal is ``"STALE"``, ``"TRANSITION <old status>"`` or ``"DUPLICATE"``, or a pair of
+    one of those and the id concerned; ``status`` is the status the refused write wanted.
+    """
+    if reply == 0:
         return
+    if isinstance(reply, list):
+        reply, task_id = reply[0], text(reply[1])
+    code = text(reply)
     if code == "STALE":
         raise StaleLeaseError(
             f"task {task_id}: outcome from an expired lease refused (the task was delivered again)"

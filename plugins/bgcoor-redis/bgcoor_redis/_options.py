@@ -26,8 +26,12 @@ class RedisOptions(BaseModel):
 
     #: Namespace of every key, so several applications (or test runs) share one database.
     prefix: str = Field(default="bgcoor", pattern=r"^[A-Za-z0-9_.:{}-]{1,100}$")
+    #: Auto-pipelined connections the commands of a process (of one event loop) share. One
+    #: batch is on the wire per connection; more overlap server and client work, which
+    #: pays off over a network with a longer round trip than loopback.
+    pipelines: int = Field(default=1, ge=1, le=64)
     #: Connections a process keeps open for consumers blocked waiting for work (each
-    #: blocked ``reserve`` holds one); commands share one pipelined connection.
+    #: blocked ``reserve`` holds one).
     max_connections: int = Field(default=50, ge=1, le=10_000)
     #: Seconds a reply may take before the connection is considered dead.
     socket_timeout: float = Field(default=30.0, gt=0)
@@ -74,6 +78,7 @@ class RedisTarget:
             "socket_timeout": None,
             "socket_connect_timeout": self.options.socket_connect_timeout,
             "socket_keepalive": True,
+            "protocol": 2,  # RESP2, which _resp.py parses
             "client_name": self.options.client_name,
             # Connecting retries briefly; commands are never retried blindly (a script
             # whose reply was lost may have run), callers decide.

@@ -38,7 +38,6 @@ NAMES = (
     "release",
     "requeue_dead",
     "reserve",
-    "resignal",
     "save",
     "stats",
 )

@@ -21,6 +21,7 @@ from ._base import RedisBase
 from ._encoding import decode_record, raise_for, record_args, ttl_arg
 
 _STATUSES = list(TaskStatus)
+_STATUS_NAMES = [status.value for status in TaskStatus]
 
 
 class RedisStorageSide(RedisBase, Storage):
@@ -52,7 +53,7 @@ class RedisStorageSide(RedisBase, Storage):
         return [decode_record("?", raw) for raw in reply]
 
     async def counts(self) -> dict[TaskStatus, int]:
-        reply = await self.run("counts", *_STATUSES)
+        reply = await self.run("counts", *_STATUS_NAMES)
         return dict(zip(_STATUSES, reply, strict=True))
 
     async def delete_expired(self) -> int:

@@ -99,12 +99,12 @@ async def test_priority_outside_the_supported_range_is_refused(backend: RedisBac
 
 async def test_idle_reserve_blocks_on_the_server_without_polling(backend: RedisBackend) -> None:
     link = backend.link()
-    commands, exchanges = link.commands.commands, link.blocking.exchanges
+    commands, exchanges = link.commands, link.blocking.exchanges
     started = time.monotonic()
     assert await backend.reserve([Q, "other"], lease=30, timeout=1.0) == []
     assert time.monotonic() - started >= 0.95
     # One look, then one blocking wait on the server for the whole second.
-    assert link.commands.commands - commands == 1
+    assert link.commands - commands == 1
     assert link.blocking.exchanges - exchanges == 1
 
 
@@ -183,10 +183,10 @@ async def test_round_trips_in_one_tasks_life(redis_url: str) -> None:
 
     backend = manager.broker
     assert isinstance(backend, RedisBackend)
-    channel = backend.link().commands
+    link = backend.link()
 
     def trips() -> int:
-        return channel.batches
+        return link.round_trips
 
     before = trips()
     handle = await double.enqueue(21)
@@ -217,12 +217,12 @@ async def test_concurrent_tasks_share_round_trips(redis_url: str) -> None:
     await tick.enqueue_many([() for _ in range(200)])
     backend = manager.broker
     assert isinstance(backend, RedisBackend)
-    channel = backend.link().commands
-    before = channel.batches, channel.commands
+    link = backend.link()
+    before = link.round_trips, link.commands
     async with manager.worker(concurrency=100):
         await asyncio.wait_for(done.wait(), 10)
         await _wait_for_counts(manager, TaskStatus.SUCCEEDED, 200)
-    batches, commands = channel.batches - before[0], channel.commands - before[1]
+    batches, commands = link.round_trips - before[0], link.commands - before[1]
     # 2 commands per task (running, outcome + ack) plus a few batch reserves, sent
     # together: far fewer round trips than tasks.
     assert commands < 2 * 200 + 60

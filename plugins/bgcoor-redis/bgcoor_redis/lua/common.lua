@@ -75,6 +75,9 @@ end
 -- can be removed even after Redis dropped the hash.
 
 local function is_final(status) return string.find(FINAL, " " .. status .. " ", 1, true) end
+local function allowed(old, new)
+  return string.find(ALLOWED, " " .. old .. ">" .. new .. " ", 1, true)
+end
 
 -- The stored record as {status, token, name, queue, has_ttl}, or nil.
 local function old_record(id)
@@ -87,9 +90,7 @@ end
 local function check_record(old, status, token)
   if not old then return nil end
   if token ~= "" and status ~= "running" and old[2] ~= token then return "STALE" end
-  if not string.find(ALLOWED, " " .. old[1] .. ">" .. status .. " ", 1, true) then
-    return "TRANSITION " .. old[1]
-  end
+  if not allowed(old[1], status) then return "TRANSITION " .. old[1] end
   return nil
 end
 

@@ -1,6 +1,7 @@
 -- Store records and push messages, all or nothing.
 -- ARGV: prefix, #records, #messages, then 6 per record: id, status, token, name, queue, json;
 -- then 5 per message: id, queue, body, priority, eta ("" for none).
+-- Returns 0 (done), or {"STALE" / "TRANSITION <old>" / "DUPLICATE", id} and writes nothing.
 local nrec, nmsg = tonumber(ARGV[2]), tonumber(ARGV[3])
 local r0, m0 = 4, 4 + 6 * nrec
 local t = now()
@@ -44,4 +45,4 @@ for i = 0, nmsg - 1 do
   end
 end
 for queue in pairs(ready) do wake(queue) end
-return {"OK"}
+return 0

@@ -1,7 +1,8 @@
 -- Lease up to `limit` messages from the queues, earlier queues first.
 -- ARGV: prefix, lease seconds, limit, token nonce, queue...
--- Returns {count, seconds until something falls due ("" if nothing will), then per message:
--- id, queue, body, deliveries, lost, token}.
+-- Returns {count, seconds until something falls due ("" if nothing will), then per message
+-- "<id> <queue index> <deliveries> <lost>" and the body}. The n-th message's lease token is
+-- the nonce followed by n. (Few reply elements: parsing them is a client's main cost.)
 local lease, limit, nonce = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local PROMOTE = 1000 -- bounds the work one call does; the rest waits for the next call
 local t = now()
@@ -45,12 +46,8 @@ for q = 5, #ARGV do
       redis.call("HSET", key, "t", token)
       redis.call("ZADD", qkey(queue, "leased"), t + lease, id)
       local m = redis.call("HMGET", key, "b", "l")
-      out[#out + 1] = id
-      out[#out + 1] = queue
+      out[#out + 1] = id .. " " .. (q - 5) .. " " .. deliveries .. " " .. m[2]
       out[#out + 1] = m[1]
-      out[#out + 1] = deliveries
-      out[#out + 1] = tonumber(m[2])
-      out[#out + 1] = token
     end
   end
   if redis.call("ZCARD", ready) > 0 then

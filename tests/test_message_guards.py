@@ -1,6 +1,7 @@
-"""Bodies a worker must refuse even though they parse: they name another message, or they
-are bigger than the limit. Found by the reliability suite (``tests/reliability``), pinned
-here on the memory backend so the fast suite keeps them."""
+"""Messages and the payload limit: bodies a worker must refuse even though they parse
+(they name another message, or exceed ``max_payload_bytes``), and retries and dead letters
+that must still fit after a failure. Found by the reliability suite (``tests/reliability``),
+pinned here on the memory backend so the fast suite keeps them."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ from bgcoor_core import (
     Message,
     Settings,
     Task,
+    TaskFunction,
+    TaskManager,
     TaskRegistry,
+    TaskStatus,
 )
 
 LIMIT = 2048
@@ -55,7 +59,7 @@ async def test_a_body_naming_another_message_is_dead_lettered_not_run(
     settings: Settings, registry: TaskRegistry, ran: list[str], field: str, value: str
 ) -> None:
     broker = MemoryBroker()
-    task = Task.new("job", {"args": ["k"]}, **{field: value})
+    task = Task.new("job", {"args": ["k"]}).model_copy(update={field: value})
     message = Message("the-message", "default", broker.codec.encode(task))
     reason = await _deliver(broker, message, settings, registry)
     assert "malformed message" in reason
@@ -81,3 +85,63 @@ async def test_an_oversize_body_pushed_raw_is_dead_lettered_not_run(
     reason = await _deliver(broker, Message(task.id, "default", body), settings, registry)
     assert f"above the limit of {LIMIT} bytes" in reason
     assert ran == []
+
+
+def _near_limit_manager() -> TaskManager:
+    return TaskManager(
+        broker_url="memory://",
+        storage_url="memory://",
+        max_payload_bytes=LIMIT,
+        retry_backoff=0.0,
+        max_retries=1,
+    )
+
+
+async def _fill(manager: TaskManager, task: TaskFunction[..., None], margin: int) -> str:
+    """Enqueue ``task`` with a payload ``margin`` bytes short of the limit; its id."""
+    probe = manager.build_task(task.name, ["x"])
+    room = LIMIT - len(manager.broker.codec.encode(probe)) - margin
+    return (await task.enqueue("x" * (1 + room))).id
+
+
+async def test_a_failure_does_not_push_a_near_limit_task_over_it() -> None:
+    """The retry and the dead letter carry the error but not the traceback (the record
+    keeps it), so retries run as configured and the reason is the real one."""
+    manager = _near_limit_manager()
+    runs: list[int] = []
+
+    @manager.task(name="fails")
+    def fails(pad: str) -> None:
+        runs.append(len(pad))
+        raise RuntimeError("always")
+
+    task_id = await _fill(manager, fails, margin=300)
+    await manager.drain()
+    record = await manager.get(task_id)
+    [letter] = await manager.broker.dead_letters("default")
+    assert len(runs) == 2  # the attempt and its one retry
+    assert (record.status, record.attempts) == (TaskStatus.DEAD, 2)
+    assert record.traceback is not None
+    assert letter.reason == "max_retries exceeded (1)"
+    assert letter.task is not None
+    assert letter.task.error == "RuntimeError: always"
+    await manager.close()
+
+
+async def test_a_task_whose_error_cannot_fit_is_dead_lettered_not_retried_forever() -> None:
+    manager = _near_limit_manager()
+    runs: list[int] = []
+
+    @manager.task(name="loud")
+    def loud(pad: str) -> None:
+        runs.append(len(pad))
+        raise RuntimeError("x" * 5000)
+
+    task_id = await _fill(manager, loud, margin=50)
+    await manager.drain()
+    [letter] = await manager.broker.dead_letters("default")
+    assert len(runs) == 1
+    assert (await manager.get(task_id)).status is TaskStatus.DEAD
+    assert letter.reason.startswith("cannot retry: ")
+    assert "max_payload_bytes" in letter.reason
+    await manager.close()
