@@ -6,8 +6,9 @@ Runs each scenario (``--scenarios``, default all) on each backend that can run h
 backend whose plugin is missing or whose server is down is listed as skipped) and writes
 a markdown report (``--output``, default ``docs/reliability.md``): per backend and
 scenario, tasks enqueued, worker kills, tasks lost, duplicate executions and time to
-recover. The scenario code is the test suite's own (``tests/reliability/scenarios.py``);
-the size is what differs. Exits 1 if any scenario failed its pass criteria.
+recover, between the page's ``<!-- chaos.py: begin/end -->`` markers (the prose around
+them is kept). The scenario code is the test suite's own (``tests/reliability/``); the
+size is what differs. Exits 1 if any scenario failed its pass criteria.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--kill-seconds", type=float, default=300.0, help="how long workers are killed"
     )
+    parser.add_argument(
+        "--kill-every", type=float, default=1.0, help="mean seconds between two kills"
+    )
     parser.add_argument("--backends", default="sqlite,redis,postgres")
     parser.add_argument("--scenarios", default="all", help="comma-separated names, or all")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "reliability.md")
@@ -62,6 +66,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 async def run_one(scenario: Scenario, backend: str, args: argparse.Namespace) -> Outcome:
     params = scenario.scale(args.tasks, args.kill_seconds)
+    if scenario.name == "sigkill":
+        params["kill_every"] = args.kill_every
     with tempfile.TemporaryDirectory(prefix="bgcoor-chaos-") as workdir:
         try:
             return await run_scenario(scenario, BACKENDS[backend], Path(workdir), **params)
@@ -96,29 +102,28 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+BEGIN, END = "<!-- chaos.py: begin -->", "<!-- chaos.py: end -->"
+
+
 def report(args: argparse.Namespace, results: list[Outcome | tuple[str, str]], took: float) -> str:
+    """The generated block: command, table, legend, what was not run, what failed."""
     command = "python benchmarks/chaos.py " + shlex.join(
         [
             f"--tasks={args.tasks}",
             f"--kill-seconds={args.kill_seconds:g}",
+            f"--kill-every={args.kill_every:g}",
             f"--backends={args.backends}",
             *([f"--scenarios={args.scenarios}"] if args.scenarios != "all" else []),
         ]
     )
     lines = [
-        "# Reliability",
-        "",
-        "Every figure below comes from real worker processes (`bgcoor worker`) that are",
-        "killed, frozen, crashed, poisoned, fed malformed messages and stopped while they",
-        "work. The scenarios are those of `tests/reliability/` (the CI runs them small);",
-        "`benchmarks/chaos.py` runs them bigger and writes this page.",
-        "",
+        BEGIN,
         f"Made on {datetime.date.today().isoformat()} with `{command}`",
         f"({os.cpu_count()} CPUs; {took / 60:.1f} minutes in all).",
         "",
-        "| # | scenario | backend | result | enqueued | kills | lost | duplicates "
-        "| recover (s) | run (s) |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| # | scenario | backend | result | enqueued | kills | lost | quarantined "
+        "| duplicates | recover (s) | run (s) |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for item in results:
         if isinstance(item, tuple):
@@ -127,8 +132,8 @@ def report(args: argparse.Namespace, results: list[Outcome | tuple[str, str]], t
         verdict = "pass" if item.passed else "**FAIL**"
         lines.append(
             f"| {scenario.number} | {scenario.title} | {item.backend} | {verdict} | "
-            f"{item.enqueued} | {item.kills} | {item.lost} | {item.duplicates} | "
-            f"{_seconds(item.recover)} | {item.seconds:.0f} |"
+            f"{item.enqueued} | {item.kills} | {item.lost} | {item.quarantined} | "
+            f"{item.duplicates} | {_seconds(item.recover)} | {item.seconds:.0f} |"
         )
     lines += ["", *_legend()]
     skipped = [item for item in results if isinstance(item, tuple)]
@@ -137,11 +142,21 @@ def report(args: argparse.Namespace, results: list[Outcome | tuple[str, str]], t
         lines += [f"- {backend}: {reason}" for backend, reason in skipped]
     failed = [item for item in results if isinstance(item, Outcome) and not item.passed]
     if failed:
-        lines += ["", "## Failures", ""]
+        lines += ["", "Failed criteria:", ""]
         for item in failed:
             lines += [f"- {item.scenario} on {item.backend}:"]
-            lines += [f"  - {problem}" for problem in item.failures]
-    return "\n".join(lines) + "\n"
+            lines += [f"  - {problem[:300]}" for problem in item.failures]
+    return "\n".join([*lines, END])
+
+
+def write(path: Path, block: str) -> None:
+    """Replace the generated block of ``path``, keeping the prose around it."""
+    page = path.read_text() if path.exists() else f"# Reliability\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in page or END not in page:
+        raise SystemExit(f"{path} has no {BEGIN} ... {END} block to replace")
+    head, _, rest = page.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    path.write_text(head + block + tail)
 
 
 def _legend() -> list[str]:
@@ -150,6 +165,10 @@ def _legend() -> list[str]:
         "  plugin's crash before ack, the poison task's `os._exit`, SIGSTOP, SIGTERM).",
         "- **lost**: enqueued tasks that never completed (pass: 0 wherever the scenario",
         "  expects completion).",
+        "- **quarantined**: tasks dead-lettered `worker_lost` because they happened to be in",
+        "  more than `max_worker_lost` (3) killed workers: not lost (they wait in the",
+        "  dead-letter queue with the reason, for `bgcoor dlq requeue`), but not completed",
+        "  either. Only chaos that kills workers at random produces them.",
         "- **duplicates**: completed executions beyond the first, from the ledger every",
         "  execution appends to (at-least-once delivery: expected after a crash between a",
         "  task's side effect and its ack, bounded by kills x concurrency under SIGKILL).",
@@ -166,6 +185,6 @@ if __name__ == "__main__":
     arguments = parse(sys.argv[1:])
     begun = time.monotonic()
     outcomes = asyncio.run(main(arguments))
-    arguments.output.write_text(report(arguments, outcomes, time.monotonic() - begun))
+    write(arguments.output, report(arguments, outcomes, time.monotonic() - begun))
     print(f"wrote {arguments.output}")
     sys.exit(0 if all(not isinstance(o, Outcome) or o.passed for o in outcomes) else 1)

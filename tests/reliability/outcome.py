@@ -23,6 +23,7 @@ class Outcome:
     enqueued: int = 0
     kills: int = 0  # worker processes that died or were killed during the run
     lost: int = 0  # enqueued tasks that never completed
+    quarantined: int = 0  # innocent tasks dead-lettered by max_worker_lost under chaos
     duplicates: int = 0  # completed executions beyond the first, per task
     recover: float | None = None  # seconds from the last fault until all work was done
     seconds: float = 0.0
@@ -48,23 +49,42 @@ class Outcome:
         return "\n".join(lines)
 
 
-async def account(rig: Rig, outcome: Outcome, keys: Iterable[str], ids: Iterable[str]) -> None:
+async def account(
+    rig: Rig,
+    outcome: Outcome,
+    keys: Iterable[str],
+    ids: Iterable[str],
+    *,
+    quarantine: bool = False,
+    maybe: Iterable[str] = (),
+) -> None:
     """The ledger check plus the stored records: each key completed at least once and each
-    task's record ``succeeded``; fills ``lost`` and ``duplicates``."""
-    keys, ids = list(keys), list(ids)
-    report = check_ledger(rig.ledger, keys)
-    statuses = await rig.statuses(ids)
+    task's record ``succeeded``; fills ``lost`` and ``duplicates``.
+
+    With ``quarantine`` (chaos that kills workers at random), a task dead-lettered by the
+    ``max_worker_lost`` policy is counted in ``quarantined`` instead: not lost (it waits in
+    the dead-letter queue with its reason, for a requeue), but reported. Keys in ``maybe``
+    (an enqueue that raised, yet may have gone through) may run without being expected.
+    """
+    key_of = dict(zip(ids, keys, strict=True))  # both in enqueue order
+    report = check_ledger(rig.ledger, key_of.values())
+    report.unexpected = [k for k in report.unexpected if k not in set(maybe)]
+    statuses = await rig.statuses(key_of)
     unsettled = {i: s for i, s in statuses.items() if s is not TaskStatus.SUCCEEDED}
-    outcome.enqueued = max(outcome.enqueued, len(keys))
+    letters = {d.id: d.reason for d in await rig.producer.broker.dead_letters(QUEUE, limit=10**6)}
+    if quarantine:
+        held = {i for i in unsettled if letters.get(i, "").startswith("worker_lost")}
+        outcome.quarantined = len(held)
+        unsettled = {i: s for i, s in unsettled.items() if i not in held}
+        report.missing = [k for k in report.missing if k not in {key_of[i] for i in held}]
+    outcome.enqueued = max(outcome.enqueued, len(key_of))
     outcome.lost = max(report.lost, len(unsettled))
     outcome.duplicates = report.duplicates
-    for problem in report.problems():
-        outcome.failures.append(problem)
+    outcome.failures.extend(report.problems())
     if unsettled:
         sample = dict(list(unsettled.items())[:5])
         outcome.failures.append(f"{len(unsettled)} record(s) not succeeded: {sample}")
-        dead = await rig.producer.broker.dead_letters(QUEUE, limit=5)
-        outcome.details["dead letters"] = [(d.id, d.reason) for d in dead]
+        outcome.details["dead letters"] = list(letters.items())[:5]
 
 
 async def nothing_left(rig: Rig, outcome: Outcome, *, dead: int = 0) -> None:

@@ -14,6 +14,7 @@ async def test_sigkill_mid_task_loses_nothing(run: Run) -> None:
     assert outcome.passed, outcome.explain()
     assert outcome.kills >= 3, outcome.explain()
     assert outcome.lost == 0
+    assert outcome.quarantined <= outcome.kills // 3  # each needs 3 kills while alone
 
 
 async def test_crash_between_side_effect_and_ack_runs_again_once_per_key(run: Run) -> None:

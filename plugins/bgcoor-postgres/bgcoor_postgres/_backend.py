@@ -57,7 +57,6 @@ class _LoopState:
     writes: Coalescer[Write, None]
     extensions: Coalescer[Extension, None]
     background: set[asyncio.Task[Any]] = field(default_factory=set)
-    next_cleanup: float = 0.0
     #: (queues, listener generation before the take, when) of the last take that left
     #: fewer rows than it could have taken: those queues were empty then.
     drained: tuple[tuple[str, ...], int, float] | None = None
@@ -149,7 +148,6 @@ class PostgresBackend(Broker, Storage):
         names = [validate_queue_name(q) for q in queues]
         state = self._state()
         state.listener.start()
-        self._maybe_clean_up(state)
         loop = asyncio.get_running_loop()
         give_up = loop.time() + timeout
         while True:
@@ -358,20 +356,14 @@ class PostgresBackend(Broker, Storage):
         return result
 
     async def delete_expired(self) -> int:
-        """Delete expired records in chunks; consuming backends also run it every
-        ``cleanup_interval`` seconds in the background."""
+        """Delete expired records in chunks of 5,000 (worker pools call it every
+        ``BGCOOR_CLEANUP_SECONDS``; ``SKIP LOCKED`` keeps concurrent cleaners apart)."""
         deleted = 0
         while True:
             chunk = await self._count(self.sql.delete_expired, 5000)
             deleted += chunk
             if chunk < 5000:
                 return deleted
-
-    def _maybe_clean_up(self, state: _LoopState) -> None:
-        now = asyncio.get_running_loop().time()
-        if now >= state.next_cleanup:
-            state.next_cleanup = now + self.options.cleanup_interval
-            self._spawn(state, self.delete_expired())
 
     # -- both: outcome + ack in one statement ------------------------------------------
 

@@ -54,8 +54,6 @@ class PostgresOptions(BaseModel):
     poll_interval: float = Field(default=1.0, gt=0, le=3600)
     #: How long an operation keeps retrying while the server is unreachable.
     reconnect_timeout: float = Field(default=60.0, ge=0)
-    #: Seconds between the expired-record cleanups a consuming backend runs.
-    cleanup_interval: float = Field(default=300.0, gt=0)
     #: Most items one coalesced statement (concurrent saves, completions) carries.
     max_batch: int = Field(default=500, ge=1, le=10_000)
     #: Reserve, lease extension and "running" marks commit without waiting for the WAL

@@ -169,8 +169,6 @@ async def test_reserve_cancelled_mid_statement_hands_the_rows_back(
 ) -> None:
     tasks = [make_task() for _ in range(3)]
     await backend.push_many(tasks)
-    await backend.reserve(["elsewhere"], lease=1)  # starts the first periodic cleanup
-    await asyncio.sleep(0.2)  # which is done before the statements are slowed down
     db = backend._db
     real_run = db.run
     in_flight = asyncio.Event()
@@ -198,21 +196,25 @@ async def test_reserve_cancelled_mid_statement_hands_the_rows_back(
     assert {(r.deliveries, r.lost) for r in again} == {(1, 0)}
 
 
-async def test_consumers_clean_up_expired_records(pg_url: URL) -> None:
-    backend = open_backend(pg_url(cleanup_interval=0.2))
+async def test_worker_pools_clean_up_expired_records(pg_url: URL) -> None:
+    url = pg_url()
+    manager = TaskManager(Settings(broker_url=url, storage_url=url, cleanup_seconds=0.1))
     try:
+        backend = manager.broker
+        assert isinstance(backend, PostgresBackend)
         await backend.save(make_task(status=TaskStatus.SUCCEEDED), ttl=0.05)
         kept = make_task()
         await backend.save(kept)
         table = f'"{backend.target.schema}".tasks'
         await asyncio.sleep(0.1)
-        for _ in range(20):  # each reserve may start a cleanup once the interval passed
-            await backend.reserve(["default"], lease=1, timeout=0.05)
-            if len(await fetch(f"SELECT id FROM {table}")) == 1:
-                break
+        async with manager.worker(concurrency=1):
+            for _ in range(50):
+                if len(await fetch(f"SELECT id FROM {table}")) == 1:
+                    break
+                await asyncio.sleep(0.05)
         assert [r[0] for r in await fetch(f"SELECT id FROM {table}")] == [kept.id]
     finally:
-        await backend.close()
+        await manager.close()
 
 
 # -- indexes -----------------------------------------------------------------------------

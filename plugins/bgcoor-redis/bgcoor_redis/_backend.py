@@ -47,9 +47,10 @@ class RedisBackend(RedisBrokerSide, RedisStorageSide):
 
     async def complete(self, reservation: Reservation, task: Task, *, ttl: float | None) -> None:
         """Store ``task`` (the outcome) and ack its message in one script call."""
+        token = reservation.token
         _, *record = record_args(task)
-        reply = await self.run(
-            "complete", reservation.task.id, reservation.token, *record, ttl_arg(ttl)
+        reply = await self.record_write(
+            "complete", token, reservation.task.id, token, *record, ttl_arg(ttl)
         )
         raise_for(reply, task.id, task.status.value)
 

@@ -35,6 +35,9 @@ from ._base import RedisBase
 from ._channel import Ticket
 from ._encoding import text
 
+#: Longest first blocking wait of a reserve, before it knows when something falls due.
+FIRST_WAIT = 0.05
+
 
 class RedisBrokerSide(RedisBase, Broker):
     """Every :class:`~bgcoor_core.Capability`; see the module docstring for the layout."""
@@ -55,7 +58,16 @@ class RedisBrokerSide(RedisBase, Broker):
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit!r}")
         give_up = time.monotonic() + timeout
-        taken, due = await self._take(names, lease, limit)
+        if timeout > 0 and self._drained.get(tuple(names)):
+            # The last look left these queues empty: block at once. A wake-up is pending
+            # whenever something is ready (a push, or a reserve that left work behind,
+            # leaves one), so this returns at once then, and saves a round trip otherwise.
+            # Only a wake-up lost with a connection, or a task falling due meanwhile, waits
+            # for this short first timeout.
+            wait = min(timeout, FIRST_WAIT)
+            taken, due = await self._wait_and_take(names, lease, limit, wait)
+        else:
+            taken, due = await self._take(names, lease, limit)
         while not taken:
             remaining = give_up - time.monotonic()
             if remaining <= 0:
@@ -144,19 +156,29 @@ class RedisBrokerSide(RedisBase, Broker):
         if ticket is not None:
             reply = None if reply is None else reply[1]
         if isinstance(reply, list):
-            taken, _ = self._parse_reserved(reply, args)
+            taken, _ = self._parse_reserved(reply, args, handed_out=False)
             pairs = [part for r in taken for part in (r.task.id, r.token)]
             if pairs:
                 await self.run("release", *pairs)
 
-    def _parse_reserved(self, reply: list[Any], args: list[Any]) -> tuple[list[Reservation], float]:
-        """The reserve script's reply: reservations, and seconds until one could be due."""
+    def _parse_reserved(
+        self, reply: list[Any], args: list[Any], *, handed_out: bool = True
+    ) -> tuple[list[Reservation], float]:
+        """The reserve script's reply: reservations, and seconds until one could be due.
+
+        Reservations ``handed_out`` to a caller whose records may move to running are
+        allowed to start early (see ``_starts.py``).
+        """
         nonce, queues = args[2], args[3:]
+        self._drained[tuple(queues)] = reply[2] == 0
         taken = []
-        for n, at in enumerate(range(2, len(reply), 2), start=1):
-            message_id, index, deliveries, lost = text(reply[at]).rsplit(" ", 3)
+        for n, at in enumerate(range(3, len(reply), 2), start=1):
+            message_id, index, deliveries, lost, startable = text(reply[at]).rsplit(" ", 4)
             task, defect = self.decode(message_id, queues[int(index)], reply[at + 1])
-            taken.append(Reservation(task, f"{nonce}{n}", int(deliveries), int(lost), defect))
+            token = f"{nonce}{n}"
+            taken.append(Reservation(task, token, int(deliveries), int(lost), defect))
+            if handed_out and startable == "1" and defect is None:
+                self.starts.allow(token, message_id)
         return taken, float(reply[1]) if reply[1] else math.inf
 
     async def ack(self, reservation: Reservation) -> None:
@@ -179,6 +201,8 @@ class RedisBrokerSide(RedisBase, Broker):
 
     async def _settle(self, script: str, reservation: Reservation, *args: Any) -> None:
         """Run a script that acts only while ``reservation`` holds the message's lease."""
+        if script != "extend":
+            self.starts.forget(reservation.token)
         if not await self.run(script, reservation.task.id, reservation.token, *args):
             raise StaleLeaseError(
                 f"task {reservation.task.id}: lease {reservation.token[:8]} is no longer held"

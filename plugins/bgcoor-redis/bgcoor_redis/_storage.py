@@ -19,6 +19,7 @@ from bgcoor_core._storage import check_page
 
 from ._base import RedisBase
 from ._encoding import decode_record, raise_for, record_args, ttl_arg
+from ._starts import Start
 
 _STATUSES = list(TaskStatus)
 _STATUS_NAMES = [status.value for status in TaskStatus]
@@ -28,7 +29,16 @@ class RedisStorageSide(RedisBase, Storage):
     """Task records; see the module docstring for the layout."""
 
     async def save(self, task: Task, *, ttl: float | None = None) -> None:
-        reply = await self.run("save", *record_args(task), ttl_arg(ttl))
+        args = record_args(task)
+        token = task.lease_token
+        if self.options.pipelines == 1 and self.starts.claim(token, task.id, task.status, ttl):
+            assert token is not None
+            # An early start (see _starts.py): queued ahead of the task's later commands on
+            # the one pipelined connection, and not waited for.
+            reply = self.link().send("EVALSHA", self._scripts["save"].sha, 0, self.prefix, *args, 0)
+            self.starts.sent(token, Start(task.id, [*args, 0], reply))
+            return
+        reply = await self.record_write("save", token, *args, ttl_arg(ttl))
         raise_for(reply, task.id, task.status.value)
 
     async def save_many(self, tasks: Sequence[Task]) -> None:

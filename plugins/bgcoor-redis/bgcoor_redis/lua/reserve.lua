@@ -1,12 +1,14 @@
 -- Lease up to `limit` messages from the queues, earlier queues first.
 -- ARGV: prefix, lease seconds, limit, token nonce, queue...
--- Returns {count, seconds until something falls due ("" if nothing will), then per message
--- "<id> <queue index> <deliveries> <lost>" and the body}. The n-th message's lease token is
--- the nonce followed by n. (Few reply elements: parsing them is a client's main cost.)
+-- Returns {count, seconds until something falls due ("" if nothing will or something was
+-- taken), how many stay ready, then per message
+-- "<id> <queue index> <deliveries> <lost> <startable>" and the body}. The n-th message's
+-- lease token is the nonce followed by n; <startable> is 1 when the task's record may move
+-- to running (or there is none yet). Few reply elements: parsing them costs a client most.
 local lease, limit, nonce = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local PROMOTE = 1000 -- bounds the work one call does; the rest waits for the next call
 local t = now()
-local out = {0, ""}
+local out = {0, "", 0}
 local taken = 0
 local next_due = nil
 
@@ -46,11 +48,15 @@ for q = 5, #ARGV do
       redis.call("HSET", key, "t", token)
       redis.call("ZADD", qkey(queue, "leased"), t + lease, id)
       local m = redis.call("HMGET", key, "b", "l")
-      out[#out + 1] = id .. " " .. (q - 5) .. " " .. deliveries .. " " .. m[2]
+      local status = redis.call("HGET", tkey(id), "s")
+      local startable = (not status or allowed(status, "running")) and "1" or "0"
+      out[#out + 1] = id .. " " .. (q - 5) .. " " .. deliveries .. " " .. m[2] .. " " .. startable
       out[#out + 1] = m[1]
     end
   end
-  if redis.call("ZCARD", ready) > 0 then
+  local left = redis.call("ZCARD", ready)
+  if left > 0 then
+    out[3] = out[3] + left
     wake(queue) -- more is ready than this consumer took: pass the baton to an idle one
   end
 end
