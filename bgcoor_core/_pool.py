@@ -158,9 +158,17 @@ class WorkerPool:
                 self._ready.put_nowait(reservation)
 
     def _suspect(self, reservation: Reservation) -> bool:
-        """Its earlier worker was lost, and not to a lease that lapsed in this very pool
-        (which would still be running the earlier delivery)."""
-        return bool(reservation.lost) and not any(
+        """It was there when workers died twice (or as often as ``max_worker_lost``
+        allows), and not to a lease that lapsed in this very pool (which would still be
+        running the earlier delivery).
+
+        One death proves nothing: after a plain crash, every task the dead worker held
+        comes back with ``lost == 1`` and must not crawl through one at a time. A poison
+        task takes a second worker down with it before it is run alone, so the tasks
+        beside it lose two lives at most, fewer than ``max_worker_lost`` allows.
+        """
+        threshold = max(1, min(2, self.settings.max_worker_lost))
+        return reservation.lost >= threshold and not any(
             held.task.id == reservation.task.id and held is not reservation
             for held in self._held.values()
         )

@@ -42,6 +42,41 @@ async def lose_once(broker: MemoryBroker, task: Task) -> None:
     assert reservation.task.id == task.id
 
 
+async def lose_once_more(broker: MemoryBroker, task: Task) -> None:
+    """Let the lease lapse and lose ``task`` with a second dead worker."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        held = await broker.reserve(["default"], lease=0.05, timeout=0.1)
+        if held:
+            assert [r.task.id for r in held] == [task.id]
+            assert held[0].lost == 1
+            return
+    raise AssertionError("the lost task was not delivered again")
+
+
+async def test_tasks_lost_with_one_crash_run_side_by_side(
+    fast_settings: Callable[..., Settings], wait_until: WaitUntil
+) -> None:
+    """One worker death proves nothing: what it held comes back and runs concurrently."""
+    broker, storage, registry = MemoryBroker(), MemoryStorage(), TaskRegistry()
+    log: list[Interval] = []
+    registry.register("normal", timed("normal", log, 0.2))
+    tasks = [Task.new("normal") for _ in range(4)]
+    await broker.push_many(tasks)
+    lost = await broker.reserve(["default"], lease=0.05, limit=4, timeout=1)
+    assert len(lost) == 4  # held by a worker that dies now
+
+    async def lease_expired() -> bool:
+        return (await broker.stats("default")).reserved == 0
+
+    await wait_until(lease_expired, timeout=5)
+    async with WorkerPool(broker, storage, registry, 4, settings=fast_settings()):
+        for task in tasks:
+            assert (await storage.wait(task.id, timeout=5)).status is TaskStatus.SUCCEEDED
+    first_end = min(end for _, _, end in log)
+    assert all(start < first_end for _, start, _ in log), "they ran one after another"
+
+
 async def test_a_task_whose_worker_was_lost_runs_alone(
     fast_settings: Callable[..., Settings], wait_until: WaitUntil
 ) -> None:
@@ -51,6 +86,7 @@ async def test_a_task_whose_worker_was_lost_runs_alone(
     registry.register("normal", timed("normal", log, 0.1))
     suspect = Task.new("suspect")
     await lose_once(broker, suspect)
+    await lose_once_more(broker, suspect)
     normal = [Task.new("normal") for _ in range(6)]
     await broker.push_many(normal)
 
@@ -82,7 +118,9 @@ async def test_shutdown_while_a_suspect_waits_hands_it_back(
     registry.register("long", timed("long", log, 5.0, log_started))
     long = Task.new("long")
     await broker.push(long)
-    pool = WorkerPool(broker, storage, registry, 2, settings=fast_settings(shutdown_grace=0))
+    # with max_worker_lost=1 a single loss already makes a suspect
+    settings = fast_settings(shutdown_grace=0, max_worker_lost=1)
+    pool = WorkerPool(broker, storage, registry, 2, settings=settings)
     await pool.start()
     await wait_until(lambda: bool(log_started), timeout=5)  # the long task is running
     suspect = Task.new("suspect")
