@@ -8,12 +8,13 @@ import nox
 
 nox.options.default_venv_backend = "uv" if shutil.which("uv") else "venv"
 nox.options.sessions = ["tests", "lint", "typecheck", "docs_check"]
+PLUGINS = ("-e", "plugins/bgcoor-redis", "-e", "plugins/bgcoor-postgres")
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
     """The test suite; extra arguments go to pytest (``nox -s tests -- -k lease``)."""
-    session.install(".[test]")
+    session.install(".[test]", *PLUGINS)
     session.run("pytest", *session.posargs)
 
 
@@ -27,9 +28,11 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """``mypy --strict`` on the core package."""
-    session.install(".[test]", "mypy>=1.11")
+    """``mypy --strict`` on the core package and on each backend plugin."""
+    session.install(".[test]", *PLUGINS, "asyncpg-stubs>=0.29", "mypy>=1.11")
     session.run("mypy", "--strict", "bgcoor_core")
+    for package in ("plugins/bgcoor-redis/bgcoor_redis", "plugins/bgcoor-postgres/bgcoor_postgres"):
+        session.run("mypy", "--strict", package)
 
 
 @nox.session
