@@ -189,6 +189,11 @@ class Broker(ABC):
     async def queues(self) -> list[str]:
         """Names of queues that hold or held messages."""
 
+    async def preflight(self) -> None:  # noqa: B027 - optional hook with a sensible default
+        """Check, once before a worker pool starts, that the backend can keep its promises;
+        raise :class:`~bgcoor_core.ConfigurationError` naming the problem if not (say, a
+        server configured to evict keys)."""
+
     async def close(self) -> None:  # noqa: B027 - optional hook with a sensible default
         """Release connections. The broker must not be used afterwards."""
 

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Self
 
@@ -103,6 +103,7 @@ class WorkerPool:
 
     async def start(self) -> None:
         check_capabilities(self.broker, self.registry)
+        await self.broker.preflight()  # refuse to start rather than fail every reserve
         self._slots = [
             asyncio.create_task(self._slot(), name=f"bgcoor-slot-{i}")
             for i in range(self.concurrency)
@@ -298,10 +299,12 @@ class WorkerPool:
             with contextlib.suppress(StaleLeaseError):
                 await self.broker.nack(reservation)
 
-    async def run(self) -> None:
+    async def run(self, on_ready: Callable[[], object] | None = None) -> None:
         """Start, run until SIGTERM or SIGINT, then shut down gracefully.
 
-        A second signal shortens the grace period to zero: running tasks are handed back.
+        ``on_ready`` is called once the pool has started and the signal handlers are in
+        place. A second signal shortens the grace period to zero: running tasks are handed
+        back.
         """
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -319,6 +322,8 @@ class WorkerPool:
             loop.add_signal_handler(sig, on_signal)
         try:
             await self.start()
+            if on_ready is not None:
+                on_ready()
             await stop.wait()
             log.info("signal received: shutting down (a second signal forces)")
             await self.shutdown()

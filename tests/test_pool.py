@@ -18,6 +18,7 @@ from bgcoor_core import (
     Capability,
     CapabilityError,
     Codec,
+    ConfigurationError,
     MemoryBroker,
     MemoryStorage,
     Settings,
@@ -656,3 +657,18 @@ async def test_pool_deletes_expired_records_periodically(
             await asyncio.sleep(0.01)
     assert expired.id not in storage._records  # deleted, not merely hidden
     assert await storage.get(kept.id) == kept
+
+
+async def test_pool_refuses_to_start_when_the_broker_preflight_fails(
+    storage: MemoryStorage, registry: TaskRegistry, fast_settings: Callable[..., Settings]
+) -> None:
+    class Evicting(MemoryBroker):
+        async def preflight(self) -> None:
+            raise ConfigurationError("server evicts keys")
+
+    broker = Evicting()
+    await broker.push(Task.new("anything"))
+    pool = WorkerPool(broker, storage, registry, 1, settings=fast_settings())
+    with pytest.raises(ConfigurationError, match="evicts"):
+        await pool.start()
+    assert (await broker.stats("default")).ready == 1  # nothing was reserved

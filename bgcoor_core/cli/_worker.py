@@ -81,12 +81,11 @@ async def _serve(
             queues=queues,
         )
         console.print(_banner(manager, pool, app))
-        # Runs once pool.run() has installed its signal handlers and started: only then is a
-        # SIGTERM a graceful stop, so "ready" is a promise scripts and tests can rely on.
-        asyncio.get_running_loop().call_soon(
-            console.print, "[green]ready[/]: press Ctrl+C to stop (twice to force)"
+        # Printed once the pool has started and its signal handlers are in place: only then
+        # is a SIGTERM a graceful stop, so "ready" is a promise scripts and tests rely on.
+        await pool.run(
+            on_ready=lambda: console.print("[green]ready[/]: press Ctrl+C to stop (twice to force)")
         )
-        await pool.run()
         console.print(f"worker stopped after {pool.processed} task(s)")
     finally:
         await manager.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from .backends import Backend
 from .conftest import Run
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(300)]
@@ -17,16 +16,6 @@ async def test_broker_restart_loses_no_accepted_task(run: Run) -> None:
     assert outcome.enqueued > 0
 
 
-async def test_evicting_redis_is_refused_or_raises_never_drops(
-    run: Run, backend: Backend, request: pytest.FixtureRequest
-) -> None:
-    if backend.name == "redis":  # strict: passing is an error, so the marker goes then
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="bgcoor-redis (issue 4) does not check maxmemory-policy yet: under "
-                "allkeys-lru a full Redis evicts queued tasks while enqueue succeeds",
-            )
-        )
+async def test_evicting_redis_is_refused_or_raises_never_drops(run: Run) -> None:
     outcome = await run("eviction")
     assert outcome.passed, outcome.explain()

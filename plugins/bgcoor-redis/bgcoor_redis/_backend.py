@@ -29,6 +29,12 @@ class RedisBackend(RedisBrokerSide, RedisStorageSide):
         super().__init__(target, codec)
         self.wait_poll_max = target.options.result_poll_max
 
+    async def preflight(self) -> None:
+        """A worker refuses to start on a server that would evict queued tasks."""
+        link = self.link()
+        if not link.policy_ok:
+            await link.check_policy()
+
     def completes_into(self, storage: Storage) -> bool:
         """True for this object, or another one on the same database and prefix."""
         if not isinstance(storage, RedisBackend):

@@ -8,9 +8,9 @@ import logging
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
-from bgcoor_core import Codec, Message, Task
+from bgcoor_core import Codec, ConfigurationError, Message, Task
 
 from ._channel import BlockingPool, CommandChannel
 from ._encoding import chunks, raise_for, text
@@ -37,6 +37,49 @@ class Link:
         ]
         self.blocking = BlockingPool(connect, limit=options.max_connections, where=target.safe_url)
         self._loading: dict[str, asyncio.Future[Any]] = {}
+        self._where = target.safe_url
+        #: The server's eviction policy has been found safe (see ``check_policy``).
+        self.policy_ok = False
+        self._policy: asyncio.Future[None] | None = None
+
+    async def check_policy(self) -> None:
+        """Refuse a server that evicts any key when full (``maxmemory-policy allkeys-*``).
+
+        Such a server would drop queued tasks and records silently while every write
+        succeeds; the check makes every call fail instead, naming the setting. A
+        ``volatile-*`` policy only evicts keys with a TTL, here finished tasks' records: a
+        warning. Checked once per event loop; a server that hides ``CONFIG`` is trusted.
+        """
+        if self._policy is None:
+            self._policy = asyncio.ensure_future(self._read_policy())
+        try:
+            await asyncio.shield(self._policy)
+        except ConfigurationError:
+            raise
+        except Exception:
+            self._policy = None  # e.g. the server is down: look again next time
+            raise
+        self.policy_ok = True
+
+    async def _read_policy(self) -> None:
+        try:
+            reply = await self.send("CONFIG", "GET", "maxmemory-policy")
+        except ResponseError:  # CONFIG is disabled or not allowed here
+            return
+        policy = text(reply[1]) if reply else ""
+        if policy.startswith("allkeys-"):
+            raise ConfigurationError(
+                f"Redis at {self._where} has maxmemory-policy {policy}: when full it would "
+                "silently evict queued tasks and their records. Set maxmemory-policy to "
+                "noeviction (or a volatile-* policy, which only evicts finished records)"
+            )
+        if policy.startswith("volatile-"):
+            log.warning(
+                "Redis at %s has maxmemory-policy %s: when full it may evict finished "
+                "tasks' records before their TTL ends",
+                self._where,
+                policy,
+            )
 
     def send(self, *command: Any) -> asyncio.Future[Any]:
         """Queue one command; the future resolves to its raw reply (or its error)."""
@@ -111,6 +154,8 @@ class RedisBase:
         """Run script ``name`` with ARGV ``prefix, *args``: one command, one atomic step."""
         script = self._scripts[name]
         link = self.link()
+        if not link.policy_ok:
+            await link.check_policy()
         try:
             return await link.send("EVALSHA", script.sha, 0, self.prefix, *args)
         except NoScriptError:
@@ -137,7 +182,10 @@ class RedisBase:
 
     async def command(self, *args: Any) -> Any:
         """One plain command through the pipelined connection."""
-        return await self.link().send(*args)
+        link = self.link()
+        if not link.policy_ok:
+            await link.check_policy()
+        return await link.send(*args)
 
     async def enqueue(self, tasks: Sequence[Task], messages: Sequence[Message]) -> None:
         """Store records and push messages, each chunk in one atomic script call.

@@ -67,7 +67,12 @@ class RedisServer:
     """One private redis-server: ``start()``, ``stop()`` (by PID), ``url``."""
 
     def __init__(
-        self, directory: Path, *, persistent: bool = False, tls: TlsFiles | None = None
+        self,
+        directory: Path,
+        *,
+        persistent: bool = False,
+        tls: TlsFiles | None = None,
+        config: tuple[str, ...] = (),
     ) -> None:
         self.binary = require_binary("redis-server")
         self.directory = directory
@@ -75,6 +80,7 @@ class RedisServer:
         self.port = free_port()
         self.persistent = persistent
         self.tls = tls
+        self.config = config
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -98,6 +104,7 @@ class RedisServer:
         return [
             self.binary, *ports, "--bind", "127.0.0.1", "--save", "", *persistence,
             "--dir", str(self.directory), "--logfile", str(self.directory / "redis.log"),
+            *self.config,
         ]  # fmt: skip
 
     def start(self, timeout: float = 10.0) -> None:

@@ -100,6 +100,7 @@ async def test_priority_outside_the_supported_range_is_refused(backend: RedisBac
 
 
 async def test_idle_reserve_blocks_on_the_server_without_polling(backend: RedisBackend) -> None:
+    await backend.queues()  # connected, and the server's eviction policy checked
     link = backend.link()
     commands, exchanges = link.commands, link.blocking.exchanges
     started = time.monotonic()
@@ -213,6 +214,7 @@ async def test_round_trips_in_one_tasks_life(redis_url: str) -> None:
 
     backend = manager.broker
     assert isinstance(backend, RedisBackend)
+    await backend.queues()  # connected, and the server's eviction policy checked
     link = backend.link()
 
     def trips() -> int:
@@ -317,6 +319,23 @@ async def test_cancel_in_the_instant_of_an_early_start_drops_the_outcome(
     assert await manager.broker.stats(Q) == QueueStats()
     assert "running mark was refused" in caplog.text
     await manager.close()
+
+
+async def test_a_server_that_evicts_any_key_is_refused(
+    private_server: Callable[..., RedisServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    evicting = private_server(config=("--maxmemory", "4mb", "--maxmemory-policy", "allkeys-lru"))
+    backend = RedisBackend(evicting.url, make_test_codec())
+    for _ in range(2):  # every call, not only the first
+        with pytest.raises(ConfigurationError, match="maxmemory-policy allkeys-lru"):
+            await backend.push(make_task())
+    await backend.close()
+    volatile = private_server(config=("--maxmemory-policy", "volatile-lru"))
+    backend = RedisBackend(volatile.url, make_test_codec())
+    await backend.push(make_task())
+    assert await backend.queue_length(Q) == 1
+    assert "may evict finished tasks' records" in caplog.text
+    await backend.close()
 
 
 async def test_several_pipelines_share_the_load(redis_url: str) -> None:
