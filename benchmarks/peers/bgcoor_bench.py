@@ -110,7 +110,7 @@ class BgcoorAdapter(Adapter):
     def flush(self):
         flusher = FLUSHERS.get(urlsplit(URL).scheme)
         if flusher is None:
-            raise NotImplementedError(f"no flush for {urlsplit(URL).scheme}:// URLs yet")
+            raise ValueError(f"BENCH_BGCOOR_URL: no flush for {urlsplit(URL).scheme}:// URLs")
         flusher(URL)
 
     async def teardown(self):
