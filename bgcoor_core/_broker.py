@@ -51,6 +51,13 @@ class Reservation:
     deliveries whose lease expired without ack or nack (the worker died or hung). When the
     body could not be decoded, ``defect`` says why and ``task`` is a placeholder that only
     carries the message id and queue, so the message can still be dead-lettered.
+
+    ``started``: the broker also stored the task's record as ``running`` under this lease
+    while reserving it (``attempts`` one more than the stored record's, ``started_at`` now,
+    ``lease_token`` this token), sparing the executor that write and its round trip. Only
+    a broker that is also the storage may set it (see :class:`AtomicCompletion`), and only
+    for a record that existed and was allowed to become running; the executor honours it
+    only when the broker :meth:`~AtomicCompletion.completes_into` its storage.
     """
 
     task: Task
@@ -58,6 +65,7 @@ class Reservation:
     deliveries: int = 1
     lost: int = 0
     defect: str | None = None
+    started: bool = False
 
     @property
     def queue(self) -> str:

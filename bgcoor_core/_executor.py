@@ -1,7 +1,8 @@
 """Executor: runs one reserved task and settles it.
 
-The order of a task's life is fixed: mark running, run the handler, store the outcome,
-*then* ack (or nack for a retry, or dead-letter). A worker that dies anywhere before the
+The order of a task's life is fixed: mark running (unless the broker's reserve already
+did, see ``Reservation.started``), run the handler, store the outcome, *then* ack (or nack
+for a retry, or dead-letter). A worker that dies anywhere before the
 ack leaves the task to be delivered again when its lease expires.
 """
 
@@ -115,7 +116,8 @@ class Executor:
         task.finished_at = None
         task.lease_token = reservation.token
         try:
-            await self.storage.save(task)
+            if not (reservation.started and self._atomic):  # else stored by the reserve
+                await self.storage.save(task)
         except InvalidTransitionError:
             # Already final (a zombie stored it first, or it was cancelled): nothing to run.
             log.info("task %s is already settled; acknowledging the extra delivery", task.id)

@@ -158,6 +158,78 @@ async def test_success_stores_the_result_then_acks(
     await assert_broker_empty(broker)
 
 
+class StartingBroker(LoggingBroker):
+    """Marks each record running as it reserves it and says so (``Reservation.started``),
+    as a broker that is also the storage does; completes into ``storage`` only."""
+
+    def __init__(self, codec: Codec, log: Log, storage: MemoryStorage) -> None:
+        super().__init__(codec, log)
+        self.storage = storage
+
+    def completes_into(self, storage: object) -> bool:
+        return storage is self.storage
+
+    async def complete(self, reservation: Reservation, task: Task, *, ttl: float | None) -> None:
+        self.log.calls.append(f"complete {task.status}")
+        await self.storage.save(task, ttl=ttl)
+        await super().ack(reservation)
+
+    async def reserve(
+        self, queues: Sequence[str], *, lease: float, limit: int = 1, timeout: float = 0.0
+    ) -> list[Reservation]:
+        got = await super().reserve(queues, lease=lease, limit=limit, timeout=timeout)
+        for r in got:
+            running = r.task.model_copy(
+                update={
+                    "status": TaskStatus.RUNNING,
+                    "attempts": r.task.attempts + 1,
+                    "lease_token": r.token,
+                }
+            )
+            self.log.calls.append("reserve marks running")
+            await self.storage.save(running)
+            r.started = True
+        return got
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["same-store", "other-store"])
+async def test_a_started_reservation_skips_the_running_write_only_into_its_own_store(
+    codec: Codec, registry: TaskRegistry, settings: Settings, shared: bool
+) -> None:
+    log = Log()
+    storage = LoggingStorage(codec, log)
+    broker = StartingBroker(codec, log, storage if shared else MemoryStorage(codec))
+    started: list[Task] = []
+
+    class Watch:
+        @hookimpl
+        def bgcoor_task_started(self, task: Task) -> None:
+            started.append(task.model_copy())
+
+    registry.register("add", lambda x, y: x + y)
+    task = Task.new("add", {"args": [2, 3], "kwargs": {}}, 3)
+    await storage.save(task)
+    log.calls.clear()
+    await broker.push(task)
+    execute = executor_for(broker, storage, registry, settings, Watch()).execute
+    await execute(await reserve_one(broker))
+
+    if shared:  # the one "save running" is the broker's, in reserve: the executor made none
+        assert log.calls == [
+            "reserve marks running",
+            "save running",
+            "complete succeeded",
+            "save succeeded",
+            "ack",
+        ]
+    else:  # the broker marked its own store; the executor's storage needs its write
+        assert log.calls == ["reserve marks running", "save running", "save succeeded", "ack"]
+    [seen] = started
+    assert (seen.status, seen.attempts) == (TaskStatus.RUNNING, 1)
+    stored = await record(storage, task)
+    assert (stored.status, stored.result, stored.attempts) == (TaskStatus.SUCCEEDED, 5, 1)
+
+
 async def test_retry_and_dead_letter_are_recorded_before_the_broker_is_told(
     codec: Codec, registry: TaskRegistry, fast_settings: Callable[..., Settings]
 ) -> None:

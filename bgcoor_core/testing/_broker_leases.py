@@ -189,6 +189,49 @@ class BrokerLeaseTests:
         with pytest.raises(StaleLeaseError):
             await broker.ack(current)
 
+    async def test_started_reservations_have_running_records(
+        self, broker: Broker, completion_storage: Storage | None
+    ) -> None:
+        """``Reservation.started`` claims the record is running under this very lease;
+        a record that may not become running (cancelled), or none at all, is never
+        claimed. A broker that never starts records passes by claiming nothing."""
+        storage = completion_storage
+        if storage is None or not getattr(broker, "completes_into", lambda _: False)(storage):
+            pytest.skip("no storage this broker writes records into")
+        fresh, cancelled, absent = (make_task(payload={"n": n}) for n in range(3))
+        fresh.attempts = 2
+        await storage.save(fresh)
+        await storage.save(cancelled)
+        cancelled = cancelled.model_copy(update={"status": TaskStatus.CANCELLED})
+        await storage.save(cancelled)
+        await broker.push_many([fresh, cancelled, absent])
+        held = await broker.reserve([DEFAULT], lease=LONG_LEASE, limit=3, timeout=SLACK)
+        by_id = {r.task.id: r for r in held}
+        assert set(by_id) == {fresh.id, cancelled.id, absent.id}
+        assert not by_id[cancelled.id].started
+        assert await storage.get(cancelled.id) == cancelled
+        assert not by_id[absent.id].started
+        assert await storage.get(absent.id) is None
+        reservation = by_id[fresh.id]
+        assert reservation.task == fresh  # the message, as pushed
+        stored = await storage.get(fresh.id)
+        assert stored is not None
+        if not reservation.started:
+            assert stored == fresh
+            return
+        assert (stored.status, stored.attempts, stored.lease_token) == (
+            TaskStatus.RUNNING,
+            3,
+            reservation.token,
+        )
+        assert stored.started_at is not None
+        assert stored.finished_at is None
+        assert (stored.payload, stored.name, stored.queue) == (fresh.payload, fresh.name, DEFAULT)
+        if isinstance(broker, AtomicCompletion):
+            done = stored.model_copy(update={"status": TaskStatus.SUCCEEDED, "result": 7})
+            await broker.complete(reservation, done, ttl=None)
+            assert await storage.get(fresh.id) == done
+
     async def test_atomic_enqueue(self, broker: Broker, completion_storage: Storage | None) -> None:
         if not isinstance(broker, AtomicEnqueue):
             pytest.skip(f"{type(broker).__name__} does not implement AtomicEnqueue")

@@ -80,9 +80,6 @@ class PostgresBackend(Broker, Storage):
         self.sql = Statements(target.schema, fast_lease_commits=self.options.fast_lease_commits)
         self._db = Database(target)
         self._states: dict[asyncio.AbstractEventLoop, _LoopState] = {}
-        #: lease token -> what reserve did to the task's record: "marked" (running) or the
-        #: status that refused it; consumed by the executor's mark-running save
-        self._premarks: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"PostgresBackend({self.target.safe_dsn!r}, schema={self.target.schema!r})"
@@ -218,12 +215,8 @@ class PostgresBackend(Broker, Storage):
 
     def _reservation(self, row: asyncpg.Record) -> Reservation:
         message_id, queue, body, deliveries, lost, token = row[:6]
-        if row["premark"] is not None:
-            if len(self._premarks) > 100_000:  # never consumed (e.g. unknown tasks)
-                self._premarks.clear()
-            self._premarks[token] = row["premark"]
         task, defect = self.decode(message_id, queue, body)
-        return Reservation(task, token, deliveries, lost, defect)
+        return Reservation(task, token, deliveries, lost, defect, started=row["started"])
 
     async def ack(self, reservation: Reservation) -> None:
         await self._settle(self.sql.ack, reservation)
@@ -248,7 +241,6 @@ class PostgresBackend(Broker, Storage):
     async def _settle(self, statement: str, reservation: Reservation, *args: Any) -> None:
         """Run ``statement`` for the message while ``reservation`` holds its lease."""
         message_id, token = reservation.task.id, reservation.token
-        self._premarks.pop(token, None)
         changed = await self._db.run(lambda c: c.fetchval(statement, message_id, token, *args))
         if not changed:
             raise StaleLeaseError(f"task {message_id}: lease {token[:8]} is no longer held")
@@ -312,15 +304,6 @@ class PostgresBackend(Broker, Storage):
     # -- storage -----------------------------------------------------------------------
 
     async def save(self, task: Task, *, ttl: float | None = None) -> None:
-        if task.status is TaskStatus.RUNNING and task.lease_token is not None and ttl is None:
-            # the executor marking a task running that our reserve already marked
-            verdict = self._premarks.pop(task.lease_token, None)
-            if verdict == "marked":
-                return
-            if verdict is not None:
-                raise InvalidTransitionError(
-                    f"task {task.id}: cannot move from {verdict} to running"
-                )
         await self._state().writes.submit(Write(task, ttl))
 
     async def save_many(self, tasks: Sequence[Task]) -> None:
@@ -374,7 +357,6 @@ class PostgresBackend(Broker, Storage):
         )
 
     async def complete(self, reservation: Reservation, task: Task, *, ttl: float | None) -> None:
-        self._premarks.pop(reservation.token, None)
         await self._state().writes.submit(Write(task, ttl, reservation.token))
 
     async def _flush_writes(self, writes: Sequence[Write]) -> Verdicts:

@@ -123,10 +123,9 @@ class Statements:
             "lost = m.lost + (m.state = 'reserved')::int FROM cand WHERE m.id = cand.id "
             "RETURNING m.id, m.queue, m.body, m.deliveries, m.lost, m.token, cand.ord, "
             "m.priority, m.seq), "
-            # the taken tasks' records are marked running here, saving the executor's own
-            # write (see PostgresBackend.save); a record in a status that may not become
-            # running is left alone and reported, an absent one reported as NULL
-            f"seen AS (SELECT t.id, t.status FROM {t} t JOIN taken USING (id) WHERE {LIVE}), "
+            # the taken tasks' records are marked running here (Reservation.started), saving
+            # the executor's own write; a record in a status that may not become running,
+            # or an absent one, is left to the executor
             f"marked AS (UPDATE {t} t SET status = '{running}', lease_token = k.token, "
             f"expires_at = NULL, record = (t.record::jsonb || jsonb_build_object("
             f"'status', '{running}', 'attempts', coalesce((t.record->>'attempts')::int, 0) + 1, "
@@ -136,8 +135,7 @@ class Statements:
             f"WHERE t.id = k.id AND {LIVE} AND t.status IN ({to_running}) RETURNING t.id) "
             "SELECT k.id, k.queue, k.body, k.deliveries, k.lost, k.token, k.ord, k.priority, "
             "k.seq, NULL::float8 AS due, "
-            "CASE WHEN marked.id IS NOT NULL THEN 'marked' ELSE seen.status END AS premark "
-            "FROM taken k LEFT JOIN marked USING (id) LEFT JOIN seen USING (id)"
+            "marked.id IS NOT NULL AS started FROM taken k LEFT JOIN marked USING (id)"
             f"{relax} UNION ALL "
             # nothing taken: how long until the earliest eta or lease deadline
             "SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, "

@@ -55,9 +55,7 @@ class RedisBackend(RedisBrokerSide, RedisStorageSide):
         """Store ``task`` (the outcome) and ack its message in one script call."""
         token = reservation.token
         _, *record = record_args(task)
-        reply = await self.record_write(
-            "complete", token, reservation.task.id, token, *record, ttl_arg(ttl)
-        )
+        reply = await self.run("complete", reservation.task.id, token, *record, ttl_arg(ttl))
         raise_for(reply, task.id, task.status.value)
 
     async def migrate(self) -> list[str]:

@@ -16,7 +16,6 @@ from ._channel import BlockingPool, CommandChannel
 from ._encoding import chunks, raise_for, text
 from ._options import RedisTarget
 from ._scripts import Script, scripts
-from ._starts import EarlyStarts
 
 log = logging.getLogger("bgcoor.redis")
 
@@ -130,7 +129,6 @@ class RedisBase:
         self._links: dict[asyncio.AbstractEventLoop, Link] = {}
         self._chores: set[asyncio.Task[Any]] = set()
         self._scripts = scripts()
-        self.starts = EarlyStarts()
         #: Queue lists whose last reserve left nothing ready (see the broker's reserve).
         self._drained: dict[tuple[str, ...], bool] = {}
 
@@ -163,22 +161,6 @@ class RedisBase:
             # and run it now.
             await link.load(script)
             return await link.send("EVALSHA", script.sha, 0, self.prefix, *args)
-
-    async def record_write(self, name: str, token: str | None, *args: Any) -> Any:
-        """Run script ``name``, which writes a record under lease ``token``.
-
-        If it is refused because that lease's early start never took effect (see
-        ``_starts.py``), the start is replayed first and the write tried again.
-        """
-        reply = await self.run(name, *args)
-        if reply != 0:
-            start = self.starts.failed(token)
-            if start is not None:
-                await self.run("save", *start.args)  # a refusal shows in the retry
-                reply = await self.run(name, *args)
-        else:
-            self.starts.forget(token)
-        return reply
 
     async def command(self, *args: Any) -> Any:
         """One plain command through the pipelined connection."""

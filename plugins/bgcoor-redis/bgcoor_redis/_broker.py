@@ -164,21 +164,17 @@ class RedisBrokerSide(RedisBase, Broker):
     def _parse_reserved(
         self, reply: list[Any], args: list[Any], *, handed_out: bool = True
     ) -> tuple[list[Reservation], float]:
-        """The reserve script's reply: reservations, and seconds until one could be due.
-
-        Reservations ``handed_out`` to a caller whose records may move to running are
-        allowed to start early (see ``_starts.py``).
-        """
+        """The reserve script's reply: reservations, and seconds until one could be due."""
         nonce, queues = args[2], args[3:]
         self._drained[tuple(queues)] = reply[2] == 0
         taken = []
         for n, at in enumerate(range(3, len(reply), 2), start=1):
-            message_id, index, deliveries, lost, startable = text(reply[at]).rsplit(" ", 4)
+            message_id, index, deliveries, lost, started = text(reply[at]).rsplit(" ", 4)
             task, defect = self.decode(message_id, queues[int(index)], reply[at + 1])
             token = f"{nonce}{n}"
-            taken.append(Reservation(task, token, int(deliveries), int(lost), defect))
-            if handed_out and startable == "1" and defect is None:
-                self.starts.allow(token, message_id)
+            reservation = Reservation(task, token, int(deliveries), int(lost), defect)
+            reservation.started = started == "1"
+            taken.append(reservation)
         return taken, float(reply[1]) if reply[1] else math.inf
 
     async def ack(self, reservation: Reservation) -> None:
@@ -201,8 +197,6 @@ class RedisBrokerSide(RedisBase, Broker):
 
     async def _settle(self, script: str, reservation: Reservation, *args: Any) -> None:
         """Run a script that acts only while ``reservation`` holds the message's lease."""
-        if script != "extend":
-            self.starts.forget(reservation.token)
         if not await self.run(script, reservation.task.id, reservation.token, *args):
             raise StaleLeaseError(
                 f"task {reservation.task.id}: lease {reservation.token[:8]} is no longer held"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -15,6 +16,7 @@ from bgcoor_core import (
     Message,
     StaleLeaseError,
     Task,
+    TaskStatus,
 )
 from bgcoor_core._task import validate_queue_name
 
@@ -81,11 +83,25 @@ def raise_for(reply: Any, task_id: str, status: str = "") -> None:
     raise RuntimeError(f"unexpected reply from a Redis script: {code!r}")
 
 
-def decode_record(task_id: str, raw: bytes) -> Task:
+def decode_record(task_id: str, raw: bytes, started: bytes | None = None) -> Task:
+    """A record from its JSON and, if a reserve marked it running, ``started``:
+    ``"<k field> <r field>"`` (see ``lua/common.lua``)."""
     try:
-        return Task.model_validate_json(raw)
+        task = Task.model_validate_json(raw)
     except ValidationError as exc:
         raise DecodeError(f"stored record of task {task_id} cannot be decoded: {exc}") from None
+    if not started:
+        return task
+    token, at, _ = text(started).split(" ", 2)
+    return task.model_copy(
+        update={
+            "status": TaskStatus.RUNNING,
+            "attempts": task.attempts + 1,
+            "started_at": datetime.fromtimestamp(float(at), UTC),
+            "finished_at": None,
+            "lease_token": token[1:],
+        }
+    )
 
 
 def chunks(tasks: Sequence[Task], messages: Sequence[Message]) -> list[list[Any]]:

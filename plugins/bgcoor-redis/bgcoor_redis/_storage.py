@@ -1,6 +1,7 @@
 """The storage half: task records as hashes, found through index sets, never by scanning.
 
-Each record is a hash ``t:<id>`` (status, lease token, name, queue, the task as JSON).
+Each record is a hash ``t:<id>`` (status, lease token, name, queue, the task as JSON, and
+what a reserve changed when it marked the record running: see ``lua/common.lua``).
 Index sets ``i:all``, ``i:s:<status>``, ``i:n:<name>`` and ``i:q:<queue>`` hold ids with
 score 0, so ``ZRANGEBYLEX`` walks them in id order (ids are time-sortable UUIDv7 strings)
 and ``ZCARD`` counts them. A record saved with a TTL expires in Redis and is listed in
@@ -19,7 +20,6 @@ from bgcoor_core._storage import check_page
 
 from ._base import RedisBase
 from ._encoding import decode_record, raise_for, record_args, ttl_arg
-from ._starts import Start
 
 _STATUSES = list(TaskStatus)
 _STATUS_NAMES = [status.value for status in TaskStatus]
@@ -29,24 +29,17 @@ class RedisStorageSide(RedisBase, Storage):
     """Task records; see the module docstring for the layout."""
 
     async def save(self, task: Task, *, ttl: float | None = None) -> None:
-        args = record_args(task)
-        token = task.lease_token
-        if self.options.pipelines == 1 and self.starts.claim(token, task.id, task.status, ttl):
-            assert token is not None
-            # An early start (see _starts.py): queued ahead of the task's later commands on
-            # the one pipelined connection, and not waited for.
-            reply = self.link().send("EVALSHA", self._scripts["save"].sha, 0, self.prefix, *args, 0)
-            self.starts.sent(token, Start(task.id, [*args, 0], reply))
-            return
-        reply = await self.record_write("save", token, *args, ttl_arg(ttl))
+        reply = await self.run("save", *record_args(task), ttl_arg(ttl))
         raise_for(reply, task.id, task.status.value)
 
     async def save_many(self, tasks: Sequence[Task]) -> None:
         await self.enqueue(tasks, ())
 
     async def get(self, task_id: str) -> Task | None:
-        raw = await self.command("HGET", self.key("t", task_id), "j")
-        return None if raw is None else decode_record(task_id, raw)
+        raw, started, token = await self.command("HMGET", self.key("t", task_id), "j", "r", "k")
+        if raw is None:
+            return None
+        return decode_record(task_id, raw, started and token + b" " + started)
 
     async def list(
         self,
@@ -60,7 +53,7 @@ class RedisStorageSide(RedisBase, Storage):
         check_page(limit)
         filters = [status.value if status else "", name or "", queue or "", after or ""]
         reply = await self.run("list", *filters, limit)
-        return [decode_record("?", raw) for raw in reply]
+        return [decode_record("?", reply[at], reply[at + 1]) for at in range(0, len(reply), 2)]
 
     async def counts(self) -> dict[TaskStatus, int]:
         reply = await self.run("counts", *_STATUS_NAMES)

@@ -68,7 +68,10 @@ end
 
 -- Records ---------------------------------------------------------------------------------
 -- A record is a hash: s (status), k (lease token, "" for none, else "+" .. token),
--- n (name), q (queue), j (the task as JSON), x ("1" while it has a TTL). Index sets (all
+-- n (name), q (queue), j (the task as JSON), x ("1" while it has a TTL), and
+-- r ("<start time> <old status> <old k>") while a reserve has marked it running (see
+-- start_record): s, k and r then override the JSON's status, lease token and start time,
+-- and its attempts count one more. Index sets (all
 -- scores 0, so ZRANGEBYLEX orders them by id): i:all, i:s:<status>, i:n:<name>,
 -- i:q:<queue>. A record saved with a TTL also has a Redis expiry, a score in i:exp (when
 -- it expires) and a line in i:expmeta ("status name queue"), so that its index entries
@@ -79,9 +82,9 @@ local function allowed(old, new)
   return string.find(ALLOWED, " " .. old .. ">" .. new .. " ", 1, true)
 end
 
--- The stored record as {status, token, name, queue, has_ttl}, or nil.
+-- The stored record as {status, token, name, queue, has_ttl, started}, or nil.
 local function old_record(id)
-  local r = redis.call("HMGET", tkey(id), "s", "k", "n", "q", "x")
+  local r = redis.call("HMGET", tkey(id), "s", "k", "n", "q", "x", "r")
   if r[1] then return r end
   return nil
 end
@@ -123,6 +126,14 @@ local function reindex(kind, old, new, id)
   redis.call("ZADD", ikey(kind, new), 0, id)
 end
 
+-- Stop a record expiring (a record with a TTL that is written again without one).
+local function persist(key, id)
+  redis.call("HDEL", key, "x")
+  redis.call("PERSIST", key)
+  redis.call("ZREM", EXP, id)
+  redis.call("HDEL", EXPMETA, id)
+end
+
 -- Write a record over `old` (from old_record, checked by check_record). ttl <= 0: none.
 local function write_record(old, id, status, token, name, queue, json, ttl, t)
   local key = tkey(id)
@@ -130,8 +141,9 @@ local function write_record(old, id, status, token, name, queue, json, ttl, t)
     local meta = redis.call("HGET", EXPMETA, id)
     if meta then forget(id, meta) end -- Redis expired it before a cleanup came by
     redis.call("ZADD", ALL, 0, id)
-    old = {false, false, false, false, false}
+    old = {false, false, false, false, false, false}
   end
+  if old[6] then redis.call("HDEL", key, "r") end -- the JSON is whole again
   reindex("s", old[1], status, id)
   reindex("n", old[3], name, id)
   reindex("q", old[4], queue, id)
@@ -142,11 +154,31 @@ local function write_record(old, id, status, token, name, queue, json, ttl, t)
     redis.call("HSET", EXPMETA, id, status .. " " .. name .. " " .. queue)
   else
     redis.call("HSET", key, "s", status, "k", token, "n", name, "q", queue, "j", json)
-    if old[5] then
-      redis.call("HDEL", key, "x")
-      redis.call("PERSIST", key)
-      redis.call("ZREM", EXP, id)
-      redis.call("HDEL", EXPMETA, id)
-    end
+    if old[5] then persist(key, id) end
   end
+end
+
+-- Mark the record of a task being reserved running under `token`, as the executor would,
+-- without rewriting its JSON (the r field says what changed). True if it did; false if
+-- there is no record or its status may not become running (the executor then writes,
+-- and is refused, itself).
+local function start_record(id, token, t)
+  local old = old_record(id)
+  if not old or not allowed(old[1], "running") then return false end
+  local key = tkey(id)
+  reindex("s", old[1], "running", id)
+  redis.call("HSET", key, "s", "running", "k", "+" .. token, "r", fmt(t) .. " " .. old[1] .. " " .. old[2])
+  if old[5] then persist(key, id) end
+  return true
+end
+
+-- Undo start_record for a reservation handed back (its task may have begun, not finished).
+local function unstart_record(id, token)
+  local key = tkey(id)
+  local r = redis.call("HMGET", key, "r", "k")
+  if not r[1] or r[2] ~= "+" .. token then return end
+  local status, old_token = string.match(r[1], "^%S+ (%S+) (.*)$")
+  reindex("s", "running", status, id)
+  redis.call("HSET", key, "s", status, "k", old_token)
+  redis.call("HDEL", key, "r")
 end

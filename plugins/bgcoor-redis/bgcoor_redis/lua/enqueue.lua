@@ -5,18 +5,19 @@
 local nrec, nmsg = tonumber(ARGV[2]), tonumber(ARGV[3])
 local r0, m0 = 4, 4 + 6 * nrec
 local t = now()
+-- messages first: a duplicate id is DUPLICATE before its record could refuse anything
+local seen = {}
+for i = 0, nmsg - 1 do
+  local id = ARGV[m0 + 5 * i]
+  if seen[id] or redis.call("EXISTS", mkey(id)) == 1 then return {"DUPLICATE", id} end
+  seen[id] = true
+end
 local olds = {}
 for i = 0, nrec - 1 do
   local a = r0 + 6 * i
   olds[i] = old_record(ARGV[a])
   local err = check_record(olds[i], ARGV[a + 1], ARGV[a + 2])
   if err then return {err, ARGV[a]} end
-end
-local seen = {}
-for i = 0, nmsg - 1 do
-  local id = ARGV[m0 + 5 * i]
-  if seen[id] or redis.call("EXISTS", mkey(id)) == 1 then return {"DUPLICATE", id} end
-  seen[id] = true
 end
 local written = {}
 for i = 0, nrec - 1 do

@@ -1,4 +1,5 @@
--- Records matching every filter, ordered by id, after `after`, at most `limit`.
+-- Records matching every filter, ordered by id, after `after`, at most `limit`: for each,
+-- its JSON, and "" or what a reserve changed: "<k> <r>" (see common.lua).
 -- ARGV: prefix, status, name, queue ("" for no filter), after ("" for the start), limit.
 -- Walks the smallest index among the filters and checks the others on each record.
 local want = {s = ARGV[2], n = ARGV[3], q = ARGV[4]}
@@ -18,11 +19,12 @@ local page = math.max(limit, 100)
 while true do
   local ids = redis.call("ZRANGEBYLEX", index, start, "+", "LIMIT", 0, page)
   for _, id in ipairs(ids) do
-    local r = redis.call("HMGET", tkey(id), "s", "n", "q", "j")
+    local r = redis.call("HMGET", tkey(id), "s", "n", "q", "j", "r", "k")
     if r[1] and (want.s == "" or r[1] == want.s) and (want.n == "" or r[2] == want.n)
         and (want.q == "" or r[3] == want.q) then
       out[#out + 1] = r[4]
-      if #out >= limit then return out end
+      out[#out + 1] = r[5] and (r[6] .. " " .. r[5]) or ""
+      if #out >= 2 * limit then return out end
     end
   end
   if #ids < page then return out end

@@ -5,6 +5,7 @@ local t = now()
 local queue = held(id, ARGV[3], t)
 if not queue then return 0 end
 unlease(queue, id)
+unstart_record(id, ARGV[3]) -- a hand-back: the record is no longer running
 if body ~= "" then redis.call("HSET", mkey(id), "b", body) end
 if delay > 0 then
   rescore(id)

@@ -7,6 +7,7 @@ for a = 2, #ARGV, 2 do
   local m = redis.call("HMGET", key, "q", "t", "o")
   if m[1] and m[2] == token then
     unlease(m[1], id)
+    unstart_record(id, token)
     redis.call("HINCRBY", key, "d", -1)
     redis.call("ZADD", qkey(m[1], "ready"), m[3], id)
     wake(m[1])

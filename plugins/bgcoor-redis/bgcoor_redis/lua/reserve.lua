@@ -2,9 +2,9 @@
 -- ARGV: prefix, lease seconds, limit, token nonce, queue...
 -- Returns {count, seconds until something falls due ("" if nothing will or something was
 -- taken), how many stay ready, then per message
--- "<id> <queue index> <deliveries> <lost> <startable>" and the body}. The n-th message's
--- lease token is the nonce followed by n; <startable> is 1 when the task's record may move
--- to running (or there is none yet). Few reply elements: parsing them costs a client most.
+-- "<id> <queue index> <deliveries> <lost> <started>" and the body}. The n-th message's
+-- lease token is the nonce followed by n; <started> is 1 when the task's record was marked
+-- running here (Reservation.started). Few reply elements: parsing them costs a client most.
 local lease, limit, nonce = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local PROMOTE = 1000 -- bounds the work one call does; the rest waits for the next call
 local t = now()
@@ -48,9 +48,8 @@ for q = 5, #ARGV do
       redis.call("HSET", key, "t", token)
       redis.call("ZADD", qkey(queue, "leased"), t + lease, id)
       local m = redis.call("HMGET", key, "b", "l")
-      local status = redis.call("HGET", tkey(id), "s")
-      local startable = (not status or allowed(status, "running")) and "1" or "0"
-      out[#out + 1] = id .. " " .. (q - 5) .. " " .. deliveries .. " " .. m[2] .. " " .. startable
+      local started = start_record(id, token, t) and "1" or "0"
+      out[#out + 1] = id .. " " .. (q - 5) .. " " .. deliveries .. " " .. m[2] .. " " .. started
       out[#out + 1] = m[1]
     end
   end
