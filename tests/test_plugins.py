@@ -622,3 +622,24 @@ def test_unnamed_plugin_objects_get_a_readable_name() -> None:
         name.startswith("test_unnamed_plugin_objects_get_a_readable_name.<locals>.Observer@")
         for name in names
     ), names
+
+
+def test_installed_plugins_cost_nothing_until_their_url_is_opened() -> None:
+    """Every installed plugin's hooks load at start; their drivers must not, or each
+    backend installed would weigh on every process (memory, start-up time)."""
+    import subprocess
+    import sys
+
+    drivers = ["redis", "hiredis", "asyncpg"]
+    probe = (
+        "import sys, bgcoor_core\n"
+        "host = bgcoor_core.build_plugin_host()\n"
+        "print(sorted(host.brokers.entries))\n"
+        f"print([d for d in {drivers!r} if d in sys.modules])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    schemes = set(json.loads(out[0].replace("'", '"')))
+    assert {"redis", "postgresql"} <= schemes  # the plugins are installed and registered
+    assert out[1] == "[]"

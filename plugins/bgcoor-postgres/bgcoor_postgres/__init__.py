@@ -1,20 +1,36 @@
 """PostgreSQL broker and storage for bg-coor.
 
 Registered for ``postgresql://`` (and ``postgres://``) URLs through the ``bgcoor``
-entry-point group. When the broker and storage URLs are equal, one
-:class:`PostgresBackend` serves both, storing outcomes and acks in one statement.
+entry-point group (``bgcoor_postgres._plugin``). When the broker and storage URLs are
+equal, one :class:`PostgresBackend` serves both, storing outcomes and acks in one
+statement.
+
+The names below are imported on first use, so that merely having the plugin installed
+costs a process nothing (bg-coor loads every installed plugin's hooks at start).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from bgcoor_core import BackendContext, BrokerRegistry, StorageRegistry, hookimpl
+if TYPE_CHECKING:
+    from ._backend import PostgresBackend
+    from ._options import PostgresOptions, PostgresTarget, parse_postgres_url
+    from ._schema import SCHEMA_VERSION, SchemaNotMigratedError, SchemaTooNewError
+    from ._transactional import backend_of, enqueue_in
 
-from ._backend import PostgresBackend
-from ._options import PostgresOptions, PostgresTarget, parse_postgres_url
-from ._schema import SCHEMA_VERSION, SchemaNotMigratedError, SchemaTooNewError
-from ._transactional import backend_of, enqueue_in
+_WHERE = {
+    "PostgresBackend": "._backend",
+    "PostgresOptions": "._options",
+    "PostgresTarget": "._options",
+    "parse_postgres_url": "._options",
+    "SCHEMA_VERSION": "._schema",
+    "SchemaNotMigratedError": "._schema",
+    "SchemaTooNewError": "._schema",
+    "backend_of": "._transactional",
+    "enqueue_in": "._transactional",
+}
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -29,23 +45,10 @@ __all__ = [
 ]
 
 
-def _open(url: str, context: BackendContext) -> PostgresBackend:
-    return PostgresBackend(parse_postgres_url(url), context.codec)
-
-
-def _test_url(tmp_path: Path) -> str:
-    from ._testing import make_test_url
-
-    return make_test_url(tmp_path)
-
-
-@hookimpl
-def bgcoor_register_brokers(brokers: BrokerRegistry) -> None:
-    brokers.add("postgresql", _open, test_url=_test_url)
-    brokers.add("postgres", _open)
-
-
-@hookimpl
-def bgcoor_register_storages(storages: StorageRegistry) -> None:
-    storages.add("postgresql", _open, test_url=_test_url)
-    storages.add("postgres", _open)
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value

@@ -1,18 +1,32 @@
 """Redis broker and storage for bg-coor: ``redis://`` and ``rediss://`` (TLS) URLs.
 
 Installed as its own distribution (``pip install bgcoor-redis``); bg-coor finds it through
-the ``bgcoor`` entry-point group. See the README for the design, the key layout and the
-Redis round trips per task.
+the ``bgcoor`` entry-point group (``bgcoor_redis._plugin``). See the README for the design,
+the key layout and the Redis round trips per task.
+
+The names below are imported on first use, so that merely having the plugin installed
+costs a process nothing (bg-coor loads every installed plugin's hooks at start).
 """
 
 from __future__ import annotations
 
-from bgcoor_core import BackendContext, BrokerRegistry, StorageRegistry, hookimpl
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from ._backend import LAYOUT_VERSION, RedisBackend
-from ._options import RedisOptions, RedisTarget, parse_redis_url
-from ._scripts import MAX_PRIORITY, MIN_PRIORITY
-from ._testing import test_url
+if TYPE_CHECKING:
+    from ._backend import LAYOUT_VERSION, RedisBackend
+    from ._options import RedisOptions, RedisTarget, parse_redis_url
+    from ._scripts import MAX_PRIORITY, MIN_PRIORITY
+
+_WHERE = {
+    "LAYOUT_VERSION": "._backend",
+    "RedisBackend": "._backend",
+    "RedisOptions": "._options",
+    "RedisTarget": "._options",
+    "parse_redis_url": "._options",
+    "MAX_PRIORITY": "._scripts",
+    "MIN_PRIORITY": "._scripts",
+}
 
 __all__ = [
     "LAYOUT_VERSION",
@@ -24,20 +38,11 @@ __all__ = [
     "parse_redis_url",
 ]
 
-SCHEMES = ("redis", "rediss")
 
-
-def _open(url: str, context: BackendContext) -> RedisBackend:
-    return RedisBackend(parse_redis_url(url), context.codec)
-
-
-@hookimpl
-def bgcoor_register_brokers(brokers: BrokerRegistry) -> None:
-    for scheme in SCHEMES:
-        brokers.add(scheme, _open, test_url=test_url if scheme == "redis" else None)
-
-
-@hookimpl
-def bgcoor_register_storages(storages: StorageRegistry) -> None:
-    for scheme in SCHEMES:
-        storages.add(scheme, _open, test_url=test_url if scheme == "redis" else None)
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
