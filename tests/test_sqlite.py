@@ -22,6 +22,7 @@ from tests_sqlite_tasks import record_task
 from bgcoor_core import ConfigurationError, TaskManager, TaskStatus
 from bgcoor_core.backends.sqlite import SQLiteBackend, parse_sqlite_url
 from bgcoor_core.backends.sqlite._schema import SCHEMA_VERSION, SchemaTooNewError
+from bgcoor_core.testing import make_task, make_test_codec
 
 HERE = Path(__file__).parent
 
@@ -67,6 +68,39 @@ async def test_newer_schema_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SchemaTooNewError, match="newer"):
         await manager.storage.counts()
     await manager.close()
+
+
+async def test_a_version_1_file_is_migrated_and_keeps_its_tasks(tmp_path: Path) -> None:
+    from bgcoor_core.backends.sqlite._schema import MIGRATIONS
+
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(MIGRATIONS[0])
+        conn.execute("PRAGMA user_version = 1")
+    backend = SQLiteBackend(str(path), make_test_codec())
+    task = make_task()
+    await backend.enqueue_atomically([task], [backend.to_message(task)])
+    [reservation] = await backend.reserve(["default"], lease=30)
+    assert reservation.started  # uses the column version 2 added
+    await backend.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+
+
+async def test_a_cancelled_reserve_hands_back_and_restores_the_record(tmp_path: Path) -> None:
+    from bgcoor_core.backends.sqlite._backend import _release_rows
+
+    backend = SQLiteBackend(f"{tmp_path}/r.db", make_test_codec())
+    task = make_task()
+    await backend.enqueue_atomically([task], [backend.to_message(task)])
+    [r] = await backend.reserve(["default"], lease=30)
+    assert r.started
+    # what the callback of a reserve cancelled in flight runs with the rows it took
+    await backend.db.run(_release_rows, [(r.task.id, "default", b"", 1, 0, r.token, True)])
+    assert await backend.get(task.id) == task
+    [again] = await backend.reserve(["default"], lease=30)
+    assert (again.deliveries, again.started) == (1, True)
+    await backend.close()
 
 
 async def test_one_object_serves_as_broker_and_storage(tmp_path: Path) -> None:

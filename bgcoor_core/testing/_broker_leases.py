@@ -232,6 +232,32 @@ class BrokerLeaseTests:
             await broker.complete(reservation, done, ttl=None)
             assert await storage.get(fresh.id) == done
 
+    async def test_a_hand_back_restores_a_started_record(
+        self, broker: Broker, completion_storage: Storage | None
+    ) -> None:
+        """A started reservation given back (``nack`` without a new body, e.g. a worker
+        stopping) leaves the record as it was before the reserve; one whose record was
+        written since (a retry) keeps that write."""
+        storage = completion_storage
+        if storage is None or not getattr(broker, "completes_into", lambda _: False)(storage):
+            pytest.skip("no storage this broker writes records into")
+        task = make_task()
+        await storage.save(task)
+        await broker.push(task)
+        first = await reserve_one(broker)
+        if not first.started:
+            pytest.skip(f"{type(broker).__name__} does not mark records running as it reserves")
+        await broker.nack(first)
+        assert await storage.get(task.id) == task
+        again = await reserve_one(broker)
+        assert again.started
+        retrying = again.task.model_copy(
+            update={"status": TaskStatus.RETRYING, "attempts": 1, "lease_token": again.token}
+        )
+        await storage.save(retrying)
+        await broker.nack(again, task=retrying)
+        assert await storage.get(task.id) == retrying
+
     async def test_atomic_enqueue(self, broker: Broker, completion_storage: Storage | None) -> None:
         if not isinstance(broker, AtomicEnqueue):
             pytest.skip(f"{type(broker).__name__} does not implement AtomicEnqueue")

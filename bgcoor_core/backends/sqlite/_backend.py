@@ -13,7 +13,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
@@ -130,9 +130,9 @@ class SQLiteBackend(Broker, Storage):
             self.db.submit(_release_rows, job.result())
 
     def _reservation(self, row: Row) -> Reservation:
-        message_id, queue, body, deliveries, lost, token = row
+        message_id, queue, body, deliveries, lost, token, started = row
         task, defect = self.decode(message_id, queue, bytes(body))
-        return Reservation(task, token, deliveries, lost, defect)
+        return Reservation(task, token, deliveries, lost, defect, started)
 
     async def ack(self, reservation: Reservation) -> None:
         await self.db.run(
@@ -148,7 +148,9 @@ class SQLiteBackend(Broker, Storage):
             "body = coalesce(?, body)"
         )
         params = (time.time() + max(delay, 0.0), time.time_ns(), body)
-        await self.db.run(_settle, reservation.task.id, reservation.token, sql, params)
+        await self.db.run(
+            _settle, reservation.task.id, reservation.token, sql, params, _records.unstart
+        )
         with self._waiters_lock:
             self._waiters.wake_all()
 
@@ -288,9 +290,9 @@ def _insert_messages(conn: sqlite3.Connection, messages: Sequence[Message]) -> N
 
 def _enqueue(conn: sqlite3.Connection, tasks: Sequence[Task], messages: Sequence[Message]) -> None:
     with transaction(conn):
+        _insert(conn, messages)  # first: a duplicate id is that, whatever its record says
         for task in tasks:
             _records.write(conn, task, None)
-        _insert(conn, messages)
 
 
 def _insert(conn: sqlite3.Connection, messages: Sequence[Message]) -> None:
@@ -339,7 +341,8 @@ def _take_rows(conn: sqlite3.Connection, queues: list[str], lease: float, limit:
                     "deliveries = deliveries + 1, lost = ? WHERE id = ?",
                     (token, now + lease, lost, message_id),
                 )
-                taken.append((message_id, q, body, deliveries + 1, lost, token))
+                started = _records.start(conn, message_id, token, now)
+                taken.append((message_id, q, body, deliveries + 1, lost, token, started))
     return taken
 
 
@@ -350,15 +353,26 @@ def _release_rows(conn: sqlite3.Connection, rows: list[Row]) -> None:
             "deliveries = deliveries - 1 WHERE id = ? AND token = ?",
             [(row[0], row[5]) for row in rows],
         )
+        for row in rows:
+            if row[6]:
+                _records.unstart(conn, row[0], row[5])
 
 
 def _settle(
-    conn: sqlite3.Connection, message_id: str, token: str, sql: str, params: tuple[Any, ...]
+    conn: sqlite3.Connection,
+    message_id: str,
+    token: str,
+    sql: str,
+    params: tuple[Any, ...],
+    then: Callable[[sqlite3.Connection, str, str], None] | None = None,
 ) -> None:
-    """Apply ``sql`` to the message only while ``token`` holds its lease."""
+    """Apply ``sql`` to the message only while ``token`` holds its lease, and ``then``
+    (in the same transaction) if it did."""
     where = " WHERE id = ? AND token = ? AND state = 'reserved' AND available_at > ?"
     with transaction(conn):
         changed = conn.execute(sql + where, (*params, message_id, token, time.time())).rowcount
+        if changed and then is not None:
+            then(conn, message_id, token)
     if not changed:
         raise StaleLeaseError(f"task {message_id}: lease {token[:8]} is no longer held")
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
 from ..._errors import DecodeError
 from ..._storage import check_transition
-from ..._task import Task, TaskStatus
+from ..._task import ALLOWED_TRANSITIONS, Task, TaskStatus
 from ._connection import transaction
 
 _LIVE = "(expires_at IS NULL OR expires_at > ?)"
@@ -28,7 +29,7 @@ def write(conn: sqlite3.Connection, task: Task, ttl: float | None) -> None:
         "INSERT INTO tasks (id, name, queue, status, lease_token, expires_at, record) "
         "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
         "queue = excluded.queue, status = excluded.status, lease_token = excluded.lease_token, "
-        "expires_at = excluded.expires_at, record = excluded.record",
+        "expires_at = excluded.expires_at, record = excluded.record, before_start = NULL",
         (
             task.id,
             task.name,
@@ -50,6 +51,52 @@ def save_many(conn: sqlite3.Connection, tasks: Sequence[Task]) -> None:
     with transaction(conn):
         for task in tasks:
             write(conn, task, None)
+
+
+def start(conn: sqlite3.Connection, task_id: str, token: str, now: float) -> bool:
+    """Mark the record of a task being reserved running under ``token`` (inside the
+    reserve's transaction), as the executor would; True if it did (``Reservation.started``).
+    No record, or one that may not become running, is left to the executor."""
+    row = conn.execute(
+        f"SELECT status, record FROM tasks WHERE id = ? AND {_LIVE}", (task_id, now)
+    ).fetchone()
+    if row is None or TaskStatus.RUNNING not in ALLOWED_TRANSITIONS[TaskStatus(row[0])]:
+        return False
+    try:
+        task = Task.model_validate_json(row[1])
+    except ValidationError:
+        return False  # the executor's own write replaces it
+    running = task.model_copy(
+        update={
+            "status": TaskStatus.RUNNING,
+            "attempts": task.attempts + 1,
+            "started_at": datetime.fromtimestamp(now, UTC),
+            "finished_at": None,
+            "lease_token": token,
+        }
+    )
+    conn.execute(
+        "UPDATE tasks SET status = ?, lease_token = ?, expires_at = NULL, record = ?, "
+        "before_start = ? WHERE id = ?",
+        (TaskStatus.RUNNING.value, token, running.model_dump_json(), row[1], task_id),
+    )
+    return True
+
+
+def unstart(conn: sqlite3.Connection, task_id: str, token: str) -> None:
+    """Undo :func:`start` for a reservation handed back, if nothing wrote the record since."""
+    row = conn.execute(
+        "SELECT before_start FROM tasks WHERE id = ? AND status = ? AND lease_token = ?",
+        (task_id, TaskStatus.RUNNING.value, token),
+    ).fetchone()
+    if row is None or row[0] is None:
+        return
+    before = decode(task_id, row[0])
+    conn.execute(
+        "UPDATE tasks SET status = ?, lease_token = ?, record = ?, before_start = NULL "
+        "WHERE id = ?",
+        (before.status.value, before.lease_token, row[0], task_id),
+    )
 
 
 def decode(task_id: str, record: str) -> Task:

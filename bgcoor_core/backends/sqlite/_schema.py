@@ -44,6 +44,11 @@ MIGRATIONS: list[str] = [
     CREATE INDEX tasks_queue ON tasks (queue, id);
     CREATE INDEX tasks_expires ON tasks (expires_at) WHERE expires_at IS NOT NULL;
     """,
+    # version 2: the record as it was before a reserve marked it running, so that a
+    # hand-back can restore it (NULL once anything else writes the record)
+    """
+    ALTER TABLE tasks ADD COLUMN before_start TEXT;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

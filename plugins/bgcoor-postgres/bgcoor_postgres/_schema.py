@@ -69,6 +69,14 @@ MIGRATIONS: list[tuple[str, str]] = [
         END $$;
         """,
     ),
+    (
+        "task records remember what they were before a reserve marked them running",
+        """
+        -- the record as it was before a reserve marked it running, so that a hand-back
+        -- can restore it; NULL once anything else writes the record
+        ALTER TABLE {s}.tasks ADD COLUMN before_start json;
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -60,7 +60,7 @@ _MESSAGE_COLUMNS = "$1::text[], $2::text[], $3::int[], $4::bytea[], $5::text[]"
 _RECORD_UPSERT = (
     "ON CONFLICT (id) DO UPDATE SET name = excluded.name, queue = excluded.queue, "
     "status = excluded.status, lease_token = excluded.lease_token, "
-    "expires_at = excluded.expires_at, record = excluded.record "
+    "expires_at = excluded.expires_at, record = excluded.record, before_start = NULL "
     "WHERE {allowed}"
 )
 
@@ -127,7 +127,8 @@ class Statements:
             # the executor's own write; a record in a status that may not become running,
             # or an absent one, is left to the executor
             f"marked AS (UPDATE {t} t SET status = '{running}', lease_token = k.token, "
-            f"expires_at = NULL, record = (t.record::jsonb || jsonb_build_object("
+            "expires_at = NULL, before_start = t.record, record = (t.record::jsonb || "
+            "jsonb_build_object("
             f"'status', '{running}', 'attempts', coalesce((t.record->>'attempts')::int, 0) + 1, "
             "'started_at', to_char(clock_timestamp() AT TIME ZONE 'UTC', "
             """'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), 'finished_at', NULL, """
@@ -144,20 +145,27 @@ class Statements:
             f"SELECT available_at AS at FROM {m} WHERE queue = w.name AND state <> 'dead' "
             "ORDER BY available_at LIMIT 1) f), NULL WHERE NOT EXISTS (SELECT 1 FROM taken)"
         )
+        # a hand-back (release, or nack) restores a record the reserve marked running
+        unstart = (
+            f"unstarted AS (UPDATE {t} t SET status = t.before_start->>'status', "
+            "lease_token = t.before_start->>'lease_token', record = t.before_start, "
+            "before_start = NULL FROM back WHERE t.id = back.id AND t.lease_token = back.token "
+            f"AND t.status = '{running}' AND t.before_start IS NOT NULL) "
+        )
         self.release = (
             f"WITH back AS (UPDATE {m} m SET state = 'ready', token = NULL, "
             "available_at = clock_timestamp(), deliveries = m.deliveries - 1 "
             "FROM unnest($1::text[], $2::text[]) AS r(id, token) "
-            "WHERE m.id = r.id AND m.token = r.token RETURNING m.queue) "
-            f"{notify}(SELECT DISTINCT queue FROM back) d) x"
+            "WHERE m.id = r.id AND m.token = r.token RETURNING m.id, m.queue, r.token), "
+            f"{unstart}{notify}(SELECT DISTINCT queue FROM back) d) x"
         )
         self.ack = f"DELETE FROM {m} m WHERE id = $1 AND token = $2 AND {HELD} RETURNING 1"
         self.nack = (
             f"WITH back AS (UPDATE {m} m SET state = 'ready', token = NULL, "
             f"available_at = clock_timestamp() + $3 {SECONDS}, "
             f"seq = nextval('{s}.message_seq'), body = coalesce($4, m.body) "
-            f"WHERE id = $1 AND token = $2 AND {HELD} RETURNING m.queue) "
-            "SELECT (SELECT count(*) FROM back), "
+            f"WHERE id = $1 AND token = $2 AND {HELD} RETURNING m.id, m.queue, $2 AS token), "
+            f"{unstart}SELECT (SELECT count(*) FROM back), "
             f"({notify}(SELECT DISTINCT queue FROM back) d) x)"
         )
         self.extend = (

@@ -278,6 +278,20 @@ async def test_reserve_marks_the_records_running(backend: PostgresBackend) -> No
     assert stored.payload == {"x": 0.5}
 
 
+async def test_a_cancelled_reserve_hands_back_and_restores_the_record(
+    backend: PostgresBackend,
+) -> None:
+    task = make_task(payload={"big": 2**70, "x": 1e20})
+    await backend.enqueue_atomically([task], [backend.to_message(task)])
+    [r] = await backend.reserve(["default"], lease=30)
+    assert r.started
+    # what the callback of a reserve cancelled in flight runs with the rows it took
+    await backend._db.run(lambda c: c.execute(backend.sql.release, [r.task.id], [r.token]))
+    assert await backend.get(task.id) == task  # the exact record, numbers as they were
+    [again] = await backend.reserve(["default"], lease=30)
+    assert (again.deliveries, again.started) == (1, True)
+
+
 async def test_a_cancelled_task_is_acked_not_run(manager: TaskManager) -> None:
     ran: list[int] = []
 
