@@ -2,11 +2,11 @@
 
     python benchmarks/redis_round_trips.py [--n 20000] [--concurrency 100] [--url URL]
 
-Prints numbers (and checks every task succeeded). ``n`` no-op tasks are enqueued with ``enqueue_many``, then
-one in-process worker pool drains them; the counts come from the pipelined command
-connection (commands sent, batches = round trips) and the blocking connections (exchanges:
-``BLPOP`` plus a reserve in one write). The default URL is the test Redis database 15
-under a throw-away key prefix, deleted afterwards.
+Prints numbers (and checks every task succeeded). ``n`` no-op tasks are enqueued with
+``enqueue_many``, then one in-process worker pool drains them; the counts come from the
+pipelined command connection (commands sent, batches = round trips) and the blocking
+connections (exchanges: ``BLPOP`` plus a reserve in one write). The default URL is the
+test Redis database 15 under a throw-away key prefix, deleted afterwards.
 """
 
 from __future__ import annotations

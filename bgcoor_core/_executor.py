@@ -231,10 +231,31 @@ class Executor:
     async def _reject(self, reservation: Reservation, defect: str) -> None:
         """A body that could not be decoded: dead-letter it as it is, never run it."""
         log.error("message %s dead-lettered: %s", reservation.task.id, defect)
+        record = await self._dead_record(reservation.task.id, defect)
         if Capability.DEAD_LETTER in self.broker.capabilities:
             await self._quietly(self.broker.dead_letter(reservation, defect))
         else:
             await self._ack_quietly(reservation)
+        if record is not None and self.host:
+            self.host.task_dead_lettered(record, defect)
+
+    async def _dead_record(self, task_id: str, defect: str) -> Task | None:
+        """The message is unreadable, but a producer may have stored its record (say,
+        with a serializer this worker does not accept): mark that record ``dead`` too, so
+        nobody waits for a task that will never run. Returns it, if it was marked."""
+        try:
+            record = await self.storage.get(task_id)
+            if record is None or record.status.is_final:
+                return None
+            record.status = TaskStatus.DEAD
+            record.error = f"undecodable message: {defect}"
+            record.finished_at = datetime.now(UTC)
+            record.lease_token = None
+            await self.storage.save(record, ttl=self._final_ttl)
+        except Exception as exc:  # the message is dead-lettered either way
+            log.warning("task %s: could not mark its record dead: %s", task_id, exc)
+            return None
+        return record
 
     async def _settle(self, reservation: Reservation, task: Task) -> bool:
         """Store a final outcome and ack; False when a stale lease made it moot."""

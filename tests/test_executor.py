@@ -594,6 +594,44 @@ async def test_an_undecodable_message_is_dead_lettered_with_the_reason(
     await assert_broker_empty(broker, dead=1)
 
 
+@pytest.mark.parametrize("status", [TaskStatus.PENDING, TaskStatus.RUNNING, TaskStatus.SUCCEEDED])
+async def test_the_record_of_an_undecodable_message_is_marked_dead_unless_final(
+    broker: MemoryBroker,
+    storage: MemoryStorage,
+    registry: TaskRegistry,
+    settings: Settings,
+    status: TaskStatus,
+) -> None:
+    """E.g. a producer whose serializer the worker does not accept: its record exists."""
+    seen: list[tuple[str, str]] = []
+
+    class Watch:
+        @hookimpl
+        def bgcoor_task_dead_lettered(self, task: Task, reason: str) -> None:
+            seen.append((task.id, reason))
+
+    task = Task.new("add", {"args": [1, 2], "kwargs": {}}, 3)
+    await storage.save(task)
+    if status is not TaskStatus.PENDING:
+        await storage.save(task.model_copy(update={"status": TaskStatus.RUNNING}))
+    if status is TaskStatus.SUCCEEDED:
+        await storage.save(task.model_copy(update={"status": status, "result": 3}))
+    before = await record(storage, task)
+    await broker.push_messages([Message(task.id, "default", b"application/x-nope\n\x00")])
+    executor = executor_for(broker, storage, registry, settings, Watch())
+    assert await run_to_end(broker, executor) == 1
+    [letter] = await broker.dead_letters("default")
+    stored = await record(storage, task)
+    if status is TaskStatus.SUCCEEDED:
+        assert stored == before
+        assert seen == []
+    else:
+        assert stored.status is TaskStatus.DEAD
+        assert stored.error == f"undecodable message: {letter.reason}"
+        assert stored.finished_at is not None
+        assert seen == [(task.id, letter.reason)]
+
+
 # -- lost workers, zombies, redeliveries -----------------------------------------------
 
 

@@ -258,6 +258,33 @@ class BrokerLeaseTests:
         await broker.nack(again, task=retrying)
         assert await storage.get(task.id) == retrying
 
+    async def test_a_start_lost_with_its_worker_is_not_counted_twice(
+        self, broker: Broker, completion_storage: Storage | None
+    ) -> None:
+        """Delivered again after its lease ran out, a started task's record counts the
+        attempt once (as the executor does), and a hand-back restores the record as it
+        was before the first start."""
+        storage = completion_storage
+        if storage is None or not getattr(broker, "completes_into", lambda _: False)(storage):
+            pytest.skip("no storage this broker writes records into")
+        task = make_task()
+        await storage.save(task)
+        await broker.push(task)
+        first = await reserve_one(broker, lease=LEASE)
+        if not first.started:
+            pytest.skip(f"{type(broker).__name__} does not mark records running as it reserves")
+        second = await reserve_one(broker, timeout=LEASE + SLACK)  # the first worker is lost
+        assert (second.lost, second.started) == (1, True)
+        stored = await storage.get(task.id)
+        assert stored is not None
+        assert (stored.status, stored.attempts, stored.lease_token) == (
+            TaskStatus.RUNNING,
+            task.attempts + 1,
+            second.token,
+        )
+        await broker.nack(second)
+        assert await storage.get(task.id) == task
+
     async def test_atomic_enqueue(self, broker: Broker, completion_storage: Storage | None) -> None:
         if not isinstance(broker, AtomicEnqueue):
             pytest.skip(f"{type(broker).__name__} does not implement AtomicEnqueue")

@@ -58,12 +58,15 @@ def start(conn: sqlite3.Connection, task_id: str, token: str, now: float) -> boo
     reserve's transaction), as the executor would; True if it did (``Reservation.started``).
     No record, or one that may not become running, is left to the executor."""
     row = conn.execute(
-        f"SELECT status, record FROM tasks WHERE id = ? AND {_LIVE}", (task_id, now)
+        f"SELECT status, record, before_start FROM tasks WHERE id = ? AND {_LIVE}", (task_id, now)
     ).fetchone()
     if row is None or TaskStatus.RUNNING not in ALLOWED_TRANSITIONS[TaskStatus(row[0])]:
         return False
+    # After a start whose worker was lost, start from the record as it was before that
+    # one: attempts count as the executor counts them, and a hand-back restores that.
+    before = row[2] or row[1]
     try:
-        task = Task.model_validate_json(row[1])
+        task = Task.model_validate_json(before)
     except ValidationError:
         return False  # the executor's own write replaces it
     running = task.model_copy(
@@ -78,7 +81,7 @@ def start(conn: sqlite3.Connection, task_id: str, token: str, now: float) -> boo
     conn.execute(
         "UPDATE tasks SET status = ?, lease_token = ?, expires_at = NULL, record = ?, "
         "before_start = ? WHERE id = ?",
-        (TaskStatus.RUNNING.value, token, running.model_dump_json(), row[1], task_id),
+        (TaskStatus.RUNNING.value, token, running.model_dump_json(), before, task_id),
     )
     return True
 

@@ -126,10 +126,12 @@ class Statements:
             # the taken tasks' records are marked running here (Reservation.started), saving
             # the executor's own write; a record in a status that may not become running,
             # or an absent one, is left to the executor
+            # (after a start whose worker was lost, from the record as it was before that)
             f"marked AS (UPDATE {t} t SET status = '{running}', lease_token = k.token, "
-            "expires_at = NULL, before_start = t.record, record = (t.record::jsonb || "
-            "jsonb_build_object("
-            f"'status', '{running}', 'attempts', coalesce((t.record->>'attempts')::int, 0) + 1, "
+            "expires_at = NULL, before_start = coalesce(t.before_start, t.record), "
+            "record = (coalesce(t.before_start, t.record)::jsonb || jsonb_build_object("
+            f"'status', '{running}', 'attempts', "
+            "coalesce((coalesce(t.before_start, t.record)->>'attempts')::int, 0) + 1, "
             "'started_at', to_char(clock_timestamp() AT TIME ZONE 'UTC', "
             """'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), 'finished_at', NULL, """
             "'lease_token', k.token))::json FROM taken k "

@@ -166,8 +166,10 @@ local function start_record(id, token, t)
   local old = old_record(id)
   if not old or not allowed(old[1], "running") then return false end
   local key = tkey(id)
+  -- after a start whose worker was lost, keep what the record was before that one
+  local before = old[6] and string.match(old[6], "^%S+ (.*)$") or (old[1] .. " " .. old[2])
   reindex("s", old[1], "running", id)
-  redis.call("HSET", key, "s", "running", "k", "+" .. token, "r", fmt(t) .. " " .. old[1] .. " " .. old[2])
+  redis.call("HSET", key, "s", "running", "k", "+" .. token, "r", fmt(t) .. " " .. before)
   if old[5] then persist(key, id) end
   return true
 end
