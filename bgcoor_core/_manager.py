@@ -188,6 +188,8 @@ class TaskManager:
         self._plugins = list(plugins)
         self._host: PluginHost | None = None
         self._backends: tuple[Broker, Storage] | None = None
+        #: The broker, when it stores records and messages together (decided once).
+        self._atomic_enqueue: AtomicEnqueue | None = None
         self._portal: Portal | None = None
         self._wiring = threading.RLock()  # first use may come from several threads at once
 
@@ -215,6 +217,8 @@ class TaskManager:
             if self._backends is None:
                 broker, storage = self.host.make_backends(self.settings)
                 check_capabilities(broker, self.registry)
+                if isinstance(broker, AtomicEnqueue) and broker.completes_into(storage):
+                    self._atomic_enqueue = broker
                 self._backends = broker, storage
             return self._backends
 
@@ -303,8 +307,8 @@ class TaskManager:
         """
         broker, storage = self._ensure_backends()
         messages = [broker.to_message(t) for t in tasks]
-        if isinstance(broker, AtomicEnqueue) and broker.completes_into(storage):
-            await broker.enqueue_atomically(tasks, messages)
+        if self._atomic_enqueue is not None:
+            await self._atomic_enqueue.enqueue_atomically(tasks, messages)
         else:
             await storage.save_many(tasks)
             await broker.push_messages(messages)
