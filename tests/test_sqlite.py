@@ -6,23 +6,19 @@ The broker and storage contracts themselves are checked by the shared conformanc
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests_sqlite_tasks import record_task
 
 from bgcoor_core import ConfigurationError, TaskManager, TaskStatus
 from bgcoor_core.backends.sqlite import SQLiteBackend, parse_sqlite_url
 from bgcoor_core.backends.sqlite._schema import SCHEMA_VERSION, SchemaTooNewError
-from bgcoor_core.testing import make_task, make_test_codec
+from bgcoor_core.testing import WorkerFleet, ledger_task, make_task, make_test_codec
 
 HERE = Path(__file__).parent
 
@@ -115,38 +111,14 @@ async def test_one_object_serves_as_broker_and_storage(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def app_env(tmp_path: Path) -> dict[str, str]:
+def fleet(tmp_path: Path) -> Iterator[WorkerFleet]:
     url = f"sqlite:///{tmp_path}/shared.db"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BGCOOR_")}
-    env.update(
-        BGCOOR_BROKER_URL=url,
-        BGCOOR_STORAGE_URL=url,
-        BGCOOR_CONCURRENCY="4",
-        BGCOOR_LEASE_SECONDS="2",
-        BGCOOR_SHUTDOWN_GRACE="5",
-        LEDGER=str(tmp_path / "ledger.txt"),
-        PYTHONPATH=str(HERE),
-    )
-    (tmp_path / "ledger.txt").touch()
-    return env
+    with WorkerFleet(url, tmp_path, concurrency=4, lease_seconds=2, shutdown_grace=5) as fleet:
+        yield fleet
 
 
-@pytest.fixture
-def workers(app_env: dict[str, str]) -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
-
-
-def start_worker(env: dict[str, str], started: list[subprocess.Popen[bytes]]) -> None:
-    started.append(subprocess.Popen([sys.executable, str(HERE / "sqlite_app.py")], env=env))
-
-
-def producer(env: dict[str, str]) -> TaskManager:
-    url = env["BGCOOR_BROKER_URL"]
+def producer(fleet: WorkerFleet) -> TaskManager:
+    url = fleet.env["BGCOOR_BROKER_URL"]
     return TaskManager(broker_url=url, storage_url=url)
 
 
@@ -157,54 +129,41 @@ async def wait_for(manager: TaskManager, status: TaskStatus, count: int, limit: 
         await asyncio.sleep(0.05)
 
 
-def ledger(env: dict[str, str]) -> list[tuple[int, int, float, float]]:
-    lines = Path(env["LEDGER"]).read_text().splitlines()
-    return [(int(i), int(pid), float(a), float(b)) for i, pid, a, b in map(str.split, lines)]
-
-
 @pytest.mark.slow
-async def test_processes_share_one_file_each_task_runs_once(
-    app_env: dict[str, str], workers: list[subprocess.Popen[bytes]]
-) -> None:
+async def test_processes_share_one_file_each_task_runs_once(fleet: WorkerFleet) -> None:
     n = 1500
-    manager = producer(app_env)
-    await record_task(manager).enqueue_many([(i,) for i in range(n)])
-    for _ in range(3):
-        start_worker(app_env, workers)
+    manager = producer(fleet)
+    await ledger_task(manager).enqueue_many([(i,) for i in range(n)])
+    fleet.start(3)
     await wait_for(manager, TaskStatus.SUCCEEDED, n, limit=90)
-    for proc in workers:
-        proc.send_signal(signal.SIGTERM)
-    assert [proc.wait(timeout=20) for proc in workers] == [0, 0, 0]
-    runs = Counter(i for i, *_ in ledger(app_env))
+    assert fleet.stop() == [0, 0, 0], fleet.logs()
+    runs = Counter(run.i for run in fleet.runs())
     assert set(runs) == set(range(n))
     assert max(runs.values()) == 1, [i for i, c in runs.items() if c > 1]
-    assert len({pid for _, pid, *_ in ledger(app_env)}) == 3  # all three did work
+    assert len({run.pid for run in fleet.runs()}) == 3  # all three did work
     await manager.close()
 
 
 @pytest.mark.slow
-async def test_sigkilled_worker_tasks_run_after_restart(
-    app_env: dict[str, str], workers: list[subprocess.Popen[bytes]]
-) -> None:
+async def test_sigkilled_worker_tasks_run_after_restart(fleet: WorkerFleet) -> None:
     n = 12
-    manager = producer(app_env)
-    handles = await record_task(manager).enqueue_many([(i, 0.4) for i in range(n)])
-    start_worker(app_env, workers)
+    manager = producer(fleet)
+    handles = await ledger_task(manager).enqueue_many([(i, 0.4) for i in range(n)])
+    [first] = fleet.start()
     await wait_for(manager, TaskStatus.RUNNING, 1, limit=20)
-    workers[0].send_signal(signal.SIGKILL)
-    workers[0].wait(timeout=10)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=10)
     interrupted = await manager.storage.list(status=TaskStatus.RUNNING)
     assert interrupted, "the killed worker left running tasks behind"
-    start_worker(app_env, workers)  # a fresh worker reclaims them once their lease expires
+    [second] = fleet.start()  # a fresh worker reclaims them once their lease expires
     await wait_for(manager, TaskStatus.SUCCEEDED, n, limit=60)
-    runs = ledger(app_env)
-    assert {i for i, *_ in runs} == set(range(n))
-    second_pid = workers[1].pid
+    runs = fleet.runs()
+    assert {run.i for run in runs} == set(range(n))
     for task in interrupted:
         record = await manager.get(task.id)
         assert record.status is TaskStatus.SUCCEEDED
         # the killed attempt never finished; the task was run again by the new worker
-        assert [pid for i, pid, *_ in runs if i == task.payload["args"][0]] == [second_pid]
+        assert [r.pid for r in runs if r.i == task.payload["args"][0]] == [second.pid]
     assert (await manager.storage.counts())[TaskStatus.RUNNING] == 0
     assert [await h.result(timeout=1) for h in handles] == list(range(n))
     await manager.close()

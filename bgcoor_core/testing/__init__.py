@@ -12,10 +12,14 @@ A backend passes it by subclassing and providing one fixture::
             yield broker
             await broker.close()
 
+For multi-process tests, :class:`WorkerFleet` runs real worker processes against a
+backend URL and records every task run in a ledger.
+
 Importing this package needs pytest and pytest-asyncio (the ``test`` extra).
 """
 
 from ._broker_contract import BrokerContract
+from ._fleet import Run, WorkerFleet, ledger_task
 from ._helpers import EARLY, LEASE, LONG_LEASE, SLACK, make_task, make_test_codec
 from ._storage_contract import StorageContract
 
@@ -25,7 +29,10 @@ __all__ = [
     "LONG_LEASE",
     "SLACK",
     "BrokerContract",
+    "Run",
     "StorageContract",
+    "WorkerFleet",
+    "ledger_task",
     "make_task",
     "make_test_codec",
 ]
