@@ -119,11 +119,24 @@ class Codec:
         except ValidationError as exc:
             raise DecodeError(f"malformed message: {_summarise(exc)}") from None
         except Exception as exc:
-            raise DecodeError(f"malformed message: {type(exc).__name__}: {exc}") from None
+            problem = printable(f"{type(exc).__name__}: {exc}", 300)
+            raise DecodeError(f"malformed message: {problem}") from None
 
 
 def _summarise(exc: ValidationError) -> str:
     errors = exc.errors(include_url=False)
-    parts = [f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in errors[:3]]
+    parts = [
+        f"{printable('.'.join(map(str, e['loc'])), 60) or 'body'}: {printable(e['msg'], 200)}"
+        for e in errors[:3]
+    ]
     more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
     return "; ".join(parts) + more
+
+
+def printable(text: str, limit: int) -> str:
+    """``text`` safe to log and store as a reason: control and other unprintable
+    characters escaped as ``repr`` would (a field name in a hostile body can hold a NUL,
+    which PostgreSQL text refuses), clipped to ``limit`` characters."""
+    if not text.isprintable():
+        text = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -92,8 +92,10 @@ class Executor:
             )
             await self._dead(reservation, task, reason)
             return
-        if not await self._mark_running(reservation, task):
+        running = await self._mark_running(reservation, task)
+        if running is None:
             return
+        task = running
         try:
             result = await self._run(entry, task)
         except asyncio.CancelledError:
@@ -109,12 +111,10 @@ class Executor:
         if await self._settle(reservation, task) and self.host:
             self.host.task_succeeded(task)
 
-    async def _mark_running(self, reservation: Reservation, task: Task) -> bool:
-        task.status = TaskStatus.RUNNING
-        task.attempts += 1
-        task.started_at = datetime.now(UTC)
-        task.finished_at = None
-        task.lease_token = reservation.token
+    async def _mark_running(self, reservation: Reservation, task: Task) -> Task | None:
+        """The task as it runs now, stored (unless the reserve did); ``None`` if its
+        record is already settled, and the delivery acknowledged."""
+        task = task.started(reservation.token, datetime.now(UTC))
         try:
             if not (reservation.started and self._atomic):  # else stored by the reserve
                 await self.storage.save(task)
@@ -122,10 +122,10 @@ class Executor:
             # Already final (a zombie stored it first, or it was cancelled): nothing to run.
             log.info("task %s is already settled; acknowledging the extra delivery", task.id)
             await self._ack_quietly(reservation)
-            return False
+            return None
         if self.host:
             self.host.task_started(task)
-        return True
+        return task
 
     async def _run(self, entry: RegisteredTask, task: Task) -> Any:
         timeout = task.timeout or entry.options.timeout or self.settings.timeout

@@ -129,3 +129,17 @@ class Task(BaseModel):
     @classmethod
     def from_json(cls, data: str | bytes) -> Task:
         return cls.model_validate_json(data)
+
+    def started(self, token: str, at: datetime) -> Task:
+        """This task as its next attempt starts under lease ``token`` at ``at``: running,
+        one more attempt, not finished. What the executor stores before it runs a task, and
+        what a backend shows for a record its reserve marked running (``Reservation.started``)."""
+        return self.model_copy(
+            update={
+                "status": TaskStatus.RUNNING,
+                "attempts": self.attempts + 1,
+                "started_at": at,
+                "finished_at": None,
+                "lease_token": token,
+            }
+        )

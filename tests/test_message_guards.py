@@ -145,3 +145,20 @@ async def test_a_task_whose_error_cannot_fit_is_dead_lettered_not_retried_foreve
     assert letter.reason.startswith("cannot retry: ")
     assert "max_payload_bytes" in letter.reason
     await manager.close()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'application/json\n{"name": "ok", ")\\u0000": 1}',  # a field name holding a NUL
+        b'application/json\n{"name": "ok", "\\u001b[31mred": 1}',  # a terminal escape
+    ],
+    ids=["nul", "escape"],
+)
+def test_decode_errors_escape_what_a_log_or_a_text_column_cannot_take(body: bytes) -> None:
+    with pytest.raises(DecodeError) as caught:
+        Codec.json().decode(body)
+    message = str(caught.value)
+    assert message.startswith("malformed message:")
+    assert message.isprintable(), repr(message)
+    assert "\\x00" in message or "\\x1b" in message  # escaped, not dropped

@@ -199,6 +199,8 @@ class BrokerLeaseTests:
         if storage is None or not getattr(broker, "completes_into", lambda _: False)(storage):
             pytest.skip("no storage this broker writes records into")
         fresh, cancelled, absent = (make_task(payload={"n": n}) for n in range(3))
+        # a payload a store could mangle if it rewrote the record (JSON in SQL, Lua's cjson)
+        fresh.payload = {"nul": "a\x00b", "big": 2**70, "float": 1e20, "text": "é😀", "n": 0.1}
         fresh.attempts = 2
         await storage.save(fresh)
         await storage.save(cancelled)

@@ -69,15 +69,7 @@ def start(conn: sqlite3.Connection, task_id: str, token: str, now: float) -> boo
         task = Task.model_validate_json(before)
     except ValidationError:
         return False  # the executor's own write replaces it
-    running = task.model_copy(
-        update={
-            "status": TaskStatus.RUNNING,
-            "attempts": task.attempts + 1,
-            "started_at": datetime.fromtimestamp(now, UTC),
-            "finished_at": None,
-            "lease_token": token,
-        }
-    )
+    running = task.started(token, datetime.fromtimestamp(now, UTC))
     conn.execute(
         "UPDATE tasks SET status = ?, lease_token = ?, expires_at = NULL, record = ?, "
         "before_start = ? WHERE id = ?",

@@ -236,7 +236,8 @@ class PostgresBackend(Broker, Storage):
         self, reservation: Reservation, reason: str, task: Task | None = None
     ) -> None:
         body = self.codec.encode(task) if task is not None else None
-        await self._settle(self.sql.dead_letter, reservation, reason, body)
+        # text columns cannot hold NUL; any other character is kept
+        await self._settle(self.sql.dead_letter, reservation, reason.replace("\x00", "\\x00"), body)
 
     async def _settle(self, statement: str, reservation: Reservation, *args: Any) -> None:
         """Run ``statement`` for the message while ``reservation`` holds its lease."""
@@ -311,8 +312,8 @@ class PostgresBackend(Broker, Storage):
         await asyncio.gather(*(writes.submit(Write(t, None)) for t in tasks))
 
     async def get(self, task_id: str) -> Task | None:
-        record = await self._db.run(lambda c: c.fetchval(self.sql.get, task_id))
-        return None if record is None else _records.decode(task_id, record)
+        row = await self._db.run(lambda c: c.fetchrow(self.sql.get, task_id))
+        return None if row is None else _records.decode(task_id, *row)
 
     async def list(
         self,
@@ -329,7 +330,7 @@ class PostgresBackend(Broker, Storage):
         statement = _records.list_statement(self.sql, filters, after)
         args = [*(str(v) for v in filters.values()), *([after] if after is not None else [])]
         rows = await self._db.run(lambda c: c.fetch(statement, *args, limit))
-        return [_records.decode(task_id, record) for task_id, record in rows]
+        return [_records.decode(*row) for row in rows]
 
     async def counts(self) -> dict[TaskStatus, int]:
         rows = await self._db.run(lambda c: c.fetch(self.sql.counts))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -126,11 +127,18 @@ async def explain_refusal(conn: Conn, sql: Statements, tasks: Sequence[Task]) ->
     return InvalidTransitionError("a task record changed concurrently; nothing was enqueued")
 
 
-def decode(task_id: str, record: str) -> Task:
+def decode(
+    task_id: str, record: str, started_at: datetime | None = None, token: str | None = None
+) -> Task:
+    """A record from its JSON and, if a reserve marked it running (``started_at``), as
+    that attempt shows it: running under ``token``."""
     try:
-        return Task.model_validate_json(record)
+        task = Task.model_validate_json(record)
     except ValidationError as exc:
         raise DecodeError(f"stored record of task {task_id} cannot be decoded: {exc}") from None
+    if started_at is None or token is None:
+        return task
+    return task.started(token, started_at)
 
 
 def list_statement(sql: Statements, filters: dict[str, Any], after: str | None) -> str:

@@ -70,11 +70,14 @@ MIGRATIONS: list[tuple[str, str]] = [
         """,
     ),
     (
-        "task records remember what they were before a reserve marked them running",
+        "a reserve marks task records running without rewriting them",
         """
-        -- the record as it was before a reserve marked it running, so that a hand-back
-        -- can restore it; NULL once anything else writes the record
-        ALTER TABLE {s}.tasks ADD COLUMN before_start json;
+        -- set while a reserve has marked the record running (Reservation.started) without
+        -- touching its JSON: when the attempt started, and the status and lease token the
+        -- record had before, so reads show it running and a hand-back restores it; all
+        -- NULL again once anything else writes the record
+        ALTER TABLE {s}.tasks ADD COLUMN started_at timestamptz,
+            ADD COLUMN before_status text, ADD COLUMN before_token text;
         """,
     ),
 ]

@@ -60,7 +60,8 @@ _MESSAGE_COLUMNS = "$1::text[], $2::text[], $3::int[], $4::bytea[], $5::text[]"
 _RECORD_UPSERT = (
     "ON CONFLICT (id) DO UPDATE SET name = excluded.name, queue = excluded.queue, "
     "status = excluded.status, lease_token = excluded.lease_token, "
-    "expires_at = excluded.expires_at, record = excluded.record, before_start = NULL "
+    "expires_at = excluded.expires_at, record = excluded.record, started_at = NULL, "
+    "before_status = NULL, before_token = NULL "
     "WHERE {allowed}"
 )
 
@@ -125,16 +126,16 @@ class Statements:
             "m.priority, m.seq), "
             # the taken tasks' records are marked running here (Reservation.started), saving
             # the executor's own write; a record in a status that may not become running,
-            # or an absent one, is left to the executor
-            # (after a start whose worker was lost, from the record as it was before that)
+            # or an absent one, is left to the executor. The JSON is not touched (jsonb would
+            # refuse a \u0000 in it, and reprint numbers): reads apply started_at (see
+            # _records.decode). After a start whose worker was lost, the before_* columns
+            # keep what the record was before that one.
             f"marked AS (UPDATE {t} t SET status = '{running}', lease_token = k.token, "
-            "expires_at = NULL, before_start = coalesce(t.before_start, t.record), "
-            "record = (coalesce(t.before_start, t.record)::jsonb || jsonb_build_object("
-            f"'status', '{running}', 'attempts', "
-            "coalesce((coalesce(t.before_start, t.record)->>'attempts')::int, 0) + 1, "
-            "'started_at', to_char(clock_timestamp() AT TIME ZONE 'UTC', "
-            """'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), 'finished_at', NULL, """
-            "'lease_token', k.token))::json FROM taken k "
+            "expires_at = NULL, started_at = clock_timestamp(), "
+            "before_status = CASE WHEN t.started_at IS NULL THEN t.status "
+            "ELSE t.before_status END, "
+            "before_token = CASE WHEN t.started_at IS NULL THEN t.lease_token "
+            "ELSE t.before_token END FROM taken k "
             f"WHERE t.id = k.id AND {LIVE} AND t.status IN ({to_running}) RETURNING t.id) "
             "SELECT k.id, k.queue, k.body, k.deliveries, k.lost, k.token, k.ord, k.priority, "
             "k.seq, NULL::float8 AS due, "
@@ -149,10 +150,10 @@ class Statements:
         )
         # a hand-back (release, or nack) restores a record the reserve marked running
         unstart = (
-            f"unstarted AS (UPDATE {t} t SET status = t.before_start->>'status', "
-            "lease_token = t.before_start->>'lease_token', record = t.before_start, "
-            "before_start = NULL FROM back WHERE t.id = back.id AND t.lease_token = back.token "
-            f"AND t.status = '{running}' AND t.before_start IS NOT NULL) "
+            f"unstarted AS (UPDATE {t} t SET status = t.before_status, "
+            "lease_token = t.before_token, started_at = NULL, before_status = NULL, "
+            "before_token = NULL FROM back WHERE t.id = back.id AND t.lease_token = back.token "
+            f"AND t.status = '{running}' AND t.started_at IS NOT NULL) "
         )
         self.release = (
             f"WITH back AS (UPDATE {m} m SET state = 'ready', token = NULL, "
@@ -241,12 +242,17 @@ class Statements:
             "old.status, old.lease_token FROM new_t n LEFT JOIN held USING (id) "
             "LEFT JOIN gone USING (id) LEFT JOIN old USING (id)"
         )
-        self.get = f"SELECT t.record::text FROM {t} t WHERE t.id = $1 AND {LIVE}"
+        self.get = (
+            f"SELECT t.record::text, t.started_at, t.lease_token FROM {t} t "
+            f"WHERE t.id = $1 AND {LIVE}"
+        )
         self.record_states = (
             f"SELECT t.id, t.status, t.lease_token FROM {t} t "
             f"WHERE t.id = ANY($1::text[]) AND {LIVE}"
         )
-        self.list_prefix = f"SELECT t.id, t.record::text FROM {t} t WHERE {LIVE}"
+        self.list_prefix = (
+            f"SELECT t.id, t.record::text, t.started_at, t.lease_token FROM {t} t WHERE {LIVE}"
+        )
         self.counts = f"SELECT t.status, count(*) FROM {t} t WHERE {LIVE} GROUP BY t.status"
         self.delete_expired = (
             f"WITH doomed AS (SELECT id FROM {t} WHERE expires_at <= clock_timestamp() "

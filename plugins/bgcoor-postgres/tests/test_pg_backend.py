@@ -305,3 +305,14 @@ async def test_a_cancelled_task_is_acked_not_run(manager: TaskManager) -> None:
     assert ran == []
     assert (await handle.info()).status is TaskStatus.CANCELLED
     assert (await manager.broker.stats("default")).reserved == 0
+
+
+async def test_a_reason_holding_a_nul_is_stored_escaped(backend: PostgresBackend) -> None:
+    """PostgreSQL text cannot hold NUL; a third-party reason must not make the
+    dead-lettering fail (and the message come back forever)."""
+    task = make_task()
+    await backend.push(task)
+    [reservation] = await backend.reserve(["default"], lease=30)
+    await backend.dead_letter(reservation, "bad\x00reason")
+    [letter] = await backend.dead_letters("default")
+    assert letter.reason == "bad\\x00reason"

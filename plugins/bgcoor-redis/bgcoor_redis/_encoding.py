@@ -16,7 +16,6 @@ from bgcoor_core import (
     Message,
     StaleLeaseError,
     Task,
-    TaskStatus,
 )
 from bgcoor_core._task import validate_queue_name
 
@@ -93,15 +92,7 @@ def decode_record(task_id: str, raw: bytes, started: bytes | None = None) -> Tas
     if not started:
         return task
     token, at, _ = text(started).split(" ", 2)
-    return task.model_copy(
-        update={
-            "status": TaskStatus.RUNNING,
-            "attempts": task.attempts + 1,
-            "started_at": datetime.fromtimestamp(float(at), UTC),
-            "finished_at": None,
-            "lease_token": token[1:],
-        }
-    )
+    return task.started(token[1:], datetime.fromtimestamp(float(at), UTC))
 
 
 def chunks(tasks: Sequence[Task], messages: Sequence[Message]) -> list[list[Any]]:
