@@ -9,7 +9,7 @@ import pytest
 from .._broker import AtomicCompletion, AtomicEnqueue, Broker, Capability, QueueStats, Reservation
 from .._errors import DuplicateTaskError, StaleLeaseError
 from .._storage import Storage
-from .._task import TaskStatus
+from .._task import Task, TaskStatus
 from ._helpers import (
     ASYNC,
     DEFAULT,
@@ -31,6 +31,22 @@ async def _redelivered(broker: Broker) -> tuple[Reservation, Reservation]:
     current = await reserve_one(broker, timeout=LEASE + SLACK)
     assert current.task.id == stale.task.id
     return stale, current
+
+
+async def _started(
+    broker: Broker, storage: Storage | None, lease: float
+) -> tuple[Storage, Task, Reservation]:
+    """A task with a record, reserved by a broker that marked the record running; skips
+    the test for a broker that writes no records or does not start them."""
+    if storage is None or not getattr(broker, "completes_into", lambda _: False)(storage):
+        pytest.skip("no storage this broker writes records into")
+    task = make_task()
+    await storage.save(task)
+    await broker.push(task)
+    reservation = await reserve_one(broker, lease=lease)
+    if not reservation.started:
+        pytest.skip(f"{type(broker).__name__} does not mark records running as it reserves")
+    return storage, task, reservation
 
 
 class BrokerLeaseTests:
@@ -240,15 +256,7 @@ class BrokerLeaseTests:
         """A started reservation given back (``nack`` without a new body, e.g. a worker
         stopping) leaves the record as it was before the reserve; one whose record was
         written since (a retry) keeps that write."""
-        storage = completion_storage
-        if storage is None or not getattr(broker, "completes_into", lambda _: False)(storage):
-            pytest.skip("no storage this broker writes records into")
-        task = make_task()
-        await storage.save(task)
-        await broker.push(task)
-        first = await reserve_one(broker)
-        if not first.started:
-            pytest.skip(f"{type(broker).__name__} does not mark records running as it reserves")
+        storage, task, first = await _started(broker, completion_storage, LONG_LEASE)
         await broker.nack(first)
         assert await storage.get(task.id) == task
         again = await reserve_one(broker)
@@ -266,15 +274,7 @@ class BrokerLeaseTests:
         """Delivered again after its lease ran out, a started task's record counts the
         attempt once (as the executor does), and a hand-back restores the record as it
         was before the first start."""
-        storage = completion_storage
-        if storage is None or not getattr(broker, "completes_into", lambda _: False)(storage):
-            pytest.skip("no storage this broker writes records into")
-        task = make_task()
-        await storage.save(task)
-        await broker.push(task)
-        first = await reserve_one(broker, lease=LEASE)
-        if not first.started:
-            pytest.skip(f"{type(broker).__name__} does not mark records running as it reserves")
+        storage, task, _ = await _started(broker, completion_storage, LEASE)
         second = await reserve_one(broker, timeout=LEASE + SLACK)  # the first worker is lost
         assert (second.lost, second.started) == (1, True)
         stored = await storage.get(task.id)
