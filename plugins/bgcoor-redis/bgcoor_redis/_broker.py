@@ -156,14 +156,12 @@ class RedisBrokerSide(RedisBase, Broker):
         if ticket is not None:
             reply = None if reply is None else reply[1]
         if isinstance(reply, list):
-            taken, _ = self._parse_reserved(reply, args, handed_out=False)
+            taken, _ = self._parse_reserved(reply, args)
             pairs = [part for r in taken for part in (r.task.id, r.token)]
             if pairs:
                 await self.run("release", *pairs)
 
-    def _parse_reserved(
-        self, reply: list[Any], args: list[Any], *, handed_out: bool = True
-    ) -> tuple[list[Reservation], float]:
+    def _parse_reserved(self, reply: list[Any], args: list[Any]) -> tuple[list[Reservation], float]:
         """The reserve script's reply: reservations, and seconds until one could be due."""
         nonce, queues = args[2], args[3:]
         self._drained[tuple(queues)] = reply[2] == 0
@@ -172,9 +170,9 @@ class RedisBrokerSide(RedisBase, Broker):
             message_id, index, deliveries, lost, started = text(reply[at]).rsplit(" ", 4)
             task, defect = self.decode(message_id, queues[int(index)], reply[at + 1])
             token = f"{nonce}{n}"
-            reservation = Reservation(task, token, int(deliveries), int(lost), defect)
-            reservation.started = started == "1"
-            taken.append(reservation)
+            taken.append(
+                Reservation(task, token, int(deliveries), int(lost), defect, started == "1")
+            )
         return taken, float(reply[1]) if reply[1] else math.inf
 
     async def ack(self, reservation: Reservation) -> None:

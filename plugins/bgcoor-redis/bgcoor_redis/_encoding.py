@@ -82,17 +82,19 @@ def raise_for(reply: Any, task_id: str, status: str = "") -> None:
     raise RuntimeError(f"unexpected reply from a Redis script: {code!r}")
 
 
-def decode_record(task_id: str, raw: bytes, started: bytes | None = None) -> Task:
-    """A record from its JSON and, if a reserve marked it running, ``started``:
-    ``"<k field> <r field>"`` (see ``lua/common.lua``)."""
+def decode_record(
+    task_id: str, raw: bytes, started: bytes | None = None, token: bytes | None = None
+) -> Task:
+    """A record from its JSON and, if a reserve marked it running, its ``r`` field
+    (``started``) and ``k`` field (``token``): see ``lua/common.lua``."""
     try:
         task = Task.model_validate_json(raw)
     except ValidationError as exc:
         raise DecodeError(f"stored record of task {task_id} cannot be decoded: {exc}") from None
-    if not started:
+    if not started or not token:
         return task
-    token, at, _ = text(started).split(" ", 2)
-    return task.started(token[1:], datetime.fromtimestamp(float(at), UTC))
+    at = float(text(started).split(" ", 1)[0])
+    return task.started(text(token)[1:], datetime.fromtimestamp(at, UTC))
 
 
 def chunks(tasks: Sequence[Task], messages: Sequence[Message]) -> list[list[Any]]:

@@ -37,9 +37,7 @@ class RedisStorageSide(RedisBase, Storage):
 
     async def get(self, task_id: str) -> Task | None:
         raw, started, token = await self.command("HMGET", self.key("t", task_id), "j", "r", "k")
-        if raw is None:
-            return None
-        return decode_record(task_id, raw, started and token + b" " + started)
+        return None if raw is None else decode_record(task_id, raw, started, token)
 
     async def list(
         self,
@@ -53,7 +51,7 @@ class RedisStorageSide(RedisBase, Storage):
         check_page(limit)
         filters = [status.value if status else "", name or "", queue or "", after or ""]
         reply = await self.run("list", *filters, limit)
-        return [decode_record("?", reply[at], reply[at + 1]) for at in range(0, len(reply), 2)]
+        return [decode_record("?", *reply[at : at + 3]) for at in range(0, len(reply), 3)]
 
     async def counts(self) -> dict[TaskStatus, int]:
         reply = await self.run("counts", *_STATUS_NAMES)

@@ -1,5 +1,5 @@
 -- Records matching every filter, ordered by id, after `after`, at most `limit`: for each,
--- its JSON, and "" or what a reserve changed: "<k> <r>" (see common.lua).
+-- its JSON and its r and k fields (false when absent; see common.lua).
 -- ARGV: prefix, status, name, queue ("" for no filter), after ("" for the start), limit.
 -- Walks the smallest index among the filters and checks the others on each record.
 local want = {s = ARGV[2], n = ARGV[3], q = ARGV[4]}
@@ -23,8 +23,9 @@ while true do
     if r[1] and (want.s == "" or r[1] == want.s) and (want.n == "" or r[2] == want.n)
         and (want.q == "" or r[3] == want.q) then
       out[#out + 1] = r[4]
-      out[#out + 1] = r[5] and (r[6] .. " " .. r[5]) or ""
-      if #out >= 2 * limit then return out end
+      out[#out + 1] = r[5]
+      out[#out + 1] = r[6]
+      if #out >= 3 * limit then return out end
     end
   end
   if #ids < page then return out end
