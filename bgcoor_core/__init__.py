@@ -16,6 +16,7 @@ from ._errors import (
     BgcoorError,
     CapabilityError,
     ConfigurationError,
+    CorruptRecordError,
     DecodeError,
     DuplicateSchemeError,
     DuplicateTaskError,
@@ -46,7 +47,7 @@ from ._registries import BackendContext, BrokerRegistry, SerializerRegistry, Sto
 from ._registry import TaskOptions, TaskRegistry
 from ._settings import Settings, load_settings
 from ._storage import Storage, check_write
-from ._task import ALLOWED_TRANSITIONS, Task, TaskStatus
+from ._task import ALLOWED_TRANSITIONS, FROM_UNKNOWN_STATUS, Task, TaskStatus
 from .backends.memory import MemoryBroker, MemoryStorage
 from .hookspecs import hookimpl
 
@@ -54,6 +55,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ALLOWED_TRANSITIONS",
+    "FROM_UNKNOWN_STATUS",
     "AtomicCompletion",
     "AtomicEnqueue",
     "BackendContext",
@@ -64,6 +66,7 @@ __all__ = [
     "CapabilityError",
     "Codec",
     "ConfigurationError",
+    "CorruptRecordError",
     "DeadLetter",
     "DecodeError",
     "DuplicateSchemeError",

@@ -77,6 +77,15 @@ class DecodeError(BgcoorError):
     """A stored message or record cannot be decoded into a task."""
 
 
+class CorruptRecordError(DecodeError):
+    """A stored record (or a message's bookkeeping) was written by something else and cannot
+    be read: an unknown status, a counter that is not a number, text that is not UTF-8.
+
+    It costs that one task: a worker dead-letters it with this error's text as the reason
+    and overwrites the record as ``dead``; every other task keeps flowing.
+    """
+
+
 class InvalidTransitionError(BgcoorError):
     """A status change that the task life cycle does not allow."""
 

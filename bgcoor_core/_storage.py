@@ -7,7 +7,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
-from ._codec import Codec
+from ._codec import Codec, printable
 from ._errors import InvalidTransitionError, ResultTimeoutError, StaleLeaseError
 from ._task import Task, TaskStatus, can_transition
 
@@ -26,7 +26,7 @@ def check_write(old: Task | None, new: Task) -> None:
 
 def check_transition(
     task_id: str,
-    old_status: TaskStatus,
+    old_status: TaskStatus | str,
     old_token: str | None,
     new_status: TaskStatus,
     new_token: str | None,
@@ -38,7 +38,7 @@ def check_transition(
         )
     if not can_transition(old_status, new_status):
         raise InvalidTransitionError(
-            f"task {task_id}: cannot move from {old_status} to {new_status}"
+            f"task {task_id}: cannot move from {printable(str(old_status), 40)} to {new_status}"
         )
 
 

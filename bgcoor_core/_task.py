@@ -81,9 +81,17 @@ ALLOWED_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
 }
 
 
-def can_transition(old: TaskStatus, new: TaskStatus) -> bool:
-    """True when a record in status ``old`` may be overwritten with status ``new``."""
-    return new in ALLOWED_TRANSITIONS[old]
+#: What may overwrite a record whose stored status is none of :class:`TaskStatus` (written
+#: by something else): only ``dead``, the worker's verdict on a corrupt record. Backends
+#: compile this rule into their scripts and SQL beside ``ALLOWED_TRANSITIONS``.
+FROM_UNKNOWN_STATUS: frozenset[TaskStatus] = frozenset({_S.DEAD})
+
+
+def can_transition(old: TaskStatus | str, new: TaskStatus) -> bool:
+    """True when a record in status ``old`` may be overwritten with status ``new``; ``old``
+    may be a stored string that names no status (see :data:`FROM_UNKNOWN_STATUS`)."""
+    allowed = ALLOWED_TRANSITIONS.get(old)  # type: ignore[call-overload]
+    return new in (FROM_UNKNOWN_STATUS if allowed is None else allowed)
 
 
 class Task(BaseModel):
