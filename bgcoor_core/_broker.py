@@ -95,6 +95,9 @@ class Broker(ABC):
     """Base class of every broker. Subclasses implement the abstract primitives."""
 
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    #: Errors after which a call's outcome is unknown (the connection broke mid-call) and
+    #: trying it again is safe; a plugin adds its driver's connection errors.
+    transient_errors: ClassVar[tuple[type[BaseException], ...]] = (ConnectionError, TimeoutError)
 
     def __init__(self, codec: Codec | None = None) -> None:
         self.codec = codec or Codec.json()

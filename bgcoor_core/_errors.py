@@ -15,6 +15,11 @@ class SettingsError(ConfigurationError):
     """A ``BGCOOR_*`` setting is invalid; the message names the variable."""
 
 
+class OutOfRangeError(ConfigurationError, ValueError):
+    """A task option (at registration or per call) outside its documented range; the
+    message names the option and the range (see ``bgcoor_core._limits``)."""
+
+
 class UnknownSchemeError(ConfigurationError):
     """No plugin provides a backend for the URL scheme."""
 
@@ -127,3 +132,21 @@ class TaskTimeoutError(BgcoorError, TimeoutError):
 
 class DuplicateTaskError(BgcoorError):
     """A task with this id is already waiting or reserved in the broker."""
+
+
+class EnqueueUncertainError(BgcoorError, ConnectionError):
+    """An enqueue failed mid-call, retries included, so it may or may not have happened.
+
+    ``task_ids`` are the ids it tried: submitting the same tasks again (same ids) is safe,
+    as a task already stored is recognised, not enqueued twice.
+    """
+
+    def __init__(self, task_ids: list[str], cause: BaseException) -> None:
+        self.task_ids = task_ids
+        shown = ", ".join(task_ids[:3]) + (
+            f" (+{len(task_ids) - 3} more)" if len(task_ids) > 3 else ""
+        )
+        super().__init__(
+            f"enqueue of task(s) {shown} may or may not have happened: "
+            f"{type(cause).__name__}: {cause}; submit the same task(s) again to find out"
+        )

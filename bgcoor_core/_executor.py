@@ -20,6 +20,7 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from ._broker import AtomicCompletion, Broker, Capability, Reservation
 from ._errors import (
+    CorruptRecordError,
     InvalidTransitionError,
     NonRetryableError,
     PayloadError,
@@ -35,12 +36,16 @@ from ._storage import Storage
 from ._task import Task, TaskStatus
 
 log = logging.getLogger("bgcoor.executor")
+#: The name on the placeholder that replaces a record nobody can read.
+_CORRUPT = "bgcoor.corrupt"
 
 
 def backoff_delay(attempt: int, base: float, cap: float) -> float:
     """Exponential backoff with equal jitter: a delay in ``[d/2, d]``, ``d = base * 2**(attempt-1)``
-    capped at ``cap``."""
-    ceiling = min(cap, base * 2 ** max(attempt - 1, 0))
+    capped at ``cap``. It saturates at ``cap``: past the exponent where doubling passes any
+    cap, ``2**n`` is never computed (a float overflows after attempt 1,024)."""
+    exponent = max(attempt - 1, 0)
+    ceiling = cap if exponent >= 64 else min(cap, base * 2.0**exponent)
     return float(ceiling / 2 + random.uniform(0, ceiling / 2))
 
 
@@ -113,19 +118,50 @@ class Executor:
 
     async def _mark_running(self, reservation: Reservation, task: Task) -> Task | None:
         """The task as it runs now, stored (unless the reserve did); ``None`` if its
-        record is already settled, and the delivery acknowledged."""
+        record is already settled, and the delivery settled without running it."""
         task = task.started(reservation.token, datetime.now(UTC))
         try:
             if not (reservation.started and self._atomic):  # else stored by the reserve
                 await self.storage.save(task)
-        except InvalidTransitionError:
-            # Already final (a zombie stored it first, or it was cancelled): nothing to run.
-            log.info("task %s is already settled; acknowledging the extra delivery", task.id)
-            await self._ack_quietly(reservation)
+        except InvalidTransitionError as exc:
+            await self._already_settled(reservation, exc)
+            return None
+        except CorruptRecordError as exc:
+            await self._reject(reservation, str(exc))
             return None
         if self.host:
             self.host.task_started(task)
         return task
+
+    async def _already_settled(self, reservation: Reservation, exc: Exception) -> None:
+        """A delivery whose record is already final. After a lost delivery or a cancel
+        that is expected (an earlier attempt stored its outcome, or the task was
+        cancelled): acknowledge it. A first delivery of a task that already finished is
+        a new message reusing a finished task's id: dead-letter it with the reason, so it
+        is neither run twice nor dropped silently."""
+        task = reservation.task
+        try:
+            record = await self.storage.get(task.id)
+        except CorruptRecordError as corrupt:
+            await self._reject(reservation, str(corrupt))
+            return
+        status = record.status if record is not None else None
+        if reservation.lost or status in (None, TaskStatus.CANCELLED):
+            log.info("task %s is already settled (%s); acknowledging the delivery", task.id, exc)
+            await self._ack_quietly(reservation)
+            return
+        reason = (
+            f"duplicate message: task {task.id} already finished ({status}); "
+            "a new message reused its id"
+        )
+        log.warning("message %s dead-lettered: %s", task.id, reason)
+        if Capability.DEAD_LETTER in self.broker.capabilities:
+            await self._quietly(self._dead_letter(reservation, reason, task))
+        else:
+            log.error(
+                "task %s: %s; the broker has no dead-letter queue: acknowledged", task.id, reason
+            )
+            await self._ack_quietly(reservation)
 
     async def _run(self, entry: RegisteredTask, task: Task) -> Any:
         timeout = task.timeout or entry.options.timeout or self.settings.timeout
@@ -231,7 +267,7 @@ class Executor:
     async def _reject(self, reservation: Reservation, defect: str) -> None:
         """A body that could not be decoded: dead-letter it as it is, never run it."""
         log.error("message %s dead-lettered: %s", reservation.task.id, defect)
-        record = await self._dead_record(reservation.task.id, defect)
+        record = await self._dead_record(reservation.task.id, reservation.queue, defect)
         if Capability.DEAD_LETTER in self.broker.capabilities:
             await self._quietly(self.broker.dead_letter(reservation, defect))
         else:
@@ -239,16 +275,22 @@ class Executor:
         if record is not None and self.host:
             self.host.task_dead_lettered(record, defect)
 
-    async def _dead_record(self, task_id: str, defect: str) -> Task | None:
+    async def _dead_record(self, task_id: str, queue: str, defect: str) -> Task | None:
         """The message is unreadable, but a producer may have stored its record (say,
         with a serializer this worker does not accept): mark that record ``dead`` too, so
         nobody waits for a task that will never run. Returns it, if it was marked."""
         try:
-            record = await self.storage.get(task_id)
+            try:
+                record = await self.storage.get(task_id)
+            except CorruptRecordError:  # unreadable: replaced by a placeholder saying why
+                record = Task.model_construct(
+                    id=task_id, name=_CORRUPT, queue=queue, status=TaskStatus.PENDING
+                )
             if record is None or record.status.is_final:
                 return None
             record.status = TaskStatus.DEAD
-            record.error = f"undecodable message: {defect}"
+            corrupt = defect.startswith("corrupt")  # the backend's own state, not the body
+            record.error = defect if corrupt else f"undecodable message: {defect}"
             record.finished_at = datetime.now(UTC)
             record.lease_token = None
             await self.storage.save(record, ttl=self._final_ttl)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import typing
@@ -13,6 +14,8 @@ from pydantic import TypeAdapter
 
 from ._broker import AtomicEnqueue, Broker
 from ._errors import (
+    DuplicateTaskError,
+    EnqueueUncertainError,
     PayloadError,
     ResultTimeoutError,
     TaskCancelledError,
@@ -21,6 +24,7 @@ from ._errors import (
 )
 from ._executor import Executor
 from ._handlers import FunctionHandler
+from ._limits import check_call
 from ._plugins import PluginHost, build_plugin_host
 from ._pool import WorkerPool, check_capabilities
 from ._portal import Portal
@@ -307,13 +311,60 @@ class TaskManager:
         """
         broker, storage = self._ensure_backends()
         messages = [broker.to_message(t) for t in tasks]
-        if self._atomic_enqueue is not None:
-            await self._atomic_enqueue.enqueue_atomically(tasks, messages)
+        atomic = self._atomic_enqueue
+        if atomic is not None:
+            await self._idempotent(
+                lambda: atomic.enqueue_atomically(tasks, messages), tasks, broker.transient_errors
+            )
         else:
-            await storage.save_many(tasks)
-            await broker.push_messages(messages)
+            stored = await self._idempotent(
+                lambda: storage.save_many(tasks), tasks, storage.transient_errors
+            )
+            if stored is None or stored.status in (TaskStatus.PENDING, TaskStatus.SCHEDULED):
+                await self._idempotent(
+                    lambda: broker.push_messages(messages), tasks, broker.transient_errors
+                )
         for task in tasks:
             self.host.task_enqueued(task)
+
+    async def _idempotent(
+        self,
+        call: Callable[[], Awaitable[None]],
+        tasks: Sequence[Task],
+        transient: tuple[type[BaseException], ...],
+    ) -> Task | None:
+        """Run an enqueue step; when the connection fails mid-call, try again with the same
+        tasks. A duplicate that is these very tasks (an earlier try, or an earlier submit
+        that ended in :class:`EnqueueUncertainError`, went through) is success, and its
+        stored record is returned; any other duplicate is an error. Out of retries, the
+        error says the outcome is unknown."""
+        retries = self.settings.enqueue_retries
+        for attempt in range(retries + 1):
+            try:
+                await call()
+                return None
+            except DuplicateTaskError:
+                record = await self._stored_as_is(tasks[0])
+                if record is None:
+                    raise
+                return record
+            except transient as exc:
+                if attempt == retries:
+                    raise EnqueueUncertainError([t.id for t in tasks], exc) from exc
+                await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
+        raise AssertionError("unreachable")
+
+    async def _stored_as_is(self, task: Task) -> Task | None:
+        """The stored record of ``task`` if it is this very task (its id, name, queue and
+        creation time: the same call submitted again), else ``None``. Batches are stored
+        all or none, so the first task speaks for all."""
+        record = await self.storage.get(task.id)
+        same = record is not None and (record.name, record.queue, record.created_at) == (
+            task.name,
+            task.queue,
+            task.created_at,
+        )
+        return record if same else None
 
     async def enqueue(self, name: str, *args: Any, **kwargs: Any) -> TaskHandle[Any]:
         """Enqueue a task by name (it must be registered in this process).
@@ -354,6 +405,14 @@ class TaskManager:
                 f"task {task.name!r} is a handler object: pass exactly one argument, its payload"
             )
         opts = task.options
+        check_call(
+            task.name,
+            priority=priority,
+            max_retries=max_retries,
+            timeout=timeout,
+            delay=delay,
+            eta=eta,
+        )
         if delay is not None:
             eta = datetime.now(UTC) + timedelta(seconds=delay)
         return Task(

@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import difflib
 import os
+import typing
 from typing import Annotated, Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from . import _limits as limits
 from ._codec import DEFAULT_MAX_PAYLOAD_BYTES, JSON
 from ._errors import SettingsError
 from ._task import validate_queue_name
 
 ENV_PREFIX = "BGCOOR_"
 CommaList = Annotated[list[str], NoDecode]
+
+
+def _bounded(default: Any, bounds: limits.Range) -> Any:
+    """A field limited to ``bounds`` (finite: ``inf`` and ``nan`` are refused)."""
+    return Field(
+        default=default,
+        ge=bounds.low,
+        le=bounds.high,
+        allow_inf_nan=False,
+        description=bounds.describe(),  # what an out-of-range error says to use
+    )
 
 
 class Settings(BaseSettings):
@@ -30,21 +43,25 @@ class Settings(BaseSettings):
 
     broker_url: str = "sqlite:///bgcoor.db"
     storage_url: str = "sqlite:///bgcoor.db"
-    concurrency: int = Field(default=10, ge=1, le=10_000)
+    concurrency: int = _bounded(10, limits.CONCURRENCY)
     queues: CommaList = Field(default_factory=lambda: ["default"], min_length=1)
-    lease_seconds: float = Field(default=30.0, gt=0)
-    heartbeat_seconds: float | None = Field(default=None, gt=0)
-    prefetch: int = Field(default=0, ge=0)
-    poll_seconds: float = Field(default=1.0, gt=0)
-    max_retries: int = Field(default=3, ge=0)
-    timeout: float | None = Field(default=None, gt=0)
-    retry_backoff: float = Field(default=1.0, ge=0)
-    retry_backoff_max: float = Field(default=300.0, ge=0)
-    result_ttl: float | None = Field(default=7 * 24 * 3600.0, gt=0)
-    cleanup_seconds: float | None = Field(default=300.0, gt=0)
-    max_payload_bytes: int = Field(default=DEFAULT_MAX_PAYLOAD_BYTES, ge=1024)
-    max_worker_lost: int = Field(default=3, ge=0)
-    shutdown_grace: float = Field(default=30.0, ge=0)
+    lease_seconds: float = _bounded(30.0, limits.LEASE)
+    heartbeat_seconds: float | None = _bounded(None, limits.HEARTBEAT)
+    prefetch: int = _bounded(0, limits.PREFETCH)
+    poll_seconds: float = _bounded(1.0, limits.POLL)
+    max_retries: int = _bounded(3, limits.RETRIES)
+    timeout: float | None = _bounded(None, limits.TIMEOUT)
+    retry_backoff: float = _bounded(1.0, limits.BACKOFF)
+    retry_backoff_max: float = _bounded(300.0, limits.BACKOFF)
+    result_ttl: float | None = _bounded(7 * 24 * 3600.0, limits.TTL)
+    cleanup_seconds: float | None = _bounded(300.0, limits.CLEANUP)
+    max_payload_bytes: int = _bounded(DEFAULT_MAX_PAYLOAD_BYTES, limits.PAYLOAD_BYTES)
+    max_worker_lost: int = _bounded(3, limits.WORKER_LOST)
+    #: How often an enqueue whose outcome is unknown (the connection failed mid-call) is
+    #: tried again with the same task ids; a duplicate found then means the first try
+    #: went through.
+    enqueue_retries: int = Field(default=3, ge=0, le=10)
+    shutdown_grace: float = _bounded(30.0, limits.GRACE)
     serializer: str = JSON
     accept_content: CommaList = Field(default_factory=lambda: [JSON])
     disable_plugins: CommaList = Field(default_factory=list)
@@ -106,5 +123,20 @@ def _describe(exc: ValidationError, overrides: dict[str, Any]) -> str:
         msg = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             msg = "unknown setting"
+        elif error["type"] in _RANGE_ERRORS:
+            msg = _out_of_range(field, error["input"]) or msg
         problems.append(f"{where}: {msg}")
     return "invalid settings: " + "; ".join(problems)
+
+
+_RANGE_ERRORS = frozenset({"greater_than_equal", "less_than_equal", "finite_number"})
+
+
+def _out_of_range(field: str, value: Any) -> str | None:
+    """``1e-9 is out of range: use 0.1 to 86400 seconds (1 day)`` for a bounded setting."""
+    info = Settings.model_fields.get(field)
+    if info is None or info.description is None:
+        return None
+    shown = value if isinstance(value, str) else repr(value)
+    optional = ", or none" if type(None) in typing.get_args(info.annotation) else ""
+    return f"{shown} is out of range: use {info.description}{optional}"

@@ -6,6 +6,7 @@ import asyncio
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import ClassVar
 
 from ._codec import Codec, printable
 from ._errors import InvalidTransitionError, ResultTimeoutError, StaleLeaseError
@@ -47,6 +48,8 @@ class Storage(ABC):
 
     #: Longest pause between two polls of the default :meth:`wait`, in seconds.
     wait_poll_max: float = 0.05
+    #: Errors after which a call's outcome is unknown; see ``Broker.transient_errors``.
+    transient_errors: ClassVar[tuple[type[BaseException], ...]] = (ConnectionError, TimeoutError)
 
     def __init__(self, codec: Codec | None = None) -> None:
         self.codec = codec or Codec.json()
@@ -58,10 +61,11 @@ class Storage(ABC):
         ``ttl`` (seconds) makes the record expire; expired records are never returned.
         """
 
+    @abstractmethod
     async def save_many(self, tasks: Sequence[Task]) -> None:
-        """Save several new records; backends override it to use one round trip."""
-        for task in tasks:
-            await self.save(task)
+        """Store several *new* records in one step, all or none: an id that already has a
+        record (in any status, a finished task's too) refuses the whole batch with
+        :class:`~bgcoor_core.DuplicateTaskError` naming the id and its status."""
 
     @abstractmethod
     async def get(self, task_id: str) -> Task | None:

@@ -90,7 +90,7 @@ FROM_UNKNOWN_STATUS: frozenset[TaskStatus] = frozenset({_S.DEAD})
 def can_transition(old: TaskStatus | str, new: TaskStatus) -> bool:
     """True when a record in status ``old`` may be overwritten with status ``new``; ``old``
     may be a stored string that names no status (see :data:`FROM_UNKNOWN_STATUS`)."""
-    allowed = ALLOWED_TRANSITIONS.get(old)  # type: ignore[call-overload]
+    allowed = ALLOWED_TRANSITIONS.get(old)  # type: ignore[arg-type]  # a str may name one
     return new in (FROM_UNKNOWN_STATUS if allowed is None else allowed)
 
 

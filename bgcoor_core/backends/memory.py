@@ -325,6 +325,25 @@ class MemoryStorage(Storage):
             if record.status.is_final and task.id in self._waiters:
                 self._waiters.pop(task.id).wake_all()
 
+    async def save_many(self, tasks: Sequence[Task]) -> None:
+        """Store new records, all or none: an id with a record already refuses the batch."""
+        with self._lock:
+            for task in tasks:
+                old = self._live(task.id)
+                if old is not None:
+                    raise DuplicateTaskError(
+                        f"task {task.id} already exists (status {old.status})"
+                    )
+            for task in tasks:
+                self._records[task.id] = _Record(
+                    task.status,
+                    task.name,
+                    task.queue,
+                    task.lease_token,
+                    task.model_dump_json().encode(),
+                )
+                self._expires.pop(task.id, None)
+
     async def get(self, task_id: str) -> Task | None:
         with self._lock:
             record = self._live(task_id)

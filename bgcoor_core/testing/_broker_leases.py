@@ -307,6 +307,33 @@ class BrokerLeaseTests:
         assert await storage.get(fresh.id) is None
         assert (await broker.stats(DEFAULT)).ready == 0
 
+    async def test_atomic_enqueue_refuses_a_finished_tasks_id(
+        self, broker: Broker, completion_storage: Storage | None
+    ) -> None:
+        """A new message reusing the id of a task that already finished would otherwise be
+        acknowledged unrun, or run twice: refused at enqueue, naming the id and status."""
+        if not isinstance(broker, AtomicEnqueue):
+            pytest.skip(f"{type(broker).__name__} does not implement AtomicEnqueue")
+        storage = completion_storage
+        if storage is None or not broker.completes_into(storage):
+            pytest.skip("no storage this broker writes into (override completion_storage)")
+        done = make_task()
+        await broker.enqueue_atomically([done], [broker.to_message(done)])
+        await broker.ack(await reserve_one(broker))  # the message is gone, the record stays
+        finished = done.model_copy(update={"status": TaskStatus.SUCCEEDED, "result": 1})
+        await storage.save(finished.started("t", finished.created_at))
+        await storage.save(finished.model_copy(update={"lease_token": "t"}))
+        fresh = make_task()
+        batch = [fresh, done]
+        with pytest.raises(DuplicateTaskError, match=done.id) as refused:
+            await broker.enqueue_atomically(batch, [broker.to_message(t) for t in batch])
+        assert "succeeded" in str(refused.value)
+        assert await storage.get(fresh.id) is None  # all or nothing
+        stored = await storage.get(done.id)
+        assert stored is not None
+        assert stored.status is TaskStatus.SUCCEEDED
+        assert await broker.queue_length(DEFAULT) == 0
+
     @pytest.fixture
     def completion_storage(self, broker: Broker) -> Storage | None:
         """The storage :class:`AtomicCompletion` writes into; override when it is not

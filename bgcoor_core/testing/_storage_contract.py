@@ -9,7 +9,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from .._errors import InvalidTransitionError, ResultTimeoutError, StaleLeaseError
+from .._errors import (
+    DuplicateTaskError,
+    InvalidTransitionError,
+    ResultTimeoutError,
+    StaleLeaseError,
+)
 from .._storage import Storage
 from .._task import ALLOWED_TRANSITIONS, Task, TaskStatus
 from ._helpers import ASYNC, EARLY, SLACK, Stopwatch, background, make_task
@@ -68,6 +73,20 @@ class StorageContract:
         for task in tasks:
             assert await storage.get(task.id) == task
         assert (await storage.counts())[TaskStatus.PENDING] == 5
+
+    async def test_save_many_refuses_existing_ids(self, storage: Storage) -> None:
+        """``save_many`` stores *new* records: an id that has one already (here a finished
+        task's) refuses the whole batch, naming the id and its status."""
+        done = make_task()
+        await storage.save(done.model_copy(update={"status": TaskStatus.DEAD, "error": "x"}))
+        fresh = make_task()
+        with pytest.raises(DuplicateTaskError, match=done.id) as refused:
+            await storage.save_many([fresh, done])
+        assert "dead" in str(refused.value)
+        assert await storage.get(fresh.id) is None
+        stored = await storage.get(done.id)
+        assert stored is not None
+        assert stored.status is TaskStatus.DEAD
 
     async def test_get_unknown_is_none(self, storage: Storage) -> None:
         assert await storage.get(make_task().id) is None
