@@ -12,8 +12,9 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
+from ._arguments import CHECKS, checked
 from ._codec import Codec
 from ._errors import CapabilityError, DecodeError
 from ._task import Task, validate_queue_name
@@ -101,6 +102,15 @@ class Broker(ABC):
 
     def __init__(self, codec: Codec | None = None) -> None:
         self.codec = codec or Codec.json()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Arguments are checked once, here, for every backend: each public method a
+        subclass implements is wrapped to run its check in :mod:`._arguments` first."""
+        super().__init_subclass__(**kwargs)
+        for name, check in CHECKS.items():
+            method = cls.__dict__.get(name)
+            if method is not None:
+                setattr(cls, name, checked(method, check))
 
     # -- producing ---------------------------------------------------------------------
 

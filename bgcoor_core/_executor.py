@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic_core import PydanticSerializationError, to_jsonable_python
+from pydantic_core import PydanticSerializationError, to_json, to_jsonable_python
 
 from ._broker import AtomicCompletion, Broker, Capability, Reservation
 from ._errors import (
@@ -182,11 +182,18 @@ class Executor:
                 f"task {task.name!r} exceeded its timeout of {timeout}s"
             ) from exc
         try:
-            return to_jsonable_python(result)
+            size = len(to_json(result))  # a few microseconds, in Rust: checked for every task
+            jsonable = to_jsonable_python(result)
         except PydanticSerializationError as exc:
             raise PayloadError(
                 f"task {task.name!r} returned an unserialisable result: {exc}"
             ) from None
+        if size > self.settings.max_result_bytes:
+            raise PayloadTooLargeError(
+                f"task {task.name!r} returned a result of {size} bytes encoded, above the "
+                f"limit of {self.settings.max_result_bytes} bytes (BGCOOR_MAX_RESULT_BYTES)"
+            )
+        return jsonable
 
     async def _failed(
         self, reservation: Reservation, task: Task, entry: RegisteredTask, exc: Exception

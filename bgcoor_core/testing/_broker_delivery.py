@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -217,6 +219,41 @@ class BrokerDeliveryTests:
         twin = make_task()
         with pytest.raises(DuplicateTaskError):
             await broker.push_many([twin, twin])
+
+    @pytest.mark.parametrize(
+        "call",
+        [
+            pytest.param(lambda b: b.reserve([DEFAULT], lease=LONG_LEASE, limit=0), id="limit-0"),
+            pytest.param(lambda b: b.reserve([DEFAULT], lease=LONG_LEASE, limit=-3), id="limit<0"),
+            pytest.param(lambda b: b.reserve([DEFAULT], lease=0.0), id="lease-0"),
+            pytest.param(lambda b: b.reserve([DEFAULT], lease=math.inf), id="lease-inf"),
+            pytest.param(lambda b: b.reserve([DEFAULT], lease=1e13), id="lease-1e13"),
+            pytest.param(lambda b: b.reserve([DEFAULT], lease=math.nan), id="lease-nan"),
+            pytest.param(lambda b: b.reserve([DEFAULT], lease=1.0, timeout=-1), id="timeout<0"),
+            pytest.param(lambda b: b.reserve([], lease=1.0), id="no-queues"),
+            pytest.param(lambda b: b.reserve(["bad name"], lease=1.0), id="bad-queue"),
+            pytest.param(lambda b: b.stats("bad name"), id="stats-bad-queue"),
+            pytest.param(lambda b: b.stats(""), id="stats-empty-queue"),
+            pytest.param(lambda b: b.purge("a/b"), id="purge-bad-queue"),
+            pytest.param(lambda b: b.dead_letters("bad name"), id="dead_letters-bad-queue"),
+            pytest.param(lambda b: b.dead_letters(DEFAULT, offset=-1), id="dead_letters-offset"),
+            pytest.param(lambda b: b.dead_letters(DEFAULT, limit=0), id="dead_letters-limit-0"),
+        ],
+    )
+    async def test_bad_arguments_are_refused_alike(
+        self,
+        broker: Broker,
+        call: Callable[[Broker], Awaitable[object]],
+        request: pytest.FixtureRequest,
+    ) -> None:
+        """Every backend refuses the same bad call with a ValueError naming the problem
+        (the base class checks them), instead of waiting, clamping or reserving anyway."""
+        await broker.push(make_task())
+        if "dead_letters" in request.node.name:
+            require(broker, Capability.DEAD_LETTER)
+        with pytest.raises(ValueError, match=r"limit|lease|timeout|queue|offset"):
+            await call(broker)
+        assert (await broker.stats(DEFAULT)).ready == 1  # nothing was reserved or purged
 
     async def test_stats_and_queue_length(self, broker: Broker) -> None:
         assert await broker.stats("unused") == _stats(0, 0, 0, 0)
