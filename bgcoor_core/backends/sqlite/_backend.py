@@ -9,6 +9,7 @@ pushes made through the same backend object wake local consumers at once.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 import threading
@@ -21,14 +22,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..._broker import Broker, Capability, DeadLetter, Message, QueueStats, Reservation
 from ..._codec import Codec
-from ..._errors import ConfigurationError, DuplicateTaskError, StaleLeaseError
+from ..._errors import (
+    ConfigurationError,
+    CorruptRecordError,
+    DuplicateTaskError,
+    StaleLeaseError,
+)
 from ..._storage import Storage, check_page
 from ..._task import Task, TaskStatus, validate_queue_name
 from .._waiters import Waiters, wait_for_wake
-from . import _records
+from . import _defects, _records
 from ._connection import Connection, transaction
 from ._schema import SCHEMA_VERSION
 
+log = logging.getLogger("bgcoor.sqlite")
 Row = tuple[Any, ...]
 Lines = list[str]  # the class below defines a method named ``list``
 
@@ -118,7 +125,7 @@ class SQLiteBackend(Broker, Storage):
     async def _take(self, queues: list[str], lease: float, limit: int) -> list[Row]:
         """Reserve in the connection thread; if our caller is cancelled meanwhile, the rows
         are handed straight back instead of waiting out their lease."""
-        job = asyncio.ensure_future(self.db.run(_take_rows, queues, lease, limit))
+        job = asyncio.ensure_future(self.db.run(_take_rows, queues, lease, limit, self._name_body))
         try:
             return await asyncio.shield(job)
         except asyncio.CancelledError:
@@ -130,9 +137,19 @@ class SQLiteBackend(Broker, Storage):
             self.db.submit(_release_rows, job.result())
 
     def _reservation(self, row: Row) -> Reservation:
-        message_id, queue, body, deliveries, lost, token, started = row
-        task, defect = self.decode(message_id, queue, bytes(body))
+        message_id, queue, body, deliveries, lost, token, started, defect = row
+        if defect is not None:  # the backend's own row or record is damaged
+            task = Task.model_construct(id=message_id, name="<corrupt>", queue=queue)
+            return Reservation(task, token, deliveries, lost, defect)
+        task, defect = self.decode(message_id, queue, body)
         return Reservation(task, token, deliveries, lost, defect, started)
+
+    def _name_body(self, body: bytes) -> str | None:
+        """The task id a damaged row's body names, if it can be decoded at all."""
+        try:
+            return self.codec.decode(body).id
+        except Exception:  # any failure: the row is named after its rowid instead
+            return None
 
     async def ack(self, reservation: Reservation) -> None:
         await self.db.run(
@@ -176,19 +193,20 @@ class SQLiteBackend(Broker, Storage):
         self, queue: str, *, limit: int = 100, offset: int = 0
     ) -> list[DeadLetter]:
         check_page(limit)
-        rows = await self.db.run(
-            _fetch,
-            (
-                "SELECT id, body, reason, dead_at FROM messages WHERE queue = ? AND state = 'dead' "
-                "ORDER BY dead_at, id LIMIT ? OFFSET ?"
-            ),
-            (queue, limit, offset),
-        )
-        letters = []
-        for message_id, body, reason, dead_at in rows:
-            task, defect = self.decode(message_id, queue, bytes(body))
-            letters.append(DeadLetter(message_id, queue, reason, None if defect else task, dead_at))
-        return letters
+        rows = await self.db.run(_fetch, _DEAD_LETTERS, (queue, limit, offset))
+        return [self._dead_letter(queue, *row) for row in rows]
+
+    def _dead_letter(
+        self, queue: str, raw_id: bytes, body_kind: str, body: bytes, reason: Any, dead_at: float
+    ) -> DeadLetter:
+        """One dead letter, read as bytes: a damaged row is listed too (without a task)."""
+        message_id = _defects.decode_text(raw_id)
+        task = None
+        if message_id is not None and body_kind == "blob":
+            decoded, defect = self.decode(message_id, queue, body)
+            task = None if defect else decoded
+        why = "" if reason is None else _defects.decode_text(reason) or _defects.shown(reason)
+        return DeadLetter(message_id or _defects.shown(raw_id), queue, why, task, dead_at)
 
     async def requeue_dead(self, queue: str, ids: Sequence[str] | None = None) -> list[str]:
         return await self.db.run(_requeue_dead, queue, None if ids is None else list(ids))
@@ -223,8 +241,15 @@ class SQLiteBackend(Broker, Storage):
         )
 
     async def queues(self) -> list[str]:
-        rows = await self.db.run(_fetch, "SELECT name FROM queues ORDER BY name", ())
-        return [name for (name,) in rows]
+        rows = await self.db.run(_fetch, "SELECT CAST(name AS BLOB) FROM queues ORDER BY name", ())
+        names = []
+        for (raw,) in rows:
+            name = _defects.decode_text(raw)
+            if name is None:  # written by something else: no queue can be named so
+                log.warning("queues table: skipped a name that is not UTF-8: %r", raw)
+            else:
+                names.append(name)
+        return names
 
     # -- storage -----------------------------------------------------------------------
 
@@ -291,8 +316,7 @@ def _insert_messages(conn: sqlite3.Connection, messages: Sequence[Message]) -> N
 def _enqueue(conn: sqlite3.Connection, tasks: Sequence[Task], messages: Sequence[Message]) -> None:
     with transaction(conn):
         _insert(conn, messages)  # first: a duplicate id is that, whatever its record says
-        for task in tasks:
-            _records.write(conn, task, None)
+        _records.insert_new(conn, tasks)  # any record refuses the batch (rolled back)
 
 
 def _insert(conn: sqlite3.Connection, messages: Sequence[Message]) -> None:
@@ -307,23 +331,58 @@ def _insert(conn: sqlite3.Connection, messages: Sequence[Message]) -> None:
             rows,
         )
     except sqlite3.IntegrityError:
-        raise DuplicateTaskError("a task with one of these ids is already in the broker") from None
+        raise _duplicate_message(conn, [m.id for m in messages]) from None
     conn.executemany(
         "INSERT OR IGNORE INTO queues (name) VALUES (?)", {(m.queue,) for m in messages}
     )
 
 
-_CANDIDATES = (
-    "SELECT id, queue, body, deliveries, lost, state FROM messages "
-    "WHERE queue = ? AND state != 'dead' AND available_at <= ? "
+def _duplicate_message(conn: sqlite3.Connection, ids: list[str]) -> DuplicateTaskError:
+    """Name the first id of a refused batch that is already a message, and its state."""
+    seen: set[str] = set()
+    for message_id in ids:
+        if message_id in seen:
+            return DuplicateTaskError(f"task {message_id} appears twice in one enqueue")
+        seen.add(message_id)
+        row = conn.execute(
+            "SELECT CAST(state AS BLOB) FROM messages WHERE id = ?", (message_id,)
+        ).fetchone()
+        if row is not None:
+            state = _defects.decode_text(row[0]) or _defects.shown(row[0])
+            return DuplicateTaskError(
+                f"task {message_id} is already in the broker (message {state}): "
+                "a new task cannot reuse its id"
+            )
+    return DuplicateTaskError("a task with one of these ids is already in the broker")
+
+
+# read as bytes: a dead letter written by something else is listed, not fatal to the page
+_DEAD_LETTERS = (
+    "SELECT CAST(id AS BLOB), typeof(body), CAST(body AS BLOB), CAST(reason AS BLOB), "
+    "CASE WHEN typeof(dead_at) IN ('integer', 'real') THEN dead_at ELSE 0.0 END "
+    "FROM messages WHERE queue = ? AND state = 'dead' ORDER BY dead_at, id LIMIT ? OFFSET ?"
+)
+_WHERE = (
+    "WHERE queue = ? AND state != 'dead' "
+    # a deadline that is no number would hide the row for ever: take it, as a defect
+    "AND (available_at <= ? OR typeof(available_at) NOT IN ('integer', 'real')) "
     "ORDER BY priority DESC, seq, id LIMIT ?"
 )
+_ANY_CANDIDATE = f"SELECT 1 FROM messages {_WHERE}"
+_CANDIDATES = f"SELECT rowid, id, body, deliveries, lost, state, {_defects.SOUND} FROM messages "
+_CANDIDATE_IDS = f"SELECT rowid FROM messages {_WHERE}"
 
 
-def _take_rows(conn: sqlite3.Connection, queues: list[str], lease: float, limit: int) -> list[Row]:
+def _take_rows(
+    conn: sqlite3.Connection,
+    queues: list[str],
+    lease: float,
+    limit: int,
+    name_body: _defects.NameBody | None = None,
+) -> list[Row]:
     now = time.time()
     # Cheap check without the write lock: idle pollers must not serialise the writers.
-    if not any(conn.execute(_CANDIDATES, (q, now, 1)).fetchone() for q in queues):
+    if not any(conn.execute(_ANY_CANDIDATE, (q, now, 1)).fetchone() for q in queues):
         return []
     taken: list[Row] = []
     with transaction(conn):
@@ -331,27 +390,61 @@ def _take_rows(conn: sqlite3.Connection, queues: list[str], lease: float, limit:
         for queue in queues:
             if len(taken) >= limit:
                 break
-            for message_id, q, body, deliveries, lost, state in conn.execute(
-                _CANDIDATES, (queue, now, limit - len(taken))
-            ).fetchall():
-                token = os.urandom(12).hex()
-                lost += state == "reserved"  # its lease ran out: the worker was lost
-                conn.execute(
-                    "UPDATE messages SET state = 'reserved', token = ?, available_at = ?, "
-                    "deliveries = deliveries + 1, lost = ? WHERE id = ?",
-                    (token, now + lease, lost, message_id),
-                )
-                started = _records.start(conn, message_id, token, now)
-                taken.append((message_id, q, body, deliveries + 1, lost, token, started))
+            for candidate in _candidates(conn, queue, now, limit - len(taken)):
+                taken.append(_take_one(conn, candidate, queue, now + lease, now, name_body))
     return taken
 
 
+def _candidates(conn: sqlite3.Connection, queue: str, now: float, limit: int) -> list[Row]:
+    try:
+        return conn.execute(_CANDIDATES + _WHERE, (queue, now, limit)).fetchall()
+    except sqlite3.OperationalError:
+        pass  # text that is not UTF-8 in some row: read the rows one at a time instead
+    rows: list[Row] = []
+    for (rowid,) in conn.execute(_CANDIDATE_IDS, (queue, now, limit)).fetchall():
+        try:
+            rows.extend(conn.execute(_CANDIDATES + "WHERE rowid = ?", (rowid,)).fetchall())
+        except sqlite3.OperationalError:
+            rows.append((rowid, None, None, 0, 0, None, 0))  # unsound: read as bytes
+    return rows
+
+
+def _take_one(
+    conn: sqlite3.Connection,
+    candidate: Row,
+    queue: str,
+    until: float,
+    now: float,
+    name_body: _defects.NameBody | None,
+) -> Row:
+    """Reserve one candidate row; the reservation row (see ``_reservation``)."""
+    rowid, message_id, body, deliveries, lost, state, sound = candidate
+    token = os.urandom(12).hex()
+    if not sound:
+        message_id, defect = _defects.take(conn, rowid, queue, token, until, name_body)
+        return (message_id, queue, b"", 1, 0, token, False, defect)
+    lost += state == "reserved"  # its lease ran out: the worker was lost
+    conn.execute(
+        "UPDATE messages SET state = 'reserved', token = ?, available_at = ?, "
+        "deliveries = deliveries + 1, lost = ? WHERE rowid = ?",
+        (token, until, lost, rowid),
+    )
+    try:
+        started = _records.start(conn, message_id, token, now)
+    except CorruptRecordError as exc:  # the message is sound, its record is not
+        log.error("%s", exc)
+        return (message_id, queue, body, deliveries + 1, lost, token, False, str(exc))
+    return (message_id, queue, body, deliveries + 1, lost, token, started, None)
+
+
 def _release_rows(conn: sqlite3.Connection, rows: list[Row]) -> None:
+    # a damaged row's counters were not counted up by the reserve (see _take_one)
+    undo = "deliveries = deliveries - (? IS NULL)"
     with transaction(conn):
         conn.executemany(
-            "UPDATE messages SET state = 'ready', token = NULL, available_at = 0, "
-            "deliveries = deliveries - 1 WHERE id = ? AND token = ?",
-            [(row[0], row[5]) for row in rows],
+            f"UPDATE messages SET state = 'ready', token = NULL, available_at = 0, {undo} "
+            "WHERE id = ? AND token = ?",
+            [(row[7] if len(row) > 7 else None, row[0], row[5]) for row in rows],
         )
         for row in rows:
             if row[6]:
@@ -389,8 +482,8 @@ def _requeue_dead(conn: sqlite3.Connection, queue: str, ids: list[str] | None) -
         sql += f" AND id IN ({', '.join('?' for _ in ids)})"
         params += ids
     with transaction(conn):
-        rows = conn.execute(sql + " RETURNING id", params).fetchall()
-    return [message_id for (message_id,) in rows]
+        rows = conn.execute(sql + " RETURNING CAST(id AS BLOB)", params).fetchall()
+    return [_defects.decode_text(raw) or _defects.shown(raw) for (raw,) in rows]
 
 
 def _complete(

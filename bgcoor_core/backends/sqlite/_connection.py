@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,7 @@ class Connection:
 
     def _open(self) -> sqlite3.Connection:
         if self._conn is None:
+            create_private(self.path)
             conn = sqlite3.connect(
                 self.path,
                 timeout=self._busy_timeout,
@@ -62,6 +64,20 @@ class Connection:
         if self._conn is not None:
             await self.run(_close)
         self._thread.shutdown(wait=True)
+
+
+def create_private(path: str) -> None:
+    """Create the database file readable by its owner only (0600) if it does not exist:
+    it holds every task's arguments and results. SQLite gives the ``-wal`` and ``-shm``
+    files it creates the mode of the database file. A file that exists is left as it is
+    (its owner chose its mode)."""
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)  # an empty file is an empty database
 
 
 @contextmanager
