@@ -10,13 +10,14 @@ with skewed clocks agree on when a lease expires.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from bgcoor_core import (
     Broker,
@@ -37,6 +38,8 @@ from ._encoding import text
 
 #: Longest first blocking wait of a reserve, before it knows when something falls due.
 FIRST_WAIT = 0.05
+
+log = logging.getLogger("bgcoor.redis")
 
 
 class RedisBrokerSide(RedisBase, Broker):
@@ -130,6 +133,11 @@ class RedisBrokerSide(RedisBase, Broker):
             self.chore(self._abandon(job, args, ticket), "handing back a cancelled reservation")
             raise
         assert replies is not None  # only an abandoned ticket gets no replies
+        if isinstance(replies[0], ResponseError) and "WRONGTYPE" in str(replies[0]):
+            # A wake list holds something else, so BLPOP fails at once: repair it, or
+            # every wait would spin.
+            log.error("a wake list of queues %s held a value of the wrong type", queues)
+            await self.run("repair_wake", *queues)
         reply = replies[1]
         if isinstance(reply, NoScriptError):  # the server lost its script cache
             reply = await self.run("reserve", *args)
@@ -168,7 +176,12 @@ class RedisBrokerSide(RedisBase, Broker):
         taken = []
         for n, at in enumerate(range(3, len(reply), 2), start=1):
             message_id, index, deliveries, lost, started = text(reply[at]).rsplit(" ", 4)
-            task, defect = self.decode(message_id, queues[int(index)], reply[at + 1])
+            queue = queues[int(index)]
+            if started == "!":  # the script found the message or its record unreadable
+                defect: str | None = text(reply[at + 1])
+                task = Task.model_construct(id=message_id, name="<corrupt>", queue=queue)
+            else:
+                task, defect = self.decode(message_id, queue, reply[at + 1])
             token = f"{nonce}{n}"
             taken.append(
                 Reservation(task, token, int(deliveries), int(lost), defect, started == "1")
@@ -210,14 +223,14 @@ class RedisBrokerSide(RedisBase, Broker):
         letters = []
         for at in range(0, len(reply), 4):
             message_id, body, reason, dead_at = reply[at : at + 4]
-            task, defect = self.decode(text(message_id), queue, body)
+            task, defect = self.decode(text(message_id), queue, body or b"")
             letters.append(
                 DeadLetter(
                     text(message_id),
                     queue,
-                    text(reason),
+                    text(reason or b""),
                     None if defect else task,
-                    float(dead_at),
+                    _seconds(dead_at),
                 )
             )
         return letters
@@ -244,4 +257,20 @@ class RedisBrokerSide(RedisBase, Broker):
         return int(await self.run("purge", queue))
 
     async def queues(self) -> list[str]:
-        return sorted(text(name) for name in await self.command("SMEMBERS", self.key("queues")))
+        try:
+            names = await self.command("SMEMBERS", self.key("queues"))
+        except ResponseError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise
+            # the next enqueue replaces it; until then only the configured queues show
+            log.error("%s holds a value of the wrong type: queues unknown", self.key("queues"))
+            return []
+        return sorted(text(name) for name in names)
+
+
+def _seconds(value: bytes | None) -> float:
+    """A dead letter's time; one that was overwritten with something else reads as 0."""
+    try:
+        return float(value or b"0")
+    except ValueError:
+        return 0.0

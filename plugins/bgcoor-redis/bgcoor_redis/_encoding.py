@@ -10,12 +10,13 @@ from pydantic import ValidationError
 
 from bgcoor_core import (
     CapabilityError,
-    DecodeError,
+    CorruptRecordError,
     DuplicateTaskError,
     InvalidTransitionError,
     Message,
     StaleLeaseError,
     Task,
+    TaskStatus,
 )
 from bgcoor_core._task import validate_queue_name
 
@@ -62,12 +63,18 @@ def text(value: bytes | str) -> str:
 def raise_for(reply: Any, task_id: str, status: str = "") -> None:
     """Turn a script's refusal into the core's errors; ``0`` means done.
 
-    A refusal is ``"STALE"``, ``"TRANSITION <old status>"`` or ``"DUPLICATE"``, or a pair of
-    one of those and the id concerned; ``status`` is the status the refused write wanted.
+    A refusal is ``"STALE"``, ``"TRANSITION <old status>"``, ``"CORRUPT <what>"`` or
+    ``"DUPLICATE"``, or a list of one of those, the id concerned and, for a duplicate of a
+    stored record, that record's status; ``status`` is the status the refused write wanted.
     """
     if reply == 0:
         return
     if isinstance(reply, list):
+        if len(reply) > 2:
+            raise DuplicateTaskError(
+                f"task {text(reply[1])} already has a record (status {text(reply[2])}): "
+                "a new task cannot reuse its id"
+            )
         reply, task_id = reply[0], text(reply[1])
     code = text(reply)
     if code == "STALE":
@@ -76,25 +83,58 @@ def raise_for(reply: Any, task_id: str, status: str = "") -> None:
         )
     if code == "DUPLICATE":
         raise DuplicateTaskError(f"task {task_id} is already in the broker")
+    if code.startswith("CORRUPT "):
+        raise CorruptRecordError(
+            f"stored record of task {task_id} is corrupt: {code.removeprefix('CORRUPT ')}"
+        )
     if code.startswith("TRANSITION "):
         old = code.removeprefix("TRANSITION ")
         raise InvalidTransitionError(f"task {task_id}: cannot move from {old} to {status}")
     raise RuntimeError(f"unexpected reply from a Redis script: {code!r}")
 
 
+_STATUSES = frozenset(status.value.encode() for status in TaskStatus)
+
+
 def decode_record(
-    task_id: str, raw: bytes, started: bytes | None = None, token: bytes | None = None
+    task_id: str,
+    raw: bytes | None,
+    started: bytes | None = None,
+    token: bytes | None = None,
+    status: bytes | None = None,
 ) -> Task:
     """A record from its JSON and, if a reserve marked it running, its ``r`` field
-    (``started``) and ``k`` field (``token``): see ``lua/common.lua``."""
+    (``started``) and ``k`` field (``token``): see ``lua/common.lua``. ``status``, its ``s``
+    field, is checked when given. Raises :class:`CorruptRecordError` naming what is wrong."""
+    if status is not None and status not in _STATUSES:
+        raise CorruptRecordError(
+            f"stored record of task {task_id} has status {_shown(status)}, not a TaskStatus"
+        )
+    if raw is None:
+        raise CorruptRecordError(f"stored record of task {task_id} has no JSON (field j)")
     try:
         task = Task.model_validate_json(raw)
     except ValidationError as exc:
-        raise DecodeError(f"stored record of task {task_id} cannot be decoded: {exc}") from None
+        raise CorruptRecordError(
+            f"stored record of task {task_id} cannot be decoded: {exc}"
+        ) from None
     if not started or not token:
         return task
-    at = float(text(started).split(" ", 1)[0])
-    return task.started(text(token)[1:], datetime.fromtimestamp(at, UTC))
+    try:
+        at = datetime.fromtimestamp(float(started.split(b" ", 1)[0]), UTC)
+        if not token.startswith(b"+"):
+            raise ValueError("the lease token field k does not start with '+'")
+        return task.started(token[1:].decode(), at)
+    except (ValueError, OverflowError, OSError) as exc:
+        raise CorruptRecordError(
+            f"stored record of task {task_id} was marked running unreadably "
+            f"(r {_shown(started)}, k {_shown(token)}): {exc}"
+        ) from None
+
+
+def _shown(value: bytes) -> str:
+    """A stored value for an error message: short, unprintable bytes escaped."""
+    return repr(value[:40].decode("utf-8", "backslashreplace")) + ("..." if len(value) > 40 else "")
 
 
 def chunks(tasks: Sequence[Task], messages: Sequence[Message]) -> list[list[Any]]:

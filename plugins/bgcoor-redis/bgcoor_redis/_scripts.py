@@ -1,7 +1,8 @@
 """The Lua scripts. Each file in ``lua/`` runs after ``lua/common.lua`` as one atomic step.
 
 The status rules are not copied into Lua by hand: the transition table is generated from
-:data:`bgcoor_core.ALLOWED_TRANSITIONS` when the scripts are first loaded.
+:data:`bgcoor_core.ALLOWED_TRANSITIONS` and :data:`bgcoor_core.FROM_UNKNOWN_STATUS` when the
+scripts are first loaded.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import hashlib
 from dataclasses import dataclass
 from importlib.resources import files
 
-from bgcoor_core import ALLOWED_TRANSITIONS, TaskStatus
+from bgcoor_core import ALLOWED_TRANSITIONS, FROM_UNKNOWN_STATUS, TaskStatus
 
 #: Priorities a message may have. A ready score is ``(MAX_PRIORITY - priority) * SPAN + seq``
 #: and must stay an exact integer in a double: 2,001 levels times 2**42 sequence numbers
@@ -36,6 +37,7 @@ NAMES = (
     "purge",
     "purge_dead",
     "release",
+    "repair_wake",
     "requeue_dead",
     "reserve",
     "save",
@@ -50,10 +52,21 @@ class Script:
     sha: str
 
 
+#: Stands for any stored status that is not a :class:`~bgcoor_core.TaskStatus` in the
+#: transition table (``lua/common.lua`` looks such a status up as this).
+UNKNOWN = "?"
+
+
 def allowed_pairs() -> str:
-    """Every allowed status change as ``" old>new "``, looked up with ``string.find``."""
-    pairs = sorted(f"{old}>{new}" for old, news in ALLOWED_TRANSITIONS.items() for new in news)
-    return " " + " ".join(pairs) + " "
+    """Every allowed status change as ``" old>new "``, looked up with ``string.find``; an
+    unknown old status is ``?`` (:data:`~bgcoor_core.FROM_UNKNOWN_STATUS`)."""
+    pairs = [f"{old}>{new}" for old, news in ALLOWED_TRANSITIONS.items() for new in news]
+    pairs += [f"{UNKNOWN}>{new}" for new in FROM_UNKNOWN_STATUS]
+    return " " + " ".join(sorted(pairs)) + " "
+
+
+def all_statuses() -> str:
+    return " " + " ".join(sorted(s.value for s in TaskStatus)) + " "
 
 
 def final_statuses() -> str:
@@ -67,10 +80,12 @@ def _read(name: str) -> str:
 def common_source() -> str:
     text = _read("common")
     values = {
+        "@MIN_PRIORITY@": str(MIN_PRIORITY),
         "@MAX_PRIORITY@": str(MAX_PRIORITY),
         "@SPAN@": str(SPAN),
         "@ALLOWED@": allowed_pairs(),
         "@FINAL@": final_statuses(),
+        "@STATUSES@": all_statuses(),
     }
     for placeholder, value in values.items():
         text = text.replace(placeholder, value)

@@ -12,14 +12,20 @@ listed.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
-from bgcoor_core import ResultTimeoutError, Storage, Task, TaskStatus
+from redis.exceptions import ResponseError
+
+from bgcoor_core import CorruptRecordError, ResultTimeoutError, Storage, Task, TaskStatus
 from bgcoor_core._storage import check_page
 
 from ._base import RedisBase
-from ._encoding import decode_record, raise_for, record_args, ttl_arg
+from ._encoding import decode_record, raise_for, record_args, text, ttl_arg
+
+log = logging.getLogger("bgcoor.redis")
 
 _STATUSES = list(TaskStatus)
 _STATUS_NAMES = [status.value for status in TaskStatus]
@@ -36,8 +42,18 @@ class RedisStorageSide(RedisBase, Storage):
         await self.enqueue(tasks, ())
 
     async def get(self, task_id: str) -> Task | None:
-        raw, started, token = await self.command("HMGET", self.key("t", task_id), "j", "r", "k")
-        return None if raw is None else decode_record(task_id, raw, started, token)
+        key = self.key("t", task_id)
+        try:
+            status, raw, started, token = await self.command("HMGET", key, "s", "j", "r", "k")
+        except ResponseError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise
+            raise CorruptRecordError(
+                f"stored record of task {task_id} cannot be read: {key} is not a hash"
+            ) from None
+        if status is None and raw is None:
+            return None
+        return decode_record(task_id, raw, started, token, status)
 
     async def list(
         self,
@@ -51,7 +67,11 @@ class RedisStorageSide(RedisBase, Storage):
         check_page(limit)
         filters = [status.value if status else "", name or "", queue or "", after or ""]
         reply = await self.run("list", *filters, limit)
-        return [decode_record("?", *reply[at : at + 3]) for at in range(0, len(reply), 3)]
+        return [
+            task
+            for at in range(0, len(reply), 5)
+            if (task := _listed(*reply[at : at + 5])) is not None
+        ]
 
     async def counts(self) -> dict[TaskStatus, int]:
         reply = await self.run("counts", *_STATUS_NAMES)
@@ -77,3 +97,14 @@ class RedisStorageSide(RedisBase, Storage):
                 pause = min(pause, left)
             await asyncio.sleep(pause)
             interval = min(interval * 2, self.options.result_poll_max)
+
+
+def _listed(task_id: Any, status: Any, raw: Any, started: Any, token: Any) -> Task | None:
+    """One record of a ``list`` reply, or ``None`` (and a warning) if it cannot be read."""
+    try:
+        if status is None:
+            raise CorruptRecordError(f"stored record of task {text(task_id)} is not a hash")
+        return decode_record(text(task_id), raw, started, token, status)
+    except CorruptRecordError as exc:
+        log.warning("listing skips a record: %s", exc)
+        return None

@@ -9,12 +9,15 @@ local EXP = P .. ":i:exp"
 local EXPMETA = P .. ":i:expmeta"
 -- A ready score is (MAX_PRIORITY - priority) * SPAN + sequence: higher priority first,
 -- FIFO within a priority, exact in a double as long as the sequence stays below SPAN.
-local MAX_PRIORITY = @MAX_PRIORITY@
+local MIN_PRIORITY, MAX_PRIORITY = @MIN_PRIORITY@, @MAX_PRIORITY@
 local SPAN = @SPAN@
 -- " old>new " for every allowed status change, and " status " for each final status
 -- (string constants cost nothing per call, unlike tables).
 local ALLOWED = "@ALLOWED@"
 local FINAL = "@FINAL@"
+-- " status " for every status; a stored status not in it may only become one of the
+-- "?>new" pairs in ALLOWED (FROM_UNKNOWN_STATUS: dead).
+local STATUSES = "@STATUSES@"
 
 local function qkey(queue, kind) return P .. ":q:" .. queue .. ":" .. kind end
 local function mkey(id) return P .. ":m:" .. id end
@@ -31,38 +34,120 @@ local function fmt(x) return string.format("%.6f", x) end
 -- An exclusive range bound at x, e.g. ZCOUNT key (x +inf.
 local function after(x) return string.format("(%.17g", x) end
 
+-- Corrupt state ---------------------------------------------------------------------------
+-- A key or field written by something else must cost at most its one task, and no script
+-- may fail half way (Redis does not roll a script back). Commands that could meet a value
+-- of the wrong type run through redis.pcall, which costs what redis.call does: checks
+-- cost nothing until something is wrong.
+
+-- A value for a defect text: quoted, short, "missing" for an absent field.
+local function show(v)
+  if not v then return "missing" end
+  if type(v) ~= "string" then v = tostring(v) end
+  if #v > 40 then v = string.sub(v, 1, 40) .. "..." end
+  return string.format("%q", v)
+end
+
+local function wrong_type(r)
+  return type(r) == "table" and r.err and string.find(r.err, "WRONGTYPE", 1, true)
+end
+
+-- Run command `...` on `key`, which holds no data a script could lose by replacing it
+-- (a wake list, an index set, a queue's set): if it holds a value of another type
+-- (nothing there can be read as ours), replace it, say so in the server log, run again.
+local function fixed(key, ...)
+  local r = redis.pcall(...)
+  if type(r) == "table" and r.err then
+    if not wrong_type(r) then error(r) end
+    redis.log(redis.LOG_WARNING, "bg-coor: " .. key .. " held a value of the wrong type; replaced")
+    redis.call("DEL", key)
+    r = redis.call(...)
+  end
+  return r
+end
+
+-- A read that treats a value of the wrong type as nothing: `default`.
+local function readable(default, ...)
+  local r = redis.pcall(...)
+  if wrong_type(r) then return default end
+  if type(r) == "table" and r.err then error(r) end
+  return r
+end
+
+-- A stored counter (deliveries, losses) as a number, or nil unless it is a whole number
+-- from 0 to 2**31 - 2, so that one more still fits every client's integer.
+local function count(v)
+  local n = type(v) == "string" and string.match(v, "^%d+$") and tonumber(v)
+  if n and n < 2147483647 then return n end
+  return nil
+end
+
+-- A stored priority as a number, or nil unless it is a whole number in range.
+local function priority(v)
+  local n = type(v) == "string" and string.match(v, "^-?%d+$") and tonumber(v)
+  if n and n >= MIN_PRIORITY and n <= MAX_PRIORITY then return n end
+  return nil
+end
+
+-- A stored ready score as a number, or nil unless it is one a ready score can be.
+local function order(v)
+  local n = type(v) == "string" and tonumber(v)
+  if n and n >= 0 and n < 2 ^ 53 then return n end
+  return nil
+end
+
+-- The next `n` sequence numbers end at the returned one. A sequence counter that is not
+-- an integer is restarted above any number in use: those count pushes, and the clock in
+-- milliseconds is far ahead of any count (and below SPAN until the year 2109).
+local function next_seq(n)
+  local r = redis.pcall("INCRBY", SEQ, n)
+  if type(r) == "table" then
+    redis.log(redis.LOG_WARNING, "bg-coor: " .. SEQ .. " was not an integer (" .. r.err .. "); restarted")
+    redis.call("DEL", SEQ)
+    r = redis.call("INCRBY", SEQ, math.floor(now() * 1000) + n)
+  end
+  return r
+end
+
 -- Wake one idle consumer of the queue, unless a wake-up is already pending.
 local function wake(queue)
   local w = qkey(queue, "wake")
-  if redis.call("LLEN", w) == 0 then redis.call("RPUSH", w, "1") end
+  if fixed(w, "LLEN", w) == 0 then redis.call("RPUSH", w, "1") end
 end
 
 -- Give a message a new place behind everything of its priority; returns its ready score.
+-- A message whose priority cannot be read goes to the front (score 0), where the next
+-- reserve finds what is wrong with it and hands it out as a defect.
 local function rescore(id)
   local key = mkey(id)
-  local seq = redis.call("INCR", SEQ)
-  local score = (MAX_PRIORITY - tonumber(redis.call("HGET", key, "p"))) * SPAN + seq
+  local seq = next_seq(1)
+  local p = redis.pcall("HGET", key, "p")
+  if type(p) == "table" then return 0 end -- not a hash
+  p = priority(p)
+  if not p then return 0 end
+  local score = (MAX_PRIORITY - p) * SPAN + seq
   redis.call("HSET", key, "o", score)
   return score
 end
 
 -- Put a message back in its ready set, behind everything of its priority.
 local function requeue(queue, id)
-  redis.call("ZADD", qkey(queue, "ready"), rescore(id), id)
+  local ready = qkey(queue, "ready")
+  fixed(ready, "ZADD", ready, rescore(id), id)
 end
 
 -- The queue of message `id` if `token` holds its lease at time `t`, else nil.
 local function held(id, token, t)
-  local m = redis.call("HMGET", mkey(id), "q", "t")
-  if not m[1] or m[2] ~= token then return nil end
-  local deadline = redis.call("ZSCORE", qkey(m[1], "leased"), id)
+  local m = redis.pcall("HMGET", mkey(id), "q", "t")
+  if m.err or not m[1] or m[2] ~= token then return nil end
+  local deadline = readable(false, "ZSCORE", qkey(m[1], "leased"), id)
   if not deadline or tonumber(deadline) <= t then return nil end
   return m[1]
 end
 
 -- Release a held message's lease and remove it from the leased set.
 local function unlease(queue, id)
-  redis.call("ZREM", qkey(queue, "leased"), id)
+  redis.call("ZREM", qkey(queue, "leased"), id) -- readable: held() found the id in it
   redis.call("HDEL", mkey(id), "t")
 end
 
@@ -78,13 +163,19 @@ end
 -- can be removed even after Redis dropped the hash.
 
 local function is_final(status) return string.find(FINAL, " " .. status .. " ", 1, true) end
+local function known(status)
+  return string.match(status, "^%l+$") and string.find(STATUSES, " " .. status .. " ", 1, true)
+end
 local function allowed(old, new)
+  if not known(old) then old = "?" end
   return string.find(ALLOWED, " " .. old .. ">" .. new .. " ", 1, true)
 end
 
--- The stored record as {status, token, name, queue, has_ttl, started}, or nil.
+-- The stored record as {status, token, name, queue, has_ttl, started}, or nil. A key that
+-- is not a hash gives {bad = what is wrong}: only a write marking the task dead replaces it.
 local function old_record(id)
-  local r = redis.call("HMGET", tkey(id), "s", "k", "n", "q", "x", "r")
+  local r = redis.pcall("HMGET", tkey(id), "s", "k", "n", "q", "x", "r")
+  if r.err then return {bad = tkey(id) .. " is not a hash"} end
   if r[1] then return r end
   return nil
 end
@@ -92,29 +183,33 @@ end
 -- nil if a write with this status and token may replace `old`, else why not.
 local function check_record(old, status, token)
   if not old then return nil end
+  if old.bad then return status ~= "dead" and "CORRUPT " .. old.bad or nil end
   if token ~= "" and status ~= "running" and old[2] ~= token then return "STALE" end
   if not allowed(old[1], status) then return "TRANSITION " .. old[1] end
   return nil
 end
 
+local function zrem(key, id) fixed(key, "ZREM", key, id) end
+local function hdel(key, field) fixed(key, "HDEL", key, field) end
+
 -- Remove an expiring record from every index; `meta` is its line in i:expmeta.
 local function forget(id, meta)
   local s, n, q = string.match(meta or "", "^(%S+) (%S+) (%S+)$")
   if s then
-    redis.call("ZREM", ikey("s", s), id)
-    redis.call("ZREM", ikey("n", n), id)
-    redis.call("ZREM", ikey("q", q), id)
+    zrem(ikey("s", s), id)
+    zrem(ikey("n", n), id)
+    zrem(ikey("q", q), id)
   end
-  redis.call("HDEL", EXPMETA, id)
-  redis.call("ZREM", ALL, id)
-  redis.call("ZREM", EXP, id)
+  hdel(EXPMETA, id)
+  zrem(ALL, id)
+  zrem(EXP, id)
 end
 
 -- Remove up to `max` records whose TTL has passed (-1: all); returns how many.
 local function cleanup(t, max)
-  local ids = redis.call("ZRANGEBYSCORE", EXP, "-inf", t, "LIMIT", 0, max)
+  local ids = fixed(EXP, "ZRANGEBYSCORE", EXP, "-inf", t, "LIMIT", 0, max)
   for _, id in ipairs(ids) do
-    forget(id, redis.call("HGET", EXPMETA, id))
+    forget(id, fixed(EXPMETA, "HGET", EXPMETA, id))
     redis.call("DEL", tkey(id)) -- Redis expires it too; this settles millisecond rounding
   end
   return #ids
@@ -122,25 +217,30 @@ end
 
 local function reindex(kind, old, new, id)
   if old == new then return end
-  if old then redis.call("ZREM", ikey(kind, old), id) end
-  redis.call("ZADD", ikey(kind, new), 0, id)
+  if old then zrem(ikey(kind, old), id) end
+  local key = ikey(kind, new)
+  fixed(key, "ZADD", key, 0, id)
 end
 
 -- Stop a record expiring (a record with a TTL that is written again without one).
 local function persist(key, id)
   redis.call("HDEL", key, "x")
   redis.call("PERSIST", key)
-  redis.call("ZREM", EXP, id)
-  redis.call("HDEL", EXPMETA, id)
+  zrem(EXP, id)
+  hdel(EXPMETA, id)
 end
 
 -- Write a record over `old` (from old_record, checked by check_record). ttl <= 0: none.
 local function write_record(old, id, status, token, name, queue, json, ttl, t)
   local key = tkey(id)
+  if old and old.bad then
+    redis.call("DEL", key) -- unreadable, and checked: this write marks the task dead
+    old = nil
+  end
   if not old then
-    local meta = redis.call("HGET", EXPMETA, id)
+    local meta = fixed(EXPMETA, "HGET", EXPMETA, id)
     if meta then forget(id, meta) end -- Redis expired it before a cleanup came by
-    redis.call("ZADD", ALL, 0, id)
+    fixed(ALL, "ZADD", ALL, 0, id)
     old = {false, false, false, false, false, false}
   end
   if old[6] then redis.call("HDEL", key, "r") end -- the JSON is whole again
@@ -150,8 +250,8 @@ local function write_record(old, id, status, token, name, queue, json, ttl, t)
   if ttl > 0 then
     redis.call("HSET", key, "s", status, "k", token, "n", name, "q", queue, "j", json, "x", "1")
     redis.call("PEXPIRE", key, math.ceil(ttl * 1000))
-    redis.call("ZADD", EXP, t + ttl, id)
-    redis.call("HSET", EXPMETA, id, status .. " " .. name .. " " .. queue)
+    fixed(EXP, "ZADD", EXP, t + ttl, id)
+    fixed(EXPMETA, "HSET", EXPMETA, id, status .. " " .. name .. " " .. queue)
   else
     redis.call("HSET", key, "s", status, "k", token, "n", name, "q", queue, "j", json)
     if old[5] then persist(key, id) end
@@ -159,27 +259,34 @@ local function write_record(old, id, status, token, name, queue, json, ttl, t)
 end
 
 -- Mark the record of a task being reserved running under `token`, as the executor would,
--- without rewriting its JSON (the r field says what changed). True if it did; false if
--- there is no record or its status may not become running (the executor then writes,
--- and is refused, itself).
+-- without rewriting its JSON (the r field says what changed). Returns "1" if it did, "0"
+-- if there is no record or its status may not become running (the executor then writes,
+-- and is refused, itself), and, for a record that cannot be read, "0" and what is wrong.
 local function start_record(id, token, t)
   local old = old_record(id)
-  if not old or not allowed(old[1], "running") then return false end
+  if not old then return "0" end
+  if old.bad then return "0", "corrupt record: " .. old.bad end
+  if not known(old[1]) then
+    return "0", "corrupt record: " .. tkey(id) .. " has status " .. show(old[1])
+  end
+  if not allowed(old[1], "running") then return "0" end
   local key = tkey(id)
   -- after a start whose worker was lost, keep what the record was before that one
-  local before = old[6] and string.match(old[6], "^%S+ (.*)$") or (old[1] .. " " .. old[2])
+  local before = old[6] and string.match(old[6], "^%S+ (%S+ .*)$")
+  if not before then before = old[1] .. " " .. (old[2] or "") end
   reindex("s", old[1], "running", id)
   redis.call("HSET", key, "s", "running", "k", "+" .. token, "r", fmt(t) .. " " .. before)
   if old[5] then persist(key, id) end
-  return true
+  return "1"
 end
 
 -- Undo start_record for a reservation handed back (its task may have begun, not finished).
 local function unstart_record(id, token)
   local key = tkey(id)
-  local r = redis.call("HMGET", key, "r", "k")
-  if not r[1] or r[2] ~= "+" .. token then return end
+  local r = redis.pcall("HMGET", key, "r", "k")
+  if r.err or not r[1] or r[2] ~= "+" .. token then return end
   local status, old_token = string.match(r[1], "^%S+ (%S+) (.*)$")
+  if not status then return end -- start_record wrote it; anything else is not ours to undo
   reindex("s", "running", status, id)
   redis.call("HSET", key, "s", status, "k", old_token)
   redis.call("HDEL", key, "r")

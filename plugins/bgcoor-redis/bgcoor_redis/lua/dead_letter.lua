@@ -8,5 +8,6 @@ unlease(queue, id)
 local key = mkey(id)
 if body ~= "" then redis.call("HSET", key, "b", body) end
 redis.call("HSET", key, "r", reason, "x", fmt(t))
-redis.call("ZADD", qkey(queue, "dead"), t, id)
+local dead = qkey(queue, "dead")
+fixed(dead, "ZADD", dead, t, id)
 return 1

@@ -2,8 +2,9 @@
 -- oldest first.
 local queue, offset, limit = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local out = {}
-for _, id in ipairs(redis.call("ZRANGE", qkey(queue, "dead"), offset, offset + limit - 1)) do
-  local m = redis.call("HMGET", mkey(id), "b", "r", "x")
+-- A dead letter whose hash cannot be read comes back with no body, reason or time.
+for _, id in ipairs(readable({}, "ZRANGE", qkey(queue, "dead"), offset, offset + limit - 1)) do
+  local m = readable({}, "HMGET", mkey(id), "b", "r", "x")
   out[#out + 1] = id
   out[#out + 1] = m[1]
   out[#out + 1] = m[2]

@@ -4,7 +4,7 @@ local queue = ARGV[2]
 local count = 0
 for _, kind in ipairs({"ready", "later"}) do
   local key = qkey(queue, kind)
-  for _, id in ipairs(redis.call("ZRANGE", key, 0, -1)) do
+  for _, id in ipairs(readable({}, "ZRANGE", key, 0, -1)) do
     redis.call("DEL", mkey(id))
     count = count + 1
   end

@@ -4,12 +4,13 @@
 for a = 2, #ARGV, 2 do
   local id, token = ARGV[a], ARGV[a + 1]
   local key = mkey(id)
-  local m = redis.call("HMGET", key, "q", "t", "o")
-  if m[1] and m[2] == token then
+  local m = redis.pcall("HMGET", key, "q", "t", "o")
+  if not m.err and m[1] and m[2] == token then
     unlease(m[1], id)
     unstart_record(id, token)
-    redis.call("HINCRBY", key, "d", -1)
-    redis.call("ZADD", qkey(m[1], "ready"), m[3], id)
+    redis.pcall("HINCRBY", key, "d", -1)
+    local ready = qkey(m[1], "ready")
+    fixed(ready, "ZADD", ready, order(m[3]) or 0, id)
     wake(m[1])
   end
 end

@@ -4,7 +4,10 @@
 -- taken), how many stay ready, then per message
 -- "<id> <queue index> <deliveries> <lost> <started>" and the body}. The n-th message's
 -- lease token is the nonce followed by n; <started> is 1 when the task's record was marked
--- running here (Reservation.started). Few reply elements: parsing them costs a client most.
+-- running here (Reservation.started), and "!" for a message or record that cannot be read:
+-- then the body's place holds what is wrong (Reservation.defect), and the message is
+-- leased like any other, so that the worker dead-letters it. Few reply elements: parsing
+-- them costs a client most.
 local lease, limit, nonce = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local PROMOTE = 1000 -- bounds the work one call does; the rest waits for the next call
 local t = now()
@@ -13,20 +16,63 @@ local taken = 0
 local next_due = nil
 
 local function promote(queue)
-  local later, leased = qkey(queue, "later"), qkey(queue, "leased")
-  for _, id in ipairs(redis.call("ZRANGEBYSCORE", later, "-inf", t, "LIMIT", 0, PROMOTE)) do
+  local later, leased, ready = qkey(queue, "later"), qkey(queue, "leased"), qkey(queue, "ready")
+  for _, id in ipairs(fixed(later, "ZRANGEBYSCORE", later, "-inf", t, "LIMIT", 0, PROMOTE)) do
     redis.call("ZREM", later, id)
-    redis.call("ZADD", qkey(queue, "ready"), redis.call("HGET", mkey(id), "o"), id)
+    -- an unreadable place goes to the front, where the reserve finds what is wrong
+    local o = redis.pcall("HGET", mkey(id), "o")
+    fixed(ready, "ZADD", ready, order(o) or 0, id)
   end
-  for _, id in ipairs(redis.call("ZRANGEBYSCORE", leased, "-inf", t, "LIMIT", 0, PROMOTE)) do
+  for _, id in ipairs(fixed(leased, "ZRANGEBYSCORE", leased, "-inf", t, "LIMIT", 0, PROMOTE)) do
     unlease(queue, id) -- the lease ran out: the consumer was lost
-    redis.call("HINCRBY", mkey(id), "l", 1)
+    redis.pcall("HINCRBY", mkey(id), "l", 1) -- a count that is not a number stays for below
     requeue(queue, id)
   end
 end
 
+-- What is wrong with message hash fields m = {q, b, d, l, p, o} found in `queue`, or nil.
+local function defect_of(key, queue, m)
+  if not (m[1] or m[2]) then -- (a lease that ran out may have counted a loss into nothing)
+    return key .. " is missing (its id was in the queue's ready, scheduled or leased set)"
+  end
+  if m[1] ~= queue then return key .. " has queue q " .. show(m[1]) .. ", not " .. show(queue) end
+  if not m[2] then return key .. " has no body (field b)" end
+  if not count(m[3]) then return key .. " has delivery count d " .. show(m[3]) end
+  if not count(m[4]) then return key .. " has lost count l " .. show(m[4]) end
+  if not priority(m[5]) then return key .. " has priority p " .. show(m[5]) end
+  if not order(m[6]) then return key .. " has ready score o " .. show(m[6]) end
+  return nil
+end
+
+-- Lease message `id` popped from `queue`'s ready set; returns its deliveries, losses and
+-- body, and for a message that cannot be read what is wrong with it: it is then rewritten
+-- as a sound message (an empty body if it had none), so that the worker can dead-letter
+-- it with that reason like any other.
+local function take(queue, id, token)
+  local key = mkey(id)
+  local m = redis.pcall("HMGET", key, "q", "b", "d", "l", "p", "o")
+  local why
+  if m.err then
+    why = key .. " is not a hash"
+    redis.call("DEL", key)
+    m = {}
+  else
+    why = defect_of(key, queue, m)
+  end
+  redis.call("ZADD", qkey(queue, "leased"), t + lease, id) -- readable: promote read it
+  if why then
+    local d = (count(m[3]) or 0) + 1
+    redis.call("HSET", key, "q", queue, "b", m[2] or "", "d", d, "l", count(m[4]) or 0,
+      "p", priority(m[5]) or 0, "o", order(m[6]) or 0, "t", token)
+    return d, 0, nil, "corrupt message: " .. why
+  end
+  local d = count(m[3]) + 1
+  redis.call("HSET", key, "d", d, "t", token)
+  return d, m[4], m[2], nil
+end
+
 local function due_in(key)
-  local first = redis.call("ZRANGE", key, 0, 0, "WITHSCORES")
+  local first = readable({}, "ZRANGE", key, 0, 0, "WITHSCORES")
   if first[2] then
     local d = tonumber(first[2]) - t
     if not next_due or d < next_due then next_due = d end
@@ -38,22 +84,20 @@ for q = 5, #ARGV do
   promote(queue)
   local ready = qkey(queue, "ready")
   if taken < limit then
-    local got = redis.call("ZPOPMIN", ready, limit - taken)
+    local got = fixed(ready, "ZPOPMIN", ready, limit - taken)
     for i = 1, #got, 2 do
       local id = got[i]
-      local key = mkey(id)
       taken = taken + 1
       local token = nonce .. taken
-      local deliveries = redis.call("HINCRBY", key, "d", 1)
-      redis.call("HSET", key, "t", token)
-      redis.call("ZADD", qkey(queue, "leased"), t + lease, id)
-      local m = redis.call("HMGET", key, "b", "l")
-      local started = start_record(id, token, t) and "1" or "0"
-      out[#out + 1] = id .. " " .. (q - 5) .. " " .. deliveries .. " " .. m[2] .. " " .. started
-      out[#out + 1] = m[1]
+      local deliveries, lost, body, why = take(queue, id, token)
+      local started = "!"
+      if not why then started, why = start_record(id, token, t) end
+      if why then started, body = "!", why end
+      out[#out + 1] = id .. " " .. (q - 5) .. " " .. deliveries .. " " .. lost .. " " .. started
+      out[#out + 1] = body
     end
   end
-  local left = redis.call("ZCARD", ready)
+  local left = fixed(ready, "ZCARD", ready)
   if left > 0 then
     out[3] = out[3] + left
     wake(queue) -- more is ready than this consumer took: pass the baton to an idle one

@@ -3,10 +3,11 @@
 local queue = ARGV[2]
 local t = now()
 local later, leased = qkey(queue, "later"), qkey(queue, "leased")
-local due = redis.call("ZCOUNT", later, "-inf", t) + redis.call("ZCOUNT", leased, "-inf", t)
+-- A set holding a value of the wrong type counts as empty (see `readable`).
+local due = readable(0, "ZCOUNT", later, "-inf", t) + readable(0, "ZCOUNT", leased, "-inf", t)
 return {
-  redis.call("ZCARD", qkey(queue, "ready")) + due,
-  redis.call("ZCOUNT", later, after(t), "+inf"),
-  redis.call("ZCOUNT", leased, after(t), "+inf"),
-  redis.call("ZCARD", qkey(queue, "dead")),
+  readable(0, "ZCARD", qkey(queue, "ready")) + due,
+  readable(0, "ZCOUNT", later, after(t), "+inf"),
+  readable(0, "ZCOUNT", leased, after(t), "+inf"),
+  readable(0, "ZCARD", qkey(queue, "dead")),
 }
