@@ -11,24 +11,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic_core import PydanticSerializationError, to_json, to_jsonable_python
-
 from ._broker import AtomicCompletion, Broker, Capability, Reservation
+from ._context import CurrentTask
 from ._errors import (
     CorruptRecordError,
     InvalidTransitionError,
     NonRetryableError,
     PayloadError,
     PayloadTooLargeError,
+    Retry,
     StaleLeaseError,
-    TaskTimeoutError,
     UnknownTaskError,
 )
+from ._invoke import Invoker
 from ._plugins import PluginHost
 from ._registry import RegisteredTask, TaskRegistry
 from ._settings import Settings
@@ -77,10 +78,17 @@ class Executor:
         self.host = host
         self.threads = threads
         self._atomic = isinstance(broker, AtomicCompletion) and broker.completes_into(storage)
+        self._invoker = Invoker(settings, threads, host)
         self._final_ttl = settings.result_ttl
 
-    async def execute(self, reservation: Reservation) -> None:
-        """Run one reservation to a settled state. Never raises for task failures."""
+    async def execute(
+        self, reservation: Reservation, *, cancel: threading.Event | None = None
+    ) -> None:
+        """Run one reservation to a settled state. Never raises for task failures.
+
+        ``cancel``: set it (then cancel the asyncio task running this) to cancel the task
+        for good; a cancellation without it is a shutdown, and the task is handed back.
+        """
         task = reservation.task
         if reservation.defect is not None:
             await self._reject(reservation, reservation.defect)
@@ -97,15 +105,22 @@ class Executor:
             )
             await self._dead(reservation, task, reason)
             return
+        if task.expires is not None and datetime.now(UTC) >= task.expires:
+            await self._expire(reservation, task)
+            return
         running = await self._mark_running(reservation, task)
         if running is None:
             return
         task = running
+        current = CurrentTask(task, cancel or threading.Event())
         try:
-            result = await self._run(entry, task)
+            result = await self._invoker.invoke(entry, current)
         except asyncio.CancelledError:
-            await asyncio.shield(self._hand_back(reservation))
-            raise
+            if not current.cancel_requested:  # shutting down: it runs again elsewhere
+                await asyncio.shield(self._hand_back(reservation))
+                raise
+            await asyncio.shield(self._cancelled(reservation, task))
+            return
         except Exception as exc:
             await self._failed(reservation, task, entry, exc)
             return
@@ -163,38 +178,6 @@ class Executor:
             )
             await self._ack_quietly(reservation)
 
-    async def _run(self, entry: RegisteredTask, task: Task) -> Any:
-        timeout = task.timeout or entry.options.timeout or self.settings.timeout
-        deadline = asyncio.timeout(timeout)
-        try:
-            async with deadline:
-                if entry.is_async:
-                    result = await entry.handler.run(task.payload)
-                else:
-                    loop = asyncio.get_running_loop()
-                    result = await loop.run_in_executor(
-                        self.threads, entry.handler.run, task.payload
-                    )
-        except TimeoutError as exc:
-            if not deadline.expired():  # the handler's own TimeoutError, not ours
-                raise
-            raise TaskTimeoutError(
-                f"task {task.name!r} exceeded its timeout of {timeout}s"
-            ) from exc
-        try:
-            size = len(to_json(result))  # a few microseconds, in Rust: checked for every task
-            jsonable = to_jsonable_python(result)
-        except PydanticSerializationError as exc:
-            raise PayloadError(
-                f"task {task.name!r} returned an unserialisable result: {exc}"
-            ) from None
-        if size > self.settings.max_result_bytes:
-            raise PayloadTooLargeError(
-                f"task {task.name!r} returned a result of {size} bytes encoded, above the "
-                f"limit of {self.settings.max_result_bytes} bytes (BGCOOR_MAX_RESULT_BYTES)"
-            )
-        return jsonable
-
     async def _failed(
         self, reservation: Reservation, task: Task, entry: RegisteredTask, exc: Exception
     ) -> None:
@@ -202,6 +185,8 @@ class Executor:
         task.traceback = "".join(traceback.format_exception(exc))
         if isinstance(exc, PayloadError):
             await self._dead(reservation, task, f"bad payload: {exc}", owned=True)
+        elif isinstance(exc, Retry) and task.attempts <= task.max_retries:
+            await self._retry(reservation, task, entry, exc.after)
         elif isinstance(exc, NonRetryableError) or not isinstance(exc, entry.options.retry_on):
             task.status = TaskStatus.FAILED
             task.finished_at = datetime.now(UTC)
@@ -213,15 +198,24 @@ class Executor:
             reason = f"max_retries exceeded ({task.max_retries})"
             await self._dead(reservation, task, reason, owned=True)
 
-    async def _retry(self, reservation: Reservation, task: Task, entry: RegisteredTask) -> None:
-        opts = entry.options
-        delay = backoff_delay(
-            task.attempts,
-            self.settings.retry_backoff if opts.retry_backoff is None else opts.retry_backoff,
-            self.settings.retry_backoff_max
-            if opts.retry_backoff_max is None
-            else opts.retry_backoff_max,
-        )
+    async def _retry(
+        self,
+        reservation: Reservation,
+        task: Task,
+        entry: RegisteredTask,
+        delay: float | None = None,
+    ) -> None:
+        """Store ``retrying`` and give the message back, due after ``delay`` seconds (by
+        default the backoff)."""
+        if delay is None:
+            opts = entry.options
+            delay = backoff_delay(
+                task.attempts,
+                self.settings.retry_backoff if opts.retry_backoff is None else opts.retry_backoff,
+                self.settings.retry_backoff_max
+                if opts.retry_backoff_max is None
+                else opts.retry_backoff_max,
+            )
         task.status = TaskStatus.RETRYING
         try:
             await self.storage.save(task)
@@ -250,7 +244,7 @@ class Executor:
         task.finished_at = datetime.now(UTC)
         log.warning("task %s (%s) dead-lettered: %s", task.id, task.name, reason)
         try:
-            await self.storage.save(task, ttl=self._final_ttl)
+            await self.storage.save(task, ttl=self._ttl(task))
         except StaleLeaseError as exc:
             log.warning("%s", exc)
             await self._ack_quietly(reservation)  # see _settle
@@ -300,7 +294,7 @@ class Executor:
             record.error = defect if corrupt else f"undecodable message: {defect}"
             record.finished_at = datetime.now(UTC)
             record.lease_token = None
-            await self.storage.save(record, ttl=self._final_ttl)
+            await self.storage.save(record, ttl=self._ttl(record))
         except Exception as exc:  # the message is dead-lettered either way
             log.warning("task %s: could not mark its record dead: %s", task_id, exc)
             return None
@@ -311,10 +305,10 @@ class Executor:
         try:
             if self._atomic:
                 await self.broker.complete(  # type: ignore[attr-defined]
-                    reservation, task, ttl=self._final_ttl
+                    reservation, task, ttl=self._ttl(task)
                 )
                 return True
-            await self.storage.save(task, ttl=self._final_ttl)
+            await self.storage.save(task, ttl=self._ttl(task))
         except StaleLeaseError as exc:
             log.warning("%s", exc)
             # The record moved on without us: a newer lease (then the broker refuses this
@@ -327,6 +321,32 @@ class Executor:
             return False
         await self._ack_quietly(reservation)
         return True
+
+    async def _cancelled(self, reservation: Reservation, task: Task) -> None:
+        """Cancelled while it ran (the pool was asked to): stored ``cancelled``, acked."""
+        task.status = TaskStatus.CANCELLED
+        task.error = "cancelled while running"
+        task.finished_at = datetime.now(UTC)
+        log.info("task %s (%s) cancelled while running", task.id, task.name)
+        if await self._settle(reservation, task) and self.host:
+            self.host.task_cancelled(task)
+
+    async def _expire(self, reservation: Reservation, task: Task) -> None:
+        """Not started before its ``expires``: marked ``expired`` and acked, never run."""
+        task.status = TaskStatus.EXPIRED
+        task.error = f"expired: not started before {task.expires:%Y-%m-%d %H:%M:%S%z}"
+        task.finished_at = datetime.now(UTC)
+        task.lease_token = None
+        log.info("task %s (%s) %s", task.id, task.name, task.error)
+        try:
+            await self.storage.save(task, ttl=self._ttl(task))
+        except (InvalidTransitionError, CorruptRecordError) as exc:
+            log.info("task %s: expiry not recorded: %s", task.id, exc)
+        await self._ack_quietly(reservation)
+
+    def _ttl(self, task: Task) -> float | None:
+        """How long a final record is kept: the task's own ``result_ttl``, else the setting."""
+        return self._final_ttl if task.result_ttl is None else task.result_ttl
 
     async def _hand_back(self, reservation: Reservation) -> None:
         await self._quietly(self.broker.nack(reservation))

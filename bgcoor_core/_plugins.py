@@ -13,6 +13,7 @@ import pluggy
 from . import hookspecs as _hookspecs
 from ._codec import Codec
 from ._errors import BgcoorError, PluginError, PluginLoadError
+from ._extensions import OptionRegistry, ServiceRegistry
 from ._registries import (
     BackendContext,
     BrokerRegistry,
@@ -20,9 +21,13 @@ from ._registries import (
     StorageRegistry,
     redact,
 )
+from ._registry import CORE_OPTION_NAMES
 
 if TYPE_CHECKING:
+    import typer
+
     from ._broker import Broker
+    from ._context import CurrentTask
     from ._registry import TaskRegistry
     from ._settings import Settings
     from ._storage import Storage
@@ -62,6 +67,7 @@ class PluginHost:
         self._brokers: BrokerRegistry | None = None
         self._storages: StorageRegistry | None = None
         self._serializers: SerializerRegistry | None = None
+        self._options: OptionRegistry | None = None
         self._refresh_observers()
 
     def register(self, plugin: object, name: str | None = None) -> None:
@@ -73,6 +79,7 @@ class PluginHost:
             self.pm.unregister(plugin)  # a rejected plugin must not fail every later register
             raise
         self._brokers = self._storages = self._serializers = None
+        self._options = None
         self._refresh_observers()
 
     # -- register-style hooks ----------------------------------------------------------
@@ -101,20 +108,40 @@ class PluginHost:
     def register_tasks(self, tasks: TaskRegistry) -> None:
         self._collect("bgcoor_register_tasks", tasks)
 
+    def services(self) -> ServiceRegistry:
+        """The worker services plugins add (a fresh registry per pool)."""
+        services = ServiceRegistry()
+        self._collect("bgcoor_register_services", services)
+        return services
+
+    @property
+    def task_options(self) -> OptionRegistry:
+        if self._options is None:
+            self._options = OptionRegistry(CORE_OPTION_NAMES)
+            self._collect("bgcoor_register_task_options", self._options)
+        return self._options
+
+    def register_commands(self, cli: typer.Typer) -> None:
+        self._collect("bgcoor_register_commands", cli)
+
     def _collect(self, hook_name: str, registry: Any) -> None:
-        """Call each implementation on its own so errors can name the plugin."""
-        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
-            if hasattr(registry, "current_plugin"):
-                registry.current_plugin = impl.plugin_name
-            try:
-                impl.function(*[registry for _ in impl.argnames])
-            except BgcoorError:
-                raise
-            except Exception as exc:
-                raise PluginError(
-                    f"plugin {impl.plugin_name!r} failed in {hook_name}: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
+        """Call a register-style hook through pluggy (wrappers and ordering honoured);
+        each plain implementation is adapted (see :meth:`_adapt`) so the registry knows
+        which plugin adds what and an error names the plugin."""
+        getattr(self.pm.hook, hook_name)(**{_REGISTER_ARGS[hook_name]: registry})
+
+    def _adapt(self) -> None:
+        """Wrap every plain hook implementation once, where pluggy calls it: a register
+        hook's tells its registry which plugin is calling and turns an error into a
+        :class:`PluginError` naming the plugin; an observer's logs its error, so one
+        misbehaving plugin neither breaks task processing nor hides events from others.
+        Wrappers (``wrapper=True``) are left as they are: pluggy drives them."""
+        for hook_name in (*_REGISTER_ARGS, *_OBSERVERS):
+            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+                if impl.wrapper or impl.hookwrapper or hasattr(impl.function, _ADAPTED):
+                    continue
+                adapt = _register_call if hook_name in _REGISTER_ARGS else _observer_call
+                impl.function = adapt(impl.function, impl.plugin_name, hook_name)
 
     # -- assembling backends -----------------------------------------------------------
 
@@ -145,19 +172,27 @@ class PluginHost:
     # -- lifecycle events --------------------------------------------------------------
 
     def _refresh_observers(self) -> None:
+        self._adapt()
         hook = self.pm.hook
-        self._observed = {name for name in _EVENTS if getattr(hook, name).get_hookimpls()}
+        self._observed = {name for name in _OBSERVERS if getattr(hook, name).get_hookimpls()}
+        #: Whether any plugin wraps execution: the executor skips all of it otherwise.
+        self.wraps_execution = bool(hook.bgcoor_wrap_execution.get_hookimpls())
 
     def _emit(self, name: str, **kwargs: Any) -> None:
         if name not in self._observed:
             return
-        # Each observer on its own: one that raises must neither break task processing
-        # nor keep the others from seeing the event.
-        for impl in getattr(self.pm.hook, name).get_hookimpls():
-            try:
-                impl.function(*[kwargs[arg] for arg in impl.argnames])
-            except Exception:
-                log.exception("lifecycle hook %s raised in plugin %r", name, impl.plugin_name)
+        try:
+            getattr(self.pm.hook, name)(**kwargs)
+        except Exception:  # raised by a wrapper; plain observers log their own errors
+            log.exception("hook %s raised", name)
+
+    def before_enqueue(self, task: Task) -> None:
+        self._emit("bgcoor_before_enqueue", task=task)
+
+    def execution_wrappers(self, current: CurrentTask) -> list[Any]:
+        """The context managers plugins wrap this attempt in, outermost first."""
+        found = self.pm.hook.bgcoor_wrap_execution(current=current)
+        return [cm for cm in found if cm is not None]
 
     def task_enqueued(self, task: Task) -> None:
         self._emit("bgcoor_task_enqueued", task=task)
@@ -201,6 +236,50 @@ class PluginHost:
 
 
 _EVENTS = tuple(name for name in dir(_hookspecs) if name.startswith("bgcoor_task_"))
+#: Hooks whose implementations only observe: their errors are logged, not raised.
+_OBSERVERS = (*_EVENTS, "bgcoor_before_enqueue")
+#: Register-style hooks and the name of the registry argument each receives.
+_REGISTER_ARGS = {
+    "bgcoor_register_brokers": "brokers",
+    "bgcoor_register_storages": "storages",
+    "bgcoor_register_serializers": "serializers",
+    "bgcoor_register_tasks": "tasks",
+    "bgcoor_register_services": "services",
+    "bgcoor_register_task_options": "options",
+    "bgcoor_register_commands": "cli",
+}
+_ADAPTED = "__bgcoor_adapted__"
+
+
+def _register_call(function: Callable[..., Any], plugin: str, hook: str) -> Callable[..., Any]:
+    def call(*args: Any) -> Any:
+        for arg in args:  # the registry, when the implementation takes it
+            if hasattr(arg, "current_plugin"):
+                arg.current_plugin = plugin
+        try:
+            return function(*args)
+        except BgcoorError:
+            raise
+        except Exception as exc:
+            raise PluginError(
+                f"plugin {plugin!r} failed in {hook}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    setattr(call, _ADAPTED, True)
+    return call
+
+
+def _observer_call(function: Callable[..., Any], plugin: str, hook: str) -> Callable[..., Any]:
+    def call(*args: Any) -> Any:
+        try:
+            return function(*args)
+        except Exception:
+            kind = "lifecycle hook" if hook in _EVENTS else "hook"
+            log.exception("%s %s raised in plugin %r", kind, hook, plugin)
+            return None
+
+    setattr(call, _ADAPTED, True)
+    return call
 
 
 def build_plugin_host(
@@ -242,6 +321,3 @@ def build_plugin_host(
         pm.register(plugin, name=name)
     pm.check_pending()
     return PluginHost(pm, dists, failures)
-
-
-ObserverFn = Callable[..., None]

@@ -20,6 +20,7 @@ from typing import Self
 from ._broker import Broker, Capability, Reservation
 from ._errors import CapabilityError, StaleLeaseError
 from ._executor import Executor
+from ._extensions import Service
 from ._plugins import PluginHost, build_plugin_host
 from ._registry import TaskRegistry
 from ._settings import Settings, load_settings
@@ -76,6 +77,7 @@ class WorkerPool:
         self._heartbeat: asyncio.Task[None] | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         self._slots: list[asyncio.Task[None]] = []
+        self._services: list[asyncio.Task[None]] = []
         self._stopping = False
         self._stopped = asyncio.Event()
         self.processed = 0
@@ -113,6 +115,11 @@ class WorkerPool:
             self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="bgcoor-heartbeat")
         if self.settings.cleanup_seconds is not None:
             self._housekeeping = asyncio.create_task(self._cleanup_loop(), name="bgcoor-cleanup")
+        if self.host is not None:
+            self._services = [
+                asyncio.create_task(self._serve(service), name=f"bgcoor-service-{service.name}")
+                for service in self.host.services().services.values()
+            ]
         log.info("worker pool started: concurrency %d, queues %s", self.concurrency, self.queues)
 
     async def __aenter__(self) -> Self:
@@ -243,6 +250,25 @@ class WorkerPool:
                     log.info("deleted %d expired task record(s)", removed)
             await asyncio.sleep(self.settings.cleanup_seconds)
 
+    async def _serve(self, service: Service) -> None:
+        """Run a plugin's service until the pool stops; restart it (with a backoff) when
+        it fails, so a plugin's bug never stops the pool."""
+        failures = 0
+        while True:
+            try:
+                await service.run(self)
+                return
+            except Exception:
+                failures += 1
+                delay = min(0.5 * 2**failures, 30.0)
+                log.exception(
+                    "worker service %r (plugin %r) failed; restarting in %.1fs",
+                    service.name,
+                    service.plugin,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+
     async def _extend(self, reservation: Reservation) -> None:
         try:
             await self.broker.extend(reservation, self.settings.lease_seconds)
@@ -280,7 +306,7 @@ class WorkerPool:
         if late:
             log.warning("%d task(s) still running after %.1fs; handed back", len(late), grace)
             await asyncio.gather(*late, return_exceptions=True)
-        for loop_task in (self._heartbeat, self._housekeeping):
+        for loop_task in (self._heartbeat, self._housekeeping, *self._services):
             if loop_task is not None:
                 loop_task.cancel()
                 await asyncio.gather(loop_task, return_exceptions=True)

@@ -8,6 +8,12 @@ the specs below, published under the ``bgcoor`` entry-point group::
 
 Register-style hooks receive a typed registry and add to it; lifecycle hooks observe
 tasks and return nothing. Hook implementations may omit arguments they do not need.
+
+Every hook is called through pluggy, so ``tryfirst``/``trylast`` ordering and wrappers
+(``@hookimpl(wrapper=True)``, a generator that yields once) work on all of them. An
+observer (the lifecycle hooks, ``bgcoor_before_enqueue``) that raises is logged and the
+others still run; a register-style hook that raises fails start-up with an error naming
+the plugin.
 """
 
 from __future__ import annotations
@@ -17,6 +23,12 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager, AbstractContextManager
+
+    import typer
+
+    from ._context import CurrentTask
+    from ._extensions import OptionRegistry, ServiceRegistry
     from ._registries import BrokerRegistry, SerializerRegistry, StorageRegistry
     from ._registry import TaskRegistry
     from ._task import Task
@@ -130,4 +142,75 @@ def bgcoor_task_cancelled(task: Task) -> None:
     """The task was cancelled before it finished.
 
     :param task: The task in status ``cancelled``.
+    """
+
+
+@hookspec
+def bgcoor_before_enqueue(task: Task) -> None:
+    """Called in the producer for each task about to be pushed: the place to add headers
+    (trace context, tenant, deploy version) by writing to ``task.headers``.
+
+    Runs after the call was validated and before anything is stored. An implementation
+    that raises is logged; the task is still enqueued.
+
+    :param task: The task as it will be stored and pushed; ``task.headers`` may be changed.
+    """
+
+
+@hookspec
+def bgcoor_wrap_execution(
+    current: CurrentTask,
+) -> AbstractContextManager[object] | AbstractAsyncContextManager[object] | None:
+    """Run code around each attempt of a task on the worker: return a context manager
+    (sync or async), or ``None`` to stay out of this task.
+
+    It is entered just before the handler runs and exited just after, in the task's own
+    context: a ``contextvars`` value set on entry is visible inside async task functions
+    and inside sync ones running in threads, and :func:`~bgcoor_core.current_task` works.
+    On exit ``current.result`` or ``current.error`` holds the outcome; an exception from
+    the handler passes through the context manager (which may not swallow it). An
+    exception raised by the context manager itself fails the attempt like the handler's
+    own would. Wrappers nest in hook-call order: the first one returned is outermost.
+
+    :param current: The running task: ``id``, ``name``, ``attempt``, ``headers``,
+        ``task`` (the full record), ``cancel_requested``, then ``result``/``error``.
+    """
+
+
+@hookspec
+def bgcoor_register_services(services: ServiceRegistry) -> None:
+    """Add long-running worker services (a scheduler loop, a metrics server, a registry
+    heartbeat), started with each worker pool and stopped with it.
+
+    Call ``services.add("name", run)`` where ``run(pool)`` is a coroutine function that
+    serves until it is cancelled; the pool starts every service after it started
+    reserving and cancels them after its last task settled. A service that raises is
+    logged and restarted with a backoff; it never stops the pool.
+
+    :param services: The registry of the pool being started.
+    """
+
+
+@hookspec
+def bgcoor_register_task_options(options: OptionRegistry) -> None:
+    """Declare extra task options a plugin reads (a rate limit, a tenant), accepted by
+    ``@manager.task(...)`` beside the core's and validated as strictly.
+
+    Call ``options.add("rate_limit", str | None, default=None, help="...")``. A task's
+    values are in ``registered.options.extra`` (the plugin's options by name). An unknown
+    option, or a value of the wrong type, is an error at decoration time naming the option.
+
+    :param options: The registry of task options.
+    """
+
+
+@hookspec
+def bgcoor_register_commands(cli: typer.Typer) -> None:
+    """Add ``bgcoor`` subcommands: ``@cli.command()`` on the functions to add.
+
+    A command that needs the application's manager takes the usual ``APP`` argument and
+    loads it with ``bgcoor_core.cli.run_with_manager``. Plugin settings belong in a
+    pydantic-settings model of the plugin's own, with a ``BGCOOR_<PLUGIN>_`` prefix.
+
+    :param cli: The ``bgcoor`` Typer application.
     """

@@ -1,0 +1,92 @@
+"""Calling one task's handler: its timeout, its result's checks, the context it runs in
+(``current_task()``, copied into the worker thread of a sync handler) and the plugins'
+execution wrappers (``bgcoor_wrap_execution``) around it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from pydantic_core import PydanticSerializationError, to_json, to_jsonable_python
+
+from ._context import _CURRENT, CurrentTask
+from ._errors import PayloadError, PayloadTooLargeError, TaskTimeoutError
+
+if TYPE_CHECKING:
+    from ._plugins import PluginHost
+    from ._registry import RegisteredTask
+    from ._settings import Settings
+
+
+class Invoker:
+    """Runs handlers for an executor; holds what every call needs."""
+
+    def __init__(
+        self, settings: Settings, threads: ThreadPoolExecutor | None, host: PluginHost | None
+    ) -> None:
+        self.settings = settings
+        self.threads = threads
+        self.host = host
+
+    async def invoke(self, entry: RegisteredTask, current: CurrentTask) -> Any:
+        """The handler's JSON-ready result; raises what it raised (or a timeout)."""
+        token = _CURRENT.set(current)
+        try:
+            if self.host is not None and self.host.wraps_execution:
+                return await self._wrapped(entry, current, self.host)
+            return await self._call(entry, current)
+        finally:
+            _CURRENT.reset(token)
+
+    async def _wrapped(self, entry: RegisteredTask, current: CurrentTask, host: PluginHost) -> Any:
+        async with contextlib.AsyncExitStack() as stack:
+            for wrapper in host.execution_wrappers(current):
+                if hasattr(wrapper, "__aenter__"):
+                    await stack.enter_async_context(wrapper)
+                else:
+                    stack.enter_context(wrapper)
+            try:
+                current.result = await self._call(entry, current)
+            except BaseException as exc:
+                current.error = exc
+                raise
+        if current.error is not None:  # a wrapper swallowed it: the outcome stands
+            raise current.error
+        return current.result
+
+    async def _call(self, entry: RegisteredTask, current: CurrentTask) -> Any:
+        task = current.task
+        timeout = task.timeout or entry.options.timeout or self.settings.timeout
+        deadline = asyncio.timeout(timeout)
+        try:
+            async with deadline:
+                if entry.is_async:
+                    result = await entry.handler.run(task.payload)
+                else:  # the thread runs in a copy of this context: current_task() works
+                    context = contextvars.copy_context()
+                    result = await asyncio.get_running_loop().run_in_executor(
+                        self.threads, context.run, entry.handler.run, task.payload
+                    )
+        except TimeoutError as exc:
+            if not deadline.expired():  # the handler's own TimeoutError, not ours
+                raise
+            raise TaskTimeoutError(
+                f"task {task.name!r} exceeded its timeout of {timeout}s"
+            ) from exc
+        return self._checked_result(task.name, result)
+
+    def _checked_result(self, name: str, result: Any) -> Any:
+        try:
+            size = len(to_json(result))  # a few microseconds, in Rust: checked for every task
+            jsonable = to_jsonable_python(result)
+        except PydanticSerializationError as exc:
+            raise PayloadError(f"task {name!r} returned an unserialisable result: {exc}") from None
+        if size > self.settings.max_result_bytes:
+            raise PayloadTooLargeError(
+                f"task {name!r} returned a result of {size} bytes encoded, above the "
+                f"limit of {self.settings.max_result_bytes} bytes (BGCOOR_MAX_RESULT_BYTES)"
+            )
+        return jsonable
