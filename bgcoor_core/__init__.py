@@ -12,6 +12,7 @@ from ._broker import (
     Reservation,
 )
 from ._codec import Codec, Serializer
+from ._context import CurrentTask, current_task
 from ._errors import (
     BgcoorError,
     CapabilityError,
@@ -30,6 +31,7 @@ from ._errors import (
     PluginError,
     PluginLoadError,
     ResultTimeoutError,
+    Retry,
     SettingsError,
     StaleLeaseError,
     TaskCancelledError,
@@ -41,6 +43,7 @@ from ._errors import (
     UnknownTaskError,
 )
 from ._executor import Executor
+from ._extensions import OptionRegistry, ServiceRegistry
 from ._handlers import Handler
 from ._manager import TaskCall, TaskFunction, TaskHandle, TaskManager
 from ._plugins import PluginHost, build_plugin_host
@@ -69,6 +72,7 @@ __all__ = [
     "Codec",
     "ConfigurationError",
     "CorruptRecordError",
+    "CurrentTask",
     "DeadLetter",
     "DecodeError",
     "DuplicateSchemeError",
@@ -83,6 +87,7 @@ __all__ = [
     "Message",
     "Migratable",
     "NonRetryableError",
+    "OptionRegistry",
     "OutOfRangeError",
     "PayloadError",
     "PayloadTooLargeError",
@@ -92,9 +97,11 @@ __all__ = [
     "QueueStats",
     "Reservation",
     "ResultTimeoutError",
+    "Retry",
     "Serializer",
     "SerializerRegistry",
     "Settings",
+    "ServiceRegistry",
     "SettingsError",
     "StaleLeaseError",
     "Storage",
@@ -118,6 +125,7 @@ __all__ = [
     "__version__",
     "build_plugin_host",
     "check_write",
+    "current_task",
     "hookimpl",
     "load_settings",
 ]

@@ -9,16 +9,21 @@ explicitly enabled.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import ValidationError
 
 from ._errors import DecodeError, PayloadError, PayloadTooLargeError
-from ._task import Task
+from ._handlers import SECRET_MASK, refuse_secrets_in_payload
+from ._task import MESSAGE_FORMAT, Task
+from ._text import printable as printable  # re-exported: backends import it from here
 
 JSON = "application/json"
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+_MASK = SECRET_MASK.encode()
+DEFAULT_MAX_RESULT_BYTES = 10 * 1024 * 1024
 
 
 @runtime_checkable
@@ -80,6 +85,8 @@ class Codec:
                 body = self._serializer.dumps(task.model_dump(mode="json"))
         except (TypeError, ValueError) as exc:
             raise PayloadError(f"task {task.name!r} cannot be serialised: {exc}") from exc
+        if _MASK in body:  # a byte search; only a body holding the mask is looked into
+            refuse_secrets_in_payload(task.name, task.payload)
         data = self._prefix + body
         if len(data) > self.max_payload_bytes:
             raise PayloadTooLargeError(
@@ -114,13 +121,35 @@ class Codec:
             )
         try:
             if ct == JSON:
-                return Task.model_validate_json(body)
-            return Task.model_validate(serializer.loads(body))
+                task = Task.model_validate_json(body)
+            else:
+                task = Task.model_validate(serializer.loads(body))
         except ValidationError as exc:
             raise DecodeError(f"malformed message: {_summarise(exc)}") from None
         except Exception as exc:
             problem = printable(f"{type(exc).__name__}: {exc}", 300)
             raise DecodeError(f"malformed message: {problem}") from None
+        if task.model_extra:
+            _check_extra_fields(task.model_extra)
+        if task.format > MESSAGE_FORMAT:
+            raise DecodeError(
+                f"message format {task.format} is newer than this worker understands "
+                f"({MESSAGE_FORMAT}): upgrade bg-coor on the workers"
+            )
+        return task
+
+
+#: What a field added by a newer version looks like; anything else is a malformed body.
+_FIELD_NAME = re.compile(r"[a-z_][a-z0-9_]{0,63}")
+
+
+def _check_extra_fields(extra: dict[str, Any]) -> None:
+    """Fields this version does not know are kept (forward compatibility), but only if
+    they are named like a field: a hostile name (a NUL, an escape) would reach logs and
+    text columns."""
+    for name in extra:
+        if not _FIELD_NAME.fullmatch(name):
+            raise DecodeError(f"malformed message: unknown field {printable(repr(name), 80)}")
 
 
 def _summarise(exc: ValidationError) -> str:
@@ -131,12 +160,3 @@ def _summarise(exc: ValidationError) -> str:
     ]
     more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
     return "; ".join(parts) + more
-
-
-def printable(text: str, limit: int) -> str:
-    """``text`` safe to log and store as a reason: control and other unprintable
-    characters escaped as ``repr`` would (a field name in a hostile body can hold a NUL,
-    which PostgreSQL text refuses), clipped to ``limit`` characters."""
-    if not text.isprintable():
-        text = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 
 class BgcoorError(Exception):
     """Base class of all bg-coor errors."""
@@ -124,6 +126,22 @@ class ResultTimeoutError(BgcoorError, TimeoutError):
 
 class NonRetryableError(BgcoorError):
     """Raise from a task to fail it at once, without retries."""
+
+
+class Retry(BgcoorError):
+    """Raise from a task to have it retried later: ``raise Retry(after=timedelta(seconds=30))``.
+
+    It counts as an attempt, so ``max_retries`` still bounds it (past it the task is
+    dead-lettered). Without ``after`` the task's usual backoff applies.
+    """
+
+    def __init__(self, reason: str = "", *, after: float | timedelta | None = None) -> None:
+        seconds = after.total_seconds() if isinstance(after, timedelta) else after
+        if seconds is not None and not (0 <= seconds <= 10 * 365 * 86_400.0):
+            raise ValueError(f"Retry(after=...) must be 0 to 10 years, got {after!r}")
+        self.after = None if seconds is None else float(seconds)
+        when = "" if seconds is None else f" in {seconds:g}s"
+        super().__init__(f"retry requested{when}" + (f": {reason}" if reason else ""))
 
 
 class TaskTimeoutError(BgcoorError, TimeoutError):

@@ -310,6 +310,9 @@ class TaskManager:
         broker and storage at once (:class:`AtomicEnqueue`) does both in one step.
         """
         broker, storage = self._ensure_backends()
+        host = self.host
+        for task in tasks:  # plugins add headers before anything is encoded
+            host.before_enqueue(task)
         messages = [broker.to_message(t) for t in tasks]
         atomic = self._atomic_enqueue
         if atomic is not None:
@@ -325,7 +328,7 @@ class TaskManager:
                     lambda: broker.push_messages(messages), tasks, broker.transient_errors
                 )
         for task in tasks:
-            self.host.task_enqueued(task)
+            host.task_enqueued(task)
 
     async def _idempotent(
         self,

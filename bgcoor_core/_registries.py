@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from ._broker import Broker
 from ._codec import Codec, Serializer
@@ -51,9 +51,10 @@ class _BackendRegistry(Generic[B]):
         scheme = scheme.lower()
         previous = self.entries.get(scheme)
         if previous is not None:
+            first, second = sorted((previous.plugin, self.current_plugin))
             raise DuplicateSchemeError(
                 f"{self.kind} URL scheme {scheme!r} is claimed by two plugins: "
-                f"{previous.plugin!r} and {self.current_plugin!r}"
+                f"{first!r} and {second!r}"
             )
         self.entries[scheme] = BackendEntry(scheme, factory, self.current_plugin, test_url)
 
@@ -93,18 +94,69 @@ class SerializerRegistry:
     def add(self, serializer: Serializer) -> None:
         ct = serializer.content_type
         if ct in self.serializers:
+            first, second = sorted((self.owners[ct], self.current_plugin))
             raise PluginError(
-                f"content type {ct!r} is provided by two plugins: {self.owners[ct]!r} and "
-                f"{self.current_plugin!r}"
+                f"content type {ct!r} is provided by two plugins: {first!r} and {second!r}"
             )
         self.serializers[ct] = serializer
         self.owners[ct] = self.current_plugin
 
 
+#: Query-string keys whose values are credentials, matched case-insensitively as whole
+#: names or as parts of one (``sslpassword``, ``aws_secret_access_key``, ``auth_token``).
+SECRET_QUERY_WORDS = (
+    "password",
+    "passwd",
+    "pwd",
+    "secret",
+    "token",
+    "api_key",
+    "apikey",
+    "access_key",
+    "private_key",
+    "credential",
+    "auth",
+)
+MASK = "***"
+
+
 def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (safe to log)."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """``url`` safe to show and log: a userinfo password and the value of every secret
+    query-string key (:data:`SECRET_QUERY_WORDS`) replaced by ``***``.
+
+    Never raises: text that does not parse as a URL is masked after its scheme, since
+    nothing can tell which part of it is a secret.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unbalanced "[" in the host
+        scheme, sep, _ = url.partition("://")
+        return f"{scheme}{sep}{MASK}" if sep else MASK
+    netloc = _redact_userinfo(parts.netloc)
+    query = _redact_query(parts.query)
+    if netloc == parts.netloc and query == parts.query:
         return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    return parts._replace(netloc=netloc, query=query).geturl()
+
+
+def _redact_userinfo(netloc: str) -> str:
+    userinfo, at, host = netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return netloc  # no password; a user name alone is shown
+    user = userinfo.partition(":")[0]
+    return f"{user}:{MASK}@{host}"
+
+
+def _redact_query(query: str) -> str:
+    if not query:
+        return query
+    pairs = []
+    for pair in query.split("&"):
+        key, eq, _ = pair.partition("=")
+        name = unquote_plus(key).lower()
+        pairs.append(f"{key}={MASK}" if eq and _is_secret(name) else pair)
+    return "&".join(pairs)
+
+
+def _is_secret(name: str) -> bool:
+    return any(word in name for word in SECRET_QUERY_WORDS)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import _limits as limits
 from ._errors import TaskRegistrationError, UnknownTaskError
 from ._handlers import FunctionHandler, Handler, is_async_handler
 from ._task import validate_queue_name, validate_task_name
@@ -23,6 +24,29 @@ class TaskOptions:
     retry_backoff: float | None = None
     retry_backoff_max: float | None = None
     retry_on: tuple[type[BaseException], ...] = (Exception,)
+
+    def __post_init__(self) -> None:
+        """Refuse a value out of its range (:mod:`._limits`) when the task is declared."""
+        for option, bounds in _OPTION_RANGES:
+            value = getattr(self, option)
+            if value is not None:
+                bounds.check(f"task option {option}", value)
+
+
+_OPTION_RANGES = (
+    ("max_retries", limits.RETRIES),
+    ("timeout", limits.TIMEOUT),
+    ("priority", limits.PRIORITY),
+    ("retry_backoff", limits.BACKOFF),
+    ("retry_backoff_max", limits.BACKOFF),
+)
+
+
+#: Option names the core owns; a plugin's task options must use others.
+CORE_OPTION_NAMES = frozenset(
+    {"name", "max_retries", "timeout", "queue", "priority", "retry_backoff"}
+    | {"retry_backoff_max", "retry_on", "headers", "result_ttl", "expires", "delay", "eta"}
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,26 @@ def validate_task_name(name: object) -> str:
     return name
 
 
+def validate_task_id(task_id: object) -> str:
+    """Return ``task_id`` if it is a valid task id, else raise :class:`InvalidNameError`.
+
+    Any 1-200 printable characters without spaces: ids reach every driver (a NUL breaks
+    PostgreSQL text, a newline a log line), and an empty id names nothing. Only C-level
+    string methods, as this runs for every task built or decoded.
+    """
+    if (
+        not isinstance(task_id, str)
+        or not 0 < len(task_id) <= 200
+        or not task_id.isprintable()  # also refuses every whitespace character but " "
+        or " " in task_id
+    ):
+        raise InvalidNameError(
+            f"invalid task id {_clip(task_id)}: use 1-200 printable characters without "
+            "spaces or control characters"
+        )
+    return task_id
+
+
 def _clip(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -54,6 +74,8 @@ class TaskStatus(enum.StrEnum):
     RETRYING = "retrying"
     DEAD = "dead"
     CANCELLED = "cancelled"
+    #: Not started before its ``expires`` time: never run.
+    EXPIRED = "expired"
 
     @property
     def is_final(self) -> bool:
@@ -61,23 +83,32 @@ class TaskStatus(enum.StrEnum):
 
 
 FINAL_STATUSES = frozenset(
-    {TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.DEAD, TaskStatus.CANCELLED}
+    {
+        TaskStatus.SUCCEEDED,
+        TaskStatus.FAILED,
+        TaskStatus.DEAD,
+        TaskStatus.CANCELLED,
+        TaskStatus.EXPIRED,
+    }
 )
 
 _S = TaskStatus
 #: Which status may follow which. ``running -> running`` is a redelivery after a lost lease;
 #: ``dead``/``failed -> pending`` is a manual requeue.
 ALLOWED_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
-    _S.PENDING: frozenset({_S.PENDING, _S.SCHEDULED, _S.RUNNING, _S.DEAD, _S.CANCELLED}),
-    _S.SCHEDULED: frozenset({_S.PENDING, _S.RUNNING, _S.DEAD, _S.CANCELLED}),
-    _S.RUNNING: frozenset(
-        {_S.RUNNING, _S.SUCCEEDED, _S.FAILED, _S.RETRYING, _S.DEAD, _S.CANCELLED}
+    _S.PENDING: frozenset(
+        {_S.PENDING, _S.SCHEDULED, _S.RUNNING, _S.DEAD, _S.CANCELLED, _S.EXPIRED}
     ),
-    _S.RETRYING: frozenset({_S.RUNNING, _S.DEAD, _S.CANCELLED, _S.PENDING}),
+    _S.SCHEDULED: frozenset({_S.PENDING, _S.RUNNING, _S.DEAD, _S.CANCELLED, _S.EXPIRED}),
+    _S.RUNNING: frozenset(
+        {_S.RUNNING, _S.SUCCEEDED, _S.FAILED, _S.RETRYING, _S.DEAD, _S.CANCELLED, _S.EXPIRED}
+    ),
+    _S.RETRYING: frozenset({_S.RUNNING, _S.DEAD, _S.CANCELLED, _S.PENDING, _S.EXPIRED}),
     _S.SUCCEEDED: frozenset(),
     _S.FAILED: frozenset({_S.PENDING}),
     _S.DEAD: frozenset({_S.PENDING}),
     _S.CANCELLED: frozenset(),
+    _S.EXPIRED: frozenset(),
 }
 
 
@@ -94,6 +125,10 @@ def can_transition(old: TaskStatus | str, new: TaskStatus) -> bool:
     return new in (FROM_UNKNOWN_STATUS if allowed is None else allowed)
 
 
+#: The version of the message and record format this code writes and understands.
+MESSAGE_FORMAT = 1
+
+
 class Task(BaseModel):
     """One unit of work and everything known about it.
 
@@ -101,8 +136,14 @@ class Task(BaseModel):
     ``{"args": [...], "kwargs": {...}}``; handler objects receive the payload as is.
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+    # Fields this version does not know (written by a newer producer) are kept, not
+    # refused: they ride along unchanged through this worker's retries and records, so a
+    # rolling deploy never dead-letters work. ``format`` changes only when a change is not
+    # backward compatible; a worker refuses a message of a newer format (see ``Codec``).
+    model_config = ConfigDict(extra="allow", validate_assignment=False)
 
+    #: The message format version (see :data:`MESSAGE_FORMAT`).
+    format: int = MESSAGE_FORMAT
     id: str = Field(default_factory=new_task_id)
     name: str
     payload: Any = None
@@ -112,7 +153,8 @@ class Task(BaseModel):
     queue: str = "default"
     priority: int = 0
     eta: datetime | None = None
-    timeout: float | None = Field(default=None, gt=0)
+    # Finite: JSON would store inf as null, silently dropping the timeout.
+    timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -122,7 +164,15 @@ class Task(BaseModel):
     #: Token of the lease under which the current attempt runs; outcome writes carrying
     #: another token are refused by the storage.
     lease_token: str | None = None
+    #: Seconds this task's final record is kept (``None``: ``BGCOOR_RESULT_TTL``).
+    result_ttl: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    #: A task not started by then is marked ``expired`` and never run.
+    expires: datetime | None = None
+    #: Metadata a producer or plugin attaches (trace context, tenant, deploy version):
+    #: carried unchanged through every backend, retry and dead letter.
+    headers: dict[str, str] = Field(default_factory=dict)
 
+    _check_id = field_validator("id")(lambda cls, v: validate_task_id(v))
     _check_name = field_validator("name")(lambda cls, v: validate_task_name(v))
     _check_queue = field_validator("queue")(lambda cls, v: validate_queue_name(v))
 
