@@ -109,3 +109,21 @@ def test_benchmark_smoke() -> None:
     )
     assert out.count("processed") == 2
     assert out.count("p99") == 2
+
+
+def test_timing_plugin_adds_a_header_at_enqueue_and_times_each_attempt() -> None:
+    out = run_example("timing_plugin.py")
+    lines = out.splitlines()
+    assert sum("napped with header timing-enqueued-at = " in line for line in lines) == 2
+    timed = [line for line in lines if line.startswith("demo.nap attempt 1 succeeded")]
+    assert len(timed) == 2
+    ran = sorted(float(line.split("ran ")[1].split(" ms")[0]) for line in timed)
+    assert ran[0] >= 19  # the 20 ms nap, timed by the wrapper around the handler
+    assert ran[1] >= 49
+
+
+def test_the_plugin_guide_shows_the_timing_plugin_as_it_runs() -> None:
+    guide = (ROOT / "docs" / "writing-plugins.md").read_text()
+    source = (EXAMPLES / "timing_plugin.py").read_text()
+    plugin = source.split("class TimingPlugin:", 1)[1].split("\n\n\ntiming = ", 1)[0]
+    assert "class TimingPlugin:" + plugin in guide
