@@ -34,6 +34,8 @@ from ._storage import Storage
 from ._task import Task, TaskStatus, validate_queue_name
 
 P = ParamSpec("P")
+#: Records or letters an admin operation loads at once.
+ADMIN_PAGE = 500
 R = TypeVar("R")
 
 
@@ -454,16 +456,24 @@ class TaskManager:
         return True
 
     async def requeue_dead(self, queue: str, ids: Sequence[str] | None = None) -> list[str]:
-        """Put dead letters back in their queue for one more attempt each."""
+        """Put dead letters (all, or those in ``ids``) back in their queue for one more
+        attempt each; return their ids. Pages through the dead-letter queue, so memory
+        stays bounded however many letters wait there."""
         broker, storage = self._ensure_backends()
-        letters = await broker.dead_letters(queue, limit=1_000_000)
-        wanted = {letter.id for letter in letters if ids is None or letter.id in ids}
-        for letter in letters:
-            if letter.id in wanted and letter.task is not None:
-                record = await storage.get(letter.id) or letter.task
-                record.status, record.lease_token = TaskStatus.PENDING, None
-                await storage.save(record)
-        return await broker.requeue_dead(queue, sorted(wanted))
+        wanted = None if ids is None else set(ids)
+        moved: list[str] = []
+        offset = 0
+        while page := await broker.dead_letters(queue, limit=ADMIN_PAGE, offset=offset):
+            chosen = [d for d in page if wanted is None or d.id in wanted]
+            for letter in chosen:
+                if letter.task is not None:
+                    record = await storage.get(letter.id) or letter.task
+                    record.status, record.lease_token = TaskStatus.PENDING, None
+                    await storage.save(record)
+            done = await broker.requeue_dead(queue, [d.id for d in chosen]) if chosen else []
+            moved.extend(done)
+            offset += len(page) - len(done)  # what stayed behind shifts the next page
+        return moved
 
     # -- running -----------------------------------------------------------------------
 
