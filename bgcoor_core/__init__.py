@@ -53,6 +53,7 @@ from ._registry import TaskOptions, TaskRegistry
 from ._settings import Settings, load_settings
 from ._storage import Storage, check_write
 from ._task import ALLOWED_TRANSITIONS, FROM_UNKNOWN_STATUS, Task, TaskStatus
+from ._wiring import Backends
 from .backends.memory import MemoryBroker, MemoryStorage
 from .hookspecs import hookimpl
 
@@ -64,6 +65,7 @@ __all__ = [
     "AtomicCompletion",
     "AtomicEnqueue",
     "BackendContext",
+    "Backends",
     "BgcoorError",
     "Broker",
     "BrokerRegistry",
@@ -100,8 +102,8 @@ __all__ = [
     "Retry",
     "Serializer",
     "SerializerRegistry",
-    "Settings",
     "ServiceRegistry",
+    "Settings",
     "SettingsError",
     "StaleLeaseError",
     "Storage",

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
-from ._broker import AtomicCompletion, Broker, Capability, Reservation
+from ._broker import Broker, Capability, Reservation
 from ._context import CurrentTask
 from ._errors import (
     CorruptRecordError,
@@ -35,6 +35,7 @@ from ._registry import RegisteredTask, TaskRegistry
 from ._settings import Settings
 from ._storage import Storage
 from ._task import Task, TaskStatus
+from ._wiring import Backends
 
 log = logging.getLogger("bgcoor.executor")
 #: The name on the placeholder that replaces a record nobody can read.
@@ -77,7 +78,8 @@ class Executor:
         self.settings = settings
         self.host = host
         self.threads = threads
-        self._atomic = isinstance(broker, AtomicCompletion) and broker.completes_into(storage)
+        self._completion = Backends.pair(broker, storage).atomic_completion
+        self._atomic = self._completion is not None
         self._invoker = Invoker(settings, threads, host)
         self._final_ttl = settings.result_ttl
 
@@ -303,10 +305,8 @@ class Executor:
     async def _settle(self, reservation: Reservation, task: Task) -> bool:
         """Store a final outcome and ack; False when a stale lease made it moot."""
         try:
-            if self._atomic:
-                await self.broker.complete(  # type: ignore[attr-defined]
-                    reservation, task, ttl=self._ttl(task)
-                )
+            if self._completion is not None:
+                await self._completion.complete(reservation, task, ttl=self._ttl(task))
                 return True
             await self.storage.save(task, ttl=self._ttl(task))
         except StaleLeaseError as exc:

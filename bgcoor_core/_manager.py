@@ -12,7 +12,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from pydantic import TypeAdapter
 
-from ._broker import AtomicEnqueue, Broker
+from ._broker import Broker
 from ._errors import (
     DuplicateTaskError,
     EnqueueUncertainError,
@@ -32,6 +32,7 @@ from ._registry import RegisteredTask, TaskOptions, TaskRegistry
 from ._settings import Settings, load_settings
 from ._storage import Storage
 from ._task import Task, TaskStatus, validate_queue_name
+from ._wiring import Backends
 
 P = ParamSpec("P")
 #: Records or letters an admin operation loads at once.
@@ -193,9 +194,7 @@ class TaskManager:
         self.registry = registry or TaskRegistry()
         self._plugins = list(plugins)
         self._host: PluginHost | None = None
-        self._backends: tuple[Broker, Storage] | None = None
-        #: The broker, when it stores records and messages together (decided once).
-        self._atomic_enqueue: AtomicEnqueue | None = None
+        self._backends: Backends | None = None
         self._portal: Portal | None = None
         self._wiring = threading.RLock()  # first use may come from several threads at once
 
@@ -215,26 +214,40 @@ class TaskManager:
                 self._host = host  # published only once complete
             return self._host
 
-    def _ensure_backends(self) -> tuple[Broker, Storage]:
+    @property
+    def backends(self) -> Backends:
+        """The broker and storage in use (opened from the settings on first use)."""
         backends = self._backends
         if backends is not None:
             return backends
         with self._wiring:
             if self._backends is None:
-                broker, storage = self.host.make_backends(self.settings)
-                check_capabilities(broker, self.registry)
-                if isinstance(broker, AtomicEnqueue) and broker.completes_into(storage):
-                    self._atomic_enqueue = broker
-                self._backends = broker, storage
+                opened = Backends.open(self.host, self.settings)
+                check_capabilities(opened.broker, self.registry)
+                self._backends = opened
             return self._backends
+
+    def use_backends(self, backends: Backends | None) -> Backends | None:
+        """Work with ``backends`` from now on (``None``: open the settings' URLs again on
+        next use); returns the previous ones, not closed. Tests swap in memory backends
+        this way (the ``bgcoor_memory`` fixture)."""
+        with self._wiring:
+            if backends is not None:
+                check_capabilities(backends.broker, self.registry)
+            previous, self._backends = self._backends, backends
+        return previous
+
+    def _ensure_backends(self) -> tuple[Broker, Storage]:
+        backends = self.backends
+        return backends.broker, backends.storage
 
     @property
     def broker(self) -> Broker:
-        return self._ensure_backends()[0]
+        return self.backends.broker
 
     @property
     def storage(self) -> Storage:
-        return self._ensure_backends()[1]
+        return self.backends.storage
 
     @property
     def portal(self) -> Portal:
@@ -288,7 +301,7 @@ class TaskManager:
             task_name = name or f"{func.__module__}.{func.__qualname__}".replace(".<locals>", "")
             entry = self.registry.register(task_name, func, options)
             if self._backends is not None:
-                check_capabilities(self._backends[0], self.registry)
+                check_capabilities(self._backends.broker, self.registry)
             return TaskFunction(self, func, entry)
 
         return register(fn) if fn is not None else _TaskDecorator(register)
@@ -311,12 +324,13 @@ class TaskManager:
         Every task is validated and encoded before anything is written. A backend that is
         broker and storage at once (:class:`AtomicEnqueue`) does both in one step.
         """
-        broker, storage = self._ensure_backends()
+        backends = self.backends
+        broker, storage = backends.broker, backends.storage
         host = self.host
         for task in tasks:  # plugins add headers before anything is encoded
             host.before_enqueue(task)
         messages = [broker.to_message(t) for t in tasks]
-        atomic = self._atomic_enqueue
+        atomic = backends.atomic_enqueue
         if atomic is not None:
             await self._idempotent(
                 lambda: atomic.enqueue_atomically(tasks, messages), tasks, broker.transient_errors
@@ -540,12 +554,9 @@ class TaskManager:
         self._close_portal()
 
     async def _close_backends(self) -> None:
-        if self._backends is not None:
-            broker, storage = self._backends
-            self._backends = None
-            await broker.close()
-            if storage is not broker:  # type: ignore[comparison-overlap]
-                await storage.close()
+        backends = self.use_backends(None)
+        if backends is not None:
+            await backends.close()
 
     def _close_portal(self) -> None:
         if self._portal is not None:

@@ -23,6 +23,7 @@ import pytest
 
 from ._manager import TaskManager
 from ._settings import Settings
+from ._wiring import Backends
 
 MEMORY: dict[str, Any] = {
     "broker_url": "memory://",
@@ -48,15 +49,17 @@ def bgcoor_manager() -> Iterator[TaskManager]:
 @pytest.fixture
 def bgcoor_memory() -> Iterator[Callable[[TaskManager], TaskManager]]:
     """Point managers at fresh in-memory backends for this test; restored afterwards."""
-    saved: list[tuple[TaskManager, Settings, Any]] = []
+    saved: list[tuple[TaskManager, Settings, Backends | None]] = []
 
     def use_memory(manager: TaskManager) -> TaskManager:
-        saved.append((manager, manager.settings, manager._backends))
-        manager.settings = memory_settings(manager.settings)
-        manager._backends = None
+        settings = manager.settings
+        manager.settings = memory_settings(settings)
+        memory = Backends.open(manager.host, manager.settings)
+        saved.append((manager, settings, manager.use_backends(memory)))
         return manager
 
     yield use_memory
     for manager, settings, backends in reversed(saved):
         manager.close_sync()
-        manager.settings, manager._backends = settings, backends
+        manager.settings = settings
+        manager.use_backends(backends)

@@ -51,3 +51,25 @@ async def test_fresh_manager_fixture(bgcoor_manager: TaskManager) -> None:
     await bgcoor_manager.drain()
     assert await handle.result(timeout=1) == 12
     assert bgcoor_manager.settings.broker_url == "memory://"
+
+
+async def test_memory_fixture_after_the_app_touched_its_real_backend(
+    bgcoor_memory: object, tmp_path: object
+) -> None:
+    """Regression: the swap left the atomic-enqueue decision of the old backend behind,
+    so enqueues kept going to SQLite while drain() read memory (``drained: 0``)."""
+    url = f"sqlite:///{tmp_path}/app.db"
+    real = TaskManager(broker_url=url, storage_url=url)
+
+    @real.task(name="jobs.triple")
+    def triple(x: int) -> int:
+        return 3 * x
+
+    await triple.enqueue(1)  # the app has used SQLite: atomic enqueue decided for it
+    sqlite_broker = real.broker
+    bgcoor_memory(real)  # type: ignore[operator]
+    handle = await triple.enqueue(2)
+    assert await real.drain(raise_errors=True) == 1
+    assert await handle.result(timeout=1) == 6
+    assert await sqlite_broker.queue_length("default") == 1  # only the first enqueue
+    assert real.broker is not sqlite_broker
