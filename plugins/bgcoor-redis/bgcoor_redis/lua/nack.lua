@@ -9,7 +9,8 @@ unstart_record(id, ARGV[3]) -- a hand-back: the record is no longer running
 if body ~= "" then redis.call("HSET", mkey(id), "b", body) end
 if delay > 0 then
   rescore(id)
-  redis.call("ZADD", qkey(queue, "later"), t + delay, id)
+  local later = qkey(queue, "later")
+  fixed(later, "ZADD", later, t + delay, id)
 else
   requeue(queue, id)
   wake(queue)
