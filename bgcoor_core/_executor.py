@@ -12,12 +12,14 @@ import asyncio
 import logging
 import random
 import threading
+import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
 from ._broker import Broker, Capability, Reservation
+from ._codec import printable
 from ._context import CurrentTask
 from ._errors import (
     CorruptRecordError,
@@ -59,6 +61,12 @@ def _as_message(task: Task) -> Task:
     return task.model_copy(update={"traceback": None, "error": error})
 
 
+def _clipped(error: str | None, limit: int = 300) -> str:
+    """An error as one log line: its first line, clipped, unprintable characters escaped."""
+    first = (error or "").partition("\n")[0]
+    return printable(first, limit)
+
+
 class Executor:
     """Runs reserved tasks against a registry, storing outcomes before acknowledging."""
 
@@ -91,30 +99,15 @@ class Executor:
         ``cancel``: set it (then cancel the asyncio task running this) to cancel the task
         for good; a cancellation without it is a shutdown, and the task is handed back.
         """
-        task = reservation.task
-        if reservation.defect is not None:
-            await self._reject(reservation, reservation.defect)
+        entry = await self._runnable(reservation)
+        if entry is None:
             return
-        try:
-            entry = self.registry.get(task.name)
-        except UnknownTaskError as exc:
-            await self._dead(reservation, task, str(exc))
+        task = await self._mark_running(reservation, reservation.task)
+        if task is None:
             return
-        if reservation.lost > self.settings.max_worker_lost:
-            reason = (
-                f"worker_lost: the worker died {reservation.lost} times while running it "
-                f"(limit {self.settings.max_worker_lost})"
-            )
-            await self._dead(reservation, task, reason)
-            return
-        if task.expires is not None and datetime.now(UTC) >= task.expires:
-            await self._expire(reservation, task)
-            return
-        running = await self._mark_running(reservation, task)
-        if running is None:
-            return
-        task = running
         current = CurrentTask(task, cancel or threading.Event())
+        log.debug("task %s (%s) received: attempt %d", task.id, task.name, task.attempts)
+        began = time.perf_counter()
         try:
             result = await self._invoker.invoke(entry, current)
         except asyncio.CancelledError:
@@ -126,11 +119,43 @@ class Executor:
         except Exception as exc:
             await self._failed(reservation, task, entry, exc)
             return
+        await self._succeeded(reservation, task, result, time.perf_counter() - began)
+
+    async def _runnable(self, reservation: Reservation) -> RegisteredTask | None:
+        """The task's registered handler, or ``None`` once a delivery that must not run
+        (undecodable, unknown task, lost too often, expired) has been settled."""
+        task = reservation.task
+        if reservation.defect is not None:
+            await self._reject(reservation, reservation.defect)
+            return None
+        try:
+            entry = self.registry.get(task.name)
+        except UnknownTaskError as exc:
+            await self._dead(reservation, task, str(exc))
+            return None
+        if reservation.lost > self.settings.max_worker_lost:
+            reason = (
+                f"worker_lost: the worker died {reservation.lost} times while running it "
+                f"(limit {self.settings.max_worker_lost})"
+            )
+            await self._dead(reservation, task, reason)
+            return None
+        if task.expires is not None and datetime.now(UTC) >= task.expires:
+            await self._expire(reservation, task)
+            return None
+        return entry
+
+    async def _succeeded(
+        self, reservation: Reservation, task: Task, result: Any, seconds: float
+    ) -> None:
         task.status = TaskStatus.SUCCEEDED
         task.result = result
         task.error = task.traceback = None
         task.finished_at = datetime.now(UTC)
-        if await self._settle(reservation, task) and self.host:
+        if not await self._settle(reservation, task):
+            return
+        log.info("task %s (%s) succeeded in %.3fs", task.id, task.name, seconds)
+        if self.host:
             self.host.task_succeeded(task)
 
     async def _mark_running(self, reservation: Reservation, task: Task) -> Task | None:
@@ -192,7 +217,10 @@ class Executor:
         elif isinstance(exc, NonRetryableError) or not isinstance(exc, entry.options.retry_on):
             task.status = TaskStatus.FAILED
             task.finished_at = datetime.now(UTC)
-            if await self._settle(reservation, task) and self.host:
+            if not await self._settle(reservation, task):
+                return
+            log.warning("task %s (%s) failed: %s", task.id, task.name, _clipped(task.error))
+            if self.host:
                 self.host.task_failed(task)
         elif task.attempts <= task.max_retries:
             await self._retry(reservation, task, entry)
@@ -229,6 +257,13 @@ class Executor:
         except PayloadTooLargeError as exc:  # its error alone outgrew the limit
             await self._dead(reservation, task, f"cannot retry: {exc}", owned=True)
             return
+        log.info(
+            "task %s (%s) retrying in %.2fs after %s",
+            task.id,
+            task.name,
+            delay,
+            _clipped(task.error),
+        )
         if self.host:
             self.host.task_retrying(task, delay)
 
@@ -244,7 +279,8 @@ class Executor:
         task.status = TaskStatus.DEAD
         task.error = task.error or reason
         task.finished_at = datetime.now(UTC)
-        log.warning("task %s (%s) dead-lettered: %s", task.id, task.name, reason)
+        last = f"; last error: {_clipped(task.error)}" if task.error != reason else ""
+        log.warning("task %s (%s) dead-lettered: %s%s", task.id, task.name, reason, last)
         try:
             await self.storage.save(task, ttl=self._ttl(task))
         except StaleLeaseError as exc:
