@@ -240,10 +240,6 @@ class Broker(ABC):
             )
         return Task.model_construct(id=message_id, name="<malformed>", queue=queue), defect
 
-    def require(self, capability: Capability, what: str) -> None:
-        if capability not in self.capabilities:
-            raise CapabilityError(f"{what} needs {capability}, which {type(self).__name__} lacks")
-
 
 @runtime_checkable
 class AtomicCompletion(Protocol):

@@ -108,9 +108,6 @@ class TaskFunction(Generic[P, R]):
         self.fn = fn
         self.entry = entry
         self.name = entry.name
-        handler = entry.handler
-        assert isinstance(handler, FunctionHandler)
-        self._handler = handler
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
         self.decode_result = _result_decoder(fn)
