@@ -118,8 +118,19 @@ def decode_record(
         raise CorruptRecordError(
             f"stored record of task {task_id} cannot be decoded: {exc}"
         ) from None
-    if not started or not token:
-        return task
+    if started and token:
+        task = _apply_start(task_id, task, started, token)
+    if status is not None and status != task.status.value.encode():
+        # written together by every script: apart, something else wrote one of them
+        raise CorruptRecordError(
+            f"stored record of task {task_id} has status {_shown(status)} in its field s "
+            f"but {task.status.value!r} in its JSON"
+        )
+    return task
+
+
+def _apply_start(task_id: str, task: Task, started: bytes, token: bytes) -> Task:
+    """The record as the reserve marked it running (``r`` and ``k``: lua/common.lua)."""
     try:
         at = datetime.fromtimestamp(float(started.split(b" ", 1)[0]), UTC)
         if not token.startswith(b"+"):

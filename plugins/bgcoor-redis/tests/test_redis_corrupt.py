@@ -249,6 +249,7 @@ RECORD_DAMAGE = {
     "json-invalid-utf8": {"j": b'{"id": "\xff\xfe"}'},
     "started-garbage": {"r": b"yesterday pending ", "k": b"+t"},
     "token-without-plus": {"r": b"1.5 pending ", "k": b"t"},
+    "status-disagrees-with-json": {"s": b"succeeded"},
 }
 
 
