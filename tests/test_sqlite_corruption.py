@@ -56,6 +56,7 @@ def args(i: int) -> dict[str, object]:
 def damage(backend: SQLiteBackend, sql: str, *params: object) -> None:
     """Write with a raw client, as an operator's manual fix or an older version might."""
     with sqlite3.connect(backend.db.path) as conn:
+        conn.execute("PRAGMA ignore_check_constraints = ON")  # as a careless writer might
         assert conn.execute(sql, params).rowcount == 1, sql
 
 
@@ -89,6 +90,8 @@ MESSAGE_DAMAGE = [
     ("available-at-text", "available_at = 'soon'", "column available_at holds text 'soon'"),
     ("id-not-utf8", f"id = {NOT_UTF8}", "column id holds text that is not UTF-8"),
     ("id-blob", "id = CAST(id AS BLOB)", "column id holds a blob"),
+    ("id-null", "id = NULL", "column id holds NULL, not text"),
+    ("state-unknown", "state = 'paused'", "column state holds text 'paused', not ready or"),
 ]
 
 
@@ -172,6 +175,53 @@ async def test_queue_names_that_are_not_utf8_are_skipped(
     with caplog.at_level(logging.WARNING, "bgcoor.sqlite"):
         assert await backend.queues() == ["default"]
     assert "not UTF-8" in caplog.text
+
+
+# -- the idle sweep: a message in a queue nobody can name ---------------------------------
+
+
+async def test_a_message_in_a_queue_no_worker_can_name_is_swept_to_dead_letters(
+    backend: SQLiteBackend,
+) -> None:
+    victim, good = await victim_among_good(backend)
+    damage(backend, f"UPDATE messages SET queue = {NOT_UTF8} WHERE id = ?", victim.id)
+    got = await reserve_all(backend)
+    assert set(got) == {t.id for t in good}  # no reserve can see it
+    assert await backend.reserve(Q, lease=30, limit=10, timeout=0.05) == []  # idle: sweeps
+    [letter] = await backend.dead_letters("default")
+    assert letter.id == victim.id
+    assert "column queue holds text that is not UTF-8" in letter.reason
+    assert letter.task == victim
+    record = await backend.get(victim.id)
+    assert record is not None
+    assert record.status is TaskStatus.DEAD
+    assert record.error == letter.reason
+
+
+async def test_the_sweep_runs_only_when_idle_and_seldom(backend: SQLiteBackend) -> None:
+    from bgcoor_core.backends.sqlite import _defects
+
+    await backend.reserve(Q, lease=30, limit=10, timeout=0.02)  # the first idle sweep
+    victim, _ = await victim_among_good(backend, good=0)
+    damage(backend, "UPDATE messages SET queue = x'00' WHERE id = ?", victim.id)
+    await backend.reserve(Q, lease=30, limit=10, timeout=0.02)
+    assert await backend.dead_letters("default") == []  # not due for SWEEP_SECONDS
+    backend._next_sweep -= _defects.SWEEP_SECONDS
+    await backend.reserve(Q, lease=30, limit=10, timeout=0.02)
+    [letter] = await backend.dead_letters("default")
+    assert "column queue holds a blob of 1 bytes" in letter.reason
+
+
+async def test_the_sweep_adds_a_readable_queue_missing_from_the_queues_table(
+    backend: SQLiteBackend,
+) -> None:
+    victim, _ = await victim_among_good(backend, good=0)
+    damage(backend, "DELETE FROM queues WHERE name = ?", "default")
+    assert await backend.queues() == []
+    assert await backend.reserve(["other"], lease=30, limit=10, timeout=0.02) == []
+    assert await backend.queues() == ["default"]
+    [reservation] = await backend.reserve(Q, lease=30, limit=10)
+    assert (reservation.task.id, reservation.defect) == (victim.id, None)
 
 
 # -- records: one column at a time -------------------------------------------------------
@@ -339,6 +389,7 @@ async def test_an_existing_database_keeps_the_mode_its_owner_gave_it(tmp_path: P
 
 COLUMNS = [
     *(("messages", c) for c in ("id", "body", "priority", "seq", "available_at", "deliveries")),
+    ("messages", "state"),
     *(("messages", c) for c in ("lost", "token", "reason", "dead_at")),
     *(("tasks", c) for c in ("id", "name", "queue", "status", "lease_token", "expires_at")),
     *(("tasks", c) for c in ("record", "before_start")),
@@ -355,6 +406,7 @@ GARBAGE = st.one_of(
 def _fresh() -> tuple[sqlite3.Connection, list[Task]]:
     conn = sqlite3.connect(":memory:", isolation_level=None)
     migrate(conn)
+    conn.execute("PRAGMA ignore_check_constraints = ON")
     tasks = [make_task(payload=i) for i in range(5)]
     conn.execute("BEGIN")
     _insert(conn, [Message(t.id, t.queue, CODEC.encode(t)) for t in tasks])
@@ -363,9 +415,9 @@ def _fresh() -> tuple[sqlite3.Connection, list[Task]]:
     return conn, tasks
 
 
-def _name_body(body: bytes) -> str | None:
+def _read_body(body: bytes) -> Task | None:
     try:
-        return CODEC.decode(body).id
+        return CODEC.decode(body)
     except Exception:
         return None
 
@@ -385,15 +437,17 @@ def test_garbage_in_any_column_costs_at_most_its_own_task(
         conn.execute(f"UPDATE {table} SET {name} = {cast} WHERE id = ?", (value, target))
     except sqlite3.IntegrityError:
         return  # the schema itself refuses it (NOT NULL, a duplicate key)
-    rows = _take_rows(conn, Q, 30.0, 10, _name_body)  # never raises
+    rows = _take_rows(conn, Q, 30.0, 10, _read_body)  # never raises
     defects = {row[0]: row[7] for row in rows}
     for task in tasks:
         if task.id != target:
             assert defects[task.id] is None, (column, value)  # a good task is unharmed
     assert all(d is None or d.startswith("corrupt") for d in defects.values()), defects
     # every row is delivered, sound or as a defect, but one scheduled for later
-    scheduled = column == ("messages", "available_at") and (
-        isinstance(value, int | float) and value > time.time()
+    scheduled = (column == ("messages", "state") and value == "dead") or (
+        column == ("messages", "available_at")
+        and isinstance(value, int | float)
+        and value > time.time()
     )
     assert len(rows) == len(tasks) - scheduled, (column, value, defects)
     conn.close()

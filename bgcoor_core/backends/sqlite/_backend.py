@@ -28,6 +28,7 @@ from ..._errors import (
     DuplicateTaskError,
     StaleLeaseError,
 )
+from ..._registries import redact
 from ..._storage import Storage, check_page
 from ..._task import Task, TaskStatus, validate_queue_name
 from .._waiters import Waiters, wait_for_wake
@@ -55,21 +56,24 @@ def parse_sqlite_url(url: str) -> tuple[str, SQLiteOptions]:
     parts = urlsplit(url)
     if parts.scheme != "sqlite" or parts.netloc:
         raise ConfigurationError(
-            f"invalid SQLite URL {url!r}: use sqlite:///relative.db or sqlite:////absolute.db"
+            f"invalid SQLite URL {redact(url)!r}: "
+            "use sqlite:///relative.db or sqlite:////absolute.db"
         )
     path = parts.path[1:] if parts.path.startswith("/") else parts.path
     if not path:
-        raise ConfigurationError(f"SQLite URL {url!r} names no file")
+        raise ConfigurationError(f"SQLite URL {redact(url)!r} names no file")
     try:
         options = SQLiteOptions.model_validate(dict(parse_qsl(parts.query)))
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False)
         )
-        raise ConfigurationError(f"invalid SQLite URL options in {url!r}: {problems}") from None
+        raise ConfigurationError(
+            f"invalid SQLite URL options in {redact(url)!r}: {problems}"
+        ) from None
     parent = os.path.dirname(os.path.abspath(path))
     if path != ":memory:" and not os.path.isdir(parent):
-        raise ConfigurationError(f"SQLite URL {url!r}: directory {parent!r} does not exist")
+        raise ConfigurationError(f"SQLite URL {redact(url)!r}: directory {parent!r} does not exist")
     return path, options
 
 
@@ -87,6 +91,7 @@ class SQLiteBackend(Broker, Storage):
         self._waiters = Waiters()
         self._waiters_lock = threading.Lock()
         self.wait_poll_max = self.options.poll_interval  # reads are cheap: poll as reserve does
+        self._next_sweep = 0.0  # monotonic time of the next idle sweep for stray messages
 
     def __repr__(self) -> str:
         return f"SQLiteBackend({self.db.path!r})"
@@ -113,8 +118,11 @@ class SQLiteBackend(Broker, Storage):
                 future = self._waiters.add()
             try:
                 rows = await self._take(list(queues), lease, limit)
+                if rows:
+                    break
+                await self._sweep_when_due()
                 remaining = give_up - time.monotonic()
-                if rows or remaining <= 0:
+                if remaining <= 0:
                     break
                 await wait_for_wake(future, min(remaining, self.options.poll_interval))
             finally:
@@ -125,7 +133,7 @@ class SQLiteBackend(Broker, Storage):
     async def _take(self, queues: list[str], lease: float, limit: int) -> list[Row]:
         """Reserve in the connection thread; if our caller is cancelled meanwhile, the rows
         are handed straight back instead of waiting out their lease."""
-        job = asyncio.ensure_future(self.db.run(_take_rows, queues, lease, limit, self._name_body))
+        job = asyncio.ensure_future(self.db.run(_take_rows, queues, lease, limit, self._read_body))
         try:
             return await asyncio.shield(job)
         except asyncio.CancelledError:
@@ -144,12 +152,21 @@ class SQLiteBackend(Broker, Storage):
         task, defect = self.decode(message_id, queue, body)
         return Reservation(task, token, deliveries, lost, defect, started)
 
-    def _name_body(self, body: bytes) -> str | None:
-        """The task id a damaged row's body names, if it can be decoded at all."""
+    def _read_body(self, body: bytes) -> Task | None:
+        """A damaged row's body as a task, if it can be decoded at all (to name the
+        task and queue it was for)."""
         try:
-            return self.codec.decode(body).id
+            return self.codec.decode(body)
         except Exception:  # any failure: the row is named after its rowid instead
             return None
+
+    async def _sweep_when_due(self) -> None:
+        """While idle, now and then: dead-letter messages that sit in a queue no worker
+        can name (see :func:`_defects.sweep`). Never on a reserve that found work."""
+        if time.monotonic() < self._next_sweep:
+            return
+        self._next_sweep = time.monotonic() + _defects.SWEEP_SECONDS
+        await self.db.run(_sweep, self._read_body)
 
     async def ack(self, reservation: Reservation) -> None:
         await self.db.run(
@@ -378,7 +395,7 @@ def _take_rows(
     queues: list[str],
     lease: float,
     limit: int,
-    name_body: _defects.NameBody | None = None,
+    read_body: _defects.ReadBody | None = None,
 ) -> list[Row]:
     now = time.time()
     # Cheap check without the write lock: idle pollers must not serialise the writers.
@@ -391,7 +408,7 @@ def _take_rows(
             if len(taken) >= limit:
                 break
             for candidate in _candidates(conn, queue, now, limit - len(taken)):
-                taken.append(_take_one(conn, candidate, queue, now + lease, now, name_body))
+                taken.append(_take_one(conn, candidate, queue, now + lease, now, read_body))
     return taken
 
 
@@ -415,13 +432,13 @@ def _take_one(
     queue: str,
     until: float,
     now: float,
-    name_body: _defects.NameBody | None,
+    read_body: _defects.ReadBody | None,
 ) -> Row:
     """Reserve one candidate row; the reservation row (see ``_reservation``)."""
     rowid, message_id, body, deliveries, lost, state, sound = candidate
     token = os.urandom(12).hex()
     if not sound:
-        message_id, defect = _defects.take(conn, rowid, queue, token, until, name_body)
+        message_id, defect = _defects.take(conn, rowid, queue, token, until, read_body)
         return (message_id, queue, b"", 1, 0, token, False, defect)
     lost += state == "reserved"  # its lease ran out: the worker was lost
     conn.execute(
@@ -499,6 +516,13 @@ def _complete(
             raise StaleLeaseError(f"task {message_id}: lease {token[:8]} is no longer held")
         _records.write(conn, task, ttl)
         conn.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+
+
+def _sweep(conn: sqlite3.Connection, read_body: _defects.ReadBody) -> int:
+    if conn.execute(_defects.ANY_STRAY).fetchone() is None:  # the usual case: no write lock
+        return 0
+    with transaction(conn):
+        return _defects.sweep(conn, read_body)
 
 
 def _fetch(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> list[Row]:

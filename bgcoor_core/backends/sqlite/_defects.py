@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from collections.abc import Callable
 from typing import Any
 
 from ..._codec import printable
+from ..._errors import BgcoorError
+from ..._task import Task, validate_queue_name
 
 log = logging.getLogger("bgcoor.sqlite")
 
@@ -30,6 +33,7 @@ MESSAGE_COLUMNS: dict[str, tuple[str, ...]] = {
     "priority": ("integer",),
     "seq": ("integer",),
     "available_at": ("integer", "real"),
+    "state": ("text",),
 }
 _COUNTERS = ("deliveries", "lost")
 
@@ -41,11 +45,12 @@ SOUND = " AND ".join(
             for column, kinds in MESSAGE_COLUMNS.items()
         ),
         *(f"{column} BETWEEN 0 AND {COUNTER_MAX}" for column in _COUNTERS),
+        "state IN ('ready', 'reserved')",  # the schema's CHECK, unless it was switched off
     ]
 )
 
-#: Decodes a body far enough to name the task it carries (``None`` when it cannot).
-NameBody = Callable[[bytes], str | None]
+#: Decodes a damaged row's body, if it can be decoded at all (``None`` when it cannot).
+ReadBody = Callable[[bytes], Task | None]
 
 
 def describe(kind: str, raw: bytes | None) -> str:
@@ -87,6 +92,8 @@ def column_problem(column: str, kind: str, raw: bytes | None) -> str | None:
         return f"column {column} holds {describe(kind, raw)}"
     if column in _COUNTERS and raw is not None and not 0 <= int(raw) <= COUNTER_MAX:
         return f"column {column} holds {int(raw)}, outside 0..{COUNTER_MAX}"
+    if column == "state" and raw not in (b"ready", b"reserved"):
+        return f"column state holds {describe(kind, raw)}, not ready or reserved"
     return None
 
 
@@ -111,7 +118,7 @@ def take(
     queue: str,
     token: str,
     until: float,
-    name_body: NameBody | None,
+    read_body: ReadBody | None,
 ) -> tuple[str, str]:
     """Reserve a damaged row under ``token`` (inside the reserve's transaction) so the
     executor can dead-letter it; return the id it is settled by and the defect.
@@ -123,8 +130,9 @@ def take(
     problem = first_problem(raw)
     message_id = decode_text(raw["id"][1]) if raw["id"][0] == "text" else None
     if message_id is None:
-        message_id = _new_id(conn, rowid, raw["body"][1], name_body)
-        problem = f"{problem} (the id was {shown(raw['id'][1])}; renamed {message_id})"
+        message_id = _new_id(conn, rowid, raw["body"][1], read_body)
+        was = "NULL" if raw["id"][1] is None else shown(raw["id"][1])
+        problem = f"{problem} (the id was {was}; renamed {message_id})"
     conn.execute(
         "UPDATE messages SET id = ?, state = 'reserved', token = ?, available_at = ? "
         "WHERE rowid = ?",
@@ -136,10 +144,10 @@ def take(
 
 
 def _new_id(
-    conn: sqlite3.Connection, rowid: int, body: bytes | None, name_body: NameBody | None
+    conn: sqlite3.Connection, rowid: int, body: bytes | None, read_body: ReadBody | None
 ) -> str:
-    named = name_body(body) if name_body is not None and body is not None else None
-    for candidate in (named, f"corrupt-{rowid}"):
+    task = read_body(body) if read_body is not None and body is not None else None
+    for candidate in (None if task is None else task.id, f"corrupt-{rowid}"):
         if (
             candidate
             and conn.execute("SELECT 1 FROM messages WHERE id = ?", (candidate,)).fetchone() is None
@@ -151,3 +159,74 @@ def _new_id(
 def token_suffix(conn: sqlite3.Connection) -> str:
     value: Any = conn.execute("SELECT hex(randomblob(6))").fetchone()[0]
     return str(value).lower()
+
+
+# -- the sweep: messages in no queue a worker can name ------------------------------------
+
+#: Seconds between two sweeps of one backend object, made only while its reserve is idle.
+SWEEP_SECONDS = 30.0
+#: The queue that takes a stray message whose body names no valid queue either.
+STRAY_QUEUE = "bgcoor-corrupt"
+
+_STRAY = "FROM messages WHERE state != 'dead' AND queue NOT IN (SELECT name FROM queues)"
+ANY_STRAY = f"SELECT 1 {_STRAY} LIMIT 1"
+_STRAYS = (
+    "SELECT rowid, typeof(queue), CAST(queue AS BLOB), typeof(id), CAST(id AS BLOB), "
+    f"CAST(body AS BLOB) {_STRAY} LIMIT 100"
+)
+
+
+def sweep(conn: sqlite3.Connection, read_body: ReadBody) -> int:
+    """Dead-letter the messages whose queue is no text (inside a transaction): no reserve
+    can ever name their queue, so they would wait for ever. Each goes to the queue its
+    body names (else :data:`STRAY_QUEUE`) with the reason, and the record its body names
+    is marked ``dead``. A readable queue merely missing from ``queues`` is added there.
+    Returns how many were dead-lettered."""
+    swept = 0
+    for rowid, kind, raw_queue, id_kind, raw_id, body in conn.execute(_STRAYS).fetchall():
+        queue = decode_text(raw_queue) if kind == "text" else None
+        if queue is not None:
+            conn.execute("INSERT OR IGNORE INTO queues (name) VALUES (?)", (queue,))
+            continue
+        _dead_letter_stray(conn, rowid, describe(kind, raw_queue), id_kind, raw_id, body, read_body)
+        swept += 1
+    return swept
+
+
+def _dead_letter_stray(
+    conn: sqlite3.Connection,
+    rowid: int,
+    queue_held: str,
+    id_kind: str,
+    raw_id: bytes | None,
+    body: bytes | None,
+    read_body: ReadBody,
+) -> None:
+    from . import _records  # the records module imports this one
+
+    task = read_body(body) if body is not None else None
+    home = task.queue if task is not None and _valid_queue(task.queue) else STRAY_QUEUE
+    message_id = decode_text(raw_id) if id_kind == "text" else None
+    if message_id is None:
+        message_id = _new_id(conn, rowid, body, read_body)
+    reason = (
+        f"corrupt message {printable(message_id, 80)} in SQLite table messages: column queue "
+        f"holds {queue_held}, a queue no worker can name (moved to dead letters of {home})"
+    )
+    log.error("%s", reason)
+    conn.execute(
+        "UPDATE messages SET id = ?, queue = ?, state = 'dead', token = NULL, reason = ?, "
+        "dead_at = ? WHERE rowid = ?",
+        (message_id, home, reason, time.time(), rowid),
+    )
+    conn.execute("INSERT OR IGNORE INTO queues (name) VALUES (?)", (home,))
+    if task is not None and task.id == message_id:
+        _records.mark_dead(conn, task.id, task.queue, reason)
+
+
+def _valid_queue(name: str) -> bool:
+    try:
+        validate_queue_name(name)
+    except BgcoorError:
+        return False
+    return True

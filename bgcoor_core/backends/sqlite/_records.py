@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pydantic import ValidationError
 
 from ..._codec import printable
-from ..._errors import CorruptRecordError, DuplicateTaskError
+from ..._errors import BgcoorError, CorruptRecordError, DuplicateTaskError
 from ..._storage import check_transition
 from ..._task import ALLOWED_TRANSITIONS, Task, TaskStatus
 from ._connection import transaction
@@ -26,6 +26,8 @@ from ._defects import decode_text, describe, shown
 log = logging.getLogger("bgcoor.sqlite")
 
 _LIVE = "(expires_at IS NULL OR expires_at > ?)"
+#: The name on a placeholder that replaces a record nobody can read.
+CORRUPT_NAME = "bgcoor.corrupt"
 #: The transition rules by stored value: ``.get`` of anything else is ``None`` (unknown).
 _ALLOWED: dict[object, frozenset[TaskStatus]] = {
     status.value: allowed for status, allowed in ALLOWED_TRANSITIONS.items()
@@ -193,6 +195,30 @@ def start(conn: sqlite3.Connection, task_id: str, token: str, now: float) -> boo
         (TaskStatus.RUNNING.value, token, running.model_dump_json(), before, task_id),
     )
     return True
+
+
+def mark_dead(conn: sqlite3.Connection, task_id: str, queue: str, reason: str) -> None:
+    """Overwrite the record of a task whose message was found damaged as ``dead`` with
+    ``reason`` (inside a transaction), as the executor does for a defect. No record, or
+    one already final, is left as it is; one that cannot be read is replaced."""
+    try:
+        stored = get(conn, task_id)
+    except CorruptRecordError:
+        stored = Task.model_construct(id=task_id, name=CORRUPT_NAME, queue=queue)
+    if stored is None or stored.status.is_final:
+        return
+    dead = stored.model_copy(
+        update={
+            "status": TaskStatus.DEAD,
+            "error": reason,
+            "finished_at": datetime.now(UTC),
+            "lease_token": None,
+        }
+    )
+    try:
+        write(conn, dead, None)
+    except BgcoorError as exc:  # settled meanwhile: the message is dead-lettered either way
+        log.warning("task %s: record not marked dead: %s", task_id, exc)
 
 
 def unstart(conn: sqlite3.Connection, task_id: str, token: str) -> None:
