@@ -21,7 +21,6 @@ from bgcoor_core import (
     Codec,
     DeadLetter,
     DuplicateTaskError,
-    InvalidTransitionError,
     Message,
     QueueStats,
     Reservation,
@@ -30,12 +29,13 @@ from bgcoor_core import (
     Task,
     TaskStatus,
 )
+from bgcoor_core._codec import printable
 from bgcoor_core._storage import check_page
-from bgcoor_core._task import validate_queue_name
+from bgcoor_core._task import QUEUE_NAME, validate_queue_name
 
-from . import _records
+from . import _checks, _records
 from ._coalesce import Coalescer
-from ._database import Conn, Database
+from ._database import CONNECTION_ERRORS, Conn, Database
 from ._listener import Listener
 from ._options import PostgresTarget
 from ._records import Write
@@ -72,6 +72,9 @@ class PostgresBackend(Broker, Storage):
     """Broker and storage over one PostgreSQL schema; see the package README."""
 
     capabilities = frozenset(Capability)
+    #: After these (retries of :class:`Database` exhausted) an enqueue may or may not
+    #: have committed; the manager tries it again with the same ids.
+    transient_errors = (ConnectionError, TimeoutError, *CONNECTION_ERRORS)
 
     def __init__(self, target: PostgresTarget, codec: Codec) -> None:
         Broker.__init__(self, codec)
@@ -108,10 +111,8 @@ class PostgresBackend(Broker, Storage):
     async def enqueue_atomically(self, tasks: Sequence[Task], messages: Sequence[Message]) -> None:
         """Store the records and push the messages in one statement (all or nothing)."""
         _check_messages(messages)
-        if len({t.id for t in tasks}) != len(tasks):
-            raise DuplicateTaskError("the same task id appears twice in one batch")
         args = self._enqueue_args(tasks, messages)
-        await self._db.run(_retrying_insert(self.sql.enqueue, args, self.sql, tasks))
+        await self._db.run(_retrying_insert(self.sql.enqueue, args))
         self._state().listener.wake(m.queue for m in messages)
 
     async def enqueue_in(self, conn: Conn, tasks: Sequence[Task]) -> None:
@@ -122,20 +123,10 @@ class PostgresBackend(Broker, Storage):
         """
         messages = [self.to_message(t) for t in tasks]
         _check_messages(messages)
-        if len({t.id for t in tasks}) != len(tasks):
-            raise DuplicateTaskError("the same task id appears twice in one batch")
-        await _insert(conn, self.sql.enqueue, self._enqueue_args(tasks, messages), self.sql, tasks)
+        await _insert(conn, self.sql.enqueue, self._enqueue_args(tasks, messages))
 
     def _enqueue_args(self, tasks: Sequence[Task], messages: Sequence[Message]) -> list[Any]:
-        return [
-            *_message_columns(messages),
-            [t.id for t in tasks],
-            [t.name for t in tasks],
-            [t.queue for t in tasks],
-            [t.status.value for t in tasks],
-            [t.lease_token for t in tasks],
-            [t.model_dump_json() for t in tasks],
-        ]
+        return [*_message_columns(messages), *_new_record_columns(tasks)]
 
     # -- broker: consuming -------------------------------------------------------------
 
@@ -215,7 +206,14 @@ class PostgresBackend(Broker, Storage):
 
     def _reservation(self, row: asyncpg.Record) -> Reservation:
         message_id, queue, body, deliveries, lost, token = row[:6]
-        task, defect = self.decode(message_id, queue, body)
+        defect = _row_defect(row)
+        if defect is None:
+            try:
+                task, defect = self.decode(message_id, queue, body)
+            except Exception as exc:  # whatever it is, it costs this message only
+                defect = f"corrupt message {message_id}: {printable(repr(exc), 300)}"
+        if defect is not None:
+            task = Task.model_construct(id=message_id, name=CORRUPT, queue=queue)
         return Reservation(task, token, deliveries, lost, defect, started=row["started"])
 
     async def ack(self, reservation: Reservation) -> None:
@@ -277,6 +275,7 @@ class PostgresBackend(Broker, Storage):
         if ids is not None and not ids:
             return []
         wanted = None if ids is None else list(ids)
+        _checks.text("task id", wanted or ())
         rows = await self._db.run(lambda c: c.fetch(self.sql.requeue_dead, queue, wanted))
         requeued = [row[0] for row in rows if row[0] is not None]
         if requeued:
@@ -300,18 +299,26 @@ class PostgresBackend(Broker, Storage):
 
     async def queues(self) -> list[str]:
         rows = await self._db.run(lambda c: c.fetch(self.sql.queues))
-        return [row[0] for row in rows]
+        names = [row[0] for row in rows]
+        valid = [name for name in names if QUEUE_NAME.fullmatch(name)]
+        if len(valid) < len(names):  # written by something else: not a queue to report on
+            odd = [printable(name, 70) for name in names if not QUEUE_NAME.fullmatch(name)]
+            log.warning("queues: skipped invalid queue names %s", ", ".join(map(repr, odd)))
+        return valid
 
     # -- storage -----------------------------------------------------------------------
 
     async def save(self, task: Task, *, ttl: float | None = None) -> None:
-        await self._state().writes.submit(Write(task, ttl))
+        await self._state().writes.submit(_write(task, ttl))
 
     async def save_many(self, tasks: Sequence[Task]) -> None:
-        writes = self._state().writes
-        await asyncio.gather(*(writes.submit(Write(t, None)) for t in tasks))
+        """New records only, all or none, in one statement (see ``Storage.save_many``)."""
+        if tasks:
+            args = _new_record_columns(tasks)
+            await self._db.run(_retrying_insert(self.sql.save_new, args))
 
     async def get(self, task_id: str) -> Task | None:
+        _checks.text("task id", [task_id])
         row = await self._db.run(lambda c: c.fetchrow(self.sql.get, task_id))
         return None if row is None else _records.decode(task_id, *row)
 
@@ -326,17 +333,26 @@ class PostgresBackend(Broker, Storage):
     ) -> Tasks:
         check_page(limit)
         given = {"status": status, "name": name, "queue": queue}
-        filters = {column: value for column, value in given.items() if value is not None}
+        filters = {column: str(value) for column, value in given.items() if value is not None}
+        _checks.text("filter", [*filters.values(), after])
+        while True:
+            rows = await self._page(filters, after, limit)
+            tasks, skipped = _records.decode_page(rows)
+            if tasks or not skipped or len(rows) < limit:
+                return tasks
+            after = rows[-1][0]  # a full page of corrupt records: try the next one
+
+    async def _page(self, filters: dict[str, str], after: str | None, limit: int) -> Records:
         statement = _records.list_statement(self.sql, filters, after)
-        args = [*(str(v) for v in filters.values()), *([after] if after is not None else [])]
-        rows = await self._db.run(lambda c: c.fetch(statement, *args, limit))
-        return [_records.decode(*row) for row in rows]
+        args = [*filters.values(), *([after] if after is not None else []), limit]
+        return await self._db.run(lambda c: c.fetch(statement, *args))
 
     async def counts(self) -> dict[TaskStatus, int]:
         rows = await self._db.run(lambda c: c.fetch(self.sql.counts))
         result = dict.fromkeys(TaskStatus, 0)
         for status, count in rows:
-            result[TaskStatus(status)] = count
+            if status in result:  # an unknown status (a corrupt record) is not counted
+                result[TaskStatus(status)] = count
         return result
 
     async def delete_expired(self) -> int:
@@ -358,7 +374,7 @@ class PostgresBackend(Broker, Storage):
         )
 
     async def complete(self, reservation: Reservation, task: Task, *, ttl: float | None) -> None:
-        await self._state().writes.submit(Write(task, ttl, reservation.token))
+        await self._state().writes.submit(_write(task, ttl, reservation.token))
 
     async def _flush_writes(self, writes: Sequence[Write]) -> Verdicts:
         saves = [w for w in writes if w.token is None]
@@ -397,11 +413,54 @@ class PostgresBackend(Broker, Storage):
 # -- helpers ---------------------------------------------------------------------------
 
 
+#: The name of a placeholder task standing for a message or record that cannot be read
+#: (the executor's own placeholders use it too).
+CORRUPT = "bgcoor.corrupt"
+
+
+def _row_defect(row: asyncpg.Record) -> str | None:
+    """What the reserve found wrong with a taken row's bookkeeping, or ``None``."""
+    odd, status = row["odd"], row["odd_status"]
+    if odd is not None:
+        return f"corrupt message {row[0]}: {printable(odd, 80)} is out of range"
+    if status is not None:
+        return f"corrupt record: task {row[0]} has unknown status {printable(status, 40)!r}"
+    return None
+
+
+def _write(task: Task, ttl: float | None, token: str | None = None) -> Write:
+    """A write checked before it joins a coalesced batch, where a bad value would fail
+    the statement for every task in it."""
+    _checks.text("task id, name, queue or lease token", _text_of(task))
+    return Write(task, _checks.optional_seconds("ttl", ttl), token)
+
+
+def _text_of(task: Task) -> tuple[str | None, ...]:
+    return task.id, task.name, task.queue, task.lease_token
+
+
 def _check_messages(messages: Sequence[Message]) -> None:
     for message in messages:
         validate_queue_name(message.queue)
+        _checks.eta(message.id, message.eta)
+    _checks.text("task id", (m.id for m in messages))
     if len({m.id for m in messages}) != len(messages):
         raise DuplicateTaskError("the same task id appears twice in one batch")
+
+
+def _new_record_columns(tasks: Sequence[Task]) -> list[list[Any]]:
+    if len({t.id for t in tasks}) != len(tasks):
+        raise DuplicateTaskError("the same task id appears twice in one batch")
+    for task in tasks:
+        _checks.text("task id, name, queue or lease token", _text_of(task))
+    return [
+        [t.id for t in tasks],
+        [t.name for t in tasks],
+        [t.queue for t in tasks],
+        [t.status.value for t in tasks],
+        [t.lease_token for t in tasks],
+        [t.model_dump_json() for t in tasks],
+    ]
 
 
 def _message_columns(messages: Sequence[Message]) -> list[list[Any]]:
@@ -414,12 +473,7 @@ def _message_columns(messages: Sequence[Message]) -> list[list[Any]]:
     ]
 
 
-def _retrying_insert(
-    statement: str,
-    args: list[Any],
-    sql: Statements | None = None,
-    tasks: Sequence[Task] = (),
-) -> Any:
+def _retrying_insert(statement: str, args: list[Any]) -> Any:
     """An insert operation for :meth:`Database.run`. Retried after a lost connection, it
     may find its own rows from the attempt that committed unseen: that is success."""
     attempts = 0
@@ -428,7 +482,7 @@ def _retrying_insert(
         nonlocal attempts
         attempts += 1
         try:
-            await _insert(conn, statement, args, sql, tasks)
+            await _insert(conn, statement, args)
         except DuplicateTaskError:
             if attempts == 1:
                 raise
@@ -437,21 +491,21 @@ def _retrying_insert(
     return operation
 
 
-async def _insert(
-    conn: Conn, statement: str, args: list[Any], sql: Statements | None, tasks: Sequence[Task]
-) -> None:
+async def _insert(conn: Conn, statement: str, args: list[Any]) -> None:
+    """Run an enqueue or ``save_many``: all or nothing, a duplicate id refusing it all."""
     try:
         await conn.fetchrow(statement, *args)
-    except (asyncpg.UniqueViolationError, asyncpg.CardinalityViolationError):
-        raise DuplicateTaskError("a task with one of these ids is already in the broker") from None
+    except asyncpg.UniqueViolationError as exc:
+        # detail: Key (id)=(...) already exists.
+        raise DuplicateTaskError(
+            f"a task is already waiting or reserved in the broker: {exc.detail}; "
+            "nothing was enqueued"
+        ) from None
     except asyncpg.PostgresError as exc:
-        if exc.sqlstate != "BG409" or sql is None:
+        if exc.sqlstate != "BG409":  # refuse(): a record with one of the ids exists
             raise
-        if conn.is_in_transaction():  # the caller's transaction is aborted: no more queries
-            raise InvalidTransitionError(
-                "a task record refused its new status; nothing was enqueued"
-            ) from None
-        raise await _records.explain_refusal(conn, sql, tasks) from None
+        what = str(exc).removeprefix("bgcoor: ")
+        raise DuplicateTaskError(f"{what}; nothing was enqueued") from None
 
 
 async def _wait(future: asyncio.Future[None], timeout: float) -> None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 import asyncpg
 
 from ._options import PostgresTarget
-from ._schema import check_version, migrate
+from ._schema import CREATED, check_temporary, check_version, migrate, schema_exists
 
 log = logging.getLogger("bgcoor.postgres")
 
@@ -153,9 +153,11 @@ class Database:
         try:
             if not self._ready:
                 if options.auto_migrate:
-                    for line in await migrate(conn, options.schema_name):
+                    for line in await self._migrate(conn):
                         log.info("applied %s", line)
                 else:
+                    if options.temporary and await schema_exists(conn, options.schema_name):
+                        check_temporary(self.target.dsn, options.schema_name, True)
                     await check_version(conn, options.schema_name)
                 self._ready = True
         finally:
@@ -177,20 +179,29 @@ class Database:
         """Apply pending migrations now (``bgcoor migrate``)."""
         conn = await asyncpg.connect(self.target.dsn)
         try:
-            applied = await migrate(conn, self.target.options.schema_name)
+            applied = await self._migrate(conn)
         finally:
             await conn.close()
         self._ready = True
         return applied
 
+    async def _migrate(self, conn: asyncpg.Connection[Any]) -> list[str]:
+        options = self.target.options
+        return await migrate(
+            conn, options.schema_name, dsn=self.target.dsn, temporary=options.temporary
+        )
+
     async def close(self, *, drop_schema: str | None = None) -> None:
-        """Close every pool (after dropping ``drop_schema`` if given)."""
+        """Close every pool (after dropping ``drop_schema`` if given, and only if this
+        process created the schema: see ``_schema.CREATED``)."""
         if self._closed:
             return
-        if drop_schema is not None and self._ready:
+        key = (self.target.dsn, self.target.options.schema_name)
+        if drop_schema is not None and self._ready and key in CREATED:
             conn = await asyncpg.connect(self.target.dsn)
             try:
                 await conn.execute(drop_schema)
+                CREATED.discard(key)
             finally:
                 await conn.close()
         self._closed = True

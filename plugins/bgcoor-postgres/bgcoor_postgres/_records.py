@@ -6,24 +6,28 @@ exactly) beside the columns that the indexes and the write rule need.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
 from bgcoor_core import (
-    DecodeError,
+    CorruptRecordError,
     InvalidTransitionError,
     StaleLeaseError,
     Task,
     TaskStatus,
 )
+from bgcoor_core._codec import _summarise, printable
 from bgcoor_core._storage import check_transition
 
 from ._database import Conn
 from ._sql import Statements, numbers
+
+log = logging.getLogger("bgcoor.postgres")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,37 +112,67 @@ def _refusal(task: Task, old_status: str | None, old_token: str | None) -> BaseE
     if old_status is None:
         return _AGAIN
     try:
-        check_transition(task.id, TaskStatus(old_status), old_token, task.status, task.lease_token)
+        # the stored status as it is: one naming no status may only become dead
+        check_transition(task.id, old_status, old_token, task.status, task.lease_token)
     except (StaleLeaseError, InvalidTransitionError) as exc:
         return exc
     return _AGAIN
 
 
-async def explain_refusal(conn: Conn, sql: Statements, tasks: Sequence[Task]) -> BaseException:
-    """Why an enqueue's record write was refused (it rolled back: nothing was stored)."""
-    rows = await conn.fetch(sql.record_states, [t.id for t in tasks])
-    stored = {row[0]: (row[1], row[2]) for row in rows}
-    for task in tasks:
-        if task.id in stored:
-            status, token = stored[task.id]
-            error = _refusal(task, status, token)
-            if error is not _AGAIN:
-                return error
-    return InvalidTransitionError("a task record changed concurrently; nothing was enqueued")
+_STATUSES = frozenset(TaskStatus)
 
 
 def decode(
-    task_id: str, record: str, started_at: datetime | None = None, token: str | None = None
+    task_id: str,
+    record: str,
+    started_at: float | None = None,
+    token: str | None = None,
+    status: str | None = None,
 ) -> Task:
-    """A record from its JSON and, if a reserve marked it running (``started_at``), as
-    that attempt shows it: running under ``token``."""
+    """A record from its JSON and, if a reserve marked it running (``started_at``, epoch
+    seconds), as that attempt shows it: running under ``token``.
+
+    Anything that does not add up (the status column names no status, the JSON is not a
+    task or is another task's, the start time is out of range) is
+    :class:`CorruptRecordError` naming the id and the problem.
+    """
+    if status is not None and status not in _STATUSES:
+        raise CorruptRecordError(
+            f"corrupt record: task {task_id} has unknown status {printable(status, 40)!r}"
+        )
     try:
         task = Task.model_validate_json(record)
     except ValidationError as exc:
-        raise DecodeError(f"stored record of task {task_id} cannot be decoded: {exc}") from None
+        raise CorruptRecordError(
+            f"corrupt record: task {task_id} cannot be decoded: {_summarise(exc)}"
+        ) from None
+    if task.id != task_id:
+        raise CorruptRecordError(
+            f"corrupt record: task {task_id} holds the record of task {printable(task.id, 60)!r}"
+        )
     if started_at is None or token is None:
         return task
-    return task.started(token, started_at)
+    try:
+        when = datetime.fromtimestamp(started_at, UTC)
+    except (ValueError, OverflowError):
+        raise CorruptRecordError(
+            f"corrupt record: task {task_id} has started_at out of range ({started_at})"
+        ) from None
+    return task.started(token, when)
+
+
+def decode_page(rows: Sequence[Any]) -> tuple[list[Task], int]:
+    """The records of a :meth:`Storage.list` page that decode, and how many did not
+    (each logged with its id): one corrupt record must not fail every page it is on."""
+    tasks = []
+    skipped = 0
+    for row in rows:
+        try:
+            tasks.append(decode(*row))
+        except CorruptRecordError as exc:
+            log.warning("list: skipped a record: %s", exc)
+            skipped += 1
+    return tasks, skipped
 
 
 def list_statement(sql: Statements, filters: dict[str, Any], after: str | None) -> str:

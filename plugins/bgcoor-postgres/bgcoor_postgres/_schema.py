@@ -6,6 +6,10 @@ transaction-level advisory lock keyed by the schema name, so workers starting to
 (and ``bgcoor migrate`` beside them) apply each step exactly once: the second waits for
 the first to commit, then finds nothing left to do.
 
+``temporary=true`` drops the schema on close, so it is honoured only for a schema this
+process created (:data:`CREATED`): an existing one, ``public`` say, holds tables that are
+not ours, and the option is refused before anything is created in it.
+
 Times are server time (``clock_timestamp()``), so the clocks of worker hosts never decide
 whether a lease has expired.
 """
@@ -84,6 +88,9 @@ MIGRATIONS: list[tuple[str, str]] = [
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
+#: (DSN, schema) of every schema this process created: the only ones it ever drops.
+CREATED: set[tuple[str, str]] = set()
+
 
 class SchemaTooNewError(ConfigurationError):
     """The schema was migrated by a newer bgcoor-postgres than this one."""
@@ -93,28 +100,70 @@ class SchemaNotMigratedError(ConfigurationError):
     """``auto_migrate`` is off and the schema lacks migrations: run ``bgcoor migrate``."""
 
 
-async def migrate(conn: asyncpg.Connection, schema: str) -> list[str]:
-    """Bring ``schema`` up to :data:`SCHEMA_VERSION`; a line per migration applied."""
+class TemporarySchemaError(ConfigurationError):
+    """``temporary=true`` for a schema that this process did not create."""
+
+
+def check_temporary(dsn: str, schema: str, temporary: bool) -> None:
+    """Refuse ``temporary`` unless this process created ``schema``: dropping it on close
+    would take tables that are not ours with it."""
+    if temporary and (dsn, schema) not in CREATED:
+        raise TemporarySchemaError(
+            f"PostgreSQL URL option temporary=true refused: schema {schema!r} already "
+            "existed, not created by this process, and a backend never drops what it did "
+            "not create; use a new schema name or remove the temporary option"
+        )
+
+
+async def migrate(
+    conn: asyncpg.Connection, schema: str, *, dsn: str = "", temporary: bool = False
+) -> list[str]:
+    """Bring ``schema`` up to :data:`SCHEMA_VERSION`; a line per migration applied.
+
+    ``temporary``: refuse (:class:`TemporarySchemaError`, before writing anything) when
+    the schema exists and was not created by this process.
+    """
+    key = (dsn, schema)
+    created = False
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                f"bgcoor-migrate:{schema}",
+            )
+            # under the lock: a concurrent creator has committed, or not begun
+            if not await schema_exists(conn, schema):
+                await conn.execute(f"CREATE SCHEMA {quote_ident(schema)}")
+                created = True
+                CREATED.add(key)
+            check_temporary(dsn, schema, temporary)
+            return await _apply(conn, schema)
+    except BaseException:
+        if created:  # rolled back: the schema is not there to be ours
+            CREATED.discard(key)
+        raise
+
+
+async def schema_exists(conn: asyncpg.Connection, schema: str) -> bool:
+    return bool(await conn.fetchval("SELECT to_regnamespace($1) IS NOT NULL", schema))
+
+
+async def _apply(conn: asyncpg.Connection, schema: str) -> list[str]:
     s = quote_ident(schema)
     applied: list[str] = []
-    async with conn.transaction():
+    await conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {s}.migrations (version integer PRIMARY KEY, "
+        "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT clock_timestamp())"
+    )
+    version = await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {s}.migrations")
+    _check_not_newer(schema, version)
+    for number in range(version + 1, SCHEMA_VERSION + 1):
+        name, script = MIGRATIONS[number - 1]
+        await conn.execute(script.format(s=s))
         await conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"bgcoor-migrate:{schema}"
+            f"INSERT INTO {s}.migrations (version, name) VALUES ($1, $2)", number, name
         )
-        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
-        await conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {s}.migrations (version integer PRIMARY KEY, "
-            "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT clock_timestamp())"
-        )
-        version = await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {s}.migrations")
-        _check_not_newer(schema, version)
-        for number in range(version + 1, SCHEMA_VERSION + 1):
-            name, script = MIGRATIONS[number - 1]
-            await conn.execute(script.format(s=s))
-            await conn.execute(
-                f"INSERT INTO {s}.migrations (version, name) VALUES ($1, $2)", number, name
-            )
-            applied.append(f"postgresql schema {schema}: version {number} ({name})")
+        applied.append(f"postgresql schema {schema}: version {number} ({name})")
     return applied
 
 

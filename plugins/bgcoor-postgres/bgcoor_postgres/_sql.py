@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from bgcoor_core import ALLOWED_TRANSITIONS, TaskStatus
+from bgcoor_core import ALLOWED_TRANSITIONS, FROM_UNKNOWN_STATUS, TaskStatus
+
+from ._checks import INT_MAX
 
 
 def numbers(values: Iterable[float | None]) -> list[str | None]:
@@ -19,6 +21,15 @@ def numbers(values: Iterable[float | None]) -> list[str | None]:
 
 def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def _in(statuses: Iterable[TaskStatus]) -> str:
+    return "(" + ", ".join(sorted(f"'{status.value}'" for status in statuses)) + ")"
+
+
+#: Every known status as an SQL list: a stored status outside it was written by something
+#: else (see ``FROM_UNKNOWN_STATUS``).
+KNOWN = _in(TaskStatus)
 
 
 def _allowed_pairs() -> str:
@@ -33,14 +44,16 @@ def write_allowed(old: str, new: str) -> str:
     """SQL twin of :func:`bgcoor_core.check_write` for ``old`` (stored) and ``new`` rows.
 
     An expired record counts as absent; otherwise the lease-token rule and the allowed
-    transitions both have to hold.
+    transitions both have to hold. A stored status that names no status may only become
+    one of ``FROM_UNKNOWN_STATUS`` (``dead``: a worker's verdict on a corrupt record).
     """
     running = TaskStatus.RUNNING.value
     return (
         f"(({old}.expires_at IS NOT NULL AND {old}.expires_at <= clock_timestamp()) OR "
         f"(({new}.lease_token IS NULL OR {new}.status = '{running}' "
         f"OR {old}.lease_token IS NOT DISTINCT FROM {new}.lease_token) "
-        f"AND ({old}.status, {new}.status) IN ({_allowed_pairs()})))"
+        f"AND (({old}.status, {new}.status) IN ({_allowed_pairs()}) "
+        f"OR ({old}.status NOT IN {KNOWN} AND {new}.status IN {_in(FROM_UNKNOWN_STATUS)}))))"
     )
 
 
@@ -52,11 +65,33 @@ LIVE = "(t.expires_at IS NULL OR t.expires_at > clock_timestamp())"
 RELAX = "(SELECT set_config('synchronous_commit', 'off', true)) AS relax"
 HELD = "m.state = 'reserved' AND m.available_at > clock_timestamp()"
 SECONDS = "* interval '1 second'"
+#: No time we write reaches this: etas end with year 9999, leases are at most a day. A
+#: message due later (up to 'infinity') was written by something else; the reserve takes
+#: it as a defect rather than let it wait forever.
+BEYOND = "'10000-01-01 00:00:00+00'::timestamptz"
+#: Why a message's bookkeeping cannot be trusted, or NULL: evaluated by the reserve for
+#: the rows it takes only. A counter at the integer maximum would make the reserve's own
+#: "+ 1" fail the statement for every task in it, so the reserve saturates counters and
+#: reports the row instead.
+ODD_MESSAGE = (
+    f"CASE WHEN deliveries NOT BETWEEN 0 AND {INT_MAX - 1} THEN 'deliveries = ' || deliveries "
+    f"WHEN lost NOT BETWEEN 0 AND {INT_MAX - 1} THEN 'lost = ' || lost "
+    f"WHEN available_at >= {BEYOND} THEN 'available_at = ' || available_at END"
+)
 
 # unnest() column lists: the arrays travel as parameters $1..$n in this order. Floats
 # travel as text[] (see :func:`numbers`): asyncpg has a built-in codec for text[] only and
 # looks other array types up once per new connection (bytea[] and int[] share one look-up).
 _MESSAGE_COLUMNS = "$1::text[], $2::text[], $3::int[], $4::bytea[], $5::text[]"
+#: Records stored by an enqueue (or ``save_many``) must be new: only an expired record,
+#: which counts as absent, is overwritten; any other refuses the whole statement with
+#: ``refuse()`` naming the id and the status found (``DuplicateTaskError``).
+_NEW_RECORD_UPSERT = (
+    "ON CONFLICT (id) DO UPDATE SET name = excluded.name, queue = excluded.queue, "
+    "status = excluded.status, lease_token = excluded.lease_token, expires_at = NULL, "
+    "record = excluded.record, started_at = NULL, before_status = NULL, before_token = NULL "
+    "WHERE t.expires_at IS NOT NULL AND t.expires_at <= clock_timestamp()"
+)
 _RECORD_UPSERT = (
     "ON CONFLICT (id) DO UPDATE SET name = excluded.name, queue = excluded.queue, "
     "status = excluded.status, lease_token = excluded.lease_token, "
@@ -99,31 +134,33 @@ class Statements:
         self.push = f"WITH {messages}{notify}(SELECT DISTINCT queue FROM ins) d) x"
         # records $6..$11 beside the messages $1..$5; a refused record aborts everything
         self.enqueue = (
-            "WITH new_t AS (SELECT * FROM unnest($6::text[], $7::text[], $8::text[], "
-            "$9::text[], $10::text[], $11::text[]) "
-            "AS n(id, name, queue, status, lease_token, record)), "
-            f"up AS (INSERT INTO {t} AS t (id, name, queue, status, lease_token, record) "
-            "SELECT id, name, queue, status, lease_token, record::json FROM new_t ORDER BY id "
-            f"{upsert} RETURNING t.id), "
-            f"{messages}"
+            f"WITH {_new_records(t, 6)}, {messages}"
             # messages first: a duplicate id is DuplicateTaskError before any refusal
             f"SELECT ({notify}(SELECT DISTINCT queue FROM ins) d) x), "
-            f"(SELECT bool_and({s}.refuse(n.id)) FROM new_t n "
-            "WHERE n.id NOT IN (SELECT id FROM up))"
+            f"({_refuse_existing(s, t)})"
         )
+        # save_many: the same for records alone, $1..$6
+        self.save_new = f"WITH {_new_records(t, 1)} SELECT ({_refuse_existing(s, t)})"
 
         # -- consuming -----------------------------------------------------------------
+        # A row that cannot be trusted is taken like any other and returned with what is
+        # wrong (odd, or the unknown status of its record): the executor dead-letters it,
+        # and one bad row never fails the statement that carries the good ones.
         self.reserve = (
-            "WITH cand AS (SELECT c.id, w.ord FROM unnest($1::text[]) WITH ORDINALITY "
+            "WITH cand AS (SELECT c.id, w.ord, c.odd FROM unnest($1::text[]) WITH ORDINALITY "
             "AS w(name, ord) CROSS JOIN LATERAL ("
-            f"SELECT id, priority, seq FROM {m} WHERE queue = w.name AND state <> 'dead' "
-            "AND available_at <= clock_timestamp() ORDER BY priority DESC, seq LIMIT $2 "
+            f"SELECT id, priority, seq, {ODD_MESSAGE} AS odd FROM {m} "
+            "WHERE queue = w.name AND state <> 'dead' "
+            f"AND (available_at <= clock_timestamp() OR available_at >= {BEYOND}) "
+            "ORDER BY priority DESC, seq LIMIT $2 "
             "FOR UPDATE SKIP LOCKED) c ORDER BY w.ord, c.priority DESC, c.seq LIMIT $2), "
             f"taken AS (UPDATE {m} m SET state = 'reserved', token = gen_random_uuid()::text, "
-            f"available_at = clock_timestamp() + $3 {SECONDS}, deliveries = m.deliveries + 1, "
-            "lost = m.lost + (m.state = 'reserved')::int FROM cand WHERE m.id = cand.id "
+            f"available_at = clock_timestamp() + $3 {SECONDS}, "
+            f"deliveries = least(m.deliveries, {INT_MAX - 1}) + 1, "
+            f"lost = least(m.lost, {INT_MAX - 1}) + (m.state = 'reserved')::int "
+            "FROM cand WHERE m.id = cand.id "
             "RETURNING m.id, m.queue, m.body, m.deliveries, m.lost, m.token, cand.ord, "
-            "m.priority, m.seq), "
+            "m.priority, m.seq, cand.odd), "
             # the taken tasks' records are marked running here (Reservation.started), saving
             # the executor's own write; a record in a status that may not become running,
             # or an absent one, is left to the executor. The JSON is not touched (jsonb would
@@ -139,18 +176,28 @@ class Statements:
             f"WHERE t.id = k.id AND {LIVE} AND t.status IN ({to_running}) RETURNING t.id) "
             "SELECT k.id, k.queue, k.body, k.deliveries, k.lost, k.token, k.ord, k.priority, "
             "k.seq, NULL::float8 AS due, "
-            "marked.id IS NOT NULL AS started FROM taken k LEFT JOIN marked USING (id)"
+            "marked.id IS NOT NULL AS started, k.odd, r.status AS odd_status "
+            "FROM taken k LEFT JOIN marked USING (id) "
+            f"LEFT JOIN {t} r ON r.id = k.id AND r.status NOT IN {KNOWN} "
+            "AND (r.expires_at IS NULL OR r.expires_at > clock_timestamp())"
             f"{relax} UNION ALL "
-            # nothing taken: how long until the earliest eta or lease deadline
+            # nothing taken: how long until the earliest eta or lease deadline (clamped to
+            # a day either way: an infinite timestamp cannot be subtracted)
             "SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
-            "(SELECT extract(epoch FROM min(f.at) - clock_timestamp())::float8 "
+            "(SELECT extract(epoch FROM min(greatest(least(f.at, "
+            "clock_timestamp() + interval '1 day'), clock_timestamp() - interval '1 day')) "
+            "- clock_timestamp())::float8 "
             "FROM unnest($1::text[]) AS w(name) CROSS JOIN LATERAL ("
             f"SELECT available_at AS at FROM {m} WHERE queue = w.name AND state <> 'dead' "
-            "ORDER BY available_at LIMIT 1) f), NULL WHERE NOT EXISTS (SELECT 1 FROM taken)"
+            "ORDER BY available_at LIMIT 1) f), NULL, NULL, NULL "
+            "WHERE NOT EXISTS (SELECT 1 FROM taken)"
         )
         # a hand-back (release, or nack) restores a record the reserve marked running
         unstart = (
-            f"unstarted AS (UPDATE {t} t SET status = t.before_status, "
+            # (a before_status that went missing: the status the JSON shows, which is what
+            # reads show once started_at is cleared; status is NOT NULL)
+            f"unstarted AS (UPDATE {t} t SET "
+            "status = coalesce(t.before_status, t.record->>'status', t.status), "
             "lease_token = t.before_token, started_at = NULL, before_status = NULL, "
             "before_token = NULL FROM back WHERE t.id = back.id AND t.lease_token = back.token "
             f"AND t.status = '{running}' AND t.started_at IS NOT NULL) "
@@ -182,7 +229,9 @@ class Statements:
             f"WHERE id = $1 AND token = $2 AND {HELD} RETURNING 1"
         )
         self.dead_letters = (
-            "SELECT id, body, reason, extract(epoch FROM dead_at)::float8 "
+            # a dead letter written by something else may lack its reason or time
+            "SELECT id, body, coalesce(reason, 'corrupt dead letter: no reason was stored'), "
+            "coalesce(extract(epoch FROM dead_at)::float8, 0) "
             f"FROM {m} WHERE queue = $1 AND state = 'dead' "
             "ORDER BY dead_at, id LIMIT $2 OFFSET $3"
         )
@@ -242,17 +291,11 @@ class Statements:
             "old.status, old.lease_token FROM new_t n LEFT JOIN held USING (id) "
             "LEFT JOIN gone USING (id) LEFT JOIN old USING (id)"
         )
-        self.get = (
-            f"SELECT t.record::text, t.started_at, t.lease_token FROM {t} t "
-            f"WHERE t.id = $1 AND {LIVE}"
-        )
-        self.record_states = (
-            f"SELECT t.id, t.status, t.lease_token FROM {t} t "
-            f"WHERE t.id = ANY($1::text[]) AND {LIVE}"
-        )
-        self.list_prefix = (
-            f"SELECT t.id, t.record::text, t.started_at, t.lease_token FROM {t} t WHERE {LIVE}"
-        )
+        # started_at travels as epoch seconds: a timestamp the driver cannot represent as
+        # a datetime (year 294276, say) is then one corrupt record, not a failed page
+        read = "t.record::text, extract(epoch FROM t.started_at)::float8, t.lease_token, t.status"
+        self.get = f"SELECT {read} FROM {t} t WHERE t.id = $1 AND {LIVE}"
+        self.list_prefix = f"SELECT t.id, {read} FROM {t} t WHERE {LIVE}"
         self.counts = f"SELECT t.status, count(*) FROM {t} t WHERE {LIVE} GROUP BY t.status"
         self.delete_expired = (
             f"WITH doomed AS (SELECT id FROM {t} WHERE expires_at <= clock_timestamp() "
@@ -260,3 +303,26 @@ class Statements:
             "WHERE t.id = doomed.id"
         )
         self.drop_schema = f"DROP SCHEMA IF EXISTS {s} CASCADE"
+
+
+def _new_records(tasks: str, first: int) -> str:
+    """CTEs ``new_t`` (records from arrays ``$first``...) and ``up`` (those inserted)."""
+    params = ", ".join(f"${first + n}::text[]" for n in range(6))
+    return (
+        f"new_t AS (SELECT * FROM unnest({params}) "
+        "AS n(id, name, queue, status, lease_token, record)), "
+        f"up AS (INSERT INTO {tasks} AS t (id, name, queue, status, lease_token, record) "
+        "SELECT id, name, queue, status, lease_token, record::json FROM new_t ORDER BY id "
+        f"{_NEW_RECORD_UPSERT} RETURNING t.id)"
+    )
+
+
+def _refuse_existing(schema: str, tasks: str) -> str:
+    """Abort the statement when a record in ``new_t`` was not inserted: it exists. The
+    error names the id and the stored status (the statement's snapshot shows the record
+    as it was; one committed meanwhile by another transaction is not in it)."""
+    return (
+        f"SELECT bool_and({schema}.refuse(format('task %s already exists (status %s)', "
+        "n.id, coalesce(left(o.status, 40), 'just written by another transaction')))) "
+        f"FROM new_t n LEFT JOIN {tasks} o ON o.id = n.id WHERE n.id NOT IN (SELECT id FROM up)"
+    )

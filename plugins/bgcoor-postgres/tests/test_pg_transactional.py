@@ -12,7 +12,6 @@ from bgcoor_postgres import PostgresBackend, backend_of, enqueue_in
 from bgcoor_core import (
     ConfigurationError,
     DuplicateTaskError,
-    InvalidTransitionError,
     QueueStats,
     TaskManager,
     TaskStatus,
@@ -91,9 +90,12 @@ async def test_batch_with_options_and_duplicate_ids(
     assert (await backend.stats("urgent")).reserved == 3
 
 
-async def test_refused_record_aborts_the_enqueue(
+async def test_existing_record_refuses_the_enqueue(
     manager: TaskManager, app_conn: asyncpg.Connection[Any]
 ) -> None:
+    """An id whose record exists (here a finished task's) refuses the whole batch, naming
+    the id and status, on our connection and inside the caller's transaction alike."""
+
     @manager.task(name="ping")
     async def ping(n: int) -> None: ...
 
@@ -103,15 +105,18 @@ async def test_refused_record_aborts_the_enqueue(
     await backend.save(done)
     again = done.model_copy(update={"status": TaskStatus.PENDING})
     fresh = ping.build((2,), {})
-    with pytest.raises(InvalidTransitionError):
+    with pytest.raises(DuplicateTaskError, match=f"{done.id} already exists.*succeeded"):
         await backend.enqueue_atomically(
             [fresh, again], [backend.to_message(t) for t in (fresh, again)]
         )
     assert await backend.get(fresh.id) is None
     assert (await backend.stats("default")).ready == 0
-    with pytest.raises(InvalidTransitionError):
+    with pytest.raises(DuplicateTaskError, match=f"{done.id} already exists.*succeeded"):
         async with app_conn.transaction():
             await backend.enqueue_in(app_conn, [again])
+    stored = await backend.get(done.id)
+    assert stored is not None
+    assert stored.status is TaskStatus.SUCCEEDED
 
 
 async def test_needs_the_postgres_backend_as_broker_and_storage() -> None:
