@@ -8,14 +8,21 @@ validates annotated arguments with pydantic, so a JSON string arrives as the
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import decimal
+import enum
 import inspect
+import pathlib
 import typing
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, Secret, SecretBytes, SecretStr, TypeAdapter, ValidationError
 
 from ._errors import PayloadError
+from ._text import printable
 
 
 @runtime_checkable
@@ -40,7 +47,10 @@ class FunctionHandler:
         self.name = name
         self.is_async = inspect.iscoroutinefunction(fn)
         self.signature = inspect.signature(fn)
-        self._adapters = _argument_adapters(fn, self.signature)
+        types = _argument_types(fn, self.signature)
+        self._adapters = {name: TypeAdapter(tp) for name, tp in types.items()}
+        #: Arguments whose declared type may hold a pydantic secret: checked at enqueue.
+        self._secret_params = frozenset(name for name, tp in types.items() if may_hold_secret(tp))
         if self.is_async:
             self.run = self._run_async  # type: ignore[method-assign]
 
@@ -77,6 +87,8 @@ class FunctionHandler:
             adapter = self._adapters.get(key)
             if adapter is not None:
                 checked = self._validate(adapter, key, value, python=True)
+                if key in self._secret_params:
+                    refuse_secrets(self.name, checked, f"argument {key!r}")
                 bound.arguments[key] = adapter.dump_python(checked, mode="json")
         return {"args": list(bound.args), "kwargs": dict(bound.kwargs)}
 
@@ -84,10 +96,141 @@ class FunctionHandler:
         try:
             return adapter.validate_python(value)
         except ValidationError as exc:
-            problem = exc.errors(include_url=False)[0]["msg"]
-            raise PayloadError(
-                f"task {self.name!r}: argument {key!r} = {value!r:.60}: {problem}"
-            ) from None
+            # What is wrong and where, never the value: arguments carry PINs and tokens,
+            # and this message ends up in worker logs and dead-letter reasons.
+            raise PayloadError(f"task {self.name!r}: argument {key!r}{_problem(exc)}") from None
+
+
+def _problem(exc: ValidationError) -> str:
+    """``: items.2: Input should be greater than 0 (+1 more)`` (no input values)."""
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    first = errors[0]
+    where = printable(".".join(map(str, first["loc"])), 80)
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{' at ' + where if where else ''}: {printable(first['msg'], 200)}{more}"
+
+
+# -- pydantic secrets ----------------------------------------------------------------------
+
+SECRET_TYPES = (Secret, SecretStr, SecretBytes)
+#: What a pydantic secret turns into when serialised: the task would receive this.
+SECRET_MASK = "**********"
+_MAX_DEPTH = 32
+
+
+def may_hold_secret(tp: Any) -> bool:
+    """Whether values of type ``tp`` may contain a pydantic secret (decided once, at
+    registration, so arguments of ordinary types are never searched)."""
+    return _type_may_hold_secret(tp, set())
+
+
+def _type_may_hold_secret(tp: Any, seen: set[int]) -> bool:
+    if id(tp) in seen:
+        return False
+    seen.add(id(tp))
+    if tp is Any or tp is object or isinstance(tp, str | typing.ForwardRef | typing.TypeVar):
+        return True  # whatever is passed is kept as is, secrets included
+    origin = typing.get_origin(tp)
+    if origin is not None:
+        if origin is typing.Annotated:
+            return _type_may_hold_secret(typing.get_args(tp)[0], seen)
+        return any(_type_may_hold_secret(t, seen) for t in (origin, *typing.get_args(tp)))
+    if not isinstance(tp, type):
+        return False  # a literal value, None, an Ellipsis in tuple[int, ...]
+    if issubclass(tp, SECRET_TYPES):
+        return True
+    if issubclass(tp, _LEAF_TYPES):
+        return False
+    members = _member_types(tp)
+    # Anything else (a bare dict or list, a class of its own) may hold anything.
+    return members is None or any(_type_may_hold_secret(t, seen) for t in members)
+
+
+#: Types whose values hold no other value, so no secret.
+_LEAF_TYPES = (
+    str,
+    bytes,
+    bytearray,
+    int,
+    float,
+    complex,
+    type(None),
+    datetime.date,
+    datetime.time,
+    datetime.timedelta,
+    decimal.Decimal,
+    uuid.UUID,
+    enum.Enum,
+    pathlib.PurePath,
+)
+
+
+def _member_types(tp: type) -> list[Any] | None:
+    """The declared types of a model's, dataclass's or TypedDict's fields; ``None`` for
+    any other type."""
+    if issubclass(tp, BaseModel):
+        return [field.annotation for field in tp.model_fields.values()]
+    if dataclasses.is_dataclass(tp) or typing.is_typeddict(tp):
+        try:
+            return list(typing.get_type_hints(tp).values())
+        except Exception:  # unresolvable annotations: assume the worst
+            return [Any]
+    return None
+
+
+def refuse_secrets(task: str, value: Any, where: str) -> None:
+    """Raise :class:`PayloadError` if ``value`` holds a pydantic secret anywhere.
+
+    A secret serialises as ``"**********"``: the task would run with the mask instead of
+    the secret, silently. Refused at enqueue, naming where it is, never what it is.
+    """
+    found = _find_secret(value, "", 0)
+    if found is None:
+        return
+    path, kind = found
+    at = f" at {path.removeprefix('.')}" if path else ""
+    raise PayloadError(
+        f"task {task!r}: {where}{at} is a pydantic {kind}, which is serialised as "
+        f"{SECRET_MASK!r}: the task would receive the mask, not the secret. Pass a reference "
+        "the worker can resolve (a secret store key, an environment variable name) instead"
+    )
+
+
+def refuse_secrets_in_payload(task: str, payload: Any) -> None:
+    """:func:`refuse_secrets` for a whole payload, naming the argument that holds one."""
+    if isinstance(payload, dict) and set(payload) <= {"args", "kwargs"}:
+        for index, arg in enumerate(payload.get("args") or ()):
+            refuse_secrets(task, arg, f"positional argument {index}")
+        kwargs = payload.get("kwargs")
+        for name, arg in kwargs.items() if isinstance(kwargs, dict) else ():
+            refuse_secrets(task, arg, f"argument {printable(str(name), 60)!r}")
+    refuse_secrets(task, payload, "the payload")
+
+
+def _find_secret(value: Any, path: str, depth: int) -> tuple[str, str] | None:
+    if isinstance(value, SECRET_TYPES):
+        return path, type(value).__name__
+    if depth > _MAX_DEPTH or isinstance(value, str | bytes | int | float | bool | None):
+        return None
+    for key, item in _members(value):
+        found = _find_secret(item, f"{path}{key}", depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
+def _members(value: Any) -> list[tuple[str, Any]]:
+    """``(path step, item)`` for a container's items or an object's fields. Dict keys are
+    never shown: they are data too."""
+    if isinstance(value, dict):
+        return [(f"[{i}]", item) for i, item in enumerate(value.values())]
+    if isinstance(value, list | tuple | set | frozenset):
+        return [(f"[{i}]", item) for i, item in enumerate(value)]
+    if isinstance(value, BaseModel):
+        return [(f".{name}", getattr(value, name, None)) for name in type(value).model_fields]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [(f".{f.name}", getattr(value, f.name, None)) for f in dataclasses.fields(value)]
+    return []
 
 
 def split_payload(name: str, payload: Any) -> tuple[list[Any], dict[str, Any]]:
@@ -105,15 +248,14 @@ def split_payload(name: str, payload: Any) -> tuple[list[Any], dict[str, Any]]:
     return args, kwargs
 
 
-def _argument_adapters(
-    fn: Callable[..., Any], signature: inspect.Signature
-) -> dict[str, TypeAdapter[Any]]:
+def _argument_types(fn: Callable[..., Any], signature: inspect.Signature) -> dict[str, Any]:
+    """The declared types of the arguments to validate (annotated, and not ``Any``)."""
     try:
-        hints = typing.get_type_hints(fn)
+        hints = typing.get_type_hints(fn, include_extras=True)  # keep Field(...) constraints
     except Exception:  # unresolvable forward references: skip validation, do not fail
         return {}
     return {
-        p.name: TypeAdapter(hints[p.name])
+        p.name: hints[p.name]
         for p in signature.parameters.values()
         if p.kind in _BINDABLE and p.name in hints and hints[p.name] is not Any
     }

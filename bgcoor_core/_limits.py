@@ -41,6 +41,7 @@ MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
 MAX_CONCURRENCY = 10_000
 MAX_PREFETCH = 10_000
 MAX_WORKER_LOST = 10_000
+MAX_ENQUEUE_RETRIES = 10
 MIN_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES = 1024, 256 * 1024 * 1024
 
 
@@ -98,7 +99,12 @@ PRIORITY = Range(MIN_PRIORITY, MAX_PRIORITY)
 CONCURRENCY = Range(1, MAX_CONCURRENCY)
 PREFETCH = Range(0, MAX_PREFETCH)
 WORKER_LOST = Range(0, MAX_WORKER_LOST)
+ENQUEUE_RETRIES = Range(0, MAX_ENQUEUE_RETRIES)
 PAYLOAD_BYTES = Range(MIN_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES, "bytes")
+#: How long a caller may wait for a result (``bgcoor enqueue --wait --timeout``).
+WAIT = Range(0.0, MAX_DURATION, "seconds")
+#: Rows a listing (``bgcoor dlq list --limit``) asks a backend for.
+LISTING = Range(1, 1_000_000)
 
 
 def check_eta(option: str, eta: datetime) -> datetime:

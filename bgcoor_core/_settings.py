@@ -5,13 +5,14 @@ from __future__ import annotations
 import difflib
 import os
 import typing
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from . import _limits as limits
-from ._codec import DEFAULT_MAX_PAYLOAD_BYTES, JSON
+from ._codec import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_RESULT_BYTES, JSON
 from ._errors import SettingsError
 from ._task import validate_queue_name
 
@@ -56,11 +57,13 @@ class Settings(BaseSettings):
     result_ttl: float | None = _bounded(7 * 24 * 3600.0, limits.TTL)
     cleanup_seconds: float | None = _bounded(300.0, limits.CLEANUP)
     max_payload_bytes: int = _bounded(DEFAULT_MAX_PAYLOAD_BYTES, limits.PAYLOAD_BYTES)
+    #: Largest result a task may return, JSON-encoded; a larger one fails the task.
+    max_result_bytes: int = _bounded(DEFAULT_MAX_RESULT_BYTES, limits.PAYLOAD_BYTES)
     max_worker_lost: int = _bounded(3, limits.WORKER_LOST)
     #: How often an enqueue whose outcome is unknown (the connection failed mid-call) is
     #: tried again with the same task ids; a duplicate found then means the first try
     #: went through.
-    enqueue_retries: int = Field(default=3, ge=0, le=10)
+    enqueue_retries: int = _bounded(3, limits.ENQUEUE_RETRIES)
     shutdown_grace: float = _bounded(30.0, limits.GRACE)
     serializer: str = JSON
     accept_content: CommaList = Field(default_factory=lambda: [JSON])
@@ -88,6 +91,13 @@ class Settings(BaseSettings):
                 f"{ENV_PREFIX}LEASE_SECONDS (lease_seconds)"
             )
         return self
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # A URL may carry a password: a printed or logged Settings shows it redacted.
+        from ._registries import redact
+
+        for name, value in super().__repr_args__():
+            yield name, redact(value) if name in ("broker_url", "storage_url") else value
 
     @property
     def heartbeat_interval(self) -> float:

@@ -305,7 +305,7 @@ def test_enqueue_wait_times_out_with_a_hint() -> None:
         (["--kwargs", "nope"], 2, "--kwargs is not valid JSON"),
         (["--payload", "{}"], 2, "task 'add' is a function: pass --args/--kwargs"),
         (["--args", "[1, 2]", "--timeout", "1"], 2, "--timeout only applies with --wait"),
-        (["--args", '["one", 2]'], 1, "task 'add': argument 'x' = 'one': Input should be"),
+        (["--args", '["one", 2]'], 1, "task 'add': argument 'x': Input should be"),
         (["--args", "[1]"], 1, "task 'add': missing a required argument: 'y'"),
         (["--args", "[1, 2]", "--priority", "x"], 2, "Invalid value for '--priority' / '-p'"),
     ],

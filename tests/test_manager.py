@@ -142,7 +142,7 @@ async def test_arguments_are_validated_before_anything_is_enqueued(
         await add.enqueue(1, 2, 3)  # type: ignore[call-arg]
     with pytest.raises(PayloadError, match="unexpected keyword argument 'z'"):
         await add.enqueue(1, 2, z=3)  # type: ignore[call-arg]
-    with pytest.raises(PayloadError, match=r"argument 'x' = 'one'.*valid integer"):
+    with pytest.raises(PayloadError, match=r"argument 'x': .*valid integer"):
         await add.enqueue("one", 2)  # type: ignore[arg-type]
     with pytest.raises(PayloadError, match="argument 'y'"):
         await add.options(priority=1).enqueue(1, [2])  # type: ignore[arg-type]

@@ -68,14 +68,14 @@ def test_heartbeat_defaults_to_a_third_of_the_lease(monkeypatch: pytest.MonkeyPa
     ("variable", "value", "problem"),
     [
         ("BGCOOR_CONCURRENCY", "abc", "valid integer"),
-        ("BGCOOR_CONCURRENCY", "0", "greater than or equal to 1"),
-        ("BGCOOR_LEASE_SECONDS", "-1", "greater than 0"),
+        ("BGCOOR_CONCURRENCY", "0", "0 is out of range: use 1 to 10000"),
+        ("BGCOOR_LEASE_SECONDS", "-1", "-1 is out of range: use 0.1 to 86400 seconds (1 day)"),
         ("BGCOOR_LEASE_SECONDS", "soon", "valid number"),
         ("BGCOOR_QUEUES", "bad queue", "invalid queue name 'bad queue'"),
         ("BGCOOR_QUEUES", ",", "at least 1 item"),
-        ("BGCOOR_MAX_RETRIES", "-3", "greater than or equal to 0"),
-        ("BGCOOR_TIMEOUT", "0", "greater than 0"),
-        ("BGCOOR_MAX_PAYLOAD_BYTES", "10", "greater than or equal to 1024"),
+        ("BGCOOR_MAX_RETRIES", "-3", "-3 is out of range: use 0 to 10000"),
+        ("BGCOOR_TIMEOUT", "0", "0 is out of range: use 0.001 to 31536000 seconds (1 year)"),
+        ("BGCOOR_MAX_PAYLOAD_BYTES", "10", "10 is out of range: use 1024 to 268435456 bytes"),
     ],
 )
 def test_invalid_value_names_the_variable(
@@ -153,7 +153,7 @@ def test_keyword_overrides_win_over_the_environment(monkeypatch: pytest.MonkeyPa
 
 
 def test_invalid_keyword_override_names_the_keyword() -> None:
-    with pytest.raises(SettingsError, match="concurrency=: Input should be greater"):
+    with pytest.raises(SettingsError, match="concurrency=: 0 is out of range: use 1 to 10000"):
         load_settings(concurrency=0)
 
 

@@ -24,7 +24,7 @@ from .._manager import TaskFunction, TaskManager
 from .._registries import redact
 from .._task import Task
 from ..hookspecs import hookimpl
-from ._output import CliError, err_console, out_console, quiet_logging
+from ._output import CliError, cell, err_console, out_console, quiet_logging
 
 DEMO_QUEUE = "demo"
 #: Seconds without any task settling after which the demo gives up.
@@ -194,7 +194,7 @@ async def _work(
 
 def _summary(manager: TaskManager, tally: Tally, count: int, elapsed: float) -> Table:
     table = Table(
-        title=Text(f"Demo summary ({redact(manager.settings.broker_url)})"),
+        title=cell(f"Demo summary ({redact(manager.settings.broker_url)})"),
         title_justify="left",
     )
     table.add_column("")

@@ -8,11 +8,12 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from .. import _limits as limits
 from .._broker import DeadLetter
 from .._manager import TaskManager
 from ._app_loading import run_with_manager
-from ._options import AppOption, QueueOption
-from ._output import CliError, err_console, out_console, timestamp
+from ._options import AppOption, QueueOption, check_task_ids, in_range
+from ._output import CliError, cell, err_console, out_console, timestamp
 
 dlq_app = typer.Typer(
     name="dlq",
@@ -25,7 +26,15 @@ dlq_app = typer.Typer(
 def list_dead(
     queue: QueueOption = "default",
     app: AppOption = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Show at most N.")] = 100,
+    limit: Annotated[
+        int,
+        typer.Option(
+            "--limit",
+            "-n",
+            callback=in_range(limits.LISTING),
+            help=f"Show at most N ({limits.LISTING.describe()}).",
+        ),
+    ] = 100,
 ) -> None:
     """List the dead letters of a queue, oldest first."""
 
@@ -48,11 +57,11 @@ def list_dead(
     for letter in letters:
         task = letter.task
         table.add_row(
-            Text(letter.id),
-            Text(task.name if task else "<undecodable>"),
+            cell(letter.id),
+            cell(task.name if task else "<undecodable>"),
             str(task.attempts) if task else "-",
             timestamp(letter.dead_at),
-            Text(letter.reason, "red"),
+            cell(letter.reason, "red"),
         )
     console.print(table)
     if total > len(letters):
@@ -63,7 +72,12 @@ def list_dead(
 def requeue(
     ids: Annotated[
         list[str] | None,
-        typer.Argument(metavar="[ID]...", help="Dead letters to requeue.", show_default=False),
+        typer.Argument(
+            metavar="[ID]...",
+            help="Dead letters to requeue.",
+            show_default=False,
+            callback=check_task_ids,
+        ),
     ] = None,
     requeue_all: Annotated[
         bool, typer.Option("--all", help="Requeue every dead letter of the queue.")
@@ -83,7 +97,7 @@ def requeue(
     done = run_with_manager(app, body)
     console = out_console()
     for task_id in done:
-        console.print(Text(task_id))
+        console.print(cell(task_id))
     console.print(f"requeued {len(done)} task(s) into {queue!r}")
     missing = [i for i in wanted if i not in done]
     if missing:

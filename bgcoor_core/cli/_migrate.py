@@ -8,13 +8,14 @@ from .._broker import Migratable
 from .._manager import TaskManager
 from ._app_loading import run_with_manager
 from ._options import AppOption
+from ._output import clean
 
 
 def migrate(app: AppOption = None) -> None:
     """Apply pending schema migrations of the broker and storage (safe to run repeatedly)."""
     lines = run_with_manager(app, apply_migrations)
     for line in lines:
-        typer.echo(f"applied: {line}")
+        typer.echo(clean(f"applied: {line}"))
     if not lines:
         typer.echo("schema is up to date")
 

@@ -2,12 +2,46 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import math
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
 import typer
 
 from .._errors import InvalidNameError
-from .._task import validate_queue_name
+from .._limits import Range
+from .._task import validate_queue_name, validate_task_id
+
+N = TypeVar("N", int, float)
+
+
+def in_range(bounds: Range) -> Callable[[N | None], N | None]:
+    """Typer callback: a number within ``bounds`` (:mod:`bgcoor_core._limits`), or a usage
+    error naming the range; ``inf`` and ``nan`` never pass (Click's own ranges let ``nan``
+    through, as it compares false both ways)."""
+
+    def check(value: N | None) -> N | None:
+        if value is None or value in bounds:
+            return value
+        shown = value if math.isfinite(value) else str(value)
+        raise typer.BadParameter(f"{shown} is out of range: use {bounds.describe()}")
+
+    return check
+
+
+def check_task_ids(value: list[str] | None) -> list[str] | None:
+    """Typer callback: task ids as every backend accepts them (no empty id, no controls)."""
+    for task_id in value or ():
+        try:
+            validate_task_id(task_id)
+        except InvalidNameError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+def check_task_id(value: str) -> str:
+    check_task_ids([value])
+    return value
 
 
 def check_queue(value: str | None) -> str | None:

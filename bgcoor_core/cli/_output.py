@@ -1,4 +1,10 @@
-"""Console helpers: rich output on stdout, one-line errors on stderr, logging for workers."""
+"""Console helpers: rich output on stdout, one-line errors on stderr, logging for workers.
+
+Everything shown comes through :func:`clean` (or :func:`cell`, :func:`json_text`,
+:func:`clean_json`): task errors, arguments, ids and names are data anyone who can enqueue
+wrote, and a raw ``ESC [`` or ``CR`` in them would drive the operator's terminal (recolour,
+overwrite a line, retitle the window). Control characters are shown escaped instead.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.text import Text
+
+from .._text import escape_unprintable
 
 __all__ = [
     "CliError",
+    "cell",
+    "clean",
+    "clean_json",
     "err_console",
     "json_text",
     "logging_to_stderr",
@@ -44,6 +56,35 @@ def err_console() -> Console:
     return Console(stderr=True, highlight=False)
 
 
+def clean(value: object, *, multiline: bool = False) -> str:
+    """``str(value)`` safe for a terminal: control and other unprintable characters
+    escaped (``\x1b``, ``\r``, ``\u202e``); with ``multiline``, newlines kept."""
+    return escape_unprintable(str(value), keep="\n" if multiline else "")
+
+
+def cell(value: object, style: str = "") -> Text:
+    """A table cell (or any rich text) of data: :func:`clean`, never read as markup."""
+    return Text(clean(value), style)
+
+
+def clean_json(text: str) -> str:
+    """JSON text with every unprintable character written as a ``\\uXXXX`` escape, so it
+    stays valid JSON with the same value (``json`` escapes only ``\\x00``-``\\x1f``; DEL,
+    the C1 controls and format characters would reach the terminal raw). Newlines, which
+    in JSON text are only indentation, are kept."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or ch == "\n" else _json_escape(ch) for ch in text)
+
+
+def _json_escape(ch: str) -> str:
+    code = ord(ch)
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # outside the basic plane: a UTF-16 surrogate pair, as JSON spells it
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
 def one_line(message: str) -> str:
     """``message`` folded onto one line (multi-line messages become ``a; b``)."""
     parts = [line.strip() for line in message.splitlines() if line.strip()]
@@ -53,12 +94,12 @@ def one_line(message: str) -> str:
 def print_error(message: str) -> None:
     """``error: <message>`` on stderr, on one line whatever the terminal width."""
     console = Console(stderr=True, highlight=False, soft_wrap=True)
-    console.print(Text.assemble(("error: ", "bold red"), one_line(message)))
+    console.print(Text.assemble(("error: ", "bold red"), one_line(clean(message, multiline=True))))
 
 
 def json_text(value: Any) -> str:
-    """A JSON value as compact text (what ``enqueue --wait`` prints)."""
-    return json.dumps(value, ensure_ascii=False, default=str)
+    """A JSON value as compact text (what ``enqueue --wait`` prints), terminal-safe."""
+    return clean_json(json.dumps(value, ensure_ascii=False, default=str))
 
 
 def timestamp(value: datetime | float | None) -> str:
@@ -70,6 +111,14 @@ def timestamp(value: datetime | float | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class CleanRichHandler(RichHandler):
+    """A rich log handler that shows messages (a task's error, a dead-letter reason) and
+    tracebacks with their control characters escaped."""
+
+    def render_message(self, record: logging.LogRecord, message: str) -> Any:
+        return super().render_message(record, clean(message, multiline=True))
+
+
 @contextlib.contextmanager
 def logging_to_stderr(level: str) -> Iterator[None]:
     """Show bg-coor's log records at ``level`` and above on stderr (rich).
@@ -78,13 +127,11 @@ def logging_to_stderr(level: str) -> Iterator[None]:
     own logger level is set; otherwise a handler is added and the root level set, so the
     app's own records show too. Everything is restored afterwards.
     """
-    from rich.logging import RichHandler
-
     root, ours = logging.getLogger(), logging.getLogger("bgcoor")
     old_root, old_ours = root.level, ours.level
     handler: logging.Handler | None = None
     if not root.handlers:
-        handler = RichHandler(console=err_console(), show_path=False, rich_tracebacks=False)
+        handler = CleanRichHandler(console=err_console(), show_path=False, rich_tracebacks=False)
         root.addHandler(handler)
         root.setLevel(level.upper())
     ours.setLevel(level.upper())

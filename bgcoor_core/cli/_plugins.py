@@ -18,7 +18,7 @@ from .._registry import TaskRegistry
 from .._settings import load_settings
 from ._app_loading import load_manager
 from ._options import AppOption
-from ._output import out_console
+from ._output import cell, clean, out_console
 
 
 def plugins(app: AppOption = None) -> None:
@@ -40,7 +40,7 @@ def plugins(app: AppOption = None) -> None:
     console.print(_plugin_table(shown.describe(), _tasks_by_plugin(shown)))
     if settings.disable_plugins:
         console.print(
-            Text("disabled by BGCOOR_DISABLE_PLUGINS: " + ", ".join(settings.disable_plugins))
+            cell("disabled by BGCOOR_DISABLE_PLUGINS: " + ", ".join(settings.disable_plugins))
         )
     _print_failures(console, host)
     if manager is not None:
@@ -56,10 +56,10 @@ def _plugin_table(infos: list[PluginInfo], tasks: dict[str, list[str]]) -> Table
     for info in sorted(infos, key=lambda i: i.name):
         provides = [*info.provides, *(f"task {name}" for name in tasks.get(info.name, []))]
         table.add_row(
-            Text(info.name),
-            Text(info.distribution),
-            Text(info.version),
-            Text("\n".join(provides) or "-"),
+            cell(info.name),
+            cell(info.distribution),
+            cell(info.version),
+            Text("\n".join(map(clean, provides)) or "-"),
         )
     return table
 
@@ -86,12 +86,12 @@ def _print_failures(console: Console, host: PluginHost) -> None:
     for column in ("plugin", "distribution", "error"):
         table.add_column(column)
     for failure in host.failures:
-        table.add_row(Text(failure.name), Text(failure.distribution), Text(failure.error, "red"))
+        table.add_row(cell(failure.name), cell(failure.distribution), cell(failure.error, "red"))
     console.print(table)
 
 
 def _task_table(manager: TaskManager, app: str) -> Table:
-    table = Table(title=Text(f"Tasks registered by {app}"), title_justify="left")
+    table = Table(title=cell(f"Tasks registered by {app}"), title_justify="left")
     table.add_column("task", no_wrap=True)
     table.add_column("queue", no_wrap=True)
     for column in ("prio", "retries", "timeout"):
@@ -101,12 +101,12 @@ def _task_table(manager: TaskManager, app: str) -> Table:
         entry = manager.registry.get(name)
         opts = entry.options
         table.add_row(
-            Text(name),
-            Text(opts.queue),
+            cell(name),
+            cell(opts.queue),
             str(opts.priority),
             "default" if opts.max_retries is None else str(opts.max_retries),
             "-" if opts.timeout is None else f"{opts.timeout:g}s",
-            Text(_callable(entry.handler, entry.is_async)),
+            cell(_callable(entry.handler, entry.is_async)),
         )
     if not manager.registry.names():
         table.caption = "no tasks registered"

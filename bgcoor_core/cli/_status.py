@@ -14,7 +14,7 @@ from .._registries import redact
 from .._task import TaskStatus
 from ._app_loading import run_with_manager
 from ._options import AppOption
-from ._output import out_console
+from ._output import cell, out_console
 from ._tasks import STATUS_STYLES
 
 
@@ -45,7 +45,10 @@ async def take_snapshot(manager: TaskManager) -> Snapshot:
 
 def render(snapshot: Snapshot) -> Group:
     header = Text.assemble(
-        ("broker ", "bold"), snapshot.broker_url, ("   storage ", "bold"), snapshot.storage_url
+        ("broker ", "bold"),
+        cell(snapshot.broker_url),
+        ("   storage ", "bold"),
+        cell(snapshot.storage_url),
     )
     queues = Table(title=Text("Queues"), title_justify="left")
     queues.add_column("queue")
@@ -53,7 +56,7 @@ def render(snapshot: Snapshot) -> Group:
         queues.add_column(column, justify="right")
     for name, stats in snapshot.queues.items():
         queues.add_row(
-            Text(name),
+            cell(name),
             str(stats.ready),
             str(stats.scheduled),
             str(stats.reserved),

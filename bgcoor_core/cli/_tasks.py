@@ -10,14 +10,24 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from .. import _limits as limits
 from .._errors import ResultTimeoutError, TaskCancelledError, TaskFailedError
 from .._handlers import FunctionHandler
 from .._manager import TaskManager
 from .._registry import RegisteredTask
 from .._task import Task, TaskStatus
 from ._app_loading import run_with_manager
-from ._options import AppArgument, AppOption, check_queue
-from ._output import CliError, err_console, json_text, out_console, timestamp
+from ._options import AppArgument, AppOption, check_queue, check_task_id, in_range
+from ._output import (
+    CliError,
+    cell,
+    clean,
+    clean_json,
+    err_console,
+    json_text,
+    out_console,
+    timestamp,
+)
 
 STATUS_STYLES = {
     TaskStatus.SUCCEEDED: "green",
@@ -112,19 +122,33 @@ def enqueue(
     priority: Annotated[
         int | None,
         typer.Option(
-            "--priority", "-p", help="Priority (default: the task's).", show_default=False
+            "--priority",
+            "-p",
+            callback=in_range(limits.PRIORITY),
+            help=f"Priority, {limits.PRIORITY.describe()} (default: the task's).",
+            show_default=False,
         ),
     ] = None,
     delay: Annotated[
         float | None,
-        typer.Option("--delay", "-d", min=0, help="Run no earlier than SECONDS from now."),
+        typer.Option(
+            "--delay",
+            "-d",
+            callback=in_range(limits.DELAY),
+            help=f"Run no earlier than SECONDS from now ({limits.DELAY.describe()}).",
+        ),
     ] = None,
     wait: Annotated[
         bool, typer.Option("--wait", "-w", help="Wait for the task and print its result as JSON.")
     ] = False,
     timeout: Annotated[
         float | None,
-        typer.Option("--timeout", "-t", min=0, help="With --wait: give up after SECONDS."),
+        typer.Option(
+            "--timeout",
+            "-t",
+            callback=in_range(limits.WAIT),
+            help=f"With --wait: give up after SECONDS ({limits.WAIT.describe()}).",
+        ),
     ] = None,
 ) -> None:
     """Enqueue TASK from APP and print its id; with --wait, also its result.
@@ -142,9 +166,10 @@ def enqueue(
     async def body(manager: TaskManager) -> None:
         built = _build(manager, _registered(manager, task), call, queue, priority, delay)
         handle = await manager.submit(built)
-        typer.echo(handle.id)
+        typer.echo(clean(handle.id))
         if wait:
-            with err_console().status(f"waiting for {task} ({handle.id})", spinner="dots"):
+            waiting = cell(f"waiting for {task} ({handle.id})")
+            with err_console().status(waiting, spinner="dots"):
                 result = await _wait(handle.result(timeout=timeout), handle.id, built.queue)
             typer.echo(json_text(result))
 
@@ -195,7 +220,7 @@ async def _wait(result: Any, task_id: str, queue: str) -> Any:
 
 
 def inspect(
-    task_id: Annotated[str, typer.Argument(metavar="ID", help="Task id.")],
+    task_id: Annotated[str, typer.Argument(metavar="ID", help="Task id.", callback=check_task_id)],
     app: AppOption = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the whole record as JSON.")
@@ -208,23 +233,23 @@ def inspect(
 
     record = run_with_manager(app, body)
     if as_json:
-        typer.echo(record.model_dump_json(indent=2))
+        typer.echo(clean_json(record.model_dump_json(indent=2)))
         return
     console = out_console()
     console.print(_describe(record))
     if record.traceback:
         console.print(Text("traceback", style="bold"))
-        console.print(Text(record.traceback.rstrip()), soft_wrap=True)
+        console.print(Text(clean(record.traceback.rstrip(), multiline=True)), soft_wrap=True)
 
 
 def _describe(task: Task) -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
-    grid.add_row("id", Text(task.id))
-    grid.add_row("name", Text(task.name))
+    grid.add_row("id", cell(task.id))
+    grid.add_row("name", cell(task.name))
     grid.add_row("status", Text(task.status.value, STATUS_STYLES.get(task.status, "")))
-    grid.add_row("queue", Text(task.queue))
+    grid.add_row("queue", cell(task.queue))
     grid.add_row("priority", str(task.priority))
     grid.add_row("attempts", f"{task.attempts} (max retries {task.max_retries})")
     grid.add_row("created", timestamp(task.created_at))
@@ -238,5 +263,5 @@ def _describe(task: Task) -> Table:
     if task.status is TaskStatus.SUCCEEDED:
         grid.add_row("result", Text(json_text(task.result)))
     if task.error:
-        grid.add_row("error", Text(task.error, "red"))
+        grid.add_row("error", cell(task.error, "red"))
     return grid

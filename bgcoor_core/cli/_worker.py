@@ -16,7 +16,7 @@ from .._pool import WorkerPool
 from .._registries import redact
 from ._app_loading import load_manager
 from ._options import AppArgument, check_queue_list, split_queues
-from ._output import logging_to_stderr, out_console
+from ._output import cell, logging_to_stderr, out_console
 
 
 class LogLevel(enum.StrEnum):
@@ -103,14 +103,14 @@ def _banner(manager: TaskManager, pool: WorkerPool, app: str) -> Table:
     grid.add_column()
     grid.title = Text(f"bg-coor {__version__} worker", style="bold cyan")
     grid.title_justify = "left"
-    grid.add_row("app", Text(app))
-    grid.add_row("broker", Text(redact(settings.broker_url)))
-    grid.add_row("storage", Text(redact(settings.storage_url)))
-    grid.add_row("queues", Text(", ".join(pool.queues)))
+    grid.add_row("app", cell(app))
+    grid.add_row("broker", cell(redact(settings.broker_url)))
+    grid.add_row("storage", cell(redact(settings.storage_url)))
+    grid.add_row("queues", cell(", ".join(pool.queues)))
     grid.add_row("concurrency", str(pool.concurrency))
     if tasks:
-        grid.add_row(f"tasks ({len(tasks)})", Text(", ".join(tasks)))
+        grid.add_row(f"tasks ({len(tasks)})", cell(", ".join(tasks)))
     else:
         grid.add_row("tasks", Text("none registered: every task will be dead-lettered", "yellow"))
-    grid.add_row("plugins", Text(", ".join(plugins) or "none"))
+    grid.add_row("plugins", cell(", ".join(plugins) or "none"))
     return grid
