@@ -62,7 +62,10 @@ class _BackendRegistry(Generic[B]):
         return sorted(self.entries)
 
     def lookup(self, url: str) -> BackendEntry[B]:
-        scheme = urlsplit(url).scheme.lower()
+        try:
+            scheme = urlsplit(url).scheme.lower()
+        except ValueError:  # e.g. an unbalanced "[" in the host: still name the scheme
+            scheme = url.partition(":")[0].lower()
         entry = self.entries.get(scheme)
         if entry is not None:
             return entry
@@ -124,27 +127,26 @@ def redact(url: str) -> str:
     """``url`` safe to show and log: a userinfo password and the value of every secret
     query-string key (:data:`SECRET_QUERY_WORDS`) replaced by ``***``.
 
-    Never raises: text that does not parse as a URL is masked after its scheme, since
-    nothing can tell which part of it is a secret.
+    Plain string surgery, not ``urlsplit``/``geturl``: it never raises, leaves every other
+    character as written (``memory://?x`` stays ``memory://?x``), and still finds a
+    password holding an unencoded ``/``, where a parser would take it for the path.
     """
-    try:
-        parts = urlsplit(url)
-    except ValueError:  # e.g. an unbalanced "[" in the host
-        scheme, sep, _ = url.partition("://")
-        return f"{scheme}{sep}{MASK}" if sep else MASK
-    netloc = _redact_userinfo(parts.netloc)
-    query = _redact_query(parts.query)
-    if netloc == parts.netloc and query == parts.query:
-        return url
-    return parts._replace(netloc=netloc, query=query).geturl()
+    base, hash_sign, fragment = url.partition("#")
+    head, question_mark, query = base.partition("?")
+    scheme, sep, rest = head.partition("://")
+    if sep:
+        head = scheme + sep + _redact_userinfo(rest)
+    return head + question_mark + _redact_query(query) + hash_sign + fragment
 
 
-def _redact_userinfo(netloc: str) -> str:
-    userinfo, at, host = netloc.rpartition("@")
-    if not at or ":" not in userinfo:
-        return netloc  # no password; a user name alone is shown
-    user = userinfo.partition(":")[0]
-    return f"{user}:{MASK}@{host}"
+def _redact_userinfo(rest: str) -> str:
+    """``user:password@host/path`` as ``user:***@host/path``; a user name alone is shown."""
+    if rest.startswith("/") or "@" not in rest:
+        return rest  # no authority (sqlite:////abs/path), or no userinfo
+    userinfo, _, host = rest.rpartition("@")
+    if ":" not in userinfo:
+        return rest
+    return f"{userinfo.partition(':')[0]}:{MASK}@{host}"
 
 
 def _redact_query(query: str) -> str:

@@ -233,6 +233,12 @@ def test_version_and_help_list_every_command() -> None:
         (["dlq", "requeue", "some-id", "--all"], "give the ids of the dead letters"),
         (["enqueue", ":manager", "add"], "invalid APP ':manager'"),
         (["inspect", "x", "--debug"], "--debug goes before the command: bgcoor --debug"),
+        (["inspect", ""], "invalid task id '': use 1-200 printable characters"),
+        (["inspect", "a b"], "invalid task id 'a b'"),
+        (["inspect", "a\x1bb"], "invalid task id 'a\\x1bb'"),
+        (["dlq", "requeue", "ok", ""], "invalid task id ''"),
+        (["dlq", "list", "--limit", "0"], "0 is out of range: use 1 to 1000000"),
+        (["dlq", "list", "--limit", "10000000000000"], "is out of range: use 1 to 1000000"),
     ],
 )
 def test_bad_usage_is_one_line_and_exit_2(args: list[str], expected: str) -> None:
@@ -308,6 +314,13 @@ def test_enqueue_wait_times_out_with_a_hint() -> None:
         (["--args", '["one", 2]'], 1, "task 'add': argument 'x': Input should be"),
         (["--args", "[1]"], 1, "task 'add': missing a required argument: 'y'"),
         (["--args", "[1, 2]", "--priority", "x"], 2, "Invalid value for '--priority' / '-p'"),
+        # Out of range: a usage error naming the range, never "unexpected OverflowError".
+        (["--args", "[1, 2]", "--delay", "inf"], 2, "inf is out of range: use 0 to 315360000"),
+        (["--args", "[1, 2]", "--delay", "nan"], 2, "nan is out of range: use 0 to 315360000"),
+        (["--args", "[1, 2]", "--delay", "1e12"], 2, "1e+12 is out of range: use 0 to"),
+        (["--args", "[1, 2]", "--delay", "-1"], 2, "-1 is out of range: use 0 to"),
+        (["--args", "[1, 2]", "--priority", "5000"], 2, "5000 is out of range: use -1000 to 1000"),
+        (["--args", "[1, 2]", "--wait", "--timeout", "inf"], 2, "inf is out of range: use 0 to"),
     ],
 )
 def test_enqueue_rejects_bad_arguments_before_enqueueing(
@@ -660,6 +673,7 @@ def test_demo_reruns_cleanly_on_a_persistent_backend(
 
 def test_worker_banner_and_graceful_sigterm(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BGCOOR_BROKER_URL", "memory://user:hunter2@localhost")
+    monkeypatch.setenv("BGCOOR_STORAGE_URL", "memory://?password=hunter3&x=1")
     worker = Subprocess("worker", "cli_app", "--concurrency", "3", "--queues", "default,mail")
     worker.wait_ready()
     worker.proc.send_signal(signal.SIGTERM)
@@ -667,7 +681,7 @@ def test_worker_banner_and_graceful_sigterm(monkeypatch: pytest.MonkeyPatch) -> 
     assert code == 0, err
     assert f"bg-coor {__version__} worker" in out
     assert re.search(r"^broker +memory://user:\*\*\*@localhost\s*$", out, re.MULTILINE)
-    assert re.search(r"^storage +memory://\s*$", out, re.MULTILINE)
+    assert re.search(r"^storage +memory://\?password=\*\*\*&x=1\s*$", out, re.MULTILINE)
     assert re.search(r"^queues +default, mail\s*$", out, re.MULTILINE)
     assert re.search(r"^concurrency +3\s*$", out, re.MULTILINE)
     assert re.search(rf"^tasks \(5\) +{TASKS}\s*$", out, re.MULTILINE)
@@ -735,3 +749,104 @@ def test_migrate_reports_applied_then_up_to_date(tmp_path: Path) -> None:
     second = runner.invoke(app, ["migrate"], env=env)
     assert second.exit_code == 0, second.output
     assert "schema is up to date" in second.output
+
+
+# -- secrets and terminal safety ---------------------------------------------------------
+
+HOSTILE = "\x1b[31mred\x1b[0m\rover\x9b2J\u202eevil"
+ESCAPED = "\\x1b[31mred\\x1b[0m\\rover\\x9b2J\\u202eevil"
+RAW_CONTROLS = ("\x1b", "\r", "\x9b", "\u202e")
+
+
+def assert_terminal_safe(text: str) -> None:
+    assert not any(ch in text for ch in RAW_CONTROLS), repr(text)
+
+
+def test_status_redacts_passwords_in_the_url_and_its_query(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BGCOOR_BROKER_URL", "memory://:hunter2@h/0?password=hunter3&prefix=p")
+    monkeypatch.setenv("BGCOOR_STORAGE_URL", "memory://h/?sslpassword=hunter4&Token=hunter5")
+    out = ok("status")
+    assert "broker memory://:***@h/0?password=***&prefix=p" in out
+    assert "storage memory://h/?sslpassword=***&Token=***" in out
+    assert "hunter" not in out
+
+
+def test_inspect_escapes_control_characters_from_the_task(shared: ModuleType) -> None:
+    (task_id,) = settle(shared.manager, ("explode", HOSTILE))
+    out = ok("inspect", task_id, "--app", "cli_app")
+    assert_terminal_safe(out)
+    assert field(out, "error") == f"RuntimeError: {ESCAPED}"
+    assert "\\u001b[31mred" in field(out, "payload")  # JSON's own escape
+    assert f"RuntimeError: {ESCAPED}" in out.split("traceback", 1)[1]  # the traceback too
+    as_json = ok("inspect", task_id, "--json", "--app", "cli_app")
+    assert_terminal_safe(as_json)
+    assert json.loads(as_json)["error"] == f"RuntimeError: {HOSTILE}"  # still the same value
+
+
+def test_dlq_list_escapes_control_characters_in_reasons(shared: ModuleType) -> None:
+    manager = shared.manager
+
+    async def dead_letter_with_a_hostile_reason() -> str:
+        handle = await manager.enqueue("add", 1, 2)
+        [reservation] = await manager.broker.reserve(["default"], lease=5.0)
+        await manager.broker.dead_letter(reservation, f"reason {HOSTILE}")
+        return handle.id
+
+    task_id = asyncio.run(dead_letter_with_a_hostile_reason())
+    out = ok("dlq", "list", "--app", "cli_app")
+    assert_terminal_safe(out)
+    assert row(out, task_id)[-1] == f"reason {ESCAPED}"
+
+
+def test_enqueue_wait_error_line_escapes_control_characters(shared: ModuleType) -> None:
+    with worker_thread(shared):
+        result = cli("enqueue", "cli_app", "explode", "--args", json.dumps([HOSTILE]), "--wait")
+    assert result.exit_code == 1
+    assert_terminal_safe(result.stderr)
+    assert f"RuntimeError: {ESCAPED} (details: bgcoor inspect" in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_enqueue_wait_result_escapes_control_characters_and_stays_json(
+    shared: ModuleType,
+) -> None:
+    with worker_thread(shared):
+        result = cli(
+            "enqueue",
+            "cli_app",
+            "greet",
+            "--args",
+            json.dumps([HOSTILE]),
+            "--queue",
+            "default",
+            "--wait",
+        )
+    assert result.exit_code == 0, result.output
+    last = result.stdout.strip().splitlines()[-1]
+    assert_terminal_safe(last)
+    assert json.loads(last) == {"greeting": f"hello, {HOSTILE}!"}
+
+
+def test_errors_escape_control_characters() -> None:
+    line = fails("inspect", "x\x1b[2Jy\u202e", code=2)
+    assert_terminal_safe(line)
+
+
+def test_worker_log_escapes_control_characters(capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    from bgcoor_core.cli._output import logging_to_stderr
+
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers.clear()  # as in a fresh worker process: the CLI adds its own handler
+    try:
+        with logging_to_stderr("info"):
+            logging.getLogger("bgcoor.test").warning("task dead-lettered: %s", HOSTILE)
+    finally:
+        root.handlers[:] = saved
+    err = capsys.readouterr().err
+    assert_terminal_safe(err)
+    assert ESCAPED in err.replace("\n", "")

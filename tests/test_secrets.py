@@ -72,9 +72,13 @@ def test_redact_leaves_urls_without_secrets_alone(url: str) -> None:
     assert redact(url) == url
 
 
-def test_redact_never_raises_on_text_that_is_no_url() -> None:
-    assert redact("redis://[::1/0?password=hunter2") == "redis://***"
-    assert redact("//[::1/0?password=hunter2") == "***"
+def test_redact_never_raises_and_changes_nothing_else() -> None:
+    assert redact("redis://[::1/0?password=hunter2") == "redis://[::1/0?password=***"
+    assert redact("memory://?password=hunter2&x=1") == "memory://?password=***&x=1"
+    assert redact("redis://u:pa/ss@h/0") == "redis://u:***@h/0"  # "/" in a password
+    assert redact("x://h/p#frag?token=t") == "x://h/p#frag?token=t"  # a fragment, no query
+    assert redact("sqlite:////data/a@b.db?password=p") == "sqlite:////data/a@b.db?password=***"
+    assert redact("not a url at all") == "not a url at all"
 
 
 def test_unknown_scheme_error_redacts_the_url() -> None:

@@ -257,3 +257,55 @@ def test_final_statuses() -> None:
         TaskStatus.CANCELLED,
         TaskStatus.EXPIRED,
     }
+
+
+# -- ids -------------------------------------------------------------------------------
+
+BAD_TASK_IDS = [
+    "",
+    "a b",
+    "nul\x00byte",
+    "tab\t",
+    "new\nline",
+    "cr\r",
+    "esc\x1b[31m",
+    "\u202e",
+    "x" * 201,
+]
+GOOD_TASK_IDS = ["a", "order-42", "tâche:1/é", "x" * 200, "01a2-b3c4", "{braces}[ok]"]
+
+
+@pytest.mark.parametrize("task_id", BAD_TASK_IDS)
+def test_invalid_task_ids_are_rejected(task_id: str) -> None:
+    from bgcoor_core._task import validate_task_id
+
+    with pytest.raises(ValueError, match="invalid task id"):
+        Task(id=task_id, name="t")
+    with pytest.raises(InvalidNameError, match="use 1-200 printable characters"):
+        validate_task_id(task_id)
+
+
+@pytest.mark.parametrize("task_id", GOOD_TASK_IDS)
+def test_valid_task_ids_are_accepted(task_id: str) -> None:
+    assert Task(id=task_id, name="t").id == task_id
+
+
+def test_generated_ids_are_valid() -> None:
+    from bgcoor_core._task import validate_task_id
+
+    for _ in range(1000):
+        assert validate_task_id(new_task_id())
+
+
+def test_a_message_with_a_bad_id_is_undecodable() -> None:
+    data = Task.new("t").model_dump(mode="json")
+    data["id"] = "a\x00b"
+    with pytest.raises(DecodeError, match=r"id: .*invalid task id 'a\\x00b'"):
+        Codec.json().decode(b"application/json\n" + json.dumps(data).encode())
+
+
+def test_non_string_ids_are_rejected() -> None:
+    from bgcoor_core._task import validate_task_id
+
+    with pytest.raises(InvalidNameError):
+        validate_task_id(42)

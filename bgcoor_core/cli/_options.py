@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Annotated, TypeVar
 
@@ -23,7 +22,7 @@ def in_range(bounds: Range) -> Callable[[N | None], N | None]:
     def check(value: N | None) -> N | None:
         if value is None or value in bounds:
             return value
-        shown = value if math.isfinite(value) else str(value)
+        shown = f"{value:g}" if isinstance(value, float) else str(value)
         raise typer.BadParameter(f"{shown} is out of range: use {bounds.describe()}")
 
     return check
