@@ -1,5 +1,9 @@
 """The Lua scripts. Each file in ``lua/`` runs after ``lua/common.lua`` as one atomic step.
 
+Only the functions of ``common.lua`` that a script uses (directly or through another) are
+prepended to it: Redis runs a script's whole text on every call, and defining a function
+costs time even when nothing calls it.
+
 The status rules are not copied into Lua by hand: the transition table is generated from
 :data:`bgcoor_core.ALLOWED_TRANSITIONS` and :data:`bgcoor_core.FROM_UNKNOWN_STATUS` when the
 scripts are first loaded.
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from dataclasses import dataclass
 from importlib.resources import files
 
@@ -92,12 +97,60 @@ def common_source() -> str:
     return text
 
 
+_FUNCTION = re.compile(r"local function (\w+)\(")
+
+
+def _functions(common: str) -> tuple[str, dict[str, str]]:
+    """``common.lua`` as its head (constants, always kept) and its top-level functions by
+    name, each with the comment lines above it, in their order."""
+    head, blocks = "", dict[str, str]()
+    pending: list[str] = []
+    name = None
+    for line in common.splitlines(keepends=True):
+        pending.append(line)
+        started = _FUNCTION.match(line)
+        if name is None and started:
+            name = started[1]
+            if not line.rstrip().endswith(" end"):
+                continue  # a multi-line function: it ends at an "end" in the first column
+        elif name is None:
+            if line.strip() and not line.startswith("--") and blocks:
+                raise ValueError(f"common.lua: top-level code after the functions: {line!r}")
+            if not blocks:
+                head, pending = head + line, []
+            continue
+        elif line.rstrip() != "end":
+            continue
+        blocks[name] = "".join(pending)
+        pending, name = [], None
+    return head, blocks
+
+
+def _words(lua: str) -> set[str]:
+    """The names in Lua code, outside its strings and comments."""
+    code = re.sub(r"--[^\n]*", "", re.sub(r'"(?:[^"\\\n]|\\.)*"', '""', lua))
+    return set(re.findall(r"\w+", code))
+
+
+def _needed(body: str, blocks: dict[str, str]) -> list[str]:
+    """The functions ``body`` calls, and the ones they call, in ``common.lua``'s order."""
+    needed: set[str] = set()
+    frontier = _words(body) & blocks.keys()
+    while frontier:
+        needed |= frontier
+        found = set().union(*(_words(blocks[f]) for f in frontier))
+        frontier = (found & blocks.keys()) - needed
+    return [name for name in blocks if name in needed]
+
+
 @functools.cache
 def scripts() -> dict[str, Script]:
     """Every script by name, with the SHA1 that ``EVALSHA`` calls it by."""
-    common = common_source()
+    head, blocks = _functions(common_source())
     loaded = {}
     for name in NAMES:
-        source = f"{common}\n-- {name}.lua\n{_read(name)}".encode()
+        body = _read(name)
+        used = "".join(blocks[f] for f in _needed(body, blocks))
+        source = f"{head}{used}\n-- {name}.lua\n{body}".encode()
         loaded[name] = Script(name, source, hashlib.sha1(source).hexdigest())
     return loaded

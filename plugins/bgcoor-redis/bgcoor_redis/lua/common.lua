@@ -55,6 +55,8 @@ end
 -- Run command `...` on `key`, which holds no data a script could lose by replacing it
 -- (a wake list, an index set, a queue's set): if it holds a value of another type
 -- (nothing there can be read as ours), replace it, say so in the server log, run again.
+-- Hot paths call redis.pcall themselves and this only when that failed: a Lua function
+-- call costs a good part of what a command does.
 local function fixed(key, ...)
   local r = redis.pcall(...)
   if type(r) == "table" and r.err then
@@ -77,21 +79,21 @@ end
 -- A stored counter (deliveries, losses) as a number, or nil unless it is a whole number
 -- from 0 to 2**31 - 2, so that one more still fits every client's integer.
 local function count(v)
-  local n = type(v) == "string" and string.match(v, "^%d+$") and tonumber(v)
-  if n and n < 2147483647 then return n end
+  local n = tonumber(v)
+  if n and n >= 0 and n < 2147483647 and n % 1 == 0 then return n end
   return nil
 end
 
 -- A stored priority as a number, or nil unless it is a whole number in range.
 local function priority(v)
-  local n = type(v) == "string" and string.match(v, "^-?%d+$") and tonumber(v)
-  if n and n >= MIN_PRIORITY and n <= MAX_PRIORITY then return n end
+  local n = tonumber(v)
+  if n and n >= MIN_PRIORITY and n <= MAX_PRIORITY and n % 1 == 0 then return n end
   return nil
 end
 
 -- A stored ready score as a number, or nil unless it is one a ready score can be.
 local function order(v)
-  local n = type(v) == "string" and tonumber(v)
+  local n = tonumber(v)
   if n and n >= 0 and n < 2 ^ 53 then return n end
   return nil
 end
@@ -112,7 +114,9 @@ end
 -- Wake one idle consumer of the queue, unless a wake-up is already pending.
 local function wake(queue)
   local w = qkey(queue, "wake")
-  if fixed(w, "LLEN", w) == 0 then redis.call("RPUSH", w, "1") end
+  local n = redis.pcall("LLEN", w)
+  if type(n) == "table" then n = fixed(w, "LLEN", w) end
+  if n == 0 then redis.call("RPUSH", w, "1") end
 end
 
 -- Give a message a new place behind everything of its priority; returns its ready score.
@@ -140,7 +144,8 @@ end
 local function held(id, token, t)
   local m = redis.pcall("HMGET", mkey(id), "q", "t")
   if m.err or not m[1] or m[2] ~= token then return nil end
-  local deadline = readable(false, "ZSCORE", qkey(m[1], "leased"), id)
+  local deadline = redis.pcall("ZSCORE", qkey(m[1], "leased"), id)
+  if type(deadline) == "table" then deadline = readable(false, "ZSCORE", qkey(m[1], "leased"), id) end
   if not deadline or tonumber(deadline) <= t then return nil end
   return m[1]
 end
@@ -164,7 +169,8 @@ end
 
 local function is_final(status) return string.find(FINAL, " " .. status .. " ", 1, true) end
 local function known(status)
-  return string.match(status, "^%l+$") and string.find(STATUSES, " " .. status .. " ", 1, true)
+  return not string.find(status, " ", 1, true)
+    and string.find(STATUSES, " " .. status .. " ", 1, true)
 end
 local function allowed(old, new)
   if not known(old) then old = "?" end
@@ -207,7 +213,8 @@ end
 
 -- Remove up to `max` records whose TTL has passed (-1: all); returns how many.
 local function cleanup(t, max)
-  local ids = fixed(EXP, "ZRANGEBYSCORE", EXP, "-inf", t, "LIMIT", 0, max)
+  local ids = redis.pcall("ZRANGEBYSCORE", EXP, "-inf", t, "LIMIT", 0, max)
+  if ids.err then ids = fixed(EXP, "ZRANGEBYSCORE", EXP, "-inf", t, "LIMIT", 0, max) end
   for _, id in ipairs(ids) do
     forget(id, fixed(EXPMETA, "HGET", EXPMETA, id))
     redis.call("DEL", tkey(id)) -- Redis expires it too; this settles millisecond rounding
@@ -217,9 +224,13 @@ end
 
 local function reindex(kind, old, new, id)
   if old == new then return end
-  if old then zrem(ikey(kind, old), id) end
-  local key = ikey(kind, new)
-  fixed(key, "ZADD", key, 0, id)
+  local key
+  if old then
+    key = ikey(kind, old)
+    if type(redis.pcall("ZREM", key, id)) == "table" then zrem(key, id) end
+  end
+  key = ikey(kind, new)
+  if type(redis.pcall("ZADD", key, 0, id)) == "table" then fixed(key, "ZADD", key, 0, id) end
 end
 
 -- Stop a record expiring (a record with a TTL that is written again without one).
@@ -238,9 +249,10 @@ local function write_record(old, id, status, token, name, queue, json, ttl, t)
     old = nil
   end
   if not old then
-    local meta = fixed(EXPMETA, "HGET", EXPMETA, id)
+    local meta = redis.pcall("HGET", EXPMETA, id)
+    if type(meta) == "table" then meta = fixed(EXPMETA, "HGET", EXPMETA, id) end
     if meta then forget(id, meta) end -- Redis expired it before a cleanup came by
-    fixed(ALL, "ZADD", ALL, 0, id)
+    if type(redis.pcall("ZADD", ALL, 0, id)) == "table" then fixed(ALL, "ZADD", ALL, 0, id) end
     old = {false, false, false, false, false, false}
   end
   if old[6] then redis.call("HDEL", key, "r") end -- the JSON is whole again
@@ -250,8 +262,13 @@ local function write_record(old, id, status, token, name, queue, json, ttl, t)
   if ttl > 0 then
     redis.call("HSET", key, "s", status, "k", token, "n", name, "q", queue, "j", json, "x", "1")
     redis.call("PEXPIRE", key, math.ceil(ttl * 1000))
-    fixed(EXP, "ZADD", EXP, t + ttl, id)
-    fixed(EXPMETA, "HSET", EXPMETA, id, status .. " " .. name .. " " .. queue)
+    if type(redis.pcall("ZADD", EXP, t + ttl, id)) == "table" then
+      fixed(EXP, "ZADD", EXP, t + ttl, id)
+    end
+    local meta = status .. " " .. name .. " " .. queue
+    if type(redis.pcall("HSET", EXPMETA, id, meta)) == "table" then
+      fixed(EXPMETA, "HSET", EXPMETA, id, meta)
+    end
   else
     redis.call("HSET", key, "s", status, "k", token, "n", name, "q", queue, "j", json)
     if old[5] then persist(key, id) end
@@ -269,7 +286,7 @@ local function start_record(id, token, t)
   if not known(old[1]) then
     return "0", "corrupt record: " .. tkey(id) .. " has status " .. show(old[1])
   end
-  if not allowed(old[1], "running") then return "0" end
+  if not string.find(ALLOWED, " " .. old[1] .. ">running ", 1, true) then return "0" end
   local key = tkey(id)
   -- after a start whose worker was lost, keep what the record was before that one
   local before = old[6] and string.match(old[6], "^%S+ (%S+ .*)$")

@@ -45,18 +45,17 @@ for i = 0, nmsg - 1 do
   local score = (MAX_PRIORITY - prio) * SPAN + seq + i + 1
   redis.call("HSET", mkey(id), "q", queue, "b", ARGV[a + 2], "p", prio, "o", score, "d", 0, "l", 0)
   if not known[queue] then
-    fixed(QUEUES, "SADD", QUEUES, queue)
+    if type(redis.pcall("SADD", QUEUES, queue)) == "table" then fixed(QUEUES, "SADD", QUEUES, queue) end
     known[queue] = true
   end
-  local key
+  local key = qkey(queue, "ready")
   if eta ~= "" and tonumber(eta) > t then
-    key = qkey(queue, "later")
-    fixed(key, "ZADD", key, eta, id)
+    key, score = qkey(queue, "later"), eta
   else
-    key = qkey(queue, "ready")
-    fixed(key, "ZADD", key, score, id)
     ready[queue] = true
   end
+  -- (redis.pcall first, fixed only when it failed: see fixed in common.lua)
+  if type(redis.pcall("ZADD", key, score, id)) == "table" then fixed(key, "ZADD", key, score, id) end
 end
 for queue in pairs(ready) do wake(queue) end
 return 0

@@ -17,13 +17,17 @@ local next_due = nil
 
 local function promote(queue)
   local later, leased, ready = qkey(queue, "later"), qkey(queue, "leased"), qkey(queue, "ready")
-  for _, id in ipairs(fixed(later, "ZRANGEBYSCORE", later, "-inf", t, "LIMIT", 0, PROMOTE)) do
+  local due = redis.pcall("ZRANGEBYSCORE", later, "-inf", t, "LIMIT", 0, PROMOTE)
+  if due.err then due = fixed(later, "ZRANGEBYSCORE", later, "-inf", t, "LIMIT", 0, PROMOTE) end
+  for _, id in ipairs(due) do
     redis.call("ZREM", later, id)
     -- an unreadable place goes to the front, where the reserve finds what is wrong
     local o = redis.pcall("HGET", mkey(id), "o")
     fixed(ready, "ZADD", ready, order(o) or 0, id)
   end
-  for _, id in ipairs(fixed(leased, "ZRANGEBYSCORE", leased, "-inf", t, "LIMIT", 0, PROMOTE)) do
+  local lost = redis.pcall("ZRANGEBYSCORE", leased, "-inf", t, "LIMIT", 0, PROMOTE)
+  if lost.err then lost = fixed(leased, "ZRANGEBYSCORE", leased, "-inf", t, "LIMIT", 0, PROMOTE) end
+  for _, id in ipairs(lost) do
     unlease(queue, id) -- the lease ran out: the consumer was lost
     redis.pcall("HINCRBY", mkey(id), "l", 1) -- a count that is not a number stays for below
     requeue(queue, id)
@@ -68,7 +72,7 @@ local function take(queue, id, token)
   end
   local d = count(m[3]) + 1
   redis.call("HSET", key, "d", d, "t", token)
-  return d, m[4], m[2], nil
+  return d, count(m[4]), m[2], nil -- counted again: "5.0" is five, and the client wants "5"
 end
 
 local function due_in(key)
@@ -84,7 +88,8 @@ for q = 5, #ARGV do
   promote(queue)
   local ready = qkey(queue, "ready")
   if taken < limit then
-    local got = fixed(ready, "ZPOPMIN", ready, limit - taken)
+    local got = redis.pcall("ZPOPMIN", ready, limit - taken)
+    if got.err then got = fixed(ready, "ZPOPMIN", ready, limit - taken) end
     for i = 1, #got, 2 do
       local id = got[i]
       taken = taken + 1
@@ -97,7 +102,8 @@ for q = 5, #ARGV do
       out[#out + 1] = body
     end
   end
-  local left = fixed(ready, "ZCARD", ready)
+  local left = redis.pcall("ZCARD", ready)
+  if type(left) == "table" then left = fixed(ready, "ZCARD", ready) end
   if left > 0 then
     out[3] = out[3] + left
     wake(queue) -- more is ready than this consumer took: pass the baton to an idle one
