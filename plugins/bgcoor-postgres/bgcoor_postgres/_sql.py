@@ -176,10 +176,13 @@ class Statements:
             f"WHERE t.id = k.id AND {LIVE} AND t.status IN ({to_running}) RETURNING t.id) "
             "SELECT k.id, k.queue, k.body, k.deliveries, k.lost, k.token, k.ord, k.priority, "
             "k.seq, NULL::float8 AS due, "
-            "marked.id IS NOT NULL AS started, k.odd, r.status AS odd_status "
-            "FROM taken k LEFT JOIN marked USING (id) "
-            f"LEFT JOIN {t} r ON r.id = k.id AND r.status NOT IN {KNOWN} "
-            "AND (r.expires_at IS NULL OR r.expires_at > clock_timestamp())"
+            "marked.id IS NOT NULL AS started, k.odd, "
+            # only a record the reserve did not mark running is looked up again (a
+            # correlated lookup by id, skipped by the CASE for every marked one)
+            "CASE WHEN marked.id IS NULL THEN (SELECT r.status FROM "
+            f"{t} r WHERE r.id = k.id AND r.status NOT IN {KNOWN} "
+            "AND (r.expires_at IS NULL OR r.expires_at > clock_timestamp())) END AS odd_status "
+            "FROM taken k LEFT JOIN marked USING (id)"
             f"{relax} UNION ALL "
             # nothing taken: how long until the earliest eta or lease deadline (clamped to
             # a day either way: an infinite timestamp cannot be subtracted)
@@ -321,8 +324,10 @@ def _refuse_existing(schema: str, tasks: str) -> str:
     """Abort the statement when a record in ``new_t`` was not inserted: it exists. The
     error names the id and the stored status (the statement's snapshot shows the record
     as it was; one committed meanwhile by another transaction is not in it)."""
+    # the status is looked up (by id) for refused rows only: no join on the hot path
     return (
         f"SELECT bool_and({schema}.refuse(format('task %s already exists (status %s)', "
-        "n.id, coalesce(left(o.status, 40), 'just written by another transaction')))) "
-        f"FROM new_t n LEFT JOIN {tasks} o ON o.id = n.id WHERE n.id NOT IN (SELECT id FROM up)"
+        f"n.id, coalesce((SELECT left(o.status, 40) FROM {tasks} o WHERE o.id = n.id), "
+        "'just written by another transaction')))) "
+        "FROM new_t n WHERE n.id NOT IN (SELECT id FROM up)"
     )
