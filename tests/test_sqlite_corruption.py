@@ -33,6 +33,7 @@ from bgcoor_core import (
 )
 from bgcoor_core.backends.sqlite import SQLiteBackend
 from bgcoor_core.backends.sqlite._backend import _insert, _take_rows
+from bgcoor_core.backends.sqlite._defects import decode_text, sweep
 from bgcoor_core.backends.sqlite._records import insert_new
 from bgcoor_core.backends.sqlite._schema import migrate
 from bgcoor_core.testing import make_task, make_test_codec
@@ -87,7 +88,6 @@ MESSAGE_DAMAGE = [
     ("lost-real", "lost = 1.5", "column lost holds real '1.5'"),
     ("priority-text", "priority = 'high'", "column priority holds text 'high'"),
     ("seq-blob", "seq = x'00'", "column seq holds a blob of 1 bytes"),
-    ("available-at-text", "available_at = 'soon'", "column available_at holds text 'soon'"),
     ("id-not-utf8", f"id = {NOT_UTF8}", "column id holds text that is not UTF-8"),
     ("id-blob", "id = CAST(id AS BLOB)", "column id holds a blob"),
     ("id-null", "id = NULL", "column id holds NULL, not text"),
@@ -180,17 +180,27 @@ async def test_queue_names_that_are_not_utf8_are_skipped(
 # -- the idle sweep: a message in a queue nobody can name ---------------------------------
 
 
-async def test_a_message_in_a_queue_no_worker_can_name_is_swept_to_dead_letters(
-    backend: SQLiteBackend,
+HIDDEN = [
+    ("queue-not-utf8", f"queue = {NOT_UTF8}", "column queue holds text that is not UTF-8"),
+    ("queue-blob", "queue = x'00'", "column queue holds a blob of 1 bytes"),
+    ("available-at-text", "available_at = 'soon'", "column available_at holds text 'soon'"),
+    ("available-at-blob", "available_at = x'00'", "column available_at holds a blob of 1"),
+]
+
+
+@pytest.mark.parametrize(("change", "reason"), [h[1:] for h in HIDDEN], ids=[h[0] for h in HIDDEN])
+async def test_a_message_no_reserve_can_see_is_swept_to_dead_letters(
+    backend: SQLiteBackend, change: str, reason: str
 ) -> None:
     victim, good = await victim_among_good(backend)
-    damage(backend, f"UPDATE messages SET queue = {NOT_UTF8} WHERE id = ?", victim.id)
+    damage(backend, f"UPDATE messages SET {change} WHERE id = ?", victim.id)
     got = await reserve_all(backend)
     assert set(got) == {t.id for t in good}  # no reserve can see it
     assert await backend.reserve(Q, lease=30, limit=10, timeout=0.05) == []  # idle: sweeps
     [letter] = await backend.dead_letters("default")
     assert letter.id == victim.id
-    assert "column queue holds text that is not UTF-8" in letter.reason
+    assert reason in letter.reason
+    assert "found by the sweep" in letter.reason
     assert letter.task == victim
     record = await backend.get(victim.id)
     assert record is not None
@@ -389,7 +399,7 @@ async def test_an_existing_database_keeps_the_mode_its_owner_gave_it(tmp_path: P
 
 COLUMNS = [
     *(("messages", c) for c in ("id", "body", "priority", "seq", "available_at", "deliveries")),
-    ("messages", "state"),
+    *(("messages", c) for c in ("state", "queue")),
     *(("messages", c) for c in ("lost", "token", "reason", "dead_at")),
     *(("tasks", c) for c in ("id", "name", "queue", "status", "lease_token", "expires_at")),
     *(("tasks", c) for c in ("record", "before_start")),
@@ -437,17 +447,24 @@ def test_garbage_in_any_column_costs_at_most_its_own_task(
         conn.execute(f"UPDATE {table} SET {name} = {cast} WHERE id = ?", (value, target))
     except sqlite3.IntegrityError:
         return  # the schema itself refuses it (NOT NULL, a duplicate key)
+    # what the damage legitimately does: schedule it later, move it to a queue, kill it
+    [(q_kind, queue, state, due)] = conn.execute(
+        "SELECT typeof(queue), CAST(queue AS BLOB), CAST(state AS BLOB), CASE WHEN "
+        "typeof(available_at) IN ('integer', 'real') THEN available_at END "
+        "FROM messages WHERE rowid = ?",
+        (victim + 1,),
+    ).fetchall()
+    moved = q_kind == "text" and decode_text(queue) not in (None, "default")
+    elsewhere = state == b"dead" or (due is not None and due > time.time()) or moved
     rows = _take_rows(conn, Q, 30.0, 10, _read_body)  # never raises
+    conn.execute("BEGIN IMMEDIATE")
+    swept = sweep(conn, _read_body)  # what an idle reserve does for rows it cannot see
+    conn.execute("COMMIT")
     defects = {row[0]: row[7] for row in rows}
     for task in tasks:
         if task.id != target:
             assert defects[task.id] is None, (column, value)  # a good task is unharmed
     assert all(d is None or d.startswith("corrupt") for d in defects.values()), defects
-    # every row is delivered, sound or as a defect, but one scheduled for later
-    scheduled = (column == ("messages", "state") and value == "dead") or (
-        column == ("messages", "available_at")
-        and isinstance(value, int | float)
-        and value > time.time()
-    )
-    assert len(rows) == len(tasks) - scheduled, (column, value, defects)
+    # every row is delivered (sound or as a defect) or swept to the dead letters
+    assert len(rows) + swept == len(tasks) - bool(elsewhere), (column, value, defects)
     conn.close()

@@ -66,17 +66,18 @@ CORRUPTIONS: list[Corruption] = [
     _set("messages", f"id = {NOT_UTF8}", "not-utf8", _NOT_UTF8),
     _set("messages", "id = CAST(id AS BLOB)", "blob", "its bytes as a blob"),
     _set("messages", "id = NULL", "null", "NULL (a TEXT PRIMARY KEY allows it)"),
-    # a queue no worker can name: an idle reserve's sweep dead-letters it (every 30 s)
+    # rows no reserve can see (a queue no worker names, a deadline that is no number):
+    # an idle reserve's sweep dead-letters them (at most every 30 s)
     _set("messages", f"queue = {NOT_UTF8}", "not-utf8", _NOT_UTF8),
     _set("messages", "queue = x'00'", "blob", "a blob"),
+    _set("messages", "available_at = 'now'", "text", "text (sorts after every number)"),
+    _set("messages", "available_at = x'00'", "blob", "a blob"),
     _set("messages", "body = CAST(body AS TEXT)", "text", "the body as TEXT, not BLOB"),
     _set("messages", f"body = {NOT_UTF8}", "not-utf8", _NOT_UTF8),
     _set("messages", "body = 42", "integer", "an integer"),
     _set("messages", "priority = 'urgent'", "text", "text"),
     _set("messages", "priority = 1.5", "real", "a real"),
     _set("messages", "seq = 'first'", "text", "text"),
-    _set("messages", "available_at = 'now'", "text", "text (sorts after every number)"),
-    _set("messages", "available_at = x'00'", "blob", "a blob"),
     _set("messages", "deliveries = 'many'", "text", "text"),
     _set("messages", f"deliveries = {NOT_UTF8}", "not-utf8", _NOT_UTF8),
     _set("messages", "deliveries = 9223372036854775807", "max", "the 64-bit maximum"),

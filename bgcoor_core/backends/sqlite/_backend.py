@@ -380,9 +380,7 @@ _DEAD_LETTERS = (
     "FROM messages WHERE queue = ? AND state = 'dead' ORDER BY dead_at, id LIMIT ? OFFSET ?"
 )
 _WHERE = (
-    "WHERE queue = ? AND state != 'dead' "
-    # a deadline that is no number would hide the row for ever: take it, as a defect
-    "AND (available_at <= ? OR typeof(available_at) NOT IN ('integer', 'real')) "
+    "WHERE queue = ? AND state != 'dead' AND available_at <= ? "
     "ORDER BY priority DESC, seq, id LIMIT ?"
 )
 _ANY_CANDIDATE = f"SELECT 1 FROM messages {_WHERE}"

@@ -161,34 +161,46 @@ def token_suffix(conn: sqlite3.Connection) -> str:
     return str(value).lower()
 
 
-# -- the sweep: messages in no queue a worker can name ------------------------------------
+# -- the sweep: messages no reserve can see ----------------------------------------------
 
 #: Seconds between two sweeps of one backend object, made only while its reserve is idle.
 SWEEP_SECONDS = 30.0
 #: The queue that takes a stray message whose body names no valid queue either.
 STRAY_QUEUE = "bgcoor-corrupt"
 
-_STRAY = "FROM messages WHERE state != 'dead' AND queue NOT IN (SELECT name FROM queues)"
+# No reserve names a queue that is not UTF-8 text, and a deadline that is no number sorts
+# after every time: such rows would wait for ever. Finding them here, not in the reserve's
+# statement, keeps its scan over leased and scheduled rows as cheap as it was.
+_STRAY = (
+    "FROM messages WHERE state != 'dead' AND (queue NOT IN (SELECT name FROM queues) "
+    "OR typeof(available_at) NOT IN ('integer', 'real'))"
+)
 ANY_STRAY = f"SELECT 1 {_STRAY} LIMIT 1"
 _STRAYS = (
-    "SELECT rowid, typeof(queue), CAST(queue AS BLOB), typeof(id), CAST(id AS BLOB), "
-    f"CAST(body AS BLOB) {_STRAY} LIMIT 100"
+    "SELECT rowid, typeof(queue), CAST(queue AS BLOB), typeof(available_at), "
+    "CAST(available_at AS BLOB), typeof(id), CAST(id AS BLOB), CAST(body AS BLOB) "
+    f"{_STRAY} LIMIT 100"
 )
 
 
 def sweep(conn: sqlite3.Connection, read_body: ReadBody) -> int:
-    """Dead-letter the messages whose queue is no text (inside a transaction): no reserve
-    can ever name their queue, so they would wait for ever. Each goes to the queue its
-    body names (else :data:`STRAY_QUEUE`) with the reason, and the record its body names
-    is marked ``dead``. A readable queue merely missing from ``queues`` is added there.
-    Returns how many were dead-lettered."""
+    """Dead-letter the messages no reserve can see (inside a transaction): a queue that
+    is no UTF-8 text, a deadline that is no number. Each goes to the dead letters of its
+    queue (else the queue its body names, else :data:`STRAY_QUEUE`) with the reason, and
+    the record its body names is marked ``dead``. A readable queue merely missing from
+    the ``queues`` table is added there. Returns how many were dead-lettered."""
     swept = 0
-    for rowid, kind, raw_queue, id_kind, raw_id, body in conn.execute(_STRAYS).fetchall():
-        queue = decode_text(raw_queue) if kind == "text" else None
-        if queue is not None:
+    for row in conn.execute(_STRAYS).fetchall():
+        rowid, q_kind, raw_queue, at_kind, raw_at, id_kind, raw_id, body = row
+        queue = decode_text(raw_queue) if q_kind == "text" else None
+        if queue is None:
+            problem = f"column queue holds {describe(q_kind, raw_queue)}, a queue no worker names"
+        elif at_kind not in MESSAGE_COLUMNS["available_at"]:
+            problem = column_problem("available_at", at_kind, raw_at) or "available_at"
+        else:
             conn.execute("INSERT OR IGNORE INTO queues (name) VALUES (?)", (queue,))
             continue
-        _dead_letter_stray(conn, rowid, describe(kind, raw_queue), id_kind, raw_id, body, read_body)
+        _dead_letter_stray(conn, rowid, queue, problem, id_kind, raw_id, body, read_body)
         swept += 1
     return swept
 
@@ -196,7 +208,8 @@ def sweep(conn: sqlite3.Connection, read_body: ReadBody) -> int:
 def _dead_letter_stray(
     conn: sqlite3.Connection,
     rowid: int,
-    queue_held: str,
+    queue: str | None,
+    problem: str,
     id_kind: str,
     raw_id: bytes | None,
     body: bytes | None,
@@ -205,13 +218,14 @@ def _dead_letter_stray(
     from . import _records  # the records module imports this one
 
     task = read_body(body) if body is not None else None
-    home = task.queue if task is not None and _valid_queue(task.queue) else STRAY_QUEUE
+    home = queue or (task.queue if task is not None and _valid_queue(task.queue) else None)
+    home = home or STRAY_QUEUE
     message_id = decode_text(raw_id) if id_kind == "text" else None
     if message_id is None:
         message_id = _new_id(conn, rowid, body, read_body)
     reason = (
-        f"corrupt message {printable(message_id, 80)} in SQLite table messages: column queue "
-        f"holds {queue_held}, a queue no worker can name (moved to dead letters of {home})"
+        f"corrupt message {printable(message_id, 80)} in SQLite table messages: {problem} "
+        f"(found by the sweep; dead letter of queue {home})"
     )
     log.error("%s", reason)
     conn.execute(
