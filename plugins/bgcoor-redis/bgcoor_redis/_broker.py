@@ -178,7 +178,8 @@ class RedisBrokerSide(RedisBase, Broker):
             message_id, index, deliveries, lost, started = text(reply[at]).rsplit(" ", 4)
             queue = queues[int(index)]
             if started == "!":  # the script found the message or its record unreadable
-                defect: str | None = text(reply[at + 1])
+                # it quotes what it found, which may be any bytes
+                defect: str | None = reply[at + 1].decode("utf-8", "backslashreplace")
                 task = Task.model_construct(id=message_id, name="<corrupt>", queue=queue)
             else:
                 task, defect = self.decode(message_id, queue, reply[at + 1])

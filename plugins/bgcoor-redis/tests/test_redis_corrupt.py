@@ -9,13 +9,17 @@ The worker-process version of these is ``tests/reliability/corrupt_redis.py``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import redis.asyncio as aredis
 from bgcoor_redis import RedisBackend
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bgcoor_core import (
     CorruptRecordError,
@@ -437,3 +441,92 @@ async def test_a_worker_dead_letters_the_victim_and_runs_the_rest(
     assert [d.id for d in letters] == [victim.id]
     assert letters[0].reason.startswith("corrupt ")
     await manager.close()
+
+
+# -- any value in any field ------------------------------------------------------------------
+
+FIELDS = ["q", "b", "d", "l", "p", "o", "t", "r", "x"]
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(field=st.sampled_from(FIELDS), value=st.binary(max_size=24))
+def test_any_value_in_any_message_field_costs_at_most_that_message(
+    redis_url: str, field: str, value: bytes
+) -> None:
+    """Whatever bytes stand in a field of the victim's message hash, one reserve hands out
+    every good task, and the victim either sound or as a defect; nothing fails."""
+
+    async def check() -> None:
+        backend = RedisBackend(f"{redis_url}-{uuid.uuid4().hex[:8]}")
+        raw = aredis.Redis.from_url(redis_url.split("?", 1)[0])
+        try:
+            tasks = await enqueue(backend, 3)
+            victim = tasks[1]
+            await raw.hset(key(backend, "m", victim.id), field, value)
+            taken = await reserve_all(backend)
+            good, bad = split(taken)
+            assert good | set(bad) == {t.id for t in tasks}
+            assert set(bad) <= {victim.id}
+            for reservation in taken:  # every one of them can be settled
+                if reservation.defect is None:
+                    await backend.ack(reservation)
+                else:
+                    await backend.dead_letter(reservation, reservation.defect)
+            stats = await backend.stats(Q)
+            assert (stats.ready, stats.reserved, stats.dead) == (0, 0, len(bad))
+        finally:
+            keys = [k async for k in raw.scan_iter(f"{backend.prefix}:*")]
+            if keys:
+                await raw.delete(*keys)
+            await raw.aclose()
+            await backend.close()
+
+    asyncio.run(check())
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(field=st.sampled_from(["s", "k", "n", "q", "j", "x", "r"]), value=st.binary(max_size=24))
+def test_any_value_in_any_record_field_costs_at_most_that_task(
+    redis_url: str, field: str, value: bytes
+) -> None:
+    """Whatever bytes stand in a field of the victim's record, the reserve hands out every
+    task (the victim perhaps as a defect), reads answer or raise CorruptRecordError, and
+    the worker's dead write always lands."""
+
+    async def check() -> None:
+        backend = RedisBackend(f"{redis_url}-{uuid.uuid4().hex[:8]}")
+        raw = aredis.Redis.from_url(redis_url.split("?", 1)[0])
+        try:
+            tasks = await enqueue(backend, 3)
+            victim = tasks[1]
+            await raw.hset(key(backend, "t", victim.id), field, value)
+            good, bad = split(await reserve_all(backend))
+            assert good | set(bad) == {t.id for t in tasks}
+            assert set(bad) <= {victim.id}
+            with contextlib.suppress(CorruptRecordError):  # either is fine; nothing else
+                await backend.get(victim.id)
+            assert {t.id for t in await backend.list()} >= {tasks[0].id, tasks[2].id}
+            assert set(await backend.counts()) == set(TaskStatus)
+            dead = Task.model_construct(
+                id=victim.id, name="bgcoor.corrupt", queue=Q, status=TaskStatus.DEAD, error="x"
+            )
+            await backend.save(dead)
+            stored = await backend.get(victim.id)
+            assert stored is not None
+            assert stored.status is TaskStatus.DEAD
+        finally:
+            keys = [k async for k in raw.scan_iter(f"{backend.prefix}:*")]
+            if keys:
+                await raw.delete(*keys)
+            await raw.aclose()
+            await backend.close()
+
+    asyncio.run(check())
