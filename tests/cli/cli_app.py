@@ -1,4 +1,4 @@
-"""A small user application for the command-line tests (``tests/test_cli.py``).
+"""A small user application for the command-line tests (``tests/cli/``).
 
 Loaded by the CLI as ``cli_app`` (module only: attribute ``manager``) or ``cli_app:manager``,
 with the tests directory as the current directory. The manager reads the ``BGCOOR_*``
