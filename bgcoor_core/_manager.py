@@ -8,11 +8,12 @@ import threading
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, ParamSpec, TypeVar, Unpack, overload
 
 from pydantic import TypeAdapter
 
 from ._broker import Broker
+from ._capabilities import check_capabilities
 from ._errors import (
     DuplicateTaskError,
     EnqueueUncertainError,
@@ -24,19 +25,22 @@ from ._errors import (
 )
 from ._executor import Executor
 from ._handlers import FunctionHandler
-from ._limits import check_call
+from ._options import CallOptions, TaskDefaults
+from ._options import check as check_options
+from ._options import options as declared_options
 from ._plugins import PluginHost, build_plugin_host
-from ._pool import WorkerPool, check_capabilities
+from ._pool import WorkerPool
 from ._portal import Portal
 from ._registry import RegisteredTask, TaskOptions, TaskRegistry
 from ._settings import Settings, load_settings
 from ._storage import Storage
-from ._task import Task, TaskStatus, validate_queue_name
+from ._task import Task, TaskStatus
 from ._wiring import Backends
 
 P = ParamSpec("P")
 #: Records or letters an admin operation loads at once.
 ADMIN_PAGE = 500
+TASK_OPTION_NAMES = frozenset(declared_options("task")) - {"name"}
 R = TypeVar("R")
 
 
@@ -129,29 +133,25 @@ class TaskFunction(Generic[P, R]):
         await self.manager.submit_many(tasks)
         return [TaskHandle(self.manager, t.id, self.decode_result) for t in tasks]
 
-    def options(
-        self,
-        *,
-        queue: str | None = None,
-        priority: int | None = None,
-        delay: float | None = None,
-        eta: datetime | None = None,
-        max_retries: int | None = None,
-        timeout: float | None = None,
-    ) -> TaskCall[P, R]:
-        overrides = {
-            "queue": queue,
-            "priority": priority,
-            "delay": delay,
-            "eta": eta,
-            "max_retries": max_retries,
-            "timeout": timeout,
-        }
-        return TaskCall(self, overrides)
+    def options(self, **overrides: Unpack[CallOptions]) -> TaskCall[P, R]:
+        """This task with one call's options: ``await add.options(delay=5).enqueue(1, 2)``.
+        Checked here: an unknown option or a value out of range is an error at once."""
+        checked = check_options("call", overrides, where=f"task {self.name!r}: ")
+        return TaskCall(self, checked)
 
     def enqueue_sync(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
         """:meth:`enqueue` for synchronous code (runs on the manager's private loop)."""
         return self.manager.portal.call(self.enqueue(*args, **kwargs))
+
+
+def _payload(task: RegisteredTask, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+    if isinstance(task.handler, FunctionHandler):
+        return task.handler.encode_arguments(args, kwargs)
+    if len(args) == 1 and not kwargs:
+        return args[0]
+    raise PayloadError(
+        f"task {task.name!r} is a handler object: pass exactly one argument, its payload"
+    )
 
 
 def _first(*values: int | None) -> int:
@@ -259,44 +259,23 @@ class TaskManager:
     @overload
     def task(self, fn: Callable[P, R], /) -> TaskFunction[P, R]: ...
     @overload
-    def task(
-        self,
-        *,
-        name: str | None = ...,
-        max_retries: int | None = ...,
-        timeout: float | None = ...,
-        queue: str = ...,
-        priority: int = ...,
-        retry_backoff: float | None = ...,
-        retry_on: tuple[type[BaseException], ...] = ...,
-    ) -> _TaskDecorator: ...
+    def task(self, **options: Unpack[TaskDefaults]) -> _TaskDecorator: ...
 
     def task(  # type: ignore[misc]  # the bare and the configured form share one body
-        self,
-        fn: Callable[..., Any] | None = None,
-        /,
-        *,
-        name: str | None = None,
-        max_retries: int | None = None,
-        timeout: float | None = None,
-        queue: str = "default",
-        priority: int = 0,
-        retry_backoff: float | None = None,
-        retry_on: tuple[type[BaseException], ...] = (Exception,),
+        self, fn: Callable[..., Any] | None = None, /, **options: Any
     ) -> Any:
-        """Register a function as a task: ``@manager.task`` or ``@manager.task(max_retries=3)``."""
-        options = TaskOptions(
-            max_retries=max_retries,
-            timeout=timeout,
-            queue=queue,
-            priority=priority,
-            retry_backoff=retry_backoff,
-            retry_on=retry_on,
-        )
+        """Register a function as a task: ``@manager.task`` or ``@manager.task(max_retries=3)``.
+
+        Options are those of :class:`TaskDefaults`; options declared by plugins may be
+        passed too (as keywords, or in ``extra={...}`` for typed code)."""
+        name = options.pop("name", None)
+        core = {k: options.pop(k) for k in list(options) if k in TASK_OPTION_NAMES}
+        extra = {**core.pop("extra", {}), **options}
 
         def register(func: Callable[..., Any]) -> TaskFunction[Any, Any]:
             task_name = name or f"{func.__module__}.{func.__qualname__}".replace(".<locals>", "")
-            entry = self.registry.register(task_name, func, options)
+            plugin = self.host.task_options.validate(task_name, extra) if extra else {}
+            entry = self.registry.register(task_name, func, TaskOptions(**core, extra=plugin))
             if self._backends is not None:
                 check_capabilities(self._backends.broker, self.registry)
             return TaskFunction(self, func, entry)
@@ -395,50 +374,44 @@ class TaskManager:
         task: str | RegisteredTask,
         args: Sequence[Any] = (),
         kwargs: dict[str, Any] | None = None,
-        *,
-        queue: str | None = None,
-        priority: int | None = None,
-        delay: float | None = None,
-        eta: datetime | None = None,
-        max_retries: int | None = None,
-        timeout: float | None = None,
+        **options: Unpack[CallOptions],
     ) -> Task:
         """Check a call against a registered task and build the :class:`Task` to submit.
 
         Arguments are validated here, in the caller, so a wrong one fails before anything
-        is enqueued; options default to the task's, then to the settings.
+        is enqueued; options (:class:`CallOptions`) default to the task's, then to the
+        settings.
         """
         if isinstance(task, str):
             self.host  # noqa: B018 - loads plugins, whose tasks may be the one named
             task = self.registry.get(task)
-        kwargs = kwargs or {}
-        if isinstance(task.handler, FunctionHandler):
-            payload = task.handler.encode_arguments(args, kwargs)
-        elif len(args) == 1 and not kwargs:
-            payload = args[0]
-        else:
-            raise PayloadError(
-                f"task {task.name!r} is a handler object: pass exactly one argument, its payload"
-            )
+        payload = _payload(task, args, kwargs or {})
+        call = check_options("call", options, where=f"task {task.name!r}: ") if options else {}
+        return self._task_of(task, payload, call)
+
+    def _task_of(self, task: RegisteredTask, payload: Any, call: dict[str, Any]) -> Task:
         opts = task.options
-        check_call(
-            task.name,
-            priority=priority,
-            max_retries=max_retries,
-            timeout=timeout,
-            delay=delay,
-            eta=eta,
-        )
-        if delay is not None:
-            eta = datetime.now(UTC) + timedelta(seconds=delay)
+        now = datetime.now(UTC)
+        eta = call.get("eta")
+        if "delay" in call:
+            eta = now + timedelta(seconds=call["delay"])
+        expires = call.get("expires")
+        if expires is not None and not isinstance(expires, datetime):
+            expires = now + timedelta(seconds=expires)
+        headers = {**opts.headers, **call["headers"]} if "headers" in call else dict(opts.headers)
         return Task(
             name=task.name,
             payload=payload,
-            queue=validate_queue_name(queue or opts.queue),
-            priority=opts.priority if priority is None else priority,
+            queue=call.get("queue", opts.queue),
+            priority=call.get("priority", opts.priority),
             eta=eta,
-            max_retries=_first(max_retries, opts.max_retries, self.settings.max_retries),
-            timeout=timeout if timeout is not None else opts.timeout,
+            max_retries=_first(
+                call.get("max_retries"), opts.max_retries, self.settings.max_retries
+            ),
+            timeout=call.get("timeout", opts.timeout),
+            result_ttl=call.get("result_ttl", opts.result_ttl),
+            expires=expires,
+            headers=headers,
             status=TaskStatus.SCHEDULED if eta is not None else TaskStatus.PENDING,
         )
 

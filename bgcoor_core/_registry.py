@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-from . import _limits as limits
 from ._errors import TaskRegistrationError, UnknownTaskError
 from ._handlers import FunctionHandler, Handler, is_async_handler
+from ._options import check, options
 from ._task import validate_queue_name, validate_task_name
 
 
 @dataclass(frozen=True, slots=True)
 class TaskOptions:
-    """Per-task defaults; ``None`` falls back to the settings."""
+    """A task's resolved defaults (``None`` falls back to the settings); the options
+    themselves, with their types and ranges, are declared once in
+    :class:`~bgcoor_core._options.TaskDefaults`. ``extra`` holds the options plugins
+    declared (``bgcoor_register_task_options``) that the task sets."""
 
     max_retries: int | None = None
     timeout: float | None = None
@@ -24,29 +27,18 @@ class TaskOptions:
     retry_backoff: float | None = None
     retry_backoff_max: float | None = None
     retry_on: tuple[type[BaseException], ...] = (Exception,)
+    result_ttl: float | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        """Refuse a value out of its range (:mod:`._limits`) when the task is declared."""
-        for option, bounds in _OPTION_RANGES:
-            value = getattr(self, option)
-            if value is not None:
-                bounds.check(f"task option {option}", value)
-
-
-_OPTION_RANGES = (
-    ("max_retries", limits.RETRIES),
-    ("timeout", limits.TIMEOUT),
-    ("priority", limits.PRIORITY),
-    ("retry_backoff", limits.BACKOFF),
-    ("retry_backoff_max", limits.BACKOFF),
-)
+        """Refuse a value of the wrong type or out of its range when the task is declared."""
+        given = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        check("task", given, where="task option ")
 
 
 #: Option names the core owns; a plugin's task options must use others.
-CORE_OPTION_NAMES = frozenset(
-    {"name", "max_retries", "timeout", "queue", "priority", "retry_backoff"}
-    | {"retry_backoff_max", "retry_on", "headers", "result_ttl", "expires", "delay", "eta"}
-)
+CORE_OPTION_NAMES = frozenset(options("task")) | frozenset(options("call"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,162 @@
+"""Task options, declared once.
+
+:class:`TaskDefaults` (the keyword arguments of ``@manager.task(...)``) and
+:class:`CallOptions` (those of ``fn.options(...)``) are the declaration: each option's
+type, its help text and its range live in its annotation. Everything else reads them:
+the decorator and ``.options()`` are typed by them (``Unpack``), :func:`check` validates
+any mapping of options against them (the CLI's ``enqueue`` flags, plugins), and
+:class:`~bgcoor_core.TaskOptions` holds a task's resolved defaults.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from typing import Annotated, Any, Literal, TypedDict, get_args, get_origin, get_type_hints
+
+from pydantic import TypeAdapter, ValidationError
+
+from . import _limits as limits
+from ._errors import OutOfRangeError
+from ._task import validate_queue_name, validate_task_name
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """What an option means (``help``) and which values it takes (``bounds``, ``check``)."""
+
+    help: str
+    bounds: limits.Range | None = None
+    check: Callable[[str, Any], Any] | None = None
+
+
+def _queue(option: str, value: Any) -> Any:
+    return validate_queue_name(value)
+
+
+def _name(option: str, value: Any) -> Any:
+    return validate_task_name(value)
+
+
+def _eta(option: str, value: Any) -> Any:
+    return limits.check_eta(option, value)
+
+
+def _expires(option: str, value: Any) -> Any:
+    if isinstance(value, datetime):
+        return limits.check_eta(option, value)
+    return limits.DELAY.check(option, value)
+
+
+def _headers(option: str, value: Any) -> Any:
+    for key, text in value.items():
+        if not key or not key.isprintable() or not text.isprintable():
+            raise OutOfRangeError(f"{option}: header names and values must be printable text")
+    return value
+
+
+class CommonOptions(TypedDict, total=False):
+    """Options a task declares as defaults and a call may override."""
+
+    queue: Annotated[str, Spec("Queue the task is pushed to.", check=_queue)]
+    priority: Annotated[
+        int, Spec("Higher runs first, on brokers with priorities.", limits.PRIORITY)
+    ]
+    max_retries: Annotated[int, Spec("Retries after the first attempt.", limits.RETRIES)]
+    timeout: Annotated[float, Spec("Seconds one attempt may run.", limits.TIMEOUT)]
+    result_ttl: Annotated[float, Spec("Seconds the final record is kept.", limits.TTL)]
+    headers: Annotated[dict[str, str], Spec("Metadata carried with the task.", check=_headers)]
+
+
+class TaskDefaults(CommonOptions, total=False):
+    """The keyword arguments of ``@manager.task(...)``."""
+
+    name: Annotated[str, Spec("The task's name (default: module.function).", check=_name)]
+    retry_backoff: Annotated[float, Spec("Base of the retry backoff, seconds.", limits.BACKOFF)]
+    retry_backoff_max: Annotated[float, Spec("Cap of the retry backoff, seconds.", limits.BACKOFF)]
+    retry_on: Annotated[
+        tuple[type[BaseException], ...], Spec("Exceptions that are retried (others fail).")
+    ]
+    #: Options declared by plugins (``bgcoor_register_task_options``), for typed code;
+    #: they may also be passed as keyword arguments of their own.
+    extra: Annotated[dict[str, Any], Spec("Plugin task options by name.")]
+
+
+class CallOptions(CommonOptions, total=False):
+    """The keyword arguments of ``fn.options(...)``: one call's overrides."""
+
+    delay: Annotated[float, Spec("Seconds from now before it may run.", limits.DELAY)]
+    eta: Annotated[datetime, Spec("When it may run (timezone-aware).", check=_eta)]
+    expires: Annotated[
+        datetime | float,
+        Spec("Never run if not started by then (datetime, or seconds).", check=_expires),
+    ]
+
+
+Kind = Literal["task", "call"]
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    name: str
+    kind: Any  # the plain type, without the Annotated metadata
+    spec: Spec
+    adapter: TypeAdapter[Any]
+
+
+@cache
+def options(kind: Kind) -> dict[str, Option]:
+    """The declared options of the decorator (``"task"``) or of one call (``"call"``)."""
+    declared = TaskDefaults if kind == "task" else CallOptions
+    found: dict[str, Option] = {}
+    for name, hint in get_type_hints(declared, include_extras=True).items():
+        plain, spec = _unpack(hint)
+        adapter: TypeAdapter[Any] = TypeAdapter(plain)
+        found[name] = Option(name, plain, spec, adapter)
+    return found
+
+
+def _unpack(hint: Any) -> tuple[Any, Spec]:
+    if get_origin(hint) is Annotated:
+        plain, *metadata = get_args(hint)
+        spec = next(m for m in metadata if isinstance(m, Spec))
+        return plain, spec
+    raise TypeError(f"option annotation {hint!r} lacks a Spec")  # a declaration bug
+
+
+def check(kind: Kind, given: Mapping[str, Any], *, where: str = "") -> dict[str, Any]:
+    """``given`` validated against the declaration: an unknown option names the closest
+    known one; a value of the wrong type or out of range (every number option has a
+    finite range: ``inf`` and ``nan`` are out) names the option and its range.
+    Returns the values as validated (``None`` means "not given" and is dropped)."""
+    known = options(kind)
+    checked: dict[str, Any] = {}
+    for name, value in given.items():
+        if value is None:
+            continue
+        option = known.get(name)
+        if option is None:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise OutOfRangeError(f"{where}unknown option {name!r}{hint}")
+        checked[name] = _value(option, value, f"{where}{name}")
+    return checked
+
+
+def _value(option: Option, value: Any, label: str) -> Any:
+    if option.kind is not tuple[type[BaseException], ...]:  # classes: checked below
+        try:
+            value = option.adapter.validate_python(value, strict=isinstance(value, bool))
+        except ValidationError as exc:
+            problem = exc.errors(include_url=False, include_input=False)[0]["msg"]
+            raise OutOfRangeError(f"{label}: {problem}") from None
+    elif not all(isinstance(c, type) and issubclass(c, BaseException) for c in value):
+        raise OutOfRangeError(f"{label}: a tuple of exception classes is expected")
+    if option.spec.bounds is not None:
+        option.spec.bounds.check(label, value)
+    if option.spec.check is not None:
+        value = option.spec.check(label, value)
+    return value

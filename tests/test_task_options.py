@@ -1,0 +1,108 @@
+"""Task options are declared once (``bgcoor_core._options``) and read by the decorator,
+``.options()``, ``TaskOptions`` and plugins (issue 11, defect 6)."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from bgcoor_core import OptionRegistry, OutOfRangeError, TaskManager, TaskOptions, hookimpl
+from bgcoor_core._errors import TaskRegistrationError
+from bgcoor_core._options import options
+
+
+def test_task_options_holds_exactly_the_declared_defaults() -> None:
+    held = {f.name for f in dataclasses.fields(TaskOptions)}
+    assert held == (set(options("task")) - {"name"})
+
+
+def test_retry_backoff_max_can_be_set_from_the_decorator(fast: dict[str, Any]) -> None:
+    manager = TaskManager(**fast)
+
+    @manager.task(retry_backoff=0.5, retry_backoff_max=2.0, result_ttl=60.0)
+    def job() -> None: ...
+
+    assert job.entry.options.retry_backoff_max == 2.0
+    assert job.entry.options.result_ttl == 60.0
+
+
+def test_an_unknown_decorator_option_names_the_closest_one(fast: dict[str, Any]) -> None:
+    manager = TaskManager(**fast)
+    with pytest.raises(TaskRegistrationError, match="unknown option 'max_retry'.*'max_retries'"):
+
+        @manager.task(max_retry=3)  # type: ignore[call-overload]
+        def job() -> None: ...
+
+
+async def test_call_options_reach_the_task(fast: dict[str, Any]) -> None:
+    manager = TaskManager(**fast)
+
+    @manager.task(name="jobs.report", headers={"team": "data"})
+    def report() -> None: ...
+
+    before = datetime.now(UTC)
+    handle = await report.options(
+        headers={"tenant": "t-42"}, result_ttl=30.0, expires=60.0, priority=2
+    ).enqueue()
+    task = await manager.get(handle.id)
+    assert task.headers == {"team": "data", "tenant": "t-42"}
+    assert task.result_ttl == 30.0
+    assert task.priority == 2
+    assert task.expires is not None
+    assert (
+        before + timedelta(seconds=59) <= task.expires <= datetime.now(UTC) + timedelta(seconds=61)
+    )
+    await manager.close()
+
+
+@pytest.mark.parametrize(
+    ("given", "problem"),
+    [
+        ({"dealy": 1}, "unknown option 'dealy'; did you mean 'delay'"),
+        ({"delay": float("nan")}, "delay=nan is out of range"),
+        ({"expires": -1}, "expires=-1.0 is out of range"),
+        ({"headers": {"a": "\x1b[31m"}}, "printable"),
+        ({"priority": "high"}, "priority: Input should be a valid integer"),
+    ],
+)
+def test_bad_call_options_are_refused_at_once(
+    fast: dict[str, Any], given: dict[str, Any], problem: str
+) -> None:
+    manager = TaskManager(**fast)
+
+    @manager.task(name="jobs.x")
+    def x() -> None: ...
+
+    with pytest.raises(OutOfRangeError, match=problem.replace("(", r"\(").replace("[", r"\[")):
+        x.options(**given)
+
+
+class RateLimits:
+    @hookimpl
+    def bgcoor_register_task_options(self, options: OptionRegistry) -> None:
+        options.add("rate_limit", str | None, default=None, help="e.g. 10/s")
+
+
+def test_plugins_declare_task_options_validated_like_the_cores(fast: dict[str, Any]) -> None:
+    manager = TaskManager(plugins=[RateLimits()], **fast)
+
+    @manager.task(rate_limit="10/s")  # type: ignore[call-overload]
+    def limited() -> None: ...
+
+    @manager.task(extra={"rate_limit": "5/m"})
+    def typed() -> None: ...
+
+    assert limited.entry.options.extra == {"rate_limit": "10/s"}
+    assert typed.entry.options.extra == {"rate_limit": "5/m"}
+    with pytest.raises(TaskRegistrationError, match="option 'rate_limit' .*RateLimits"):
+
+        @manager.task(rate_limit=10)  # type: ignore[call-overload]
+        def wrong() -> None: ...
+
+    with pytest.raises(TaskRegistrationError, match="unknown option 'rate_limt'.*'rate_limit'"):
+
+        @manager.task(rate_limt="1/s")  # type: ignore[call-overload]
+        def typo() -> None: ...
