@@ -31,7 +31,7 @@ def test_retry_backoff_max_can_be_set_from_the_decorator(fast: dict[str, Any]) -
 
 def test_an_unknown_decorator_option_names_the_closest_one(fast: dict[str, Any]) -> None:
     manager = TaskManager(**fast)
-    with pytest.raises(TaskRegistrationError, match="unknown option 'max_retry'.*'max_retries'"):
+    with pytest.raises(TaskRegistrationError, match=r"unknown option 'max_retry'.*'max_retries'"):
 
         @manager.task(max_retry=3)  # type: ignore[call-overload]
         def job() -> None: ...
@@ -97,12 +97,12 @@ def test_plugins_declare_task_options_validated_like_the_cores(fast: dict[str, A
 
     assert limited.entry.options.extra == {"rate_limit": "10/s"}
     assert typed.entry.options.extra == {"rate_limit": "5/m"}
-    with pytest.raises(TaskRegistrationError, match="option 'rate_limit' .*RateLimits"):
+    with pytest.raises(TaskRegistrationError, match=r"option 'rate_limit' .*RateLimits"):
 
         @manager.task(rate_limit=10)  # type: ignore[call-overload]
         def wrong() -> None: ...
 
-    with pytest.raises(TaskRegistrationError, match="unknown option 'rate_limt'.*'rate_limit'"):
+    with pytest.raises(TaskRegistrationError, match=r"unknown option 'rate_limt'.*'rate_limit'"):
 
         @manager.task(rate_limt="1/s")  # type: ignore[call-overload]
         def typo() -> None: ...
