@@ -106,6 +106,9 @@ class Executor:
         if task is None:
             return
         current = CurrentTask(task, cancel or threading.Event())
+        if current.cancel_requested:  # cancelled while it waited for a slot: never run
+            await self._cancelled(reservation, task, "cancelled before it started")
+            return
         log.debug("task %s (%s) received: attempt %d", task.id, task.name, task.attempts)
         began = time.perf_counter()
         try:
@@ -358,12 +361,14 @@ class Executor:
         await self._ack_quietly(reservation)
         return True
 
-    async def _cancelled(self, reservation: Reservation, task: Task) -> None:
-        """Cancelled while it ran (the pool was asked to): stored ``cancelled``, acked."""
+    async def _cancelled(
+        self, reservation: Reservation, task: Task, why: str = "cancelled while running"
+    ) -> None:
+        """Cancelled (the pool was asked to): stored ``cancelled``, acked."""
         task.status = TaskStatus.CANCELLED
-        task.error = "cancelled while running"
+        task.error = why
         task.finished_at = datetime.now(UTC)
-        log.info("task %s (%s) cancelled while running", task.id, task.name)
+        log.info("task %s (%s) %s", task.id, task.name, why)
         if await self._settle(reservation, task) and self.host:
             self.host.task_cancelled(task)
 

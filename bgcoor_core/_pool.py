@@ -1,51 +1,103 @@
-"""WorkerPool: reserves tasks, runs them concurrently, keeps their leases alive.
+"""WorkerPool: reserves tasks, runs each as its own asyncio task, keeps their leases alive.
 
-One fetch loop reserves in batches up to the free slots (plus ``prefetch``); ``concurrency``
-slot loops run tasks (async handlers on the event loop, sync handlers in a thread pool);
-a heartbeat loop extends the leases of everything held. The heartbeat runs on the event
-loop, which a CPU-bound *sync* task cannot starve: it runs in a thread and the interpreter
-switches threads every few milliseconds.
+One fetch loop reserves in batches up to the free capacity (``concurrency`` plus
+``prefetch``). Each reservation becomes an entry, keyed by its lease token; at most
+``concurrency`` of them run at once, each in its own asyncio task (async handlers on the
+event loop, sync handlers in a thread pool), the rest wait in arrival order for a free
+slot. One task can therefore be cancelled (:meth:`WorkerPool.cancel`) or handed back
+without touching the others. A heartbeat loop extends the leases of everything held. It
+runs on the event loop, which a CPU-bound *sync* task cannot starve: it runs in a thread
+and the interpreter switches threads every few milliseconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
+import os
 import signal
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Self
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import ParamSpec, Self, TypeVar
 
 from ._broker import Broker, Capability, Reservation
-from ._errors import CapabilityError, StaleLeaseError
+from ._capabilities import check_capabilities
+from ._context import _CURRENT
+from ._errors import StaleLeaseError
 from ._executor import Executor
 from ._extensions import Service
 from ._plugins import PluginHost, build_plugin_host
+from ._quarantine import Quarantine
 from ._registry import TaskRegistry
 from ._settings import Settings, load_settings
 from ._storage import Storage
 
+__all__ = ["WorkerPool", "check_capabilities"]  # check_capabilities: its old home
+
 log = logging.getLogger("bgcoor.pool")
 
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
-def check_capabilities(broker: Broker, registry: TaskRegistry) -> None:
-    """Refuse task options the broker cannot honour, instead of ignoring them."""
-    if Capability.PRIORITIES in broker.capabilities:
-        return
-    for name in registry.names():
-        if registry.get(name).options.priority:
-            raise CapabilityError(
-                f"task {name!r} has a priority but {type(broker).__name__} does not support "
-                "priorities"
-            )
+#: How long a burst pool's reserve waits while tasks still run: short, so the pool notices
+#: soon after the last one settles that there is nothing left.
+_BURST_POLL = 0.05
+
+
+class _TaskThreads(ThreadPoolExecutor):
+    """The threads sync handlers run in, counting the ones busy: a thread cannot be
+    interrupted, and the interpreter waits for it at exit, so a forced stop says how many
+    it is waiting for."""
+
+    def __init__(self, workers: int) -> None:
+        super().__init__(workers, thread_name_prefix="bgcoor-task")
+        self._count_lock = threading.Lock()
+        self.busy = 0
+
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
+        return super().submit(self._counted, fn, *args, **kwargs)
+
+    def _counted(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        with self._count_lock:
+            self.busy += 1
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            with self._count_lock:
+                self.busy -= 1
+
+
+@dataclass(eq=False, slots=True)
+class _Held:
+    """One reservation the pool holds: waiting for a slot, running, or (briefly, while a
+    batch is sorted or a suspect waits to run alone) neither."""
+
+    reservation: Reservation
+    cancel: threading.Event = field(default_factory=threading.Event)
+    task: asyncio.Task[None] | None = None  # set once it is started
+    context: contextvars.Context | None = None  # the asyncio task's own context
+    interrupted: bool = False  # the pool cancelled its asyncio task (never twice)
+    leaving: bool = False  # being handed back unstarted: a cancel must not start it
+
+    def in_handler(self) -> bool:
+        """Whether its handler (or an execution wrapper around it) is running now: the
+        only time cancelling the asyncio task interrupts the task rather than its
+        bookkeeping. ``current_task()`` is set exactly then, in the task's context."""
+        return self.context is not None and self.context.get(_CURRENT) is not None
 
 
 class WorkerPool:
-    """Runs tasks from ``broker`` with ``concurrency`` slots.
+    """Runs tasks from ``broker``, at most ``concurrency`` at once.
 
     ``WorkerPool(broker, storage, registry, concurrency)``, then ``await start()`` and
-    ``await shutdown()``; or ``await run()`` to serve until SIGTERM/SIGINT.
+    ``await shutdown()``; or ``await run()`` to serve until SIGTERM/SIGINT (or, with
+    ``burst=True``, until the queues are empty).
     """
 
     def __init__(
@@ -66,18 +118,25 @@ class WorkerPool:
         self.concurrency = concurrency or self.settings.concurrency
         self.queues = list(queues or self.settings.queues)
         self.host = host
-        self._threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix="bgcoor-task")
+        self._threads = _TaskThreads(self.concurrency)
         self.executor = Executor(
             broker, storage, registry, self.settings, host=host, threads=self._threads
         )
-        self._held: dict[str, Reservation] = {}
-        self._ready: asyncio.Queue[Reservation | None] = asyncio.Queue()
+        self._quarantine = Quarantine(self.settings.max_worker_lost)
+        self._capacity = self.concurrency + self.settings.prefetch
+        self._held: dict[str, _Held] = {}  # lease token -> entry, everything held
+        self._waiting: deque[_Held] = deque()  # held, waiting for a free slot
+        self._busy = 0  # entries started and not yet settled
+        self._base_context = contextvars.Context()
         self._room = asyncio.Event()
         self._fetcher: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._housekeeping: asyncio.Task[None] | None = None
-        self._slots: list[asyncio.Task[None]] = []
         self._services: list[asyncio.Task[None]] = []
+        self._burst = False
+        self._wake = asyncio.Event()  # run(): a signal, or a burst found the queues empty
+        self._signals = 0
+        self._forced = False
         self._stopping = False
         self._stopped = asyncio.Event()
         self.processed = 0
@@ -106,10 +165,9 @@ class WorkerPool:
     async def start(self) -> None:
         check_capabilities(self.broker, self.registry)
         await self.broker.preflight()  # refuse to start rather than fail every reserve
-        self._slots = [
-            asyncio.create_task(self._slot(), name=f"bgcoor-slot-{i}")
-            for i in range(self.concurrency)
-        ]
+        # Each task runs in a fresh copy of the caller's context: a contextvar one task
+        # sets never leaks into the next (a long-lived slot loop used to share one).
+        self._base_context = contextvars.copy_context()
         self._fetcher = asyncio.create_task(self._fetch_loop(), name="bgcoor-fetch")
         if Capability.LEASE_EXTENSION in self.broker.capabilities:
             self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="bgcoor-heartbeat")
@@ -129,25 +187,51 @@ class WorkerPool:
     async def __aexit__(self, *exc: object) -> None:
         await self.shutdown()
 
-    # -- the three loops ---------------------------------------------------------------
+    # -- cancelling one task -----------------------------------------------------------
+
+    def cancel(self, task_id: str) -> bool:
+        """Cancel the task ``task_id`` if this pool holds it; False if it does not.
+
+        Sets its ``current_task().cancel_requested``. A running async task is interrupted
+        (``CancelledError`` inside it); a sync task's thread cannot be, so it should poll
+        the flag, but its outcome is settled at once either way. A task waiting for a
+        slot never runs its handler. The record is stored ``cancelled`` and the message
+        acknowledged; a task whose handler already returned keeps its outcome. Call it on
+        the pool's event loop.
+        """
+        found = False
+        for entry in [e for e in self._held.values() if e.reservation.task.id == task_id]:
+            found = True
+            if entry.cancel.is_set():
+                continue  # already being cancelled: never interrupt its settling
+            entry.cancel.set()
+            if entry.task is None and not entry.leaving:  # settled now, without running
+                self._remove_waiting(entry)
+                self._launch(entry)
+            elif entry.in_handler():  # else the executor sees the flag before the handler
+                self._interrupt(entry)
+        return found
+
+    def _remove_waiting(self, entry: _Held) -> None:
+        with contextlib.suppress(ValueError):  # held outside the queue (a suspect)
+            self._waiting.remove(entry)
+
+    def _interrupt(self, entry: _Held) -> None:
+        if entry.task is not None and not entry.interrupted:
+            entry.interrupted = True
+            entry.task.cancel()
+
+    # -- reserving -----------------------------------------------------------------------
 
     async def _fetch_loop(self) -> None:
         failures = 0
-        capacity = self.concurrency + self.settings.prefetch
         while not self._stopping:
-            free = capacity - len(self._held)
-            if free <= 0:
-                self._room.clear()
-                await self._room.wait()
+            if len(self._held) >= self._capacity:
+                await self._wait_for_room()
                 continue
+            idle = not self._held
             try:
-                batch = await self.broker.reserve(
-                    self.queues,
-                    lease=self.settings.lease_seconds,
-                    limit=free,
-                    timeout=self.settings.poll_seconds,
-                )
-                failures = 0
+                batch = await self._reserve(self._capacity - len(self._held))
             except Exception as exc:
                 failures += 1
                 delay = min(0.1 * 2**failures, 5.0)
@@ -156,58 +240,98 @@ class WorkerPool:
                 )
                 await asyncio.sleep(delay)
                 continue
-            for reservation in batch:
-                self._held[reservation.token] = reservation
-            suspect = next((r for r in batch if self._suspect(r)), None)
-            if suspect is not None:
-                await self._run_alone(suspect, batch)
-                continue
-            for reservation in batch:
-                self._ready.put_nowait(reservation)
+            failures = 0
+            if batch:
+                await self._accept(batch)
+            elif self._burst and idle and not self._held:
+                log.info("burst: the queues are empty and nothing is running")
+                self._wake.set()
+                return
 
-    def _suspect(self, reservation: Reservation) -> bool:
-        """It was there when workers died twice (or as often as ``max_worker_lost``
-        allows), and not to a lease that lapsed in this very pool (which would still be
-        running the earlier delivery).
-
-        One death proves nothing: after a plain crash, every task the dead worker held
-        comes back with ``lost == 1`` and must not crawl through one at a time. A poison
-        task takes a second worker down with it before it is run alone, so the tasks
-        beside it lose two lives at most, fewer than ``max_worker_lost`` allows.
-        """
-        threshold = max(1, min(2, self.settings.max_worker_lost))
-        return reservation.lost >= threshold and not any(
-            held.task.id == reservation.task.id and held is not reservation
-            for held in self._held.values()
+    async def _reserve(self, limit: int) -> list[Reservation]:
+        if not self._burst:
+            timeout = self.settings.poll_seconds
+        else:  # never wait for new work when there is nothing left to finish
+            timeout = min(self.settings.poll_seconds, _BURST_POLL) if self._held else 0.0
+        return await self.broker.reserve(
+            self.queues, lease=self.settings.lease_seconds, limit=limit, timeout=timeout
         )
 
-    async def _run_alone(self, suspect: Reservation, batch: list[Reservation]) -> None:
-        """Run ``suspect``, a task whose earlier worker was lost, and nothing else.
+    async def _accept(self, batch: list[Reservation]) -> None:
+        entries = [_Held(reservation) for reservation in batch]
+        for entry in entries:
+            self._held[entry.reservation.token] = entry
+        suspect = self._quarantine.suspect_in(batch, self._held_reservations)
+        if suspect is not None:
+            await self._quarantine.run_alone(suspect, batch, self)
+            return
+        for entry in entries:
+            if self._busy < self.concurrency:
+                self._launch(entry)
+            else:
+                self._waiting.append(entry)
 
-        It may be what killed that worker: run beside others it would take them down too,
-        and every death counts against their ``max_worker_lost`` as well as its own. So the
-        rest of the batch goes back at once, the running tasks finish, the suspect runs
-        alone, and only then does reserving resume.
-        """
-        others = [r for r in batch if r is not suspect]
+    def _held_reservations(self) -> Iterator[Reservation]:
+        return (entry.reservation for entry in self._held.values())
+
+    # -- running -------------------------------------------------------------------------
+
+    def _launch(self, entry: _Held) -> None:
+        """Start ``entry`` in its own asyncio task, in a fresh context."""
+        if entry.task is not None:
+            return
+        self._busy += 1
+        entry.context = self._base_context.copy()
+        entry.task = asyncio.create_task(self._run(entry), context=entry.context)
+
+    async def _run(self, entry: _Held) -> None:
+        reservation = entry.reservation
         try:
-            await self._give_back(others)
-            while len(self._held) > 1:
-                self._room.clear()
-                await self._room.wait()
-        except asyncio.CancelledError:  # shutting down before it started: hand it back
-            await asyncio.shield(self._give_back([*others, suspect]))
-            raise
-        self._ready.put_nowait(suspect)
-        while suspect.token in self._held:
-            self._room.clear()
-            await self._room.wait()
+            await self.executor.execute(reservation, cancel=entry.cancel)
+        except Exception:
+            log.exception(
+                "task %s: settling failed; it will be delivered again", reservation.task.id
+            )
+        finally:
+            self._release(entry)
+
+    def _release(self, entry: _Held) -> None:
+        """``entry`` is settled (or handed back): free its slot, start the next waiting."""
+        self._held.pop(entry.reservation.token, None)
+        self._busy -= 1
+        self.processed += 1
+        self._room.set()
+        while self._waiting and self._busy < self.concurrency and not self._closing:
+            self._launch(self._waiting.popleft())
+
+    @property
+    def _closing(self) -> bool:
+        return self._stopping or self._forced
+
+    async def _wait_for_room(self) -> None:
+        self._room.clear()
+        await self._room.wait()
+
+    # What the quarantine (``Quarantine.run_alone``) asks of the pool.
+
+    def _holds(self, token: str) -> bool:
+        return token in self._held
+
+    def _held_count(self) -> int:
+        return len(self._held)
+
+    def _start_alone(self, reservation: Reservation) -> None:
+        entry = self._held.get(reservation.token)
+        if entry is not None:
+            self._launch(entry)
 
     async def _give_back(self, reservations: list[Reservation]) -> None:
         """Nack held reservations that never started (not a lost delivery)."""
         for reservation in reservations:
-            if reservation.token not in self._held:
+            entry = self._held.get(reservation.token)
+            if entry is None or entry.task is not None:  # settled, or started meanwhile
                 continue
+            entry.leaving = True
             try:
                 await self.broker.nack(reservation)
             except StaleLeaseError:
@@ -215,25 +339,15 @@ class WorkerPool:
             except Exception as exc:  # it comes back when its lease expires
                 log.warning("task %s: hand-back failed: %s", reservation.task.id, exc)
             self._held.pop(reservation.token, None)
+            self._room.set()
 
-    async def _slot(self) -> None:
-        while (reservation := await self._ready.get()) is not None:
-            try:
-                await self.executor.execute(reservation)
-            except Exception:
-                log.exception(
-                    "task %s: settling failed; it will be delivered again", reservation.task.id
-                )
-            finally:
-                self._held.pop(reservation.token, None)
-                self.processed += 1
-                self._room.set()
+    # -- the loops beside the tasks ----------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
         interval = self.settings.heartbeat_interval
         while True:
             await asyncio.sleep(interval)
-            held = list(self._held.values())
+            held = list(self._held_reservations())
             if held:
                 await asyncio.gather(*(self._extend(r) for r in held))
 
@@ -298,14 +412,7 @@ class WorkerPool:
             self._fetcher.cancel()
             await asyncio.gather(self._fetcher, return_exceptions=True)
         await self._hand_back_waiting()
-        for _ in self._slots:
-            self._ready.put_nowait(None)
-        _, late = await asyncio.wait(self._slots, timeout=grace) if self._slots else ((), ())
-        for slot in late:
-            slot.cancel()
-        if late:
-            log.warning("%d task(s) still running after %.1fs; handed back", len(late), grace)
-            await asyncio.gather(*late, return_exceptions=True)
+        await self._finish_running(grace)
         for loop_task in (self._heartbeat, self._housekeeping, *self._services):
             if loop_task is not None:
                 loop_task.cancel()
@@ -315,44 +422,130 @@ class WorkerPool:
         log.info("worker pool stopped after %d task(s)", self.processed)
 
     async def _hand_back_waiting(self) -> None:
-        waiting: list[Reservation] = []
-        while not self._ready.empty():
-            item = self._ready.get_nowait()
-            if item is not None:
-                waiting.append(item)
-        for reservation in waiting:
-            self._held.pop(reservation.token, None)
-            with contextlib.suppress(StaleLeaseError):
-                await self.broker.nack(reservation)
+        waiting = [entry.reservation for entry in self._waiting]
+        self._waiting.clear()
+        await self._give_back(waiting)
 
-    async def run(self, on_ready: Callable[[], object] | None = None) -> None:
+    def _started(self) -> list[asyncio.Task[None]]:
+        return [entry.task for entry in self._held.values() if entry.task is not None]
+
+    async def _finish_running(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds for the started tasks (including any a cancel
+        starts meanwhile), then cancel the rest: they hand themselves back."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while not self._forced and (running := self._started()):
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            await asyncio.wait(running, timeout=left)
+        late = [entry for entry in self._held.values() if entry.task is not None]
+        if not late:
+            return
+        if not self._forced:
+            log.warning("%d task(s) still running after %.1fs; handed back", len(late), grace)
+        for entry in late:
+            if not entry.cancel.is_set():  # a cancelled one is settling already
+                self._interrupt(entry)
+        await asyncio.gather(*self._started(), return_exceptions=True)
+
+    # -- serving until a signal ----------------------------------------------------------
+
+    async def run(
+        self, on_ready: Callable[[], object] | None = None, *, burst: bool = False
+    ) -> None:
         """Start, run until SIGTERM or SIGINT, then shut down gracefully.
 
         ``on_ready`` is called once the pool has started and the signal handlers are in
-        place. A second signal shortens the grace period to zero: running tasks are handed
-        back.
+        place. The first signal stops reserving and lets running tasks finish (up to
+        ``shutdown_grace``). A second one cancels the running tasks, which are handed
+        back, and logs what the process still waits for (sync task threads, which cannot
+        be interrupted). A third exits the process at once (``os._exit``, status 128 plus
+        the signal's number), leaving what it held to come back when its leases expire.
+
+        ``burst``: return on its own once the queues are empty and nothing is running (a
+        shutdown as after a first signal, which finds nothing left to wait for). Only
+        ready tasks count: tasks scheduled for later, including retries waiting out their
+        backoff, do not keep the pool alive, and stay queued for the next worker. A task
+        that becomes due while others still run is picked up.
         """
         loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        signals = 0
-
-        def on_signal() -> None:
-            nonlocal signals
-            signals += 1
-            stop.set()
-            if signals > 1:
-                for slot in self._slots:
-                    slot.cancel()
-
+        self._burst = burst
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal)
+            loop.add_signal_handler(sig, self._on_signal, sig)
         try:
             await self.start()
             if on_ready is not None:
                 on_ready()
-            await stop.wait()
-            log.info("signal received: shutting down (a second signal forces)")
+            await self._wake.wait()
             await self.shutdown()
+            await self._wait_for_threads()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+
+    async def _wait_for_threads(self) -> None:
+        """Sync task threads still running after the shutdown (their tasks were handed
+        back, but a thread cannot be interrupted): the interpreter would wait for them at
+        exit anyway. Wait here instead, where a further signal still reaches the pool."""
+        if not self._threads.busy:
+            return
+        log.warning(
+            "waiting for %s to finish, which cannot be interrupted (signal again to %s)",
+            _threads(self._threads.busy),
+            "exit at once" if self._forced else "force",
+        )
+        await asyncio.to_thread(self._threads.shutdown, wait=True)  # joins them
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info(
+                "%s received: shutting down, waiting for %d running task(s) "
+                "(a second signal cancels them)",
+                sig.name,
+                self._busy,
+            )
+            self._wake.set()
+        elif self._signals == 2:
+            self._force()
+        else:
+            self._exit_now(sig)
+
+    def _force(self) -> None:
+        """Second signal: cancel every started task (each hands itself back) and say
+        what the process still has to wait for."""
+        self._forced = True
+        self._wake.set()
+        started = [entry for entry in self._held.values() if entry.task is not None]
+        threads = self._threads.busy
+        log.warning(
+            "second signal: %s (a third signal exits at once)", _waiting_for(started, threads)
+        )
+        for entry in started:
+            if not entry.cancel.is_set():
+                self._interrupt(entry)
+
+    def _exit_now(self, sig: signal.Signals) -> None:
+        held = len(self._held)
+        log.warning(
+            "third signal: exiting now%s",
+            f"; {held} task(s) held come back when their leases expire" if held else "",
+        )
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):  # closed: nothing more to say
+                stream.flush()
+        os._exit(128 + sig.value)
+
+
+def _threads(count: int) -> str:
+    return "1 sync task thread" if count == 1 else f"{count} sync task threads"
+
+
+def _waiting_for(started: list[_Held], threads: int) -> str:
+    """What a forced stop waits for, in words: "cancelling 3 running task(s), handing them
+    back; waiting for 1 sync task thread, which cannot be interrupted"."""
+    what = f"cancelling {len(started)} running task(s), handing them back"
+    if threads:
+        return f"{what}; waiting for {_threads(threads)}, which cannot be interrupted"
+    return what
