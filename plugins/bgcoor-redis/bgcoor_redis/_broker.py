@@ -175,19 +175,31 @@ class RedisBrokerSide(RedisBase, Broker):
         self._drained[tuple(queues)] = reply[2] == 0
         taken = []
         for n, at in enumerate(range(3, len(reply), 2), start=1):
-            message_id, index, deliveries, lost, started = text(reply[at]).rsplit(" ", 4)
-            queue = queues[int(index)]
-            if started == "!":  # the script found the message or its record unreadable
+            raw_id, index, deliveries, lost, started = reply[at].rsplit(b" ", 4)
+            queue, token = queues[int(index)], f"{nonce}{n}"
+            try:
+                message_id = raw_id.decode()
+            except UnicodeDecodeError:
+                self._dead_letter_unaddressable(raw_id, token, queue)
+                continue
+            if started == b"!":  # the script found the message or its record unreadable
                 # it quotes what it found, which may be any bytes
                 defect: str | None = reply[at + 1].decode("utf-8", "backslashreplace")
                 task = Task.model_construct(id=message_id, name="<corrupt>", queue=queue)
             else:
                 task, defect = self.decode(message_id, queue, reply[at + 1])
-            token = f"{nonce}{n}"
             taken.append(
-                Reservation(task, token, int(deliveries), int(lost), defect, started == "1")
+                Reservation(task, token, int(deliveries), int(lost), defect, started == b"1")
             )
         return taken, float(reply[1]) if reply[1] else math.inf
+
+    def _dead_letter_unaddressable(self, raw_id: bytes, token: str, queue: str) -> None:
+        """A message whose id is not UTF-8 (written by something else) cannot be a Task;
+        dead-letter it here, by its raw id, rather than hand it to a worker."""
+        reason = "corrupt message: its id is not UTF-8"
+        log.error("queue %s: message %r dead-lettered: %s", queue, raw_id, reason)
+        work = self.run("dead_letter", raw_id, token, reason, b"")
+        self.chore(work, f"dead-lettering message {raw_id!r}")
 
     async def ack(self, reservation: Reservation) -> None:
         await self._settle("ack", reservation)

@@ -57,7 +57,8 @@ def ttl_arg(ttl: float | None) -> float:
 
 
 def text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    """A reply as text; bytes that are not UTF-8 (written by something else) escaped."""
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
 
 
 def raise_for(reply: Any, task_id: str, status: str = "") -> None:

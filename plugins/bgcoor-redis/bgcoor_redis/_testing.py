@@ -87,7 +87,7 @@ def _sweep(ours: object) -> None:
         now = time.time()
         doomed = []
         for key in client.scan_iter(match=f"{ROOT}:*", count=1000):
-            name = key.decode()
+            name = key.decode("utf-8", "backslashreplace")  # corruption tests write any bytes
             prefix = ":".join(name.split(":", 3)[:3])
             stamp = prefix.split(":")[1]
             stale = stamp.isdigit() and now - int(stamp) > STALE_AFTER

@@ -530,3 +530,24 @@ def test_any_value_in_any_record_field_costs_at_most_that_task(
             await backend.close()
 
     asyncio.run(check())
+
+
+async def test_an_id_that_is_not_utf8_is_dead_lettered_by_the_reserve(
+    backend: RedisBackend, raw: aredis.Redis
+) -> None:
+    """Before: decoding the reserve's reply failed, so every reserve failed."""
+    tasks = await enqueue(backend, 2)
+    bad = b"\xff\xfe-not-text"
+    await raw.hset(key(backend, "m").encode() + b":" + bad, mapping={"q": Q, "b": b"x"})
+    await raw.hset(key(backend, "m").encode() + b":" + bad, mapping={"d": 0, "l": 0, "p": 0})
+    await raw.hset(key(backend, "m").encode() + b":" + bad, "o", 0)
+    await raw.zadd(key(backend, "q", Q, "ready"), {bad: 0})
+    taken = await reserve_all(backend)
+    assert {r.task.id for r in taken} == {t.id for t in tasks}
+    for _ in range(100):
+        if (await backend.stats(Q)).dead == 1:
+            break
+        await asyncio.sleep(0.01)
+    letters = await backend.dead_letters(Q)
+    assert [d.reason for d in letters] == ["corrupt message: its id is not UTF-8"]
+    assert (await backend.stats(Q)).reserved == 2
