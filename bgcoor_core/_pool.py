@@ -51,26 +51,31 @@ _BURST_POLL = 0.05
 
 
 class _TaskThreads(ThreadPoolExecutor):
-    """The threads sync handlers run in, counting the ones busy: a thread cannot be
+    """The threads sync handlers run in, knowing which are busy: a thread cannot be
     interrupted, and the interpreter waits for it at exit, so a forced stop says how many
     it is waiting for."""
 
     def __init__(self, workers: int) -> None:
         super().__init__(workers, thread_name_prefix="bgcoor-task")
-        self._count_lock = threading.Lock()
-        self.busy = 0
+        # Thread ids, not a counter under a lock: set.add and set.discard are atomic, and
+        # a lock would be contended by every thread finishing a task at once.
+        self._running: set[int] = set()
+
+    @property
+    def busy(self) -> int:
+        """Threads running a task now."""
+        return len(self._running)
 
     def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
-        return super().submit(self._counted, fn, *args, **kwargs)
+        return super().submit(self._marked, fn, *args, **kwargs)
 
-    def _counted(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
-        with self._count_lock:
-            self.busy += 1
+    def _marked(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        ident = threading.get_ident()
+        self._running.add(ident)
         try:
             return fn(*args, **kwargs)
         finally:
-            with self._count_lock:
-                self.busy -= 1
+            self._running.discard(ident)
 
 
 @dataclass(eq=False, slots=True)

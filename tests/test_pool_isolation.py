@@ -11,12 +11,14 @@ from collections.abc import Awaitable, Callable
 from bgcoor_core import (
     MemoryBroker,
     MemoryStorage,
+    Reservation,
     Settings,
     Task,
     TaskRegistry,
     TaskStatus,
     WorkerPool,
 )
+from bgcoor_core._quarantine import Quarantine
 
 Interval = tuple[str, float, float]
 WaitUntil = Callable[..., Awaitable[None]]  # the wait_until fixture
@@ -130,3 +132,37 @@ async def test_shutdown_while_a_suspect_waits_hands_it_back(
     stats = await broker.stats("default")
     assert (stats.ready, stats.reserved) == (2, 0)  # both handed back, none left leased
     assert log == []
+
+
+# -- the rule itself ---------------------------------------------------------------------
+
+
+def held(task: Task, lost: int, token: str) -> Reservation:
+    return Reservation(task=task, token=token, deliveries=lost + 1, lost=lost)
+
+
+def test_the_quarantine_threshold_is_two_deaths_or_max_worker_lost_if_lower() -> None:
+    assert [Quarantine(n).threshold for n in (0, 1, 2, 3, 10)] == [1, 1, 2, 2, 2]
+
+
+def test_a_suspect_is_lost_often_enough_and_not_still_running_here() -> None:
+    rule = Quarantine(max_worker_lost=3)
+    task, other = Task.new("t"), Task.new("u")
+    fresh, once, twice = held(other, 0, "a"), held(other, 1, "b"), held(task, 2, "c")
+    assert rule.suspect_in([fresh, once], lambda: [fresh, once]) is None
+    assert rule.suspect_in([fresh, twice], lambda: [fresh, twice]) is twice
+    # The same task still running in this pool: its lease lapsed here, no worker died.
+    earlier = held(task, 1, "d")
+    assert rule.suspect_in([twice], lambda: [earlier, twice]) is None
+
+
+def test_the_held_tasks_are_only_listed_when_a_batch_has_a_candidate() -> None:
+    calls: list[int] = []
+
+    def listing() -> list[Reservation]:
+        calls.append(1)
+        return []
+
+    batch = [held(Task.new("t"), 1, "a"), held(Task.new("t"), 0, "b")]
+    assert Quarantine(max_worker_lost=5).suspect_in(batch, listing) is None
+    assert calls == []  # the common batch costs no scan of everything held
