@@ -43,7 +43,7 @@ from ._errors import (
     UnknownTaskError,
 )
 from ._executor import Executor
-from ._extensions import OptionRegistry, ServiceRegistry
+from ._extensions import OptionRegistry, ServiceRegistry, WorkerOptionRegistry
 from ._handlers import Handler
 from ._manager import TaskCall, TaskFunction, TaskHandle, TaskManager
 from ._plugins import PluginHost, build_plugin_host
@@ -123,6 +123,7 @@ __all__ = [
     "TaskTimeoutError",
     "UnknownSchemeError",
     "UnknownTaskError",
+    "WorkerOptionRegistry",
     "WorkerPool",
     "__version__",
     "build_plugin_host",

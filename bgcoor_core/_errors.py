@@ -58,9 +58,15 @@ class TaskRegistrationError(BgcoorError):
 class UnknownTaskError(BgcoorError, LookupError):
     """No handler is registered under the name."""
 
-    def __init__(self, name: str, known: list[str] | None = None) -> None:
+    def __init__(
+        self, name: str, known: list[str] | None = None, suggestions: list[str] | None = None
+    ) -> None:
         self.name = name
-        hint = f"; registered tasks: {', '.join(sorted(known))}" if known else ""
+        self.suggestions = list(suggestions or ())
+        if self.suggestions:
+            hint = "; did you mean " + " or ".join(map(repr, self.suggestions)) + "?"
+        else:
+            hint = f"; registered tasks: {', '.join(sorted(known))}" if known else ""
         super().__init__(f"unknown task {name!r}{hint}")
 
 

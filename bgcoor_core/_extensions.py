@@ -1,9 +1,10 @@
-"""Registries of the extension hooks that are not backends: worker services and plugin
-task options."""
+"""Registries of the extension hooks that are not backends: worker services, plugin
+task options and options of ``bgcoor worker``."""
 
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -96,3 +97,46 @@ class OptionRegistry:
                     f"task {task!r}: option {name!r} (from plugin {option.plugin!r}): {problem}"
                 ) from None
         return values
+
+
+#: Value types a ``bgcoor worker`` option of a plugin may have.
+WORKER_OPTION_TYPES: tuple[type, ...] = (str, int, float, bool)
+_FLAG = re.compile(r"--[a-z0-9][a-z0-9-]*")
+_ENV = re.compile(r"[A-Z_][A-Z0-9_]*")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOption:
+    flag: str
+    env: str
+    kind: type
+    help: str
+    plugin: str
+
+
+class WorkerOptionRegistry:
+    """Options plugins add to ``bgcoor worker`` (``bgcoor_register_worker_options``)."""
+
+    def __init__(self) -> None:
+        self.options: dict[str, WorkerOption] = {}
+        self.current_plugin = "<programmatic>"
+
+    def add(self, flag: str, *, env: str, type: type = str, help: str = "") -> None:
+        """Add ``flag`` (``--metrics-port``) to ``bgcoor worker``. A value given on the
+        command line is exported as the environment variable ``env`` before the app is
+        imported, so the plugin's own settings read it where a deployment would set it.
+        ``type`` is ``str``, ``int``, ``float`` or ``bool`` (a ``--flag/--no-flag`` pair)."""
+        where = f"worker option {flag!r} of plugin {self.current_plugin!r}"
+        if not _FLAG.fullmatch(flag):
+            raise PluginError(f"{where}: use a long option in lower case, e.g. --metrics-port")
+        if not _ENV.fullmatch(env):
+            raise PluginError(f"{where}: env {env!r} is not an upper-case variable name")
+        if type not in WORKER_OPTION_TYPES:
+            names = ", ".join(t.__name__ for t in WORKER_OPTION_TYPES)
+            raise PluginError(f"{where}: type must be one of {names}")
+        if flag in self.options:
+            raise PluginError(
+                f"worker option {flag!r} is added twice: by {self.options[flag].plugin!r} "
+                f"and {self.current_plugin!r}"
+            )
+        self.options[flag] = WorkerOption(flag, env, type, help, self.current_plugin)

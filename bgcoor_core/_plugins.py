@@ -13,7 +13,7 @@ import pluggy
 from . import hookspecs as _hookspecs
 from ._codec import Codec
 from ._errors import BgcoorError, PluginError, PluginLoadError
-from ._extensions import OptionRegistry, ServiceRegistry
+from ._extensions import OptionRegistry, ServiceRegistry, WorkerOptionRegistry
 from ._registries import (
     BackendContext,
     BrokerRegistry,
@@ -123,6 +123,12 @@ class PluginHost:
 
     def register_commands(self, cli: typer.Typer) -> None:
         self._collect("bgcoor_register_commands", cli)
+
+    def worker_options(self) -> WorkerOptionRegistry:
+        """The options plugins add to ``bgcoor worker``."""
+        options = WorkerOptionRegistry()
+        self._collect("bgcoor_register_worker_options", options)
+        return options
 
     def _collect(self, hook_name: str, registry: Any) -> None:
         """Call a register-style hook through pluggy (wrappers and ordering honoured);
@@ -247,6 +253,7 @@ _REGISTER_ARGS = {
     "bgcoor_register_services": "services",
     "bgcoor_register_task_options": "options",
     "bgcoor_register_commands": "cli",
+    "bgcoor_register_worker_options": "options",
 }
 _ADAPTED = "__bgcoor_adapted__"
 

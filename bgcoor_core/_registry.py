@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -86,6 +87,24 @@ class TaskRegistry:
             raise UnknownTaskError(name, self.names())
         return entry
 
+    def resolve(self, name: str) -> RegisteredTask:
+        """The task ``name`` means to a person typing it: the task registered as ``name``,
+        else the only one whose dotted name ends in ``.name`` (``add`` for ``jobs.add``).
+
+        Otherwise :class:`UnknownTaskError`, suggesting the full names that end in it (when
+        several do) or the closest registered names ("did you mean 'jobs.add'?"). For the
+        command line and other people-facing lookups; workers use :meth:`get`.
+        """
+        entry = self._tasks.get(name)
+        if entry is not None:
+            return entry
+        names = self.names()
+        ending = [known for known in names if known.endswith("." + name)]
+        if len(ending) == 1:
+            return self._tasks[ending[0]]
+        suggestions = ending or _close_names(name, names)
+        raise UnknownTaskError(name, names, suggestions)
+
     def __contains__(self, name: object) -> bool:
         return name in self._tasks
 
@@ -95,3 +114,17 @@ class TaskRegistry:
 
     def __len__(self) -> int:
         return len(self._tasks)
+
+
+def _close_names(name: str, names: list[str]) -> list[str]:
+    """Registered names close to ``name`` as a whole (``jobs.ad``: ``jobs.add``), else by
+    their last part (``ad``: every ``*.add``)."""
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.8)
+    if close:
+        return sorted(close)
+    last = name.rsplit(".", 1)[-1]
+    return [
+        known
+        for known in names
+        if difflib.SequenceMatcher(None, last, known.rsplit(".", 1)[-1]).ratio() >= 0.75
+    ]

@@ -113,8 +113,13 @@ def load_settings(**overrides: Any) -> Settings:
         raise SettingsError(_describe(exc, overrides)) from None
 
 
+#: ``BGCOOR_*`` variables that belong to plugins, not to :class:`Settings` (those of the
+#: ``bgcoor worker`` options plugins add): not refused as unknown.
+PLUGIN_VARIABLES: set[str] = set()
+
+
 def _check_unknown_env() -> None:
-    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | PLUGIN_VARIABLES
     for key in os.environ:
         upper = key.upper()
         if upper.startswith(ENV_PREFIX) and upper not in known:

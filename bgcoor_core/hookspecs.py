@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import typer
 
     from ._context import CurrentTask
-    from ._extensions import OptionRegistry, ServiceRegistry
+    from ._extensions import OptionRegistry, ServiceRegistry, WorkerOptionRegistry
     from ._registries import BrokerRegistry, SerializerRegistry, StorageRegistry
     from ._registry import TaskRegistry
     from ._task import Task
@@ -213,4 +213,18 @@ def bgcoor_register_commands(cli: typer.Typer) -> None:
     pydantic-settings model of the plugin's own, with a ``BGCOOR_<PLUGIN>_`` prefix.
 
     :param cli: The ``bgcoor`` Typer application.
+    """
+
+
+@hookspec
+def bgcoor_register_worker_options(options: WorkerOptionRegistry) -> None:
+    """Add options to ``bgcoor worker`` (a metrics port, say), for a plugin's settings.
+
+    Call ``options.add("--metrics-port", env="BGCOOR_METRICS_PORT", type=int,
+    help="...")``. A value given on the command line is exported to that environment
+    variable before the application is imported, so the plugin's own pydantic-settings
+    model reads it, as it would a deployment's. Only installed plugins (entry points) can
+    add options: the command line is parsed before the application is loaded.
+
+    :param options: The registry of ``bgcoor worker`` options.
     """

@@ -13,6 +13,7 @@ from typing import TypeVar
 from .._errors import BgcoorError
 from .._manager import TaskManager
 from ._output import CliError
+from ._reach import check_reachable
 
 T = TypeVar("T")
 
@@ -47,11 +48,16 @@ def manager_for(app: str | None) -> TaskManager:
 
 
 def run_with_manager(app: str | None, body: Callable[[TaskManager], Awaitable[T]]) -> T:
-    """Run ``body(manager)`` on a fresh event loop and close the manager afterwards."""
+    """Run ``body(manager)`` on a fresh event loop and close the manager afterwards.
+
+    For one-off commands: an unreachable broker or storage server fails at once, naming
+    its setting (:func:`check_reachable`), instead of after the backend's reconnect retries.
+    """
     manager = manager_for(app)
 
     async def main() -> T:
         try:
+            await check_reachable(manager.settings)
             return await body(manager)
         finally:
             await manager.close()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -12,8 +13,8 @@ from .. import _limits as limits
 from .._broker import DeadLetter
 from .._manager import TaskManager
 from ._app_loading import run_with_manager
-from ._options import AppOption, QueueOption, check_task_ids, in_range
-from ._output import CliError, cell, err_console, out_console, timestamp
+from ._options import AppOption, JsonOption, QueueOption, check_task_ids, in_range
+from ._output import CliError, cell, err_console, out_console, print_json, timestamp
 
 dlq_app = typer.Typer(
     name="dlq",
@@ -35,6 +36,7 @@ def list_dead(
             help=f"Show at most N ({limits.LISTING.describe()}).",
         ),
     ] = 100,
+    as_json: JsonOption = False,
 ) -> None:
     """List the dead letters of a queue, oldest first."""
 
@@ -44,6 +46,9 @@ def list_dead(
         return letters, total
 
     letters, total = run_with_manager(app, body)
+    if as_json:
+        print_json({"queue": queue, "dead_letters": [_letter(d) for d in letters], "total": total})
+        return
     console = out_console()
     if not letters:
         console.print(f"the dead-letter queue of {queue!r} is empty")
@@ -66,6 +71,20 @@ def list_dead(
     console.print(table)
     if total > len(letters):
         console.print(f"showing {len(letters)} of {total}; use --limit to see more")
+
+
+def _letter(letter: DeadLetter) -> dict[str, Any]:
+    """A dead letter under stable keys; ``task`` and ``attempts`` are null when its body
+    could not be decoded."""
+    task = letter.task
+    return {
+        "id": letter.id,
+        "queue": letter.queue,
+        "task": task.name if task else None,
+        "attempts": task.attempts if task else None,
+        "dead_at": datetime.fromtimestamp(letter.dead_at, UTC).isoformat(),
+        "reason": letter.reason,
+    }
 
 
 @dlq_app.command("requeue")

@@ -93,3 +93,12 @@ QueueOption = Annotated[
     str,
     typer.Option("--queue", "-q", help="Queue name.", callback=check_queue),
 ]
+
+JsonOption = Annotated[
+    bool,
+    typer.Option("--json", help="Print JSON (stable keys, secrets redacted) instead of tables."),
+]
+
+
+def check_optional_task_id(value: str | None) -> str | None:
+    return None if value is None else check_task_id(value)

@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.text import Text
@@ -32,6 +34,7 @@ __all__ = [
     "one_line",
     "out_console",
     "print_error",
+    "print_json",
     "quiet_logging",
     "timestamp",
 ]
@@ -46,9 +49,20 @@ class CliError(Exception):
         self.exit_code = exit_code
 
 
+#: Width of a console that is not a terminal (a pipe, a file): wide enough that no table
+#: row is wrapped or truncated, so ``bgcoor dlq list | grep mytask`` finds whole rows.
+PIPE_WIDTH = 100_000
+
+
 def out_console() -> Console:
-    """Console for results (stdout). Made per use, so it follows redirected streams."""
-    return Console(highlight=False)
+    """Console for results (stdout). Made per use, so it follows redirected streams.
+
+    On a terminal it has the terminal's width; otherwise :data:`PIPE_WIDTH`, whatever
+    ``COLUMNS`` says, so rows stay whole for ``grep`` and scripts."""
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=PIPE_WIDTH)
+    return console
 
 
 def err_console() -> Console:
@@ -97,6 +111,12 @@ def print_error(message: str) -> None:
     console.print(Text.assemble(("error: ", "bold red"), one_line(clean(message, multiline=True))))
 
 
+def print_json(data: Any) -> None:
+    """``data`` as indented JSON on stdout (``--json``): stable keys as given, every
+    unprintable character escaped as JSON writes it (:func:`clean_json`)."""
+    typer.echo(clean_json(json.dumps(data, ensure_ascii=False, indent=2, default=str)))
+
+
 def json_text(value: Any) -> str:
     """A JSON value as compact text (what ``enqueue --wait`` prints), terminal-safe."""
     return clean_json(json.dumps(value, ensure_ascii=False, default=str))
@@ -119,9 +139,36 @@ class CleanRichHandler(RichHandler):
         return super().render_message(record, clean(message, multiline=True))
 
 
+class LineFormatter(logging.Formatter):
+    """One record, one line, for logs that are not read on a terminal (a file, journald,
+    a container's log collector): ``2025-01-31T12:00:00.123Z INFO bgcoor.executor: ...``
+    (ISO-8601, UTC), with newlines and control characters of the message and of any
+    traceback escaped (``\\n``, ``\\x1b``), so no record is wrapped or split."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + self.formatException(record.exc_info)
+        if record.stack_info:
+            message += "\n" + self.formatStack(record.stack_info)
+        when = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+        return f"{when.replace('+00:00', 'Z')} {record.levelname} {record.name}: {clean(message)}"
+
+
+def stderr_log_handler() -> logging.Handler:
+    """Rich, colourful records on a terminal; :class:`LineFormatter` lines otherwise."""
+    console = err_console()
+    if console.is_terminal:
+        return CleanRichHandler(console=console, show_path=False, rich_tracebacks=False)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LineFormatter())
+    return handler
+
+
 @contextlib.contextmanager
 def logging_to_stderr(level: str) -> Iterator[None]:
-    """Show bg-coor's log records at ``level`` and above on stderr (rich).
+    """Show bg-coor's log records at ``level`` and above on stderr (see
+    :func:`stderr_log_handler`).
 
     When the app configured logging itself (the root logger has handlers), only bg-coor's
     own logger level is set; otherwise a handler is added and the root level set, so the
@@ -131,7 +178,7 @@ def logging_to_stderr(level: str) -> Iterator[None]:
     old_root, old_ours = root.level, ours.level
     handler: logging.Handler | None = None
     if not root.handlers:
-        handler = CleanRichHandler(console=err_console(), show_path=False, rich_tracebacks=False)
+        handler = stderr_log_handler()
         root.addHandler(handler)
         root.setLevel(level.upper())
     ours.setLevel(level.upper())

@@ -17,11 +17,11 @@ from .._plugins import PluginHost, PluginInfo, build_plugin_host
 from .._registry import TaskRegistry
 from .._settings import load_settings
 from ._app_loading import load_manager
-from ._options import AppOption
-from ._output import cell, clean, out_console
+from ._options import AppOption, JsonOption
+from ._output import cell, clean, out_console, print_json
 
 
-def plugins(app: AppOption = None) -> None:
+def plugins(app: AppOption = None, as_json: JsonOption = False) -> None:
     """Every discovered plugin (distribution, version, what it provides) and any that failed.
 
     With --app, also the programmatic plugins and the registered tasks of that manager.
@@ -36,17 +36,71 @@ def plugins(app: AppOption = None) -> None:
         # on a broken entry point, which is then listed below as a failure.
         with contextlib.suppress(PluginError):
             shown = manager.host
+    try:
+        if as_json:
+            print_json(_as_data(shown, host, settings.disable_plugins, manager))
+        else:
+            _print_tables(shown, host, settings.disable_plugins, manager, app or "")
+    finally:
+        if manager is not None:
+            manager.close_sync()
+
+
+def _print_tables(
+    shown: PluginHost,
+    host: PluginHost,
+    disabled: list[str],
+    manager: TaskManager | None,
+    app: str,
+) -> None:
     console = out_console()
     console.print(_plugin_table(shown.describe(), _tasks_by_plugin(shown)))
-    if settings.disable_plugins:
-        console.print(
-            cell("disabled by BGCOOR_DISABLE_PLUGINS: " + ", ".join(settings.disable_plugins))
-        )
+    if disabled:
+        console.print(cell("disabled by BGCOOR_DISABLE_PLUGINS: " + ", ".join(disabled)))
     _print_failures(console, host)
     if manager is not None:
         console.print()
-        console.print(_task_table(manager, app or ""))
-        manager.close_sync()
+        console.print(_task_table(manager, app))
+
+
+def _as_data(
+    shown: PluginHost, host: PluginHost, disabled: list[str], manager: TaskManager | None
+) -> dict[str, Any]:
+    """What the tables show, under stable keys; ``tasks`` is null without --app."""
+    tasks = _tasks_by_plugin(shown)
+    return {
+        "plugins": [
+            {
+                "name": info.name,
+                "distribution": info.distribution,
+                "version": info.version,
+                "provides": info.provides,
+                "tasks": tasks.get(info.name, []),
+            }
+            for info in sorted(shown.describe(), key=lambda i: i.name)
+        ],
+        "disabled": list(disabled),
+        "failures": [
+            {"name": f.name, "distribution": f.distribution, "error": f.error}
+            for f in host.failures
+        ],
+        "tasks": None
+        if manager is None
+        else [_task_data(manager, n) for n in manager.registry.names()],
+    }
+
+
+def _task_data(manager: TaskManager, name: str) -> dict[str, Any]:
+    entry = manager.registry.get(name)
+    opts = entry.options
+    return {
+        "name": name,
+        "queue": opts.queue,
+        "priority": opts.priority,
+        "max_retries": opts.max_retries,
+        "timeout": opts.timeout,
+        "runs": _callable(entry.handler, entry.is_async),
+    }
 
 
 def _plugin_table(infos: list[PluginInfo], tasks: dict[str, list[str]]) -> Table:

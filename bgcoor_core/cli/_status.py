@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from rich.console import Group
 from rich.table import Table
@@ -13,8 +15,8 @@ from .._manager import TaskManager
 from .._registries import redact
 from .._task import TaskStatus
 from ._app_loading import run_with_manager
-from ._options import AppOption
-from ._output import cell, out_console
+from ._options import AppOption, JsonOption
+from ._output import cell, out_console, print_json
 from ._tasks import STATUS_STYLES
 
 
@@ -26,10 +28,24 @@ class Snapshot:
     counts: dict[TaskStatus, int]
 
 
-def status(app: AppOption = None) -> None:
+def status(app: AppOption = None, as_json: JsonOption = False) -> None:
     """Queue depths (ready, scheduled, reserved, dead) and task counts by status."""
     snapshot = run_with_manager(app, take_snapshot)
+    if as_json:
+        print_json(as_data(snapshot))
+        return
     out_console().print(render(snapshot))
+
+
+def as_data(snapshot: Snapshot) -> dict[str, Any]:
+    """The snapshot under stable keys: every status is a key of ``tasks``."""
+    return {
+        "broker_url": snapshot.broker_url,
+        "storage_url": snapshot.storage_url,
+        "queues": {name: dataclasses.asdict(stats) for name, stats in snapshot.queues.items()},
+        "tasks": {s.value: snapshot.counts.get(s, 0) for s in TaskStatus},
+        "total": sum(snapshot.counts.values()),
+    }
 
 
 async def take_snapshot(manager: TaskManager) -> Snapshot:

@@ -92,7 +92,14 @@ class _Call:
 
 def enqueue(
     app: AppArgument,
-    task: Annotated[str, typer.Argument(metavar="TASK", help="Registered task name.")],
+    task: Annotated[
+        str,
+        typer.Argument(
+            metavar="TASK",
+            help="Registered task name; a short one ('add') finds the only task ending in it "
+            "('jobs.add').",
+        ),
+    ],
     args: Annotated[
         str | None,
         typer.Option("--args", metavar="JSON", help="Positional arguments as a JSON list."),
@@ -168,7 +175,7 @@ def enqueue(
         handle = await manager.submit(built)
         typer.echo(clean(handle.id))
         if wait:
-            waiting = cell(f"waiting for {task} ({handle.id})")
+            waiting = cell(f"waiting for {built.name} ({handle.id})")
             with err_console().status(waiting, spinner="dots"):
                 result = await _wait(handle.result(timeout=timeout), handle.id, built.queue)
             typer.echo(json_text(result))
@@ -177,8 +184,10 @@ def enqueue(
 
 
 def _registered(manager: TaskManager, name: str) -> RegisteredTask:
+    """The task ``name`` means: registered as it, or the only one whose name ends in
+    ``.name`` (``add`` for ``jobs.add``); else an error suggesting close names."""
     manager.host  # noqa: B018 - plugins contribute their tasks when the host is built
-    return manager.registry.get(name)
+    return manager.registry.resolve(name)
 
 
 def _build(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 from typing import Annotated
 
 import typer
@@ -13,10 +14,13 @@ from rich.text import Text
 from .. import __version__
 from .._manager import TaskManager
 from .._pool import WorkerPool
-from .._registries import redact
 from ._app_loading import load_manager
+from ._banner import local_results_warning, shown_url
 from ._options import AppArgument, check_queue_list, split_queues
-from ._output import cell, logging_to_stderr, out_console
+from ._output import CliError, cell, clean, logging_to_stderr, out_console
+from ._reload import run_reloading
+
+log = logging.getLogger("bgcoor.cli")
 
 
 class LogLevel(enum.StrEnum):
@@ -54,20 +58,46 @@ def worker(
     log_level: Annotated[
         LogLevel, typer.Option("--log-level", "-l", case_sensitive=False, help="Log level.")
     ] = LogLevel.INFO,
+    burst: Annotated[
+        bool,
+        typer.Option(
+            "--burst", help="Exit (with 0) once the queues are empty and no task is running."
+        ),
+    ] = False,
+    reload: Annotated[
+        bool,
+        typer.Option(
+            "--reload",
+            help="Restart the worker when a Python file under the current directory changes "
+            "(for development; needs bgcoor[reload]).",
+        ),
+    ] = False,
 ) -> None:
     """Run a worker for APP's tasks until SIGTERM or Ctrl+C (twice to force).
 
     The first signal stops taking tasks and lets running ones finish (up to
     BGCOOR_SHUTDOWN_GRACE seconds). A second one hands running tasks back at once.
     """
+    if reload:
+        if burst:
+            raise CliError("--reload and --burst do not go together", exit_code=2)
+        argv = ["worker", app, "--log-level", log_level.value]
+        argv += ["--concurrency", str(concurrency)] if concurrency else []
+        argv += ["--queues", queues] if queues else []
+        run_reloading(argv)
+        return
     manager = load_manager(app)
     queue_list = split_queues(queues) if queues else None
     with logging_to_stderr(log_level.value):
-        asyncio.run(_serve(manager, app, concurrency, queue_list))
+        asyncio.run(_serve(manager, app, concurrency, queue_list, burst))
 
 
 async def _serve(
-    manager: TaskManager, app: str, concurrency: int | None, queues: list[str] | None
+    manager: TaskManager,
+    app: str,
+    concurrency: int | None,
+    queues: list[str] | None,
+    burst: bool,
 ) -> None:
     console = out_console()
     try:
@@ -84,7 +114,10 @@ async def _serve(
         # Printed once the pool has started and its signal handlers are in place: only then
         # is a SIGTERM a graceful stop, so "ready" is a promise scripts and tests rely on.
         await pool.run(
-            on_ready=lambda: console.print("[green]ready[/]: press Ctrl+C to stop (twice to force)")
+            on_ready=lambda: console.print(
+                "[green]ready[/]: press Ctrl+C to stop (twice to force)"
+            ),
+            burst=burst,
         )
         console.print(f"worker stopped after {pool.processed} task(s)")
     finally:
@@ -104,8 +137,12 @@ def _banner(manager: TaskManager, pool: WorkerPool, app: str) -> Table:
     grid.title = Text(f"bg-coor {__version__} worker", style="bold cyan")
     grid.title_justify = "left"
     grid.add_row("app", cell(app))
-    grid.add_row("broker", cell(redact(settings.broker_url)))
-    grid.add_row("storage", cell(redact(settings.storage_url)))
+    grid.add_row("broker", cell(shown_url(settings.broker_url)))
+    grid.add_row("storage", cell(shown_url(settings.storage_url)))
+    warning = local_results_warning(settings.broker_url, settings.storage_url)
+    if warning:
+        log.warning("%s", warning)
+        grid.add_row("warning", Text(clean(warning), "yellow"))
     grid.add_row("queues", cell(", ".join(pool.queues)))
     grid.add_row("concurrency", str(pool.concurrency))
     if tasks:

@@ -127,11 +127,13 @@ def sqlite_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 class Subprocess:
     """``python -m bgcoor_core.cli ARGS`` in the tests directory, both streams collected."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(
+        self, *args: str, cwd: Path = TESTS_DIR, env: dict[str, str] | None = None
+    ) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bgcoor_core.cli", *args],
-            cwd=TESTS_DIR,
-            env=dict(os.environ),
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -139,6 +141,7 @@ class Subprocess:
         self.out: list[str] = []
         self.err: list[str] = []
         self.ready = threading.Event()
+        self.readies = 0  # "ready:" lines so far (a reloading worker prints one per start)
         self._readers = [
             threading.Thread(target=self._read, args=(self.proc.stdout, self.out), daemon=True),
             threading.Thread(target=self._read, args=(self.proc.stderr, self.err), daemon=True),
@@ -150,6 +153,7 @@ class Subprocess:
         for line in stream:
             lines.append(line)
             if line.startswith("ready:"):
+                self.readies += 1
                 self.ready.set()
 
     def wait_ready(self) -> None:
