@@ -104,7 +104,8 @@ end
 local function next_seq(n)
   local r = redis.pcall("INCRBY", SEQ, n)
   if type(r) == "table" then
-    redis.log(redis.LOG_WARNING, "bg-coor: " .. SEQ .. " was not an integer (" .. r.err .. "); restarted")
+    redis.log(redis.LOG_WARNING,
+      "bg-coor: " .. SEQ .. " was not an integer (" .. r.err .. "); restarted")
     redis.call("DEL", SEQ)
     r = redis.call("INCRBY", SEQ, math.floor(now() * 1000) + n)
   end
@@ -144,8 +145,9 @@ end
 local function held(id, token, t)
   local m = redis.pcall("HMGET", mkey(id), "q", "t")
   if m.err or not m[1] or m[2] ~= token then return nil end
-  local deadline = redis.pcall("ZSCORE", qkey(m[1], "leased"), id)
-  if type(deadline) == "table" then deadline = readable(false, "ZSCORE", qkey(m[1], "leased"), id) end
+  local leased = qkey(m[1], "leased")
+  local deadline = redis.pcall("ZSCORE", leased, id)
+  if type(deadline) == "table" then deadline = readable(false, "ZSCORE", leased, id) end
   if not deadline or tonumber(deadline) <= t then return nil end
   return m[1]
 end
@@ -283,10 +285,13 @@ local function start_record(id, token, t)
   local old = old_record(id)
   if not old then return "0" end
   if old.bad then return "0", "corrupt record: " .. old.bad end
-  if not known(old[1]) then
-    return "0", "corrupt record: " .. tkey(id) .. " has status " .. show(old[1])
+  local status = old[1]
+  -- (a status with a space could span two pairs of ALLOWED)
+  if string.find(status, " ", 1, true)
+      or not string.find(ALLOWED, " " .. status .. ">running ", 1, true) then
+    if known(status) then return "0" end
+    return "0", "corrupt record: " .. tkey(id) .. " has status " .. show(status)
   end
-  if not string.find(ALLOWED, " " .. old[1] .. ">running ", 1, true) then return "0" end
   local key = tkey(id)
   -- after a start whose worker was lost, keep what the record was before that one
   local before = old[6] and string.match(old[6], "^%S+ (%S+ .*)$")

@@ -3,8 +3,9 @@
 -- then 5 per message: id, queue, body, priority, eta ("" for none).
 -- Returns 0 (done), or {"DUPLICATE", id} (a message with this id exists) or
 -- {"DUPLICATE", id, status} (a record does: even a finished task's id is never reused;
--- a message pushed on its own may follow its record, saved first) and writes nothing. Everything is checked before the first write, and every write
--- succeeds (see `fixed` in common.lua), so a refusal or an error leaves nothing behind.
+-- a message pushed on its own may follow its record, saved first) and writes nothing.
+-- Everything is checked before the first write, and every write succeeds (see `fixed` in
+-- common.lua), so a refusal or an error leaves nothing behind.
 local nrec, nmsg = tonumber(ARGV[2]), tonumber(ARGV[3])
 local r0, m0 = 4, 4 + 6 * nrec
 local t = now()
@@ -45,7 +46,9 @@ for i = 0, nmsg - 1 do
   local score = (MAX_PRIORITY - prio) * SPAN + seq + i + 1
   redis.call("HSET", mkey(id), "q", queue, "b", ARGV[a + 2], "p", prio, "o", score, "d", 0, "l", 0)
   if not known[queue] then
-    if type(redis.pcall("SADD", QUEUES, queue)) == "table" then fixed(QUEUES, "SADD", QUEUES, queue) end
+    if type(redis.pcall("SADD", QUEUES, queue)) == "table" then
+      fixed(QUEUES, "SADD", QUEUES, queue)
+    end
     known[queue] = true
   end
   local key = qkey(queue, "ready")
@@ -55,7 +58,9 @@ for i = 0, nmsg - 1 do
     ready[queue] = true
   end
   -- (redis.pcall first, fixed only when it failed: see fixed in common.lua)
-  if type(redis.pcall("ZADD", key, score, id)) == "table" then fixed(key, "ZADD", key, score, id) end
+  if type(redis.pcall("ZADD", key, score, id)) == "table" then
+    fixed(key, "ZADD", key, score, id)
+  end
 end
 for queue in pairs(ready) do wake(queue) end
 return 0

@@ -34,15 +34,16 @@ local function promote(queue)
   end
 end
 
--- What is wrong with message hash fields m = {q, b, d, l, p, o} found in `queue`, or nil.
-local function defect_of(key, queue, m)
+-- What is wrong with message hash fields m = {q, b, d, l, p, o} found in `queue`, or nil;
+-- d and l are its counters as count() read them.
+local function defect_of(key, queue, m, d, l)
   if not (m[1] or m[2]) then -- (a lease that ran out may have counted a loss into nothing)
     return key .. " is missing (its id was in the queue's ready, scheduled or leased set)"
   end
   if m[1] ~= queue then return key .. " has queue q " .. show(m[1]) .. ", not " .. show(queue) end
   if not m[2] then return key .. " has no body (field b)" end
-  if not count(m[3]) then return key .. " has delivery count d " .. show(m[3]) end
-  if not count(m[4]) then return key .. " has lost count l " .. show(m[4]) end
+  if not d then return key .. " has delivery count d " .. show(m[3]) end
+  if not l then return key .. " has lost count l " .. show(m[4]) end
   if not priority(m[5]) then return key .. " has priority p " .. show(m[5]) end
   if not order(m[6]) then return key .. " has ready score o " .. show(m[6]) end
   return nil
@@ -55,24 +56,24 @@ end
 local function take(queue, id, token)
   local key = mkey(id)
   local m = redis.pcall("HMGET", key, "q", "b", "d", "l", "p", "o")
-  local why
+  local why, d, l
   if m.err then
     why = key .. " is not a hash"
     redis.call("DEL", key)
     m = {}
   else
-    why = defect_of(key, queue, m)
+    d, l = count(m[3]), count(m[4])
+    why = defect_of(key, queue, m, d, l)
   end
   redis.call("ZADD", qkey(queue, "leased"), t + lease, id) -- readable: promote read it
   if why then
-    local d = (count(m[3]) or 0) + 1
-    redis.call("HSET", key, "q", queue, "b", m[2] or "", "d", d, "l", count(m[4]) or 0,
+    d = (d or 0) + 1
+    redis.call("HSET", key, "q", queue, "b", m[2] or "", "d", d, "l", l or 0,
       "p", priority(m[5]) or 0, "o", order(m[6]) or 0, "t", token)
     return d, 0, nil, "corrupt message: " .. why
   end
-  local d = count(m[3]) + 1
-  redis.call("HSET", key, "d", d, "t", token)
-  return d, count(m[4]), m[2], nil -- counted again: "5.0" is five, and the client wants "5"
+  redis.call("HSET", key, "d", d + 1, "t", token)
+  return d + 1, l, m[2], nil -- l as a number: "5.0" is five, and the client wants "5"
 end
 
 local function due_in(key)
