@@ -29,9 +29,13 @@ from bgcoor_core import (
     Task,
     TaskStatus,
 )
-from bgcoor_core._codec import printable
-from bgcoor_core._storage import check_page
-from bgcoor_core._task import QUEUE_NAME, validate_queue_name
+from bgcoor_core.kit import (
+    check_page,
+    is_queue_name,
+    printable,
+    shielded_take,
+    validate_queue_name,
+)
 
 from . import _checks, _records
 from ._coalesce import Coalescer
@@ -186,20 +190,14 @@ class PostgresBackend(Broker, Storage):
         async def take(conn: Conn) -> Records:
             return await conn.fetch(self.sql.reserve, queues, max(limit, 1), lease)
 
-        job = asyncio.ensure_future(self._db.run(take))
-        try:
-            rows = await asyncio.shield(job)
-        except asyncio.CancelledError:
-            job.add_done_callback(lambda done: self._release_after_cancel(state, done))
-            raise
+        rows = await shielded_take(self._db.run(take), lambda got: self._release(state, got))
         taken = sorted((r for r in rows if r["id"] is not None), key=lambda r: (r[6], -r[7], r[8]))
         due = rows[0]["due"] if rows and not taken else None
         return taken, due
 
-    def _release_after_cancel(self, state: _LoopState, job: asyncio.Future[Records]) -> None:
-        if job.cancelled() or job.exception() is not None:
-            return
-        rows = [r for r in job.result() if r["id"] is not None]
+    def _release(self, state: _LoopState, taken: Records) -> None:
+        """Hand back what a cancelled reserve took."""
+        rows = [r for r in taken if r["id"] is not None]
         if rows:
             ids, tokens = [r["id"] for r in rows], [r["token"] for r in rows]
             self._spawn(state, self._db.run(lambda c: c.execute(self.sql.release, ids, tokens)))
@@ -300,9 +298,9 @@ class PostgresBackend(Broker, Storage):
     async def queues(self) -> list[str]:
         rows = await self._db.run(lambda c: c.fetch(self.sql.queues))
         names = [row[0] for row in rows]
-        valid = [name for name in names if QUEUE_NAME.fullmatch(name)]
+        valid = [name for name in names if is_queue_name(name)]
         if len(valid) < len(names):  # written by something else: not a queue to report on
-            odd = [printable(name, 70) for name in names if not QUEUE_NAME.fullmatch(name)]
+            odd = [printable(name, 70) for name in names if not is_queue_name(name)]
             log.warning("queues: skipped invalid queue names %s", ", ".join(map(repr, odd)))
         return valid
 

@@ -2,7 +2,7 @@
 call instead of a raw driver error, or a statement that fails a whole batch.
 
 The broker's own arguments (leases, delays, queue names) are checked by the core for
-every backend (``bgcoor_core._arguments``); these cover what only this backend sees: the
+every backend (the ``Broker`` base class); these cover what only this backend sees: the
 TTLs of ``save`` and ``complete``, a raw message's eta, and NUL in text. A TTL becomes
 ``clock_timestamp() + n * interval '1 second'``: ``inf``, ``nan`` or 1e13 there fails
 the statement with "interval out of range", and a coalesced write carries other tasks'
@@ -16,8 +16,7 @@ import math
 from collections.abc import Iterable
 
 from bgcoor_core import InvalidNameError
-from bgcoor_core._codec import printable
-from bgcoor_core._limits import MAX_DELAY
+from bgcoor_core.kit import MAX_DELAY, printable
 
 #: Longest TTL accepted, the core's bound for delays and TTLs (10 years): far inside what
 #: PostgreSQL intervals and timestamps can hold.

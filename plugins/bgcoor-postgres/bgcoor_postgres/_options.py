@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bgcoor_core import ConfigurationError
-from bgcoor_core._registries import redact
+from bgcoor_core.kit import redact
 
 SCHEMES = ("postgresql", "postgres")
 

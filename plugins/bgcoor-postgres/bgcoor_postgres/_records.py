@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
-
 from bgcoor_core import (
     CorruptRecordError,
     InvalidTransitionError,
@@ -21,8 +19,7 @@ from bgcoor_core import (
     Task,
     TaskStatus,
 )
-from bgcoor_core._codec import _summarise, printable
-from bgcoor_core._storage import check_transition
+from bgcoor_core.kit import check_transition, decode_record
 
 from ._database import Conn
 from ._sql import Statements, numbers
@@ -119,9 +116,6 @@ def _refusal(task: Task, old_status: str | None, old_token: str | None) -> BaseE
     return _AGAIN
 
 
-_STATUSES = frozenset(TaskStatus)
-
-
 def decode(
     task_id: str,
     record: str,
@@ -136,20 +130,7 @@ def decode(
     task or is another task's, the start time is out of range) is
     :class:`CorruptRecordError` naming the id and the problem.
     """
-    if status is not None and status not in _STATUSES:
-        raise CorruptRecordError(
-            f"corrupt record: task {task_id} has unknown status {printable(status, 40)!r}"
-        )
-    try:
-        task = Task.model_validate_json(record)
-    except ValidationError as exc:
-        raise CorruptRecordError(
-            f"corrupt record: task {task_id} cannot be decoded: {_summarise(exc)}"
-        ) from None
-    if task.id != task_id:
-        raise CorruptRecordError(
-            f"corrupt record: task {task_id} holds the record of task {printable(task.id, 60)!r}"
-        )
+    task = decode_record(task_id, record, status=status)
     if started_at is None or token is None:
         return task
     try:
