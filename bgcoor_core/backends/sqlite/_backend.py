@@ -8,7 +8,6 @@ pushes made through the same backend object wake local consumers at once.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sqlite3
@@ -31,6 +30,7 @@ from ..._errors import (
 from ..._registries import redact
 from ..._storage import Storage, check_page
 from ..._task import Task, TaskStatus, validate_queue_name
+from ...kit import placeholder, shielded_take
 from .._waiters import Waiters, wait_for_wake
 from . import _defects, _records
 from ._connection import Connection, transaction
@@ -133,21 +133,18 @@ class SQLiteBackend(Broker, Storage):
     async def _take(self, queues: list[str], lease: float, limit: int) -> list[Row]:
         """Reserve in the connection thread; if our caller is cancelled meanwhile, the rows
         are handed straight back instead of waiting out their lease."""
-        job = asyncio.ensure_future(self.db.run(_take_rows, queues, lease, limit, self._read_body))
-        try:
-            return await asyncio.shield(job)
-        except asyncio.CancelledError:
-            job.add_done_callback(self._release_after_cancel)
-            raise
+        take = self.db.run(_take_rows, queues, lease, limit, self._read_body)
+        return await shielded_take(take, self._release)
 
-    def _release_after_cancel(self, job: asyncio.Future[list[Row]]) -> None:
-        if not job.cancelled() and job.exception() is None and job.result():
-            self.db.submit(_release_rows, job.result())
+    def _release(self, rows: list[Row]) -> None:
+        """Hand back what a cancelled reserve took."""
+        if rows:
+            self.db.submit(_release_rows, rows)
 
     def _reservation(self, row: Row) -> Reservation:
         message_id, queue, body, deliveries, lost, token, started, defect = row
         if defect is not None:  # the backend's own row or record is damaged
-            task = Task.model_construct(id=message_id, name="<corrupt>", queue=queue)
+            task = placeholder(message_id, queue)
             return Reservation(task, token, deliveries, lost, defect)
         task, defect = self.decode(message_id, queue, body)
         return Reservation(task, token, deliveries, lost, defect, started)
