@@ -7,13 +7,13 @@ from typing import Any
 import pytest
 
 from bgcoor_core import MemoryBroker, TaskManager, TaskStatus
-from bgcoor_core import _manager as manager_module
+from bgcoor_core import _admin as admin_module
 
 
 async def test_requeue_dead_pages_through_the_dead_letters(
     monkeypatch: pytest.MonkeyPatch, fast: dict[str, Any]
 ) -> None:
-    monkeypatch.setattr(manager_module, "ADMIN_PAGE", 3)
+    monkeypatch.setattr(admin_module, "ADMIN_PAGE", 3)
     manager = TaskManager(**fast, max_retries=0)
 
     @manager.task(name="jobs.boom")

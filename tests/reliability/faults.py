@@ -162,14 +162,15 @@ class FaultPlugin:
         self._brokers: BrokerRegistry | None = None
         self._storages: StorageRegistry | None = None
 
-    @hookimpl
+    # trylast: it wraps the schemes every other plugin registered, so it runs after them
+    @hookimpl(trylast=True)
     def bgcoor_register_brokers(self, brokers: BrokerRegistry) -> None:
         self._brokers = brokers
         for scheme in brokers.schemes():
             if not scheme.startswith(PREFIX):
                 brokers.add(PREFIX + scheme, self.open)
 
-    @hookimpl
+    @hookimpl(trylast=True)
     def bgcoor_register_storages(self, storages: StorageRegistry) -> None:
         self._storages = storages
         for scheme in storages.schemes():

@@ -29,8 +29,7 @@ from bgcoor_core import (
     StaleLeaseError,
     Task,
 )
-from bgcoor_core._storage import check_page
-from bgcoor_core._task import validate_queue_name
+from bgcoor_core.kit import check_page, validate_queue_name
 
 from ._base import RedisBase
 from ._channel import Ticket

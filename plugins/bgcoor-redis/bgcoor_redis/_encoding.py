@@ -18,7 +18,7 @@ from bgcoor_core import (
     Task,
     TaskStatus,
 )
-from bgcoor_core._task import validate_queue_name
+from bgcoor_core.kit import validate_queue_name
 
 from ._scripts import MAX_PRIORITY, MIN_PRIORITY
 

@@ -13,7 +13,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from bgcoor_core import ConfigurationError
-from bgcoor_core._registries import redact
+from bgcoor_core.kit import redact
 
 SCHEMES = ("redis", "rediss")
 TLS_OPTIONS = ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname")

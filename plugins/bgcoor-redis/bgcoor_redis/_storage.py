@@ -20,7 +20,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from bgcoor_core import CorruptRecordError, ResultTimeoutError, Storage, Task, TaskStatus
-from bgcoor_core._storage import check_page
+from bgcoor_core.kit import check_page
 
 from ._base import RedisBase
 from ._encoding import decode_record, raise_for, record_args, text, ttl_arg

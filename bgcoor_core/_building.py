@@ -1,0 +1,62 @@
+"""Building a call's :class:`Task`: its payload checked against the task's signature, its
+options over the task's defaults over the settings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from ._errors import PayloadError
+from ._handlers import FunctionHandler
+from ._registry import RegisteredTask
+from ._task import Task, TaskStatus
+
+if TYPE_CHECKING:
+    from ._settings import Settings
+
+
+def payload_of(task: RegisteredTask, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+    """A call's payload: a function task's arguments checked against its signature, or a
+    handler object's one argument as it is."""
+    if isinstance(task.handler, FunctionHandler):
+        return task.handler.encode_arguments(args, kwargs)
+    if len(args) == 1 and not kwargs:
+        return args[0]
+    raise PayloadError(
+        f"task {task.name!r} is a handler object: pass exactly one argument, its payload"
+    )
+
+
+def _first(*values: int | None) -> int:
+    for value in values:
+        if value is not None:
+            return value
+    raise AssertionError("unreachable: settings always provide a default")
+
+
+def build(task: RegisteredTask, payload: Any, call: dict[str, Any], settings: Settings) -> Task:
+    """The :class:`Task` of one call: its options (already checked) over the task's
+    defaults over the settings."""
+    opts = task.options
+    now = datetime.now(UTC)
+    eta = call.get("eta")
+    if "delay" in call:
+        eta = now + timedelta(seconds=call["delay"])
+    expires = call.get("expires")
+    if expires is not None and not isinstance(expires, datetime):
+        expires = now + timedelta(seconds=expires)
+    headers = {**opts.headers, **call["headers"]} if "headers" in call else dict(opts.headers)
+    return Task(
+        name=task.name,
+        payload=payload,
+        queue=call.get("queue", opts.queue),
+        priority=call.get("priority", opts.priority),
+        eta=eta,
+        max_retries=_first(call.get("max_retries"), opts.max_retries, settings.max_retries),
+        timeout=call.get("timeout", opts.timeout),
+        result_ttl=call.get("result_ttl", opts.result_ttl),
+        expires=expires,
+        headers=headers,
+        status=TaskStatus.SCHEDULED if eta is not None else TaskStatus.PENDING,
+    )

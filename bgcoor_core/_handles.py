@@ -1,0 +1,147 @@
+"""What the decorator returns and what an enqueue gives back: task functions, per-call
+options, and handles on enqueued tasks."""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Unpack, overload
+
+from pydantic import TypeAdapter
+
+from ._errors import TaskCancelledError, TaskFailedError
+from ._options import CallOptions
+from ._options import check as check_options
+from ._registry import RegisteredTask
+from ._task import Task, TaskStatus
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
+    from ._manager import TaskManager
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class TaskHandle(Generic[R]):
+    """A reference to an enqueued task: its id, status and eventual result."""
+
+    def __init__(
+        self, manager: TaskManager, task_id: str, decode: Callable[[Any], R] | None = None
+    ) -> None:
+        self.manager = manager
+        self.id = task_id
+        self._decode = decode
+
+    def __repr__(self) -> str:
+        return f"TaskHandle({self.id!r})"
+
+    async def result(self, timeout: float | None = None) -> R:
+        """Wait for the task to finish and return its result.
+
+        Raises :class:`TaskFailedError` (failed or dead, with the error and traceback),
+        :class:`TaskCancelledError`, or :class:`ResultTimeoutError`.
+        """
+        task = await self.manager.storage.wait(self.id, timeout=timeout)
+        return self._unwrap(task)
+
+    def _unwrap(self, task: Task) -> R:
+        if task.status is TaskStatus.SUCCEEDED:
+            return self._decode(task.result) if self._decode else task.result
+        if task.status is TaskStatus.CANCELLED:
+            raise TaskCancelledError(f"task {task.id} was cancelled")
+        raise TaskFailedError(task.id, task.status, task.error, task.traceback)
+
+    async def info(self) -> Task:
+        """The full task record."""
+        return await self.manager.get(self.id)
+
+    async def status(self) -> TaskStatus:
+        return (await self.info()).status
+
+    async def cancel(self) -> bool:
+        return await self.manager.cancel(self.id)
+
+    def result_sync(self, timeout: float | None = None) -> R:
+        """:meth:`result` for synchronous code."""
+        return self.manager.portal.call(self.result(timeout))
+
+
+class TaskCall(Generic[P, R]):
+    """A task function with per-call options: ``await add.options(delay=5).enqueue(1, 2)``."""
+
+    def __init__(self, fn: TaskFunction[P, R], overrides: dict[str, Any]) -> None:
+        self._fn = fn
+        self._overrides = overrides
+
+    async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
+        return await self._fn.manager.submit_with_handle(
+            self._fn.build(args, kwargs, **self._overrides), self._fn.decode_result
+        )
+
+    def enqueue_sync(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
+        return self._fn.manager.portal.call(self.enqueue(*args, **kwargs))
+
+
+class TaskFunction(Generic[P, R]):
+    """What ``@manager.task`` returns: still callable directly, plus ``enqueue``."""
+
+    def __init__(self, manager: TaskManager, fn: Callable[P, Any], entry: RegisteredTask):
+        self.manager = manager
+        self.fn = fn
+        self.entry = entry
+        self.name = entry.name
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+        self.decode_result = result_decoder(fn)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def build(self, args: Sequence[Any], kwargs: dict[str, Any], **options: Any) -> Task:
+        """Validate a call here, in the caller, and build its task (see ``build_task``)."""
+        return self.manager.build_task(self.entry, args, kwargs, **options)
+
+    async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
+        """Enqueue a call; arguments are checked against the signature first."""
+        return await self.manager.submit_with_handle(self.build(args, kwargs), self.decode_result)
+
+    async def enqueue_many(self, calls: Iterable[Sequence[Any]]) -> list[TaskHandle[R]]:
+        """Enqueue one task per tuple of positional arguments, in one batch."""
+        tasks = [self.build(args, {}) for args in calls]
+        await self.manager.submit_many(tasks)
+        return [TaskHandle(self.manager, t.id, self.decode_result) for t in tasks]
+
+    def options(self, **overrides: Unpack[CallOptions]) -> TaskCall[P, R]:
+        """This task with one call's options: ``await add.options(delay=5).enqueue(1, 2)``.
+        Checked here: an unknown option or a value out of range is an error at once."""
+        checked = check_options("call", overrides, where=f"task {self.name!r}: ")
+        return TaskCall(self, checked)
+
+    def enqueue_sync(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
+        """:meth:`enqueue` for synchronous code (runs on the manager's private loop)."""
+        return self.manager.portal.call(self.enqueue(*args, **kwargs))
+
+
+def result_decoder(fn: Callable[..., Any]) -> Callable[[Any], Any] | None:
+    try:
+        hint = typing.get_type_hints(fn).get("return")
+    except Exception:
+        return None
+    if hint is None or hint is Any or hint is type(None):
+        return None
+    adapter: TypeAdapter[Any] = TypeAdapter(hint)
+    return adapter.validate_python
+
+
+class TaskDecorator:
+    def __init__(self, register: Callable[[Callable[..., Any]], TaskFunction[Any, Any]]):
+        self._register = register
+
+    @overload
+    def __call__(self, fn: Callable[P, Awaitable[R]], /) -> TaskFunction[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> TaskFunction[P, R]: ...
+    def __call__(self, fn: Callable[..., Any], /) -> TaskFunction[Any, Any]:
+        return self._register(fn)

@@ -1,0 +1,87 @@
+"""Submitting tasks: records and messages stored together (or one after the other), and
+enqueue steps tried again with the same ids when a connection breaks mid-call."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+
+from ._errors import DuplicateTaskError, EnqueueUncertainError
+from ._plugins import PluginHost
+from ._storage import Storage
+from ._task import Task, TaskStatus
+from ._wiring import Backends
+
+
+async def submit(backends: Backends, host: PluginHost, tasks: Sequence[Task], retries: int) -> None:
+    """Store the tasks' records, then push their messages (one step when the broker is
+    also the storage: :class:`~bgcoor_core.AtomicEnqueue`). Every task is validated and
+    encoded before anything is written."""
+    broker, storage = backends.broker, backends.storage
+    for task in tasks:  # plugins add headers before anything is encoded
+        host.before_enqueue(task)
+    messages = [broker.to_message(t) for t in tasks]
+    atomic = backends.atomic_enqueue
+    if atomic is not None:
+        await idempotent(
+            lambda: atomic.enqueue_atomically(tasks, messages),
+            tasks,
+            broker.transient_errors,
+            storage,
+            retries,
+        )
+    else:
+        stored = await idempotent(
+            lambda: storage.save_many(tasks), tasks, storage.transient_errors, storage, retries
+        )
+        if stored is None or stored.status in (TaskStatus.PENDING, TaskStatus.SCHEDULED):
+            await idempotent(
+                lambda: broker.push_messages(messages),
+                tasks,
+                broker.transient_errors,
+                storage,
+                retries,
+            )
+    for task in tasks:
+        host.task_enqueued(task)
+
+
+async def idempotent(
+    call: Callable[[], Awaitable[None]],
+    tasks: Sequence[Task],
+    transient: tuple[type[BaseException], ...],
+    storage: Storage,
+    retries: int,
+) -> Task | None:
+    """Run an enqueue step; when the connection fails mid-call, try again with the same
+    tasks. A duplicate that is these very tasks (an earlier try, or an earlier submit
+    that ended in :class:`EnqueueUncertainError`, went through) is success, and its
+    stored record is returned; any other duplicate is an error. Out of retries, the
+    error says the outcome is unknown."""
+    for attempt in range(retries + 1):
+        try:
+            await call()
+            return None
+        except DuplicateTaskError:
+            record = await _stored_as_is(storage, tasks[0])
+            if record is None:
+                raise
+            return record
+        except transient as exc:
+            if attempt == retries:
+                raise EnqueueUncertainError([t.id for t in tasks], exc) from exc
+            await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
+    raise AssertionError("unreachable")
+
+
+async def _stored_as_is(storage: Storage, task: Task) -> Task | None:
+    """The stored record of ``task`` if it is this very task (its id, name, queue and
+    creation time: the same call submitted again), else ``None``. Batches are stored
+    all or none, so the first task speaks for all."""
+    record = await storage.get(task.id)
+    same = record is not None and (record.name, record.queue, record.created_at) == (
+        task.name,
+        task.queue,
+        task.created_at,
+    )
+    return record if same else None
