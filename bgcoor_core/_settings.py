@@ -6,6 +6,7 @@ import difflib
 import os
 import typing
 from collections.abc import Iterator
+from importlib.metadata import entry_points
 from typing import Annotated, Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -113,19 +114,32 @@ def load_settings(**overrides: Any) -> Settings:
         raise SettingsError(_describe(exc, overrides)) from None
 
 
-#: ``BGCOOR_*`` variables that belong to plugins, not to :class:`Settings` (those of the
-#: ``bgcoor worker`` options plugins add): not refused as unknown.
+#: ``BGCOOR_*`` variables plugins declared (the ``bgcoor worker`` options they add): their
+#: settings, not unknown settings of the core.
 PLUGIN_VARIABLES: set[str] = set()
 
 
 def _check_unknown_env() -> None:
     known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | PLUGIN_VARIABLES
+    owned = _plugin_prefixes()
     for key in os.environ:
         upper = key.upper()
-        if upper.startswith(ENV_PREFIX) and upper not in known:
+        if upper.startswith(ENV_PREFIX) and upper not in known and not upper.startswith(owned):
             close = difflib.get_close_matches(upper, sorted(known), n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
             raise SettingsError(f"unknown setting {key}{hint}")
+
+
+def _plugin_prefixes() -> tuple[str, ...]:
+    """``BGCOOR_<NAME>_`` for each installed third-party plugin (its entry point's name in
+    the ``bgcoor`` group): variables under it are that plugin's settings, which its own
+    settings model checks. Read from the metadata alone; nothing is imported."""
+    names = {
+        ep.name
+        for ep in entry_points(group="bgcoor")
+        if ep.dist is None or ep.dist.name != "bgcoor"
+    }
+    return tuple(f"{ENV_PREFIX}{name.upper().replace('-', '_')}_" for name in sorted(names))
 
 
 def _describe(exc: ValidationError, overrides: dict[str, Any]) -> str:

@@ -182,3 +182,20 @@ def test_settings_are_frozen() -> None:
     settings = load_settings()
     with pytest.raises(ValueError, match="frozen"):
         settings.concurrency = 3
+
+
+def test_variables_under_an_installed_plugins_prefix_are_left_to_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``BGCOOR_<PLUGIN>_*`` belongs to the plugin named so in the ``bgcoor`` entry points
+    (its own settings model checks it); anything else unknown is still refused."""
+    from importlib.metadata import entry_points
+
+    names = {ep.name for ep in entry_points(group="bgcoor") if ep.dist and ep.dist.name != "bgcoor"}
+    if "redis" not in names:
+        pytest.skip("the bgcoor-redis plugin is not installed")
+    monkeypatch.setenv("BGCOOR_REDIS_POOL_SIZE", "3")
+    load_settings()
+    monkeypatch.setenv("BGCOOR_MEMORY_SIZE", "3")  # a built-in's name: the core's own
+    with pytest.raises(SettingsError, match="unknown setting BGCOOR_MEMORY_SIZE"):
+        load_settings()
