@@ -58,7 +58,7 @@ class Reservation:
     ``lease_token`` this token), sparing the executor that write and its round trip. Only
     a broker that is also the storage may set it (see :class:`AtomicCompletion`), and only
     for a record that existed and was allowed to become running; the executor honours it
-    only when the broker :meth:`~AtomicCompletion.completes_into` its storage.
+    only when the broker :meth:`~AtomicCompletion.shares_store_with` its storage.
     """
 
     task: Task
@@ -246,7 +246,7 @@ class AtomicCompletion(Protocol):
     """Optional: a backend that is broker and storage at once stores a task's outcome and
     acks it in one step, refused (:class:`StaleLeaseError`) for a stale lease token."""
 
-    def completes_into(self, storage: Storage) -> bool:
+    def shares_store_with(self, storage: Storage) -> bool:
         """True when ``storage`` is the store this broker writes outcomes into."""
         ...
 
@@ -260,7 +260,7 @@ class AtomicEnqueue(Protocol):
     """Optional: a backend that is broker and storage at once stores the tasks' records and
     pushes their messages in one step, so a task never exists in one and not the other."""
 
-    def completes_into(self, storage: Storage) -> bool:
+    def shares_store_with(self, storage: Storage) -> bool:
         """True when ``storage`` is the store this broker writes records into."""
         ...
 

@@ -41,8 +41,10 @@ class Backends:
         return cls(
             broker,
             storage,
-            enqueue if enqueue is not None and enqueue.completes_into(storage) else None,
-            completion if completion is not None and completion.completes_into(storage) else None,
+            enqueue if enqueue is not None and enqueue.shares_store_with(storage) else None,
+            completion
+            if completion is not None and completion.shares_store_with(storage)
+            else None,
         )
 
     @classmethod

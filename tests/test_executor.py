@@ -166,7 +166,7 @@ class StartingBroker(LoggingBroker):
         super().__init__(codec, log)
         self.storage = storage
 
-    def completes_into(self, storage: object) -> bool:
+    def shares_store_with(self, storage: object) -> bool:
         return storage is self.storage
 
     async def complete(self, reservation: Reservation, task: Task, *, ttl: float | None) -> None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
 from typing import Any
+
+import pytest
 
 from bgcoor_core import TaskFailedError, TaskManager, TaskStatus
 

@@ -331,9 +331,7 @@ class MemoryStorage(Storage):
             for task in tasks:
                 old = self._live(task.id)
                 if old is not None:
-                    raise DuplicateTaskError(
-                        f"task {task.id} already exists (status {old.status})"
-                    )
+                    raise DuplicateTaskError(f"task {task.id} already exists (status {old.status})")
             for task in tasks:
                 self._records[task.id] = _Record(
                     task.status,

@@ -38,7 +38,7 @@ async def _started(
 ) -> tuple[Storage, Task, Reservation]:
     """A task with a record, reserved by a broker that marked the record running; skips
     the test for a broker that writes no records or does not start them."""
-    if storage is None or not getattr(broker, "completes_into", lambda _: False)(storage):
+    if storage is None or not getattr(broker, "shares_store_with", lambda _: False)(storage):
         pytest.skip("no storage this broker writes records into")
     task = make_task()
     await storage.save(task)
@@ -185,7 +185,7 @@ class BrokerLeaseTests:
         if not isinstance(broker, AtomicCompletion):
             pytest.skip(f"{type(broker).__name__} does not implement AtomicCompletion")
         storage = completion_storage
-        if storage is None or not broker.completes_into(storage):
+        if storage is None or not broker.shares_store_with(storage):
             pytest.skip("no storage this broker completes into (override completion_storage)")
         stale, current = await _redelivered(broker)
         running = current.task.model_copy(
@@ -212,7 +212,7 @@ class BrokerLeaseTests:
         a record that may not become running (cancelled), or none at all, is never
         claimed. A broker that never starts records passes by claiming nothing."""
         storage = completion_storage
-        if storage is None or not getattr(broker, "completes_into", lambda _: False)(storage):
+        if storage is None or not getattr(broker, "shares_store_with", lambda _: False)(storage):
             pytest.skip("no storage this broker writes records into")
         fresh, cancelled, absent = (make_task(payload={"n": n}) for n in range(3))
         # a payload a store could mangle if it rewrote the record (JSON in SQL, Lua's cjson)
@@ -291,7 +291,7 @@ class BrokerLeaseTests:
         if not isinstance(broker, AtomicEnqueue):
             pytest.skip(f"{type(broker).__name__} does not implement AtomicEnqueue")
         storage = completion_storage
-        if storage is None or not broker.completes_into(storage):
+        if storage is None or not broker.shares_store_with(storage):
             pytest.skip("no storage this broker writes into (override completion_storage)")
         tasks = [make_task(payload={"n": n}) for n in range(3)]
         await broker.enqueue_atomically(tasks, [broker.to_message(t) for t in tasks])
@@ -315,7 +315,7 @@ class BrokerLeaseTests:
         if not isinstance(broker, AtomicEnqueue):
             pytest.skip(f"{type(broker).__name__} does not implement AtomicEnqueue")
         storage = completion_storage
-        if storage is None or not broker.completes_into(storage):
+        if storage is None or not broker.shares_store_with(storage):
             pytest.skip("no storage this broker writes into (override completion_storage)")
         done = make_task()
         await broker.enqueue_atomically([done], [broker.to_message(done)])

@@ -64,7 +64,7 @@ async def _victim_verdict(rig: Rig, victim: str) -> str | None:
 
 def _status_command(rig: Rig) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "bgcoor_core.cli", "status", APP],
+        [sys.executable, "-m", "bgcoor_core.cli", "status", "--app", APP],
         env=rig.workers.env,
         cwd=rig.workdir,
         capture_output=True,

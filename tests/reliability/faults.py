@@ -64,12 +64,12 @@ class FaultyBackend(Broker, Storage):
 
     # -- the two places an outcome is stored before the ack ------------------------------
 
-    def completes_into(self, storage: Storage) -> bool:
+    def shares_store_with(self, storage: Storage) -> bool:
         inner = self.inner
         return (
             storage is self
             and isinstance(inner, AtomicCompletion)
-            and inner.completes_into(self.inner_storage)
+            and inner.shares_store_with(self.inner_storage)
         )
 
     async def complete(self, reservation: Reservation, task: Task, *, ttl: float | None) -> None:

@@ -293,7 +293,7 @@ class SQLiteBackend(Broker, Storage):
 
     # -- both: store the outcome and ack in one transaction ----------------------------
 
-    def completes_into(self, storage: Storage) -> bool:
+    def shares_store_with(self, storage: Storage) -> bool:
         return storage is self
 
     async def enqueue_atomically(self, tasks: Sequence[Task], messages: Sequence[Message]) -> None:

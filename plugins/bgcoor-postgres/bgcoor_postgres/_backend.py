@@ -365,7 +365,7 @@ class PostgresBackend(Broker, Storage):
 
     # -- both: outcome + ack in one statement ------------------------------------------
 
-    def completes_into(self, storage: Storage) -> bool:
+    def shares_store_with(self, storage: Storage) -> bool:
         return storage is self or (
             isinstance(storage, PostgresBackend)
             and (storage.target.dsn, storage.target.schema) == (self.target.dsn, self.target.schema)

@@ -26,7 +26,7 @@ R = TypeVar("R")
 def backend_of(manager: TaskManager) -> PostgresBackend:
     """The manager's PostgreSQL backend, which must be its broker and storage at once."""
     broker = manager.broker
-    if not isinstance(broker, PostgresBackend) or not broker.completes_into(manager.storage):
+    if not isinstance(broker, PostgresBackend) or not broker.shares_store_with(manager.storage):
         raise ConfigurationError(
             "transactional enqueue needs broker and storage on the same PostgreSQL schema "
             f"(broker is {type(broker).__name__}, storage is {type(manager.storage).__name__})"

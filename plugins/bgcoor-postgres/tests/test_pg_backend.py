@@ -111,8 +111,8 @@ async def test_one_object_serves_as_broker_and_storage(manager: TaskManager) -> 
     assert isinstance(manager.broker, PostgresBackend)
     assert manager.broker is manager.storage
     other = open_backend(manager.settings.broker_url.replace("temporary=true", "temporary=false"))
-    assert manager.broker.completes_into(other)  # same database and schema
-    assert not manager.broker.completes_into(open_backend(SERVER_URL + "?schema=elsewhere"))
+    assert manager.broker.shares_store_with(other)  # same database and schema
+    assert not manager.broker.shares_store_with(open_backend(SERVER_URL + "?schema=elsewhere"))
 
 
 # -- waking idle consumers ---------------------------------------------------------------

@@ -35,7 +35,7 @@ class RedisBackend(RedisBrokerSide, RedisStorageSide):
         if not link.policy_ok:
             await link.check_policy()
 
-    def completes_into(self, storage: Storage) -> bool:
+    def shares_store_with(self, storage: Storage) -> bool:
         """True for this object, or another one on the same database and prefix."""
         if not isinstance(storage, RedisBackend):
             return False

@@ -68,10 +68,10 @@ async def test_one_object_is_broker_and_storage(redis_url: str) -> None:
     for protocol in (AtomicCompletion, AtomicEnqueue, Migratable):
         assert isinstance(backend, protocol)
     same_namespace = RedisBackend(redis_url)
-    assert backend.completes_into(backend)
-    assert backend.completes_into(same_namespace)  # another object on the same keys
-    assert not backend.completes_into(RedisBackend(_with_prefix(redis_url, "elsewhere")))
-    assert not backend.completes_into(MemoryStorage())
+    assert backend.shares_store_with(backend)
+    assert backend.shares_store_with(same_namespace)  # another object on the same keys
+    assert not backend.shares_store_with(RedisBackend(_with_prefix(redis_url, "elsewhere")))
+    assert not backend.shares_store_with(MemoryStorage())
     await manager.close()
 
 
