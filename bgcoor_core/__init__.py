@@ -1,5 +1,6 @@
 """bg-coor: background tasks with pluggable brokers and storages, delivered at least once."""
 
+from ._backend_registry import BackendContext, BrokerRegistry, SerializerRegistry, StorageRegistry
 from ._broker import (
     AtomicCompletion,
     AtomicEnqueue,
@@ -48,11 +49,10 @@ from ._handlers import Handler
 from ._manager import TaskCall, TaskFunction, TaskHandle, TaskManager
 from ._plugins import PluginHost, build_plugin_host
 from ._pool import WorkerPool
-from ._registries import BackendContext, BrokerRegistry, SerializerRegistry, StorageRegistry
-from ._registry import TaskOptions, TaskRegistry
 from ._settings import Settings, load_settings
 from ._storage import Storage, check_write
 from ._task import ALLOWED_TRANSITIONS, FROM_UNKNOWN_STATUS, Task, TaskStatus
+from ._task_registry import TaskOptions, TaskRegistry
 from ._wiring import Backends
 from .backends.memory import MemoryBroker, MemoryStorage
 from .hookspecs import hookimpl

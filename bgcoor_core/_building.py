@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import PayloadError
 from ._handlers import FunctionHandler
-from ._registry import RegisteredTask
 from ._task import Task, TaskStatus
+from ._task_registry import RegisteredTask
 
 if TYPE_CHECKING:
     from ._settings import Settings

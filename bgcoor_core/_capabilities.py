@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ._broker import Broker, Capability
 from ._errors import CapabilityError
-from ._registry import TaskRegistry
+from ._task_registry import TaskRegistry
 
 
 def check_capabilities(broker: Broker, registry: TaskRegistry) -> None:

@@ -33,10 +33,10 @@ from ._errors import (
 )
 from ._invoke import Invoker
 from ._plugins import PluginHost
-from ._registry import RegisteredTask, TaskRegistry
 from ._settings import Settings
 from ._storage import Storage
 from ._task import Task, TaskStatus
+from ._task_registry import RegisteredTask, TaskRegistry
 from ._wiring import Backends
 
 log = logging.getLogger("bgcoor.executor")

@@ -12,8 +12,8 @@ from pydantic import TypeAdapter
 from ._errors import TaskCancelledError, TaskFailedError
 from ._options import CallOptions
 from ._options import check as check_options
-from ._registry import RegisteredTask
 from ._task import Task, TaskStatus
+from ._task_registry import RegisteredTask
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable

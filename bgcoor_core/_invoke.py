@@ -17,8 +17,8 @@ from ._errors import PayloadError, PayloadTooLargeError, TaskTimeoutError
 
 if TYPE_CHECKING:
     from ._plugins import PluginHost
-    from ._registry import RegisteredTask
     from ._settings import Settings
+    from ._task_registry import RegisteredTask
 
 
 class Invoker:

@@ -21,11 +21,11 @@ from ._options import options as declared_options
 from ._plugins import PluginHost, build_plugin_host
 from ._pool import WorkerPool
 from ._portal import Portal
-from ._registry import RegisteredTask, TaskOptions, TaskRegistry
 from ._settings import Settings, load_settings
 from ._storage import Storage
 from ._submitting import submit
 from ._task import Task, TaskStatus
+from ._task_registry import RegisteredTask, TaskOptions, TaskRegistry
 from ._wiring import Backends
 
 P = ParamSpec("P")

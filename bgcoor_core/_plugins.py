@@ -11,27 +11,27 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from . import hookspecs as _hookspecs
-from ._codec import Codec
-from ._errors import BgcoorError, PluginError, PluginLoadError
-from ._extensions import OptionRegistry, ServiceRegistry, WorkerOptionRegistry
-from ._registries import (
+from ._backend_registry import (
     BackendContext,
     BrokerRegistry,
     SerializerRegistry,
     StorageRegistry,
     redact,
 )
-from ._registry import CORE_OPTION_NAMES
+from ._codec import Codec
+from ._errors import BgcoorError, PluginError, PluginLoadError
+from ._extensions import OptionRegistry, ServiceRegistry, WorkerOptionRegistry
+from ._task_registry import CORE_OPTION_NAMES
 
 if TYPE_CHECKING:
     import typer
 
     from ._broker import Broker
     from ._context import CurrentTask
-    from ._registry import TaskRegistry
     from ._settings import Settings
     from ._storage import Storage
     from ._task import Task
+    from ._task_registry import TaskRegistry
 
 log = logging.getLogger("bgcoor.plugins")
 GROUP = "bgcoor"

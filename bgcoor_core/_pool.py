@@ -34,9 +34,9 @@ from ._executor import Executor
 from ._extensions import Service
 from ._plugins import PluginHost, build_plugin_host
 from ._quarantine import Quarantine
-from ._registry import TaskRegistry
 from ._settings import Settings, load_settings
 from ._storage import Storage
+from ._task_registry import TaskRegistry
 
 __all__ = ["WorkerPool", "check_capabilities"]  # check_capabilities: its old home
 

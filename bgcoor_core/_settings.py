@@ -95,7 +95,7 @@ class Settings(BaseSettings):
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         # A URL may carry a password: a printed or logged Settings shows it redacted.
-        from ._registries import redact
+        from ._backend_registry import redact
 
         for name, value in super().__repr_args__():
             yield name, redact(value) if name in ("broker_url", "storage_url") else value

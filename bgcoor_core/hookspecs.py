@@ -27,11 +27,11 @@ if TYPE_CHECKING:
 
     import typer
 
+    from ._backend_registry import BrokerRegistry, SerializerRegistry, StorageRegistry
     from ._context import CurrentTask
     from ._extensions import OptionRegistry, ServiceRegistry, WorkerOptionRegistry
-    from ._registries import BrokerRegistry, SerializerRegistry, StorageRegistry
-    from ._registry import TaskRegistry
     from ._task import Task
+    from ._task_registry import TaskRegistry
 
 PROJECT = "bgcoor"
 hookspec = pluggy.HookspecMarker(PROJECT)

@@ -22,10 +22,10 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from ._backend_registry import redact
 from ._codec import _summarise
 from ._errors import CorruptRecordError, DuplicateTaskError, StaleLeaseError
 from ._limits import MAX_DELAY, MAX_LEASE
-from ._registries import redact
 from ._storage import check_page, check_transition, check_write
 from ._task import (
     FROM_UNKNOWN_STATUS,

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
+from ._backend_registry import SerializerRegistry
 from ._codec import JsonSerializer
-from ._registries import SerializerRegistry
 from .hookspecs import hookimpl
 
 

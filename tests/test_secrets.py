@@ -21,8 +21,8 @@ from bgcoor_core import (
     UnknownSchemeError,
     load_settings,
 )
+from bgcoor_core._backend_registry import redact
 from bgcoor_core._plugins import build_plugin_host
-from bgcoor_core._registries import redact
 
 SECRET = "PIN-SECRET-99"
 

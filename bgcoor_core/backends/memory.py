@@ -15,10 +15,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .._backend_registry import BackendContext, BrokerRegistry, StorageRegistry
 from .._broker import Broker, Capability, DeadLetter, Message, QueueStats, Reservation
 from .._codec import Codec
 from .._errors import DuplicateTaskError, ResultTimeoutError, StaleLeaseError
-from .._registries import BackendContext, BrokerRegistry, StorageRegistry
 from .._storage import Storage, check_page, check_transition
 from .._task import Task, TaskStatus, validate_queue_name
 from ..hookspecs import hookimpl

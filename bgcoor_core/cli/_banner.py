@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from urllib.parse import urlsplit
 
-from .._registries import redact
+from .._backend_registry import redact
 from ._reach import IN_PROCESS
 
 

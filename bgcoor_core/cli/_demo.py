@@ -19,9 +19,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from .._backend_registry import redact
 from .._broker import Capability
 from .._manager import TaskFunction, TaskManager
-from .._registries import redact
 from .._task import Task
 from ..hookspecs import hookimpl
 from ._output import CliError, cell, err_console, out_console, quiet_logging

@@ -14,8 +14,8 @@ from .._errors import PluginError
 from .._handlers import FunctionHandler
 from .._manager import TaskManager
 from .._plugins import PluginHost, PluginInfo, build_plugin_host
-from .._registry import TaskRegistry
 from .._settings import load_settings
+from .._task_registry import TaskRegistry
 from ._app_loading import load_manager
 from ._options import AppOption, JsonOption
 from ._output import cell, clean, out_console, print_json

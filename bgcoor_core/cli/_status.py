@@ -10,9 +10,9 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from .._backend_registry import redact
 from .._broker import QueueStats
 from .._manager import TaskManager
-from .._registries import redact
 from .._task import TaskStatus
 from ._app_loading import run_with_manager
 from ._options import AppOption, JsonOption

@@ -14,8 +14,8 @@ from .. import _limits as limits
 from .._errors import ResultTimeoutError, TaskCancelledError, TaskFailedError
 from .._handlers import FunctionHandler
 from .._manager import TaskManager
-from .._registry import RegisteredTask
 from .._task import Task, TaskStatus
+from .._task_registry import RegisteredTask
 from ._app_loading import run_with_manager
 from ._options import AppArgument, AppOption, check_queue, check_task_id, in_range
 from ._output import (

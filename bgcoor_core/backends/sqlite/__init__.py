@@ -6,7 +6,7 @@ the ``bgcoor`` entry-point group like any other plugin.
 
 from __future__ import annotations
 
-from ..._registries import BackendContext, BrokerRegistry, StorageRegistry
+from ..._backend_registry import BackendContext, BrokerRegistry, StorageRegistry
 from ...hookspecs import hookimpl
 from ._backend import SQLiteBackend, SQLiteOptions, parse_sqlite_url
 

@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..._backend_registry import redact
 from ..._broker import Broker, Capability, DeadLetter, Message, QueueStats, Reservation
 from ..._codec import Codec
 from ..._errors import (
@@ -27,7 +28,6 @@ from ..._errors import (
     DuplicateTaskError,
     StaleLeaseError,
 )
-from ..._registries import redact
 from ..._storage import Storage, check_page
 from ..._task import Task, TaskStatus, validate_queue_name
 from ...kit import placeholder, shielded_take
