@@ -118,26 +118,3 @@ def check_eta(option: str, eta: datetime) -> datetime:
             f"{option}={eta.isoformat()} is out of range: use at most {DELAY.describe()} from now"
         )
     return eta
-
-
-def check_call(
-    task: str,
-    *,
-    priority: int | None,
-    max_retries: int | None,
-    timeout: float | None,
-    delay: float | None,
-    eta: datetime | None,
-) -> None:
-    """Check the per-call options of task ``task`` that are given (``None``: not given)."""
-    where = f"task {task!r}: "
-    if priority is not None:
-        PRIORITY.check(where + "priority", priority)
-    if max_retries is not None:
-        RETRIES.check(where + "max_retries", max_retries)
-    if timeout is not None:
-        TIMEOUT.check(where + "timeout", timeout)
-    if delay is not None:
-        DELAY.check(where + "delay", delay)
-    if eta is not None:
-        check_eta(where + "eta", eta)

@@ -9,11 +9,10 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from .. import _limits as limits
 from .._broker import DeadLetter
 from .._manager import TaskManager
 from ._app_loading import run_with_manager
-from ._options import AppOption, JsonOption, QueueOption, check_task_ids, in_range
+from ._options import AppOption, JsonOption, LimitOption, QueueOption, check_task_ids
 from ._output import CliError, cell, err_console, out_console, print_json, timestamp
 
 dlq_app = typer.Typer(
@@ -27,15 +26,7 @@ dlq_app = typer.Typer(
 def list_dead(
     queue: QueueOption = "default",
     app: AppOption = None,
-    limit: Annotated[
-        int,
-        typer.Option(
-            "--limit",
-            "-n",
-            callback=in_range(limits.LISTING),
-            help=f"Show at most N ({limits.LISTING.describe()}).",
-        ),
-    ] = 100,
+    limit: LimitOption = 100,
     as_json: JsonOption = False,
 ) -> None:
     """List the dead letters of a queue, oldest first."""

@@ -7,6 +7,7 @@ from typing import Annotated, TypeVar
 
 import typer
 
+from .. import _limits as limits
 from .._errors import InvalidNameError
 from .._limits import Range
 from .._task import validate_queue_name, validate_task_id
@@ -92,6 +93,16 @@ AppArgument = Annotated[
 QueueOption = Annotated[
     str,
     typer.Option("--queue", "-q", help="Queue name.", callback=check_queue),
+]
+
+LimitOption = Annotated[
+    int,
+    typer.Option(
+        "--limit",
+        "-n",
+        callback=in_range(limits.LISTING),
+        help=f"Show at most N ({limits.LISTING.describe()}).",
+    ),
 ]
 
 JsonOption = Annotated[

@@ -10,12 +10,17 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from .. import _limits as limits
 from .._errors import UnknownTaskError
 from .._manager import TaskManager
 from .._task import Task, TaskStatus
 from ._app_loading import run_with_manager
-from ._options import AppOption, JsonOption, check_optional_task_id, check_queue, in_range
+from ._options import (
+    AppOption,
+    JsonOption,
+    LimitOption,
+    check_optional_task_id,
+    check_queue,
+)
 from ._output import cell, out_console, print_json, timestamp
 from ._tasks import STATUS_STYLES
 
@@ -55,15 +60,7 @@ def tasks(
             "--queue", "-q", callback=check_queue, help="Only this queue.", show_default=False
         ),
     ] = None,
-    limit: Annotated[
-        int,
-        typer.Option(
-            "--limit",
-            "-n",
-            callback=in_range(limits.LISTING),
-            help=f"Show at most N ({limits.LISTING.describe()}).",
-        ),
-    ] = 100,
+    limit: LimitOption = 100,
     after: Annotated[
         str | None,
         typer.Option(
