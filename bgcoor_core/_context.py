@@ -8,16 +8,30 @@ such a plugin sets).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass, field
 from typing import Any
 
 from ._task import Task
 
 
-@dataclass(eq=False)
+class CancelFlag:
+    """Set once to ask a task to stop; read from any thread. (A ``threading.Event`` would
+    do, but costs a lock and a condition for every task run; a bool's assignment is
+    atomic.)"""
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+
 class CurrentTask:
     """The task being run, as its handler and the execution wrappers see it.
 
@@ -25,10 +39,16 @@ class CurrentTask:
     wrappers exit, so a wrapper can see the outcome.
     """
 
-    task: Task
-    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
-    result: Any = None
-    error: BaseException | None = None
+    __slots__ = ("_cancel", "error", "result", "task")
+
+    def __init__(self, task: Task, cancel: CancelFlag | None = None) -> None:
+        self.task = task
+        self._cancel = cancel if cancel is not None else CancelFlag()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def __repr__(self) -> str:
+        return f"CurrentTask({self.task.id!r}, {self.task.name!r}, attempt={self.attempt})"
 
     @property
     def id(self) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +19,7 @@ from typing import Any
 
 from ._broker import Broker, Capability, Reservation
 from ._codec import printable
-from ._context import CurrentTask
+from ._context import CancelFlag, CurrentTask
 from ._errors import (
     CorruptRecordError,
     InvalidTransitionError,
@@ -92,7 +91,7 @@ class Executor:
         self._final_ttl = settings.result_ttl
 
     async def execute(
-        self, reservation: Reservation, *, cancel: threading.Event | None = None
+        self, reservation: Reservation, *, cancel: CancelFlag | None = None
     ) -> None:
         """Run one reservation to a settled state. Never raises for task failures.
 
@@ -105,7 +104,7 @@ class Executor:
         task = await self._mark_running(reservation, reservation.task)
         if task is None:
             return
-        current = CurrentTask(task, cancel or threading.Event())
+        current = CurrentTask(task, cancel)
         if current.cancel_requested:  # cancelled while it waited for a slot: never run
             await self._cancelled(reservation, task, "cancelled before it started")
             return

@@ -28,7 +28,7 @@ from typing import ParamSpec, Self, TypeVar
 
 from ._broker import Broker, Capability, Reservation
 from ._capabilities import check_capabilities
-from ._context import _CURRENT
+from ._context import _CURRENT, CancelFlag
 from ._errors import StaleLeaseError
 from ._executor import Executor
 from ._extensions import Service
@@ -84,7 +84,7 @@ class _Held:
     batch is sorted or a suspect waits to run alone) neither."""
 
     reservation: Reservation
-    cancel: threading.Event = field(default_factory=threading.Event)
+    cancel: CancelFlag = field(default_factory=CancelFlag)
     task: asyncio.Task[None] | None = None  # set once it is started
     context: contextvars.Context | None = None  # the asyncio task's own context
     interrupted: bool = False  # the pool cancelled its asyncio task (never twice)
