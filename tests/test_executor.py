@@ -827,3 +827,11 @@ async def test_handler_objects_sync_and_async_receive_the_payload_as_is(
     async_thread = next(thread for kind, _, thread in seen if kind == "async")
     assert sync_thread != loop_thread  # sync handlers never run on the event loop
     assert async_thread == loop_thread
+
+
+@pytest.mark.parametrize("attempt", [64, 1_025, 10**6])
+def test_backoff_delay_saturates_at_its_cap_for_any_attempt(attempt: int) -> None:
+    """Regression: ``2 ** (attempt - 1)`` overflowed a float after attempt 1,024 and the
+    task was dead-lettered as worker_lost although no worker died."""
+    for _ in range(20):
+        assert 150.0 <= backoff_delay(attempt, 1.0, 300.0) <= 300.0
