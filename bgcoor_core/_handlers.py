@@ -71,14 +71,27 @@ class FunctionHandler:
         for key, value in bound.arguments.items():
             adapter = self._adapters.get(key)
             if adapter is not None:
-                bound.arguments[key] = self._validate(adapter, key, value, python=False)
+                bound.arguments[key] = self._validate(adapter, key, value)
         return bound.args, bound.kwargs
 
     def bind(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> inspect.BoundArguments:
         try:
             return self.signature.bind(*args, **kwargs)
         except TypeError as exc:
-            raise PayloadError(f"task {self.name!r}: {exc}") from None
+            raise PayloadError(f"task {self.name!r}: {self._unknown(kwargs) or exc}") from None
+
+    def _unknown(self, kwargs: Mapping[str, Any]) -> str:
+        """Name keyword arguments the function has no parameter for (``crunch(m=1)``
+        would otherwise only say that ``n`` is missing)."""
+        params = self.signature.parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return ""
+        unknown = sorted(k for k in kwargs if k not in params)
+        if not unknown:
+            return ""
+        names = ", ".join(repr(k) for k in unknown)
+        noun = "argument" if len(unknown) == 1 else "arguments"
+        return f"unexpected keyword {noun} {names}; its parameters are {', '.join(params)}"
 
     def encode_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
         """Check arguments in the caller and turn them into a JSON payload."""
@@ -86,13 +99,13 @@ class FunctionHandler:
         for key, value in bound.arguments.items():
             adapter = self._adapters.get(key)
             if adapter is not None:
-                checked = self._validate(adapter, key, value, python=True)
+                checked = self._validate(adapter, key, value)
                 if key in self._secret_params:
                     refuse_secrets(self.name, checked, f"argument {key!r}")
                 bound.arguments[key] = adapter.dump_python(checked, mode="json")
         return {"args": list(bound.args), "kwargs": dict(bound.kwargs)}
 
-    def _validate(self, adapter: TypeAdapter[Any], key: str, value: Any, *, python: bool) -> Any:
+    def _validate(self, adapter: TypeAdapter[Any], key: str, value: Any) -> Any:
         try:
             return adapter.validate_python(value)
         except ValidationError as exc:

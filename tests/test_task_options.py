@@ -106,3 +106,14 @@ def test_plugins_declare_task_options_validated_like_the_cores(fast: dict[str, A
 
         @manager.task(rate_limt="1/s")  # type: ignore[call-overload]
         def typo() -> None: ...
+
+
+def test_an_unknown_keyword_argument_is_named(fast: dict[str, Any]) -> None:
+    manager = TaskManager(**fast)
+
+    @manager.task(name="jobs.crunch")
+    def crunch(n: int) -> int:
+        return n
+
+    with pytest.raises(Exception, match=r"unexpected keyword argument 'm'; its parameters are n"):
+        crunch.build((), {"m": 1})
