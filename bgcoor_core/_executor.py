@@ -90,9 +90,7 @@ class Executor:
         self._invoker = Invoker(settings, threads, host)
         self._final_ttl = settings.result_ttl
 
-    async def execute(
-        self, reservation: Reservation, *, cancel: CancelFlag | None = None
-    ) -> None:
+    async def execute(self, reservation: Reservation, *, cancel: CancelFlag | None = None) -> None:
         """Run one reservation to a settled state. Never raises for task failures.
 
         ``cancel``: set it (then cancel the asyncio task running this) to cancel the task
