@@ -14,6 +14,7 @@ from .. import _limits as limits
 from .._errors import ResultTimeoutError, TaskCancelledError, TaskFailedError
 from .._handlers import FunctionHandler
 from .._manager import TaskManager
+from .._options import options as declared_options
 from .._task import Task, TaskStatus
 from .._task_registry import RegisteredTask
 from ._app_loading import run_with_manager
@@ -145,6 +146,18 @@ def enqueue(
             help=f"Run no earlier than SECONDS from now ({limits.DELAY.describe()}).",
         ),
     ] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option",
+            "-o",
+            metavar="NAME=VALUE",
+            help="Any other call option, as declared for .options() ("
+            + ", ".join(sorted(set(declared_options("call")) - _FLAGGED))
+            + "); VALUE is JSON, or text. Repeat for more.",
+            show_default=False,
+        ),
+    ] = None,
     wait: Annotated[
         bool, typer.Option("--wait", "-w", help="Wait for the task and print its result as JSON.")
     ] = False,
@@ -170,8 +183,11 @@ def enqueue(
         payload=parse_json(payload, "--payload", object) if payload is not None else _NO_PAYLOAD,
     )
 
+    options = {"queue": queue, "priority": priority, "delay": delay or None}
+    options.update(_call_options(option or []))
+
     async def body(manager: TaskManager) -> None:
-        built = _build(manager, _registered(manager, task), call, queue, priority, delay)
+        built = _build(manager, _registered(manager, task), call, options)
         handle = await manager.submit(built)
         typer.echo(clean(handle.id))
         if wait:
@@ -190,16 +206,30 @@ def _registered(manager: TaskManager, name: str) -> RegisteredTask:
     return manager.registry.resolve(name)
 
 
+#: Call options that have flags of their own.
+_FLAGGED = frozenset({"queue", "priority", "delay"})
+
+
+def _call_options(given: list[str]) -> dict[str, Any]:
+    """``--option name=value`` pairs; the values are checked, with the names, against the
+    one declaration of call options when the task is built (``CallOptions``)."""
+    found: dict[str, Any] = {}
+    for item in given:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            raise CliError(f"--option {item!r}: use NAME=VALUE, e.g. expires=60", exit_code=2)
+        try:
+            found[name.strip()] = json.loads(text)
+        except ValueError:
+            found[name.strip()] = text  # plain text: a queue name, an ISO date
+    return found
+
+
 def _build(
-    manager: TaskManager,
-    entry: RegisteredTask,
-    call: _Call,
-    queue: str | None,
-    priority: int | None,
-    delay: float | None,
+    manager: TaskManager, entry: RegisteredTask, call: _Call, options: dict[str, Any]
 ) -> Task:
-    """Arguments are checked here, in the caller, by the manager's own task builder."""
-    options: dict[str, Any] = {"queue": queue, "priority": priority, "delay": delay or None}
+    """Arguments and options are checked here, in the caller, by the manager's own task
+    builder (the options against their one declaration)."""
     if isinstance(entry.handler, FunctionHandler):
         if call.payload is not _NO_PAYLOAD:
             raise CliError(

@@ -46,6 +46,35 @@ def test_enqueue_overrides_queue_priority_and_delay(shared: ModuleType) -> None:
     assert stats(shared.manager, "mail").ready == 0  # not the task's own queue
 
 
+def test_enqueue_takes_any_declared_call_option(shared: ModuleType) -> None:
+    before = datetime.now(UTC)
+    task_id = ok(
+        "enqueue", "cli_app", "add", "--args", "[1, 2]",
+        "--option", 'headers={"tenant": "t-42"}', "-o", "expires=60", "-o", "result_ttl=30",
+    ).strip()  # fmt: skip
+    task = record(shared.manager, task_id)
+    assert task.headers == {"tenant": "t-42"}
+    assert task.result_ttl == 30
+    assert task.expires is not None
+    assert 55 <= (task.expires - before).total_seconds() <= 65
+
+
+@pytest.mark.parametrize(
+    ("option", "problem", "code"),
+    [
+        ("expire=60", "unknown option 'expire'; did you mean 'expires'?", 1),
+        ("expires=nan", "expires=nan is out of range", 1),
+        ("noequals", "use NAME=VALUE", 2),
+    ],
+)
+def test_enqueue_refuses_a_bad_call_option_by_name(
+    shared: ModuleType, option: str, problem: str, code: int
+) -> None:
+    error = fails("enqueue", "cli_app", "add", "--args", "[1, 2]", "-o", option, code=code)
+    assert problem in error
+    assert stats(shared.manager).ready == 0
+
+
 def test_enqueue_a_handler_object_takes_a_raw_payload(shared: ModuleType) -> None:
     task_id = ok("enqueue", "cli_app", "echo", "--payload", '{"rows": [1, 2]}').strip()
     assert record(shared.manager, task_id).payload == {"rows": [1, 2]}
