@@ -6,8 +6,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
-
 from bgcoor_core import (
     CapabilityError,
     CorruptRecordError,
@@ -17,6 +15,7 @@ from bgcoor_core import (
     StaleLeaseError,
     Task,
     TaskStatus,
+    kit,
 )
 from bgcoor_core.kit import validate_queue_name
 
@@ -113,12 +112,7 @@ def decode_record(
         )
     if raw is None:
         raise CorruptRecordError(f"stored record of task {task_id} has no JSON (field j)")
-    try:
-        task = Task.model_validate_json(raw)
-    except ValidationError as exc:
-        raise CorruptRecordError(
-            f"stored record of task {task_id} cannot be decoded: {exc}"
-        ) from None
+    task = kit.decode_record(task_id, raw)  # also refuses another task's JSON
     if started and token:
         task = _apply_start(task_id, task, started, token)
     if status is not None and status != task.status.value.encode():
