@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Unpack, over
 
 from pydantic import TypeAdapter
 
+from ._building import build, payload_of
 from ._errors import TaskCancelledError, TaskFailedError
 from ._options import CallOptions
 from ._options import check as check_options
@@ -73,12 +74,13 @@ class TaskCall(Generic[P, R]):
 
     def __init__(self, fn: TaskFunction[P, R], overrides: dict[str, Any]) -> None:
         self._fn = fn
-        self._overrides = overrides
+        self._overrides = overrides  # already checked by TaskFunction.options
 
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
-        return await self._fn.manager.submit_with_handle(
-            self._fn.build(args, kwargs, **self._overrides), self._fn.decode_result
-        )
+        fn = self._fn
+        payload = payload_of(fn.entry, args, kwargs)
+        task = build(fn.entry, payload, self._overrides, fn.manager.settings)
+        return await fn.manager.submit_with_handle(task, fn.decode_result)
 
     def enqueue_sync(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
         return self._fn.manager.portal.call(self.enqueue(*args, **kwargs))
