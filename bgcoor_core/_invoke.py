@@ -18,6 +18,7 @@ from ._errors import PayloadError, PayloadTooLargeError, TaskTimeoutError
 if TYPE_CHECKING:
     from ._plugins import PluginHost
     from ._settings import Settings
+    from ._task import Task
     from ._task_registry import RegisteredTask
 
 
@@ -60,16 +61,12 @@ class Invoker:
     async def _call(self, entry: RegisteredTask, current: CurrentTask) -> Any:
         task = current.task
         timeout = task.timeout or entry.options.timeout or self.settings.timeout
+        if timeout is None:  # no deadline to arm: the common case costs nothing
+            return self._checked_result(task.name, await self._run(entry, task))
         deadline = asyncio.timeout(timeout)
         try:
             async with deadline:
-                if entry.is_async:
-                    result = await entry.handler.run(task.payload)
-                else:  # the thread runs in a copy of this context: current_task() works
-                    context = contextvars.copy_context()
-                    result = await asyncio.get_running_loop().run_in_executor(
-                        self.threads, context.run, entry.handler.run, task.payload
-                    )
+                result = await self._run(entry, task)
         except TimeoutError as exc:
             if not deadline.expired():  # the handler's own TimeoutError, not ours
                 raise
@@ -78,7 +75,18 @@ class Invoker:
             ) from exc
         return self._checked_result(task.name, result)
 
+    async def _run(self, entry: RegisteredTask, task: Task) -> Any:
+        if entry.is_async:
+            return await entry.handler.run(task.payload)
+        # The thread runs in a copy of this context: current_task() works there too.
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(
+            self.threads, context.run, entry.handler.run, task.payload
+        )
+
     def _checked_result(self, name: str, result: Any) -> Any:
+        if result is None:  # most tasks: nothing to encode or measure
+            return None
         try:
             size = len(to_json(result))  # a few microseconds, in Rust: checked for every task
             jsonable = to_jsonable_python(result)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -55,6 +56,9 @@ class TaskManager:
         self._backends: Backends | None = None
         self._portal: Portal | None = None
         self._wiring = threading.RLock()  # first use may come from several threads at once
+        #: Pools started by :meth:`worker`, each with its event loop: :meth:`cancel`
+        #: reaches a task one of them is running.
+        self._pools: dict[WorkerPool, asyncio.AbstractEventLoop] = {}
 
     # -- wiring ------------------------------------------------------------------------
 
@@ -211,7 +215,19 @@ class TaskManager:
         # (not stale), stores nothing and acks the message.
         await self.storage.save(task, ttl=self.settings.result_ttl)
         self.host.task_cancelled(task)
+        self._stop_in_pools(task_id)
         return True
+
+    def _stop_in_pools(self, task_id: str) -> None:
+        """Interrupt ``task_id`` in this process's pools, each on its own loop. Another
+        process's worker finds the record cancelled when it settles (issue 14 brings the
+        cross-process signal)."""
+        here = asyncio.get_running_loop()
+        for pool, loop in list(self._pools.items()):
+            if loop is here:
+                pool.cancel(task_id)
+            elif not loop.is_closed():
+                loop.call_soon_threadsafe(pool.cancel, task_id)
 
     async def requeue_dead(self, queue: str, ids: Sequence[str] | None = None) -> list[str]:
         """Put dead letters (all, or those in ``ids``) back in their queue for one more
@@ -236,9 +252,11 @@ class TaskManager:
             queues=queues,
         )
         await pool.start()
+        self._pools[pool] = asyncio.get_running_loop()
         try:
             yield pool
         finally:
+            self._pools.pop(pool, None)
             await pool.shutdown()
 
     async def drain(

@@ -626,3 +626,33 @@ async def test_enqueue_by_name_for_a_handler_object_takes_its_payload(
     with pytest.raises(PayloadError, match="exactly one argument"):
         await manager.enqueue("greet", {"who": "ada"}, extra=1)
     assert await manager.broker.queue_length("default") == 0
+
+
+async def test_cancel_interrupts_a_task_running_in_this_process_pool(
+    fast: dict[str, Any], wait_until: WaitUntil
+) -> None:
+    """TaskManager.cancel reaches the in-process pool: the running coroutine gets
+    CancelledError at once, instead of running on until it returns by itself."""
+    manager = TaskManager(**{**fast, "lease_seconds": 30.0})
+    started = asyncio.Event()
+    interrupted = asyncio.Event()
+
+    @manager.task
+    async def endless() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            interrupted.set()
+            raise
+
+    try:
+        async with manager.worker(concurrency=2) as pool:
+            handle = await endless.enqueue()
+            await started.wait()
+            assert await handle.cancel() is True
+            await asyncio.wait_for(interrupted.wait(), timeout=2.0)
+            await wait_until(lambda: pool.processed == 1, timeout=3.0, what="slot freed")
+        assert await handle.status() is TaskStatus.CANCELLED
+    finally:
+        await manager.close()
