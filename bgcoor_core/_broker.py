@@ -20,6 +20,7 @@ from ._errors import CapabilityError, DecodeError
 from ._task import Task, validate_queue_name
 
 if TYPE_CHECKING:
+    from ._schedules import ScheduleStore
     from ._storage import Storage
 
 
@@ -209,6 +210,21 @@ class Broker(ABC):
     @abstractmethod
     async def queues(self) -> list[str]:
         """Names of queues that hold or held messages."""
+
+    def schedule_store(self, storage: Storage) -> ScheduleStore | None:
+        """Where this broker keeps schedules and fires their ticks into ``storage``
+        (periodic tasks), or ``None`` when it cannot do that atomically. By default the
+        broker itself, when it is a :class:`~bgcoor_core.ScheduleStore` that enqueues
+        atomically into ``storage`` (:class:`AtomicEnqueue`)."""
+        from ._schedules import ScheduleStore
+
+        if (
+            isinstance(self, ScheduleStore)
+            and isinstance(self, AtomicEnqueue)
+            and self.shares_store_with(storage)
+        ):
+            return self
+        return None
 
     async def preflight(self) -> None:  # noqa: B027 - optional hook with a sensible default
         """Check, once before a worker pool starts, that the backend can keep its promises;

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ._broker import AtomicCompletion, AtomicEnqueue, Broker
+from ._schedules import ScheduleStore
 from ._storage import Storage
 
 if TYPE_CHECKING:
@@ -24,13 +25,15 @@ class Backends:
 
     ``atomic_enqueue``: the broker, when it stores records and messages in one step into
     this very storage; ``atomic_completion``: the broker, when it stores an outcome and
-    acks in one step into it. Build with :meth:`pair` or :meth:`open`.
+    acks in one step into it; ``schedules``: where periodic schedules live and fire
+    (:meth:`Broker.schedule_store`). Build with :meth:`pair` or :meth:`open`.
     """
 
     broker: Broker
     storage: Storage
     atomic_enqueue: AtomicEnqueue | None = None
     atomic_completion: AtomicCompletion | None = None
+    schedules: ScheduleStore | None = None
 
     @classmethod
     def pair(cls, broker: Broker, storage: Storage) -> Backends:
@@ -45,6 +48,7 @@ class Backends:
             completion
             if completion is not None and completion.shares_store_with(storage)
             else None,
+            broker.schedule_store(storage),
         )
 
     @classmethod

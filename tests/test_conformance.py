@@ -16,7 +16,12 @@ from bgcoor_core import (
     Storage,
     build_plugin_host,
 )
-from bgcoor_core.testing import BrokerContract, StorageContract, make_test_codec
+from bgcoor_core.testing import (
+    BrokerContract,
+    ScheduleContract,
+    StorageContract,
+    make_test_codec,
+)
 
 HOST = build_plugin_host()
 BROKER_SCHEMES = sorted(s for s, e in HOST.brokers.entries.items() if e.test_url is not None)
@@ -90,3 +95,32 @@ class TestBrokerConformanceWithoutCapabilities(BrokerContract):
 
 def _scheme(url: str) -> str:
     return url.partition("://")[0].lower()
+
+
+class TestScheduleConformance(ScheduleContract):
+    """Every broker's schedule store (with the storage ``make_backends`` pairs it with)."""
+
+    @pytest.fixture(params=BROKER_SCHEMES, ids=str)
+    def broker_url(self, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+        return _broker_url(request.param, tmp_path)
+
+    @pytest.fixture
+    async def broker(self, broker_url: str) -> AsyncIterator[Broker]:
+        broker = HOST.brokers.lookup(broker_url).factory(broker_url, _context())
+        yield broker
+        await broker.close()
+
+    @pytest.fixture
+    async def completion_storage(
+        self, broker: Broker, broker_url: str
+    ) -> AsyncIterator[Storage | None]:
+        if isinstance(broker, Storage):
+            yield broker
+            return
+        entry = HOST.storages.entries.get(_scheme(broker_url))
+        if entry is None:
+            yield None
+            return
+        storage = entry.factory(broker_url, _context())
+        yield storage
+        await storage.close()

@@ -19,9 +19,11 @@ from .._backend_registry import BackendContext, BrokerRegistry, StorageRegistry
 from .._broker import Broker, Capability, DeadLetter, Message, QueueStats, Reservation
 from .._codec import Codec
 from .._errors import DuplicateTaskError, ResultTimeoutError, StaleLeaseError
+from .._schedules import ScheduleEntry
 from .._storage import Storage, check_page, check_transition
 from .._task import Task, TaskStatus, validate_queue_name
 from ..hookspecs import hookimpl
+from ._memory_schedules import MemorySchedules
 from ._waiters import Waiters, wait_for_wake
 
 READY, SCHEDULED, RESERVED = "ready", "scheduled", "reserved"
@@ -61,6 +63,7 @@ class MemoryBroker(Broker):
         self._dead: dict[str, dict[str, _Dead]] = {}
         self._known: set[str] = set()  # every queue that ever held a message
         self._waiters = Waiters()
+        self._schedule_table: dict[str, ScheduleEntry] = {}
 
     # -- producing ---------------------------------------------------------------------
 
@@ -68,18 +71,27 @@ class MemoryBroker(Broker):
         for message in messages:
             validate_queue_name(message.queue)
         with self._lock:
-            seen: set[str] = set()
-            for message in messages:
-                if message.id in self._entries or message.id in seen:
-                    raise DuplicateTaskError(f"task {message.id} is already in the broker")
-                seen.add(message.id)
-            now = time.time()
-            for message in messages:
-                entry = _Entry(message, next(self._seq))
-                self._entries[message.id] = entry
-                self._known.add(message.queue)
-                self._enqueue(entry, message.eta if message.eta and message.eta > now else None)
-            self._waiters.wake_all()
+            self._push_locked(messages)
+
+    def _push_locked(self, messages: Sequence[Message]) -> None:
+        seen: set[str] = set()
+        for message in messages:
+            if message.id in self._entries or message.id in seen:
+                raise DuplicateTaskError(f"task {message.id} is already in the broker")
+            seen.add(message.id)
+        now = time.time()
+        for message in messages:
+            entry = _Entry(message, next(self._seq))
+            self._entries[message.id] = entry
+            self._known.add(message.queue)
+            self._enqueue(entry, message.eta if message.eta and message.eta > now else None)
+        self._waiters.wake_all()
+
+    def schedule_store(self, storage: Storage) -> MemorySchedules | None:
+        """Schedules on this broker, firing into ``storage`` if it is a memory storage."""
+        if isinstance(storage, MemoryStorage):
+            return MemorySchedules(self, storage)
+        return None
 
     def _enqueue(self, entry: _Entry, eta: float | None) -> None:
         entry.token = None
@@ -333,14 +345,14 @@ class MemoryStorage(Storage):
                 if old is not None:
                     raise DuplicateTaskError(f"task {task.id} already exists (status {old.status})")
             for task in tasks:
-                self._records[task.id] = _Record(
-                    task.status,
-                    task.name,
-                    task.queue,
-                    task.lease_token,
-                    task.model_dump_json().encode(),
-                )
-                self._expires.pop(task.id, None)
+                self._insert(task)
+
+    def _insert(self, task: Task) -> None:
+        """Store a new record (the lock held; the caller checked the id is free)."""
+        self._records[task.id] = _Record(
+            task.status, task.name, task.queue, task.lease_token, task.model_dump_json().encode()
+        )
+        self._expires.pop(task.id, None)
 
     async def get(self, task_id: str) -> Task | None:
         with self._lock:

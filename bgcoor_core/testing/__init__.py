@@ -21,6 +21,7 @@ Importing this package needs pytest and pytest-asyncio (the ``test`` extra).
 from ._broker_contract import BrokerContract
 from ._fleet import Run, WorkerFleet, ledger_task
 from ._helpers import EARLY, LEASE, LONG_LEASE, SLACK, make_task, make_test_codec
+from ._schedule_contract import ScheduleContract
 from ._storage_contract import StorageContract
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "SLACK",
     "BrokerContract",
     "Run",
+    "ScheduleContract",
     "StorageContract",
     "WorkerFleet",
     "ledger_task",
