@@ -74,12 +74,7 @@ class MemorySchedules:
             return FireOutcome.PAUSED
         last = self._last_status(state)
         if request.release:
-            if state.buffered_tick_ms is None:
-                return FireOutcome.ALREADY
-            if last in ACTIVE:
-                return FireOutcome.BUFFERED
-            state.buffered_tick_ms = None
-            return self._enqueue(state, request)
+            return self._release(state, request, last)
         if state.last_tick_ms is not None and request.tick_ms <= state.last_tick_ms:
             return FireOutcome.ALREADY
         state.last_tick_ms = request.tick_ms
@@ -97,6 +92,14 @@ class MemorySchedules:
             return FireOutcome.BUFFERED
         return self._enqueue(state, request)
 
+    def _release(self, state: ScheduleState, request: Fire, last: object) -> FireOutcome:
+        if state.buffered_tick_ms is None:
+            return FireOutcome.ALREADY
+        if last in ACTIVE:
+            return FireOutcome.BUFFERED
+        state.buffered_tick_ms = None
+        return self._enqueue(state, request)
+
     def _last_status(self, state: ScheduleState) -> object:
         if state.last_task_id is None:
             return None
@@ -105,7 +108,8 @@ class MemorySchedules:
 
     def _enqueue(self, state: ScheduleState, request: Fire) -> FireOutcome:
         task, message = request.task, request.message
-        assert task is not None and message is not None
+        assert task is not None
+        assert message is not None
         self.storage._insert(task)
         self.broker._push_locked([message])
         state.last_task_id = task.id

@@ -128,7 +128,8 @@ class ScheduleContract:
         assert entry.state.since_ms == first.since_ms  # ... the old state
         assert entry.state.paused is True
         assert entry.state.last_tick_ms == T0
-        assert task is not None and entry.state.last_task_id == task.id
+        assert task is not None
+        assert entry.state.last_task_id == task.id
         assert entry.state.fired == 1
 
     @ASYNC
@@ -159,7 +160,8 @@ class ScheduleContract:
         assert task is not None
         assert await schedules.fire([request]) == [FireOutcome.FIRED]
         record = await completion_storage.get(task.id)
-        assert record is not None and record.status is TaskStatus.PENDING
+        assert record is not None
+        assert record.status is TaskStatus.PENDING
         assert record.headers == {"bgcoor-schedule": sid, "bgcoor-tick": str(T0)}
         reservations = await _take_all(broker)
         assert [r.task.id for r in reservations] == [task.id]
@@ -177,7 +179,8 @@ class ScheduleContract:
         older, older_task = self._fire(broker, sid, T0)
         assert await schedules.fire([first]) == [FireOutcome.FIRED]
         assert await schedules.fire([again, older]) == [FireOutcome.ALREADY] * 2
-        assert again_task is not None and older_task is not None
+        assert again_task is not None
+        assert older_task is not None
         assert await completion_storage.get(again_task.id) is None
         assert await completion_storage.get(older_task.id) is None
         assert len(await _take_all(broker)) == 1
