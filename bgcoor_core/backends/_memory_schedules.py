@@ -81,16 +81,17 @@ class MemorySchedules:
         state.missed += request.missed
         if request.task is None:
             return FireOutcome.ADVANCED
-        if request.overlap is Overlap.SKIP and last in ACTIVE:
+        if request.overlap is not Overlap.ALLOW and last in ACTIVE:
+            return self._overlapping(state, request, last)
+        return self._enqueue(state, request)
+
+    def _overlapping(self, state: ScheduleState, request: Fire, last: object) -> FireOutcome:
+        """The last task is still going: skip the tick, or buffer it behind a running one."""
+        if request.overlap is Overlap.SKIP or last in WAITING or state.buffered_tick_ms:
             state.skipped += 1
             return FireOutcome.SKIPPED
-        if request.overlap is Overlap.BUFFER_ONE and last in ACTIVE:
-            if last in WAITING or state.buffered_tick_ms is not None:
-                state.skipped += 1
-                return FireOutcome.SKIPPED
-            state.buffered_tick_ms = request.tick_ms
-            return FireOutcome.BUFFERED
-        return self._enqueue(state, request)
+        state.buffered_tick_ms = request.tick_ms
+        return FireOutcome.BUFFERED
 
     def _release(self, state: ScheduleState, request: Fire, last: object) -> FireOutcome:
         if state.buffered_tick_ms is None:
