@@ -87,7 +87,7 @@ class MemorySchedules:
 
     def _overlapping(self, state: ScheduleState, request: Fire, last: object) -> FireOutcome:
         """The last task is still going: skip the tick, or buffer it behind a running one."""
-        if request.overlap is Overlap.SKIP or last in WAITING or state.buffered_tick_ms:
+        if request.overlap is Overlap.SKIP or last in WAITING or state.buffered_tick_ms is not None:
             state.skipped += 1
             return FireOutcome.SKIPPED
         state.buffered_tick_ms = request.tick_ms
