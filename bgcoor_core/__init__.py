@@ -49,6 +49,16 @@ from ._handlers import Handler
 from ._manager import TaskCall, TaskFunction, TaskHandle, TaskManager
 from ._plugins import PluginHost, build_plugin_host
 from ._pool import WorkerPool
+from ._schedules import (
+    Catchup,
+    Fire,
+    FireOutcome,
+    Overlap,
+    ScheduleDefinition,
+    ScheduleEntry,
+    ScheduleState,
+    ScheduleStore,
+)
 from ._settings import Settings, load_settings
 from ._storage import Storage, check_write
 from ._task import ALLOWED_TRANSITIONS, FROM_UNKNOWN_STATUS, Task, TaskStatus
@@ -71,6 +81,7 @@ __all__ = [
     "BrokerRegistry",
     "Capability",
     "CapabilityError",
+    "Catchup",
     "Codec",
     "ConfigurationError",
     "CorruptRecordError",
@@ -81,6 +92,8 @@ __all__ = [
     "DuplicateTaskError",
     "EnqueueUncertainError",
     "Executor",
+    "Fire",
+    "FireOutcome",
     "Handler",
     "InvalidNameError",
     "InvalidTransitionError",
@@ -91,6 +104,7 @@ __all__ = [
     "NonRetryableError",
     "OptionRegistry",
     "OutOfRangeError",
+    "Overlap",
     "PayloadError",
     "PayloadTooLargeError",
     "PluginError",
@@ -100,6 +114,10 @@ __all__ = [
     "Reservation",
     "ResultTimeoutError",
     "Retry",
+    "ScheduleDefinition",
+    "ScheduleEntry",
+    "ScheduleState",
+    "ScheduleStore",
     "Serializer",
     "SerializerRegistry",
     "ServiceRegistry",

@@ -26,6 +26,8 @@ from ._backend_registry import redact
 from ._codec import _summarise
 from ._errors import CorruptRecordError, DuplicateTaskError, StaleLeaseError
 from ._limits import MAX_DELAY, MAX_LEASE
+from ._schedules import ACTIVE as SCHEDULE_ACTIVE
+from ._schedules import WAITING as SCHEDULE_WAITING
 from ._storage import check_page, check_transition, check_write
 from ._task import (
     FROM_UNKNOWN_STATUS,
@@ -106,6 +108,8 @@ __all__ = [
     "FROM_UNKNOWN_STATUS",
     "MAX_DELAY",
     "MAX_LEASE",
+    "SCHEDULE_ACTIVE",
+    "SCHEDULE_WAITING",
     "CorruptRecordError",
     "DuplicateTaskError",
     "StaleLeaseError",
