@@ -21,9 +21,13 @@ from bgcoor_core import (
     Codec,
     DeadLetter,
     DuplicateTaskError,
+    Fire,
+    FireOutcome,
     Message,
     QueueStats,
     Reservation,
+    ScheduleDefinition,
+    ScheduleEntry,
     StaleLeaseError,
     Storage,
     Task,
@@ -43,6 +47,7 @@ from ._database import CONNECTION_ERRORS, Conn, Database
 from ._listener import Listener
 from ._options import PostgresTarget
 from ._records import Write
+from ._schedules import PostgresSchedules
 from ._sql import Statements, numbers
 
 log = logging.getLogger("bgcoor.postgres")
@@ -50,6 +55,8 @@ Tasks = list[Task]  # the class below defines a method named ``list``
 Records = list[asyncpg.Record]
 Lines = list[str]
 Verdicts = list[BaseException | None]
+Entries = list[ScheduleEntry]
+Outcomes = list[FireOutcome]
 Extension = tuple[str, str, float]  # message id, token, lease seconds
 
 
@@ -87,6 +94,7 @@ class PostgresBackend(Broker, Storage):
         self.sql = Statements(target.schema, fast_lease_commits=self.options.fast_lease_commits)
         self._db = Database(target)
         self._states: dict[asyncio.AbstractEventLoop, _LoopState] = {}
+        self._schedules = PostgresSchedules(self._db, target.schema, self._enqueue_on)
 
     def __repr__(self) -> str:
         return f"PostgresBackend({self.target.safe_dsn!r}, schema={self.target.schema!r})"
@@ -131,6 +139,13 @@ class PostgresBackend(Broker, Storage):
 
     def _enqueue_args(self, tasks: Sequence[Task], messages: Sequence[Message]) -> list[Any]:
         return [*_message_columns(messages), *_new_record_columns(tasks)]
+
+    async def _enqueue_on(
+        self, conn: Conn, tasks: Sequence[Task], messages: Sequence[Message]
+    ) -> None:
+        """``enqueue_atomically``'s statement on the caller's connection (a fire)."""
+        _check_messages(messages)
+        await _insert(conn, self.sql.enqueue, self._enqueue_args(tasks, messages))
 
     # -- broker: consuming -------------------------------------------------------------
 
@@ -388,6 +403,29 @@ class PostgresBackend(Broker, Storage):
 
     async def migrate(self) -> Lines:
         return await self._db.migrate()
+
+    # -- schedules (ScheduleStore, see _schedules) -------------------------------------
+
+    async def put_schedules(self, definitions: Sequence[ScheduleDefinition]) -> None:
+        await self._schedules.put_schedules(definitions)
+
+    async def get_schedules(self) -> Entries:
+        return await self._schedules.get_schedules()
+
+    async def delete_schedule(self, schedule_id: str) -> bool:
+        return await self._schedules.delete_schedule(schedule_id)
+
+    async def set_schedule_paused(self, schedule_id: str, paused: bool) -> bool:
+        return await self._schedules.set_schedule_paused(schedule_id, paused)
+
+    async def fire(self, requests: Sequence[Fire]) -> Outcomes:
+        """Each request by the schedule rule, the batch in one transaction."""
+        outcomes = await self._schedules.fire(requests)
+        fired = zip(requests, outcomes, strict=True)
+        queues = [r.message.queue for r, o in fired if o is FireOutcome.FIRED and r.message]
+        if queues:
+            self._state().listener.wake(queues)
+        return outcomes
 
     # -- lifecycle ---------------------------------------------------------------------
 

@@ -84,6 +84,27 @@ MIGRATIONS: list[tuple[str, str]] = [
             ADD COLUMN before_status text, ADD COLUMN before_token text;
         """,
     ),
+    (
+        "schedules: definitions and the state their ticks are fired by",
+        """
+        -- one row per schedule (see bgcoor_postgres._schedules): the definition as its
+        -- JSON, kept verbatim, and the state written by fire() under the row's lock.
+        -- Times are epoch milliseconds, as ticks are.
+        CREATE TABLE {s}.schedules (
+            id text COLLATE "C" PRIMARY KEY,
+            definition json NOT NULL,
+            paused boolean NOT NULL DEFAULT false,
+            since_ms bigint NOT NULL
+                DEFAULT round(extract(epoch FROM clock_timestamp()) * 1000)::bigint,
+            last_tick_ms bigint,
+            last_task_id text,
+            buffered_tick_ms bigint,
+            fired bigint NOT NULL DEFAULT 0,
+            skipped bigint NOT NULL DEFAULT 0,
+            missed bigint NOT NULL DEFAULT 0
+        );
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
