@@ -9,19 +9,21 @@ from bgcoor_core import Codec, ConfigurationError, Message, Reservation, Storage
 from ._broker import RedisBrokerSide
 from ._encoding import raise_for, record_args, text, ttl_arg
 from ._options import RedisTarget, parse_redis_url
+from ._schedules import RedisScheduleSide
 from ._storage import RedisStorageSide
 
 #: Version of the key layout; ``migrate()`` records it under ``<prefix>:layout``.
 LAYOUT_VERSION = 1
 
 
-class RedisBackend(RedisBrokerSide, RedisStorageSide):
-    """Broker and storage in one Redis database, under one key prefix.
+class RedisBackend(RedisBrokerSide, RedisStorageSide, RedisScheduleSide):
+    """Broker, storage and schedule store in one Redis database, under one key prefix.
 
     ``RedisBackend("redis://127.0.0.1:6379/0?prefix=shop")``. When the broker and storage
     URLs are equal, one object serves both, and a task's outcome is stored and its
     message acknowledged by one script (:meth:`complete`); its record and message are
-    created together as well (:meth:`enqueue_atomically`).
+    created together as well (:meth:`enqueue_atomically`), and a schedule's tick is fired
+    into it by one script (:meth:`fire`).
     """
 
     def __init__(self, url: str | RedisTarget, codec: Codec | None = None) -> None:

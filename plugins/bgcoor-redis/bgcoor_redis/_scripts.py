@@ -5,8 +5,9 @@ prepended to it: Redis runs a script's whole text on every call, and defining a 
 costs time even when nothing calls it.
 
 The status rules are not copied into Lua by hand: the transition table is generated from
-:data:`bgcoor_core.ALLOWED_TRANSITIONS` and :data:`bgcoor_core.FROM_UNKNOWN_STATUS` when the
-scripts are first loaded.
+:data:`bgcoor_core.ALLOWED_TRANSITIONS` and :data:`bgcoor_core.FROM_UNKNOWN_STATUS`, and the
+statuses that count for a schedule's overlap from :data:`bgcoor_core.kit.SCHEDULE_ACTIVE`
+and :data:`~bgcoor_core.kit.SCHEDULE_WAITING`, when the scripts are first loaded.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import re
 from dataclasses import dataclass
 from importlib.resources import files
 
-from bgcoor_core import ALLOWED_TRANSITIONS, FROM_UNKNOWN_STATUS, TaskStatus
+from bgcoor_core import ALLOWED_TRANSITIONS, FROM_UNKNOWN_STATUS, TaskStatus, kit
 
 #: Priorities a message may have. A ready score is ``(MAX_PRIORITY - priority) * SPAN + seq``
 #: and must stay an exact integer in a double: 2,001 levels times 2**42 sequence numbers
@@ -34,13 +35,18 @@ NAMES = (
     "dead_letter",
     "dead_letters",
     "delete_expired",
+    "delete_schedule",
     "enqueue",
     "extend",
     "final",
+    "fire",
+    "get_schedules",
     "list",
     "nack",
+    "pause_schedule",
     "purge",
     "purge_dead",
+    "put_schedules",
     "release",
     "repair_wake",
     "requeue_dead",
@@ -76,6 +82,19 @@ def all_statuses() -> str:
 
 def final_statuses() -> str:
     return " " + " ".join(sorted(s.value for s in TaskStatus if s.is_final)) + " "
+
+
+def status_set(statuses: frozenset[TaskStatus]) -> str:
+    """``" a b c "``: a set of statuses for ``string.find`` (``lua/fire.lua``)."""
+    return " " + " ".join(sorted(s.value for s in statuses)) + " "
+
+
+def _script_values() -> dict[str, str]:
+    """Placeholders of the scripts themselves (``common.lua``'s are in ``common_source``)."""
+    return {
+        "@SCHEDULE_ACTIVE@": status_set(kit.SCHEDULE_ACTIVE),
+        "@SCHEDULE_WAITING@": status_set(kit.SCHEDULE_WAITING),
+    }
 
 
 def _read(name: str) -> str:
@@ -147,9 +166,12 @@ def _needed(body: str, blocks: dict[str, str]) -> list[str]:
 def scripts() -> dict[str, Script]:
     """Every script by name, with the SHA1 that ``EVALSHA`` calls it by."""
     head, blocks = _functions(common_source())
+    values = _script_values()
     loaded = {}
     for name in NAMES:
         body = _read(name)
+        for placeholder, value in values.items():
+            body = body.replace(placeholder, value)
         used = "".join(blocks[f] for f in _needed(body, blocks))
         source = f"{head}{used}\n-- {name}.lua\n{body}".encode()
         loaded[name] = Script(name, source, hashlib.sha1(source).hexdigest())
