@@ -82,6 +82,15 @@ class PayloadTooLargeError(PayloadError):
     """An encoded task is larger than ``max_payload_bytes``."""
 
 
+class InvalidScheduleError(ConfigurationError, ValueError):
+    """A schedule that cannot work: a bad cron expression, an unknown time zone, a bad
+    interval or policy; the message names it."""
+
+
+class UnknownScheduleError(BgcoorError, LookupError):
+    """No schedule with that id is stored."""
+
+
 class InvalidNameError(BgcoorError, ValueError):
     """A queue or task name outside the allowed character set or length."""
 

@@ -13,6 +13,7 @@ from ._building import build, payload_of
 from ._errors import TaskCancelledError, TaskFailedError
 from ._options import CallOptions
 from ._options import check as check_options
+from ._signature import Signature
 from ._task import Task, TaskStatus
 from ._task_registry import RegisteredTask
 
@@ -85,6 +86,11 @@ class TaskCall(Generic[P, R]):
     def enqueue_sync(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
         return self._fn.manager.portal.call(self.enqueue(*args, **kwargs))
 
+    def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
+        """This call, not enqueued: its task, checked arguments and options."""
+        payload = payload_of(self._fn.entry, args, kwargs)
+        return Signature(self._fn.name, payload, dict(self._overrides))
+
 
 class TaskFunction(Generic[P, R]):
     """What ``@manager.task`` returns: still callable directly, plus ``enqueue``."""
@@ -114,6 +120,11 @@ class TaskFunction(Generic[P, R]):
         tasks = [self.build(args, {}) for args in calls]
         await self.manager.submit_many(tasks)
         return [TaskHandle(self.manager, t.id, self.decode_result) for t in tasks]
+
+    def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
+        """A call of this task, not enqueued (``export.s(bucket="b1")``): arguments are
+        checked against the signature here. What ``add_schedule`` takes."""
+        return Signature(self.name, payload_of(self.entry, args, kwargs))
 
     def options(self, **overrides: Unpack[CallOptions]) -> TaskCall[P, R]:
         """This task with one call's options: ``await add.options(delay=5).enqueue(1, 2)``.

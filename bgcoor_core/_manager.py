@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar, Unpack, overload
 
 from ._admin import requeue_dead
@@ -19,14 +19,25 @@ from ._handles import TaskCall, TaskDecorator, TaskFunction, TaskHandle
 from ._options import CallOptions, TaskDefaults
 from ._options import check as check_options
 from ._options import options as declared_options
+from ._periodic import (
+    NO_ARGUMENTS,
+    ScheduleInfo,
+    check_periodic_function,
+    describe,
+    schedule_id,
+    store_of,
+)
+from ._periodic import require as require_schedule
 from ._plugins import PluginHost, build_plugin_host
 from ._pool import WorkerPool
 from ._portal import Portal
 from ._settings import Settings, load_settings
+from ._signature import Signature
 from ._storage import Storage
 from ._submitting import submit
 from ._task import Task, TaskStatus
 from ._task_registry import RegisteredTask, TaskOptions, TaskRegistry
+from ._timetable import Schedule
 from ._wiring import Backends
 
 P = ParamSpec("P")
@@ -146,6 +157,98 @@ class TaskManager:
             return TaskFunction(self, func, entry)
 
         return register(fn) if fn is not None else TaskDecorator(register)
+
+    def periodic(
+        self,
+        *,
+        cron: str | None = None,
+        every: timedelta | None = None,
+        tz: str = "UTC",
+        overlap: str = "allow",
+        catchup: str = "latest",
+        catchup_window: timedelta = timedelta(hours=1),
+        id: str | None = None,
+        **options: Unpack[TaskDefaults],
+    ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]:
+        """Register a function as a task that every scheduler enqueues on a schedule:
+        ``@manager.periodic(cron="*/5 * * * *", tz="Europe/Paris")`` or
+        ``@manager.periodic(every=timedelta(seconds=30))``.
+
+        The function takes no arguments, except an optional ``scheduled_at`` (its tick,
+        timezone-aware). Its schedule's id is ``id`` or the task's name; options are those
+        of :meth:`task`. The expression and zone are checked here."""
+        schedule = Schedule(
+            cron=cron,
+            every=every,
+            tz=tz,
+            overlap=overlap,
+            catchup=catchup,
+            catchup_window=catchup_window,
+        )
+        if id is not None:
+            schedule_id(id)
+
+        def register(func: Callable[P, R]) -> TaskFunction[P, R]:
+            fn: TaskFunction[P, R] = self.task(**options)(func)
+            check_periodic_function(fn.entry)
+            definition = schedule.definition(id or fn.name, fn.name, NO_ARGUMENTS, {})
+            self.registry.add_schedule(definition)
+            return fn
+
+        return register
+
+    async def add_schedule(
+        self,
+        schedule_id_: str,
+        signature: Signature,
+        *,
+        cron: str | None = None,
+        every: timedelta | None = None,
+        tz: str = "UTC",
+        overlap: str = "allow",
+        catchup: str = "latest",
+        catchup_window: timedelta = timedelta(hours=1),
+    ) -> None:
+        """Store (or replace, by id) a schedule at run time: ``await manager.add_schedule(
+        "nightly-export", export.s(bucket="b1"), cron="0 3 * * *")``. A replaced one keeps
+        its state (paused, last tick)."""
+        schedule = Schedule(
+            cron=cron,
+            every=every,
+            tz=tz,
+            overlap=overlap,
+            catchup=catchup,
+            catchup_window=catchup_window,
+        )
+        definition = schedule.definition(
+            schedule_id(schedule_id_),
+            signature.task,
+            signature.payload,
+            signature.repeatable_options(),
+        )
+        await store_of(self.backends).put_schedules([definition])
+
+    async def remove_schedule(self, schedule_id_: str) -> None:
+        """Delete a stored schedule (a declared one comes back when a scheduler starts
+        with that app again: remove it from the code too)."""
+        store = store_of(self.backends)
+        await require_schedule(store, await store.delete_schedule(schedule_id_), schedule_id_)
+
+    async def pause_schedule(self, schedule_id_: str) -> None:
+        """Stop firing it, from any process, until :meth:`resume_schedule`."""
+        store = store_of(self.backends)
+        found = await store.set_schedule_paused(schedule_id_, True)
+        await require_schedule(store, found, schedule_id_)
+
+    async def resume_schedule(self, schedule_id_: str) -> None:
+        store = store_of(self.backends)
+        found = await store.set_schedule_paused(schedule_id_, False)
+        await require_schedule(store, found, schedule_id_)
+
+    async def schedules(self) -> list[ScheduleInfo]:
+        """Every stored schedule and the ones declared here, with their next fire times."""
+        entries = await store_of(self.backends).get_schedules()
+        return describe(entries, self.registry.schedules())
 
     # -- producing ---------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import ParamSpec, Self, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, Self, TypeVar
 
 from ._broker import Broker, Capability, Reservation
 from ._capabilities import check_capabilities
@@ -37,6 +37,9 @@ from ._quarantine import Quarantine
 from ._settings import Settings, load_settings
 from ._storage import Storage
 from ._task_registry import TaskRegistry
+
+if TYPE_CHECKING:
+    from ._scheduler import Scheduler
 
 __all__ = ["WorkerPool", "check_capabilities"]  # check_capabilities: its old home
 
@@ -145,6 +148,8 @@ class WorkerPool:
         self._stopping = False
         self._stopped = asyncio.Event()
         self.processed = 0
+        #: The scheduler this pool runs as a service (set when it starts), if any.
+        self.scheduler: Scheduler | None = None
 
     @classmethod
     def from_settings(

@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     #: went through.
     enqueue_retries: int = _bounded(3, limits.ENQUEUE_RETRIES)
     shutdown_grace: float = _bounded(30.0, limits.GRACE)
+    #: Run the scheduler (periodic tasks) in every worker; ``bgcoor worker --no-scheduler``.
+    scheduler: bool = True
+    #: The longest a scheduler waits between passes: how soon a schedule added, changed or
+    #: removed by another process is seen (pause, resume and remove are honoured at once).
+    scheduler_refresh_seconds: float = _bounded(5.0, limits.POLL)
     serializer: str = JSON
     accept_content: CommaList = Field(default_factory=lambda: [JSON])
     disable_plugins: CommaList = Field(default_factory=list)

@@ -11,6 +11,7 @@ from typing import Any
 from ._errors import TaskRegistrationError, UnknownTaskError
 from ._handlers import FunctionHandler, Handler, is_async_handler
 from ._options import check, options
+from ._schedules import ScheduleDefinition
 from ._task import validate_queue_name, validate_task_name
 
 
@@ -56,6 +57,7 @@ class TaskRegistry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._tasks: dict[str, RegisteredTask] = {}
+        self._schedules: dict[str, ScheduleDefinition] = {}
 
     def register(
         self,
@@ -107,6 +109,19 @@ class TaskRegistry:
 
     def __contains__(self, name: object) -> bool:
         return name in self._tasks
+
+    def add_schedule(self, definition: ScheduleDefinition) -> None:
+        """Declare a schedule of this app (``@manager.periodic``): every scheduler
+        serving the app upserts it. Two declarations may not share an id."""
+        with self._lock:
+            if definition.id in self._schedules:
+                raise TaskRegistrationError(f"schedule {definition.id!r} is already declared")
+            self._schedules[definition.id] = definition
+
+    def schedules(self) -> list[ScheduleDefinition]:
+        """The schedules declared in this app, by id."""
+        with self._lock:
+            return [self._schedules[key] for key in sorted(self._schedules)]
 
     def names(self) -> list[str]:
         with self._lock:

@@ -1,0 +1,37 @@
+"""A task signature: a task and its arguments, not yet enqueued (``export.s(bucket="b1")``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ._errors import InvalidScheduleError
+
+#: Call options that pin one moment: meaningless for a task enqueued again and again.
+_ONE_OFF = ("delay", "eta")
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """Task ``task`` with its encoded ``payload`` (checked against the task's signature
+    when made) and call ``options`` (checked too). Build with ``fn.s(...)`` or
+    ``fn.options(...).s(...)``."""
+
+    task: str
+    payload: Any
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def repeatable_options(self) -> dict[str, Any]:
+        """The options as a schedule stores them (JSON-ready); refuses one-off ones."""
+        for name in _ONE_OFF:
+            if name in self.options:
+                raise InvalidScheduleError(
+                    f"task {self.task!r}: option {name!r} cannot be part of a schedule "
+                    "(every tick enqueues at its own time)"
+                )
+        if isinstance(self.options.get("expires"), datetime):
+            raise InvalidScheduleError(
+                f"task {self.task!r}: a schedule's expires= must be seconds, not a datetime"
+            )
+        return dict(self.options)
