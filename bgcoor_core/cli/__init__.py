@@ -24,6 +24,7 @@ from ._migrate import migrate
 from ._options import AppArgument, AppOption
 from ._plugins import plugins
 from ._records import tasks
+from ._scheduler import scheduler
 from ._status import status
 from ._tasks import enqueue, inspect
 from ._worker import worker
@@ -51,6 +52,7 @@ def make_app(worker_options: Sequence[WorkerOption] = ()) -> typer.Typer:
     cli.command("tasks")(tasks)
     cli.command("cancel")(cancel)
     cli.command("purge")(purge)
+    cli.command("scheduler")(scheduler)
     cli.add_typer(dlq_app, name="dlq")
     cli.command("plugins")(plugins)
     cli.command("demo")(demo)

@@ -30,6 +30,11 @@ class LogLevel(enum.StrEnum):
     ERROR = "error"
 
 
+log_level_option = Annotated[
+    LogLevel, typer.Option("--log-level", "-l", case_sensitive=False, help="Log level.")
+]
+
+
 def worker(
     app: AppArgument,
     concurrency: Annotated[
@@ -55,9 +60,7 @@ def worker(
             show_default=False,
         ),
     ] = None,
-    log_level: Annotated[
-        LogLevel, typer.Option("--log-level", "-l", case_sensitive=False, help="Log level.")
-    ] = LogLevel.INFO,
+    log_level: log_level_option = LogLevel.INFO,
     burst: Annotated[
         bool,
         typer.Option(
