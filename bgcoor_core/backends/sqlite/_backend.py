@@ -28,17 +28,20 @@ from ..._errors import (
     DuplicateTaskError,
     StaleLeaseError,
 )
+from ..._schedules import Fire, FireOutcome, ScheduleDefinition, ScheduleEntry
 from ..._storage import Storage, check_page
 from ..._task import Task, TaskStatus, validate_queue_name
 from ...kit import placeholder, shielded_take
 from .._waiters import Waiters, wait_for_wake
-from . import _defects, _records
+from . import _defects, _records, _schedules
 from ._connection import Connection, transaction
 from ._schema import SCHEMA_VERSION
 
 log = logging.getLogger("bgcoor.sqlite")
 Row = tuple[Any, ...]
 Lines = list[str]  # the class below defines a method named ``list``
+Entries = list[ScheduleEntry]
+Outcomes = list[FireOutcome]
 
 
 class SQLiteOptions(BaseModel):
@@ -309,6 +312,30 @@ class SQLiteBackend(Broker, Storage):
     async def complete(self, reservation: Reservation, task: Task, *, ttl: float | None) -> None:
         await self.db.run(_complete, reservation.task.id, reservation.token, task, ttl)
 
+    # -- schedules (periodic tasks): fired in the enqueue's own transaction ------------
+
+    async def put_schedules(self, definitions: Sequence[ScheduleDefinition]) -> None:
+        await self.db.run(_schedules.put, definitions)
+
+    async def get_schedules(self) -> Entries:
+        return await self.db.run(_schedules.get_all)
+
+    async def delete_schedule(self, schedule_id: str) -> bool:
+        return await self.db.run(_schedules.delete, schedule_id)
+
+    async def set_schedule_paused(self, schedule_id: str, paused: bool) -> bool:
+        return await self.db.run(_schedules.set_paused, schedule_id, paused)
+
+    async def fire(self, requests: Sequence[Fire]) -> Outcomes:
+        for request in requests:
+            if request.message is not None:
+                validate_queue_name(request.message.queue)
+        outcomes = await self.db.run(_schedules.fire, requests, _store_new)
+        if FireOutcome.FIRED in outcomes:
+            with self._waiters_lock:
+                self._waiters.wake_all()
+        return outcomes
+
     async def migrate(self) -> Lines:
         """The file is migrated when first opened; report what that did."""
         await self.db.run(_fetch, "SELECT 1", ())
@@ -329,8 +356,15 @@ def _insert_messages(conn: sqlite3.Connection, messages: Sequence[Message]) -> N
 
 def _enqueue(conn: sqlite3.Connection, tasks: Sequence[Task], messages: Sequence[Message]) -> None:
     with transaction(conn):
-        _insert(conn, messages)  # first: a duplicate id is that, whatever its record says
-        _records.insert_new(conn, tasks)  # any record refuses the batch (rolled back)
+        _store_new(conn, tasks, messages)
+
+
+def _store_new(
+    conn: sqlite3.Connection, tasks: Sequence[Task], messages: Sequence[Message]
+) -> None:
+    """An enqueue's writes, inside the caller's transaction (also a fired schedule's)."""
+    _insert(conn, messages)  # first: a duplicate id is that, whatever its record says
+    _records.insert_new(conn, tasks)  # any record refuses the batch (rolled back)
 
 
 def _insert(conn: sqlite3.Connection, messages: Sequence[Message]) -> None:

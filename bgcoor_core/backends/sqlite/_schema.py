@@ -49,6 +49,22 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE tasks ADD COLUMN before_start TEXT;
     """,
+    # version 3: periodic tasks; the definition is ScheduleDefinition JSON, the other
+    # columns the ScheduleState that fire() keeps (times in epoch milliseconds)
+    """
+    CREATE TABLE schedules (
+        id TEXT PRIMARY KEY,
+        definition TEXT NOT NULL,
+        paused INTEGER NOT NULL DEFAULT 0,
+        since_ms INTEGER NOT NULL,
+        last_tick_ms INTEGER,
+        last_task_id TEXT,
+        buffered_tick_ms INTEGER,
+        fired INTEGER NOT NULL DEFAULT 0,
+        skipped INTEGER NOT NULL DEFAULT 0,
+        missed INTEGER NOT NULL DEFAULT 0
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,191 @@
+"""Schedules in the ``schedules`` table; a batch of ticks fires in one write transaction.
+
+``BEGIN IMMEDIATE`` takes the file's write lock before the first read, so reading the
+ledger and the last task's status, storing the new record and message and moving the
+ledger on is one step for every process that shares the file (see
+:mod:`bgcoor_core._schedules` for the rule each request follows).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..._broker import Message
+from ..._codec import printable
+from ..._schedules import (
+    ACTIVE,
+    WAITING,
+    Fire,
+    FireOutcome,
+    Overlap,
+    ScheduleDefinition,
+    ScheduleEntry,
+    ScheduleState,
+)
+from ..._task import Task
+from ._connection import transaction
+from ._defects import decode_text, shown
+
+log = logging.getLogger("bgcoor.sqlite")
+
+#: Stores a task's record and message inside the caller's transaction (the enqueue's own).
+Enqueue = Callable[[sqlite3.Connection, Sequence[Task], Sequence[Message]], None]
+#: Columns of the state that a fire writes, as the decision names them.
+Change = dict[str, Any]
+
+# Statuses as stored (read as bytes, so a damaged one is simply not active).
+_ACTIVE = frozenset(status.value.encode() for status in ACTIVE)
+_WAITING = frozenset(status.value.encode() for status in WAITING)
+
+_UPSERT = (
+    "INSERT INTO schedules (id, definition, since_ms) VALUES (?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET definition = excluded.definition"
+)
+_LIST = (
+    "SELECT CAST(id AS BLOB), CAST(definition AS BLOB), paused, since_ms, last_tick_ms, "
+    "CAST(last_task_id AS BLOB), buffered_tick_ms, fired, skipped, missed "
+    "FROM schedules ORDER BY id"
+)
+# The ledger and the last task's status in one read; a record that expired is gone.
+_READ = (
+    "SELECT paused, last_tick_ms, buffered_tick_ms, fired, skipped, missed, "
+    "(SELECT CAST(tasks.status AS BLOB) FROM tasks WHERE tasks.id = schedules.last_task_id "
+    "AND (tasks.expires_at IS NULL OR tasks.expires_at > ?)) "
+    "FROM schedules WHERE id = ?"
+)
+
+
+def put(conn: sqlite3.Connection, definitions: Sequence[ScheduleDefinition]) -> None:
+    now_ms = round(time.time() * 1000)
+    with transaction(conn):
+        conn.executemany(_UPSERT, [(d.id, d.model_dump_json(), now_ms) for d in definitions])
+
+
+def get_all(conn: sqlite3.Connection) -> list[ScheduleEntry]:
+    """Every entry by id; a row that cannot be decoded is skipped with a warning."""
+    entries = (_entry(row) for row in conn.execute(_LIST).fetchall())
+    return [entry for entry in entries if entry is not None]
+
+
+def _entry(row: tuple[Any, ...]) -> ScheduleEntry | None:
+    """One row of :data:`_LIST` as an entry, or ``None`` (logged) if it cannot be read."""
+    raw_id, raw_definition, paused, since_ms, last_tick_ms, raw_task_id, *rest = row
+    buffered_tick_ms, fired, skipped, missed = rest
+    try:
+        definition = ScheduleDefinition.model_validate_json(raw_definition or b"")
+        state = ScheduleState.model_validate(
+            {
+                "paused": paused,
+                "since_ms": since_ms,
+                "last_tick_ms": last_tick_ms,
+                "last_task_id": _text(raw_task_id, "last_task_id"),
+                "buffered_tick_ms": buffered_tick_ms,
+                "fired": fired,
+                "skipped": skipped,
+                "missed": missed,
+            }
+        )
+    except (ValidationError, ValueError) as exc:
+        log.warning("schedule %s: skipped, its row cannot be read: %s", shown(raw_id), _why(exc))
+        return None
+    if decode_text(raw_id) != definition.id:
+        log.warning(
+            "schedule %s: skipped, its definition names schedule %s",
+            shown(raw_id),
+            printable(definition.id, 80),
+        )
+        return None
+    return ScheduleEntry(definition, state)
+
+
+def _text(raw: bytes | None, column: str) -> str | None:
+    if raw is None:
+        return None
+    text = decode_text(raw)
+    if text is None:
+        raise ValueError(f"column {column} holds {shown(raw)}, which is not UTF-8")
+    return text
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        errors = exc.errors(include_url=False)[:3]
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
+        return printable(problems, 300)
+    return printable(str(exc), 300)
+
+
+def delete(conn: sqlite3.Connection, schedule_id: str) -> bool:
+    with transaction(conn):
+        return conn.execute("DELETE FROM schedules WHERE id = ?", (schedule_id,)).rowcount > 0
+
+
+def set_paused(conn: sqlite3.Connection, schedule_id: str, paused: bool) -> bool:
+    sql = "UPDATE schedules SET paused = ? WHERE id = ?"
+    with transaction(conn):
+        return conn.execute(sql, (int(paused), schedule_id)).rowcount > 0
+
+
+def fire(conn: sqlite3.Connection, requests: Sequence[Fire], enqueue: Enqueue) -> list[FireOutcome]:
+    """Apply each request in order, all in one transaction: an error (a task id that is
+    taken) rolls the whole batch back."""
+    with transaction(conn):
+        return [_fire_one(conn, request, enqueue) for request in requests]
+
+
+def _fire_one(conn: sqlite3.Connection, request: Fire, enqueue: Enqueue) -> FireOutcome:
+    row = conn.execute(_READ, (time.time(), request.schedule_id)).fetchone()
+    if row is None:
+        return FireOutcome.REMOVED
+    outcome, change = decide(request, row)
+    if outcome is FireOutcome.FIRED:
+        if request.task is None or request.message is None:
+            raise ValueError(f"schedule {request.schedule_id}: a release needs its task")
+        enqueue(conn, [request.task], [request.message])
+    if change:
+        assignments = ", ".join(f"{column} = ?" for column in change)
+        conn.execute(
+            f"UPDATE schedules SET {assignments} WHERE id = ?",
+            (*change.values(), request.schedule_id),
+        )
+    return outcome
+
+
+def decide(request: Fire, row: tuple[Any, ...]) -> tuple[FireOutcome, Change]:
+    """The rule for one request against its row as :data:`_READ` reads it: the outcome
+    and the state columns to write."""
+    paused, last_tick_ms, buffered_tick_ms, fired, skipped, missed, status = row
+    if paused:
+        return FireOutcome.PAUSED, {}
+    if request.release:
+        return _release(request, buffered_tick_ms, fired, status)
+    if last_tick_ms is not None and request.tick_ms <= last_tick_ms:
+        return FireOutcome.ALREADY, {}
+    change: Change = {"last_tick_ms": request.tick_ms, "missed": missed + request.missed}
+    if request.task is None:
+        return FireOutcome.ADVANCED, change
+    if request.overlap is not Overlap.ALLOW and status in _ACTIVE:
+        if request.overlap is Overlap.SKIP or status in _WAITING or buffered_tick_ms is not None:
+            return FireOutcome.SKIPPED, {**change, "skipped": skipped + 1}
+        return FireOutcome.BUFFERED, {**change, "buffered_tick_ms": request.tick_ms}
+    return FireOutcome.FIRED, {**change, **_fired(request, fired)}
+
+
+def _release(
+    request: Fire, buffered_tick_ms: object, fired: int, status: bytes | None
+) -> tuple[FireOutcome, Change]:
+    if buffered_tick_ms is None:
+        return FireOutcome.ALREADY, {}
+    if status in _ACTIVE:
+        return FireOutcome.BUFFERED, {}
+    return FireOutcome.FIRED, {"buffered_tick_ms": None, **_fired(request, fired)}
+
+
+def _fired(request: Fire, fired: int) -> Change:
+    return {"last_task_id": None if request.task is None else request.task.id, "fired": fired + 1}
