@@ -8,8 +8,8 @@ lock before us committed), then enqueue the fired tasks with the backend's own e
 statement and write the changed state rows. A second scheduler firing the same tick waits
 on the row lock, then reads the ``last_tick_ms`` the first one committed: ``ALREADY``.
 
-The rule itself (``bgcoor_core._schedules``, steps 1-6) is applied in Python on the locked
-rows, in request order, so a batch sees its own earlier fires.
+The fire rule (steps 1-6, documented with ``bgcoor_core.ScheduleStore``) is applied in
+Python on the locked rows, in request order, so a batch sees its own earlier fires.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ class PostgresSchedules:
         return {row["id"]: row["status"] for row in rows}
 
 
-# -- the rule (see bgcoor_core._schedules), on the locked rows -----------------------------
+# -- the fire rule (see bgcoor_core.ScheduleStore), on the locked rows -----------------
 
 
 def _apply(state: ScheduleState | None, request: Fire, statuses: dict[str, str]) -> FireOutcome:
