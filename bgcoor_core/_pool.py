@@ -34,6 +34,7 @@ from ._executor import Executor
 from ._extensions import Service
 from ._plugins import PluginHost, build_plugin_host
 from ._quarantine import Quarantine
+from ._scheduler import check_schedules
 from ._settings import Settings, load_settings
 from ._storage import Storage
 from ._task_registry import TaskRegistry
@@ -174,6 +175,8 @@ class WorkerPool:
 
     async def start(self) -> None:
         check_capabilities(self.broker, self.registry)
+        if self.settings.scheduler:
+            check_schedules(self.broker, self.storage, self.registry)
         await self.broker.preflight()  # refuse to start rather than fail every reserve
         # Each task runs in a fresh copy of the caller's context: a contextvar one task
         # sets never leaks into the next (a long-lived slot loop used to share one).

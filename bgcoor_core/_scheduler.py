@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from ._plugins import PluginHost
     from ._pool import WorkerPool
     from ._settings import Settings
+    from ._storage import Storage
     from ._task_registry import TaskRegistry
 
 log = logging.getLogger("bgcoor.scheduler")
@@ -306,21 +307,28 @@ def _count(schedule: Schedule, after: datetime, until: datetime) -> int:
     return count
 
 
+def check_schedules(broker: Broker, storage: Storage, registry: TaskRegistry) -> None:
+    """Refuse, when a pool starts, declared schedules its backends cannot keep."""
+    from ._wiring import Backends
+
+    definitions = registry.schedules()
+    if definitions and Backends.pair(broker, storage).schedules is None:
+        raise CapabilityError(
+            f"{type(broker).__name__} with {type(storage).__name__} cannot run periodic "
+            f"tasks (no schedule store), but {len(definitions)} schedule(s) are declared: "
+            + ", ".join(repr(d.id) for d in definitions[:5])
+            + " (run the scheduler on a backend that keeps them, or BGCOOR_SCHEDULER=false)"
+        )
+
+
 def scheduler_for(pool: WorkerPool) -> Scheduler | None:
-    """The scheduler of a worker pool's backends, or ``None`` when they keep no
-    schedules (then a pool whose app declares some refuses to start)."""
+    """The scheduler of a worker pool's backends, or ``None`` when they keep no schedules."""
     from ._wiring import Backends
 
     store = Backends.pair(pool.broker, pool.storage).schedules
-    definitions = pool.registry.schedules()
     if store is None:
-        if definitions:
-            raise CapabilityError(
-                f"{type(pool.broker).__name__} cannot run periodic tasks (no schedule store), "
-                f"but {len(definitions)} schedule(s) are declared: "
-                + ", ".join(d.id for d in definitions[:5])
-            )
         return None
+    definitions = pool.registry.schedules()
     return Scheduler(
         store, pool.broker, pool.registry, pool.settings, host=pool.host, definitions=definitions
     )
