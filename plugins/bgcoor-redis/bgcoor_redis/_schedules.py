@@ -104,13 +104,21 @@ class RedisScheduleSide(RedisBase):
         if not link.policy_ok:
             await link.check_policy()
         channel = min(link.channels, key=lambda c: (c.busy, c.queued))
-        futures = [channel.send("EVALSHA", script.sha, 0, self.prefix, *args) for args in calls]
-        replies = await asyncio.gather(*futures, return_exceptions=True)
-        for at, reply in enumerate(replies):
-            if isinstance(reply, NoScriptError):  # not cached, so that call did not run
-                await link.load(script)
-                replies[at] = await self.run(name, *calls[at])
-            elif isinstance(reply, BaseException):
+
+        async def send_all(todo: list[int]) -> list[Any]:
+            futures = [
+                channel.send("EVALSHA", script.sha, 0, self.prefix, *calls[at]) for at in todo
+            ]
+            return await asyncio.gather(*futures, return_exceptions=True)
+
+        replies = await send_all(list(range(len(calls))))
+        refused = [at for at, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if refused:  # not cached (first use, or a restart), so those did not run
+            await link.load(script)
+            for at, reply in zip(refused, await send_all(refused), strict=True):
+                replies[at] = reply
+        for reply in replies:
+            if isinstance(reply, BaseException):
                 raise reply
         return replies
 
