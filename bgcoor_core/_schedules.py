@@ -176,6 +176,49 @@ class ScheduleStore(Protocol):
         ...
 
 
+def apply_fire(state: ScheduleState | None, request: Fire, last: str | None) -> FireOutcome:
+    """The fire rule (module docstring) for one request: update ``state`` in place and
+    say what happened. ``state`` is the schedule's, read under the store's lock or in its
+    transaction (``None``: no such schedule); ``last`` the status of the record of
+    ``state.last_task_id`` (``None``: no task, or its record is gone). On ``FIRED`` the
+    store must also store ``request.task`` and push ``request.message`` in that same step.
+    """
+    if state is None:
+        return FireOutcome.REMOVED
+    if state.paused:
+        return FireOutcome.PAUSED
+    if request.release:
+        if state.buffered_tick_ms is None:
+            return FireOutcome.ALREADY
+        if last in ACTIVE:
+            return FireOutcome.BUFFERED
+        state.buffered_tick_ms = None
+        return _fired(state, request)
+    if state.last_tick_ms is not None and request.tick_ms <= state.last_tick_ms:
+        return FireOutcome.ALREADY
+    state.last_tick_ms = request.tick_ms
+    state.missed += request.missed
+    if request.task is None:
+        return FireOutcome.ADVANCED
+    if request.overlap is not Overlap.ALLOW and last in ACTIVE:
+        if request.overlap is Overlap.SKIP or last in WAITING or state.buffered_tick_ms is not None:
+            state.skipped += 1
+            return FireOutcome.SKIPPED
+        state.buffered_tick_ms = request.tick_ms
+        return FireOutcome.BUFFERED
+    return _fired(state, request)
+
+
+def _fired(state: ScheduleState, request: Fire) -> FireOutcome:
+    if request.task is None or request.message is None:
+        raise ValueError(
+            f"schedule {request.schedule_id}: a tick to enqueue needs its task and message"
+        )
+    state.last_task_id = request.task.id
+    state.fired += 1
+    return FireOutcome.FIRED
+
+
 def to_ms(moment: datetime) -> int:
     """Epoch milliseconds of an aware datetime (a tick's identity)."""
     return round(moment.timestamp() * 1000)

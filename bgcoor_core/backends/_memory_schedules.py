@@ -12,14 +12,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .._schedules import (
-    ACTIVE,
-    WAITING,
     Fire,
     FireOutcome,
-    Overlap,
     ScheduleDefinition,
     ScheduleEntry,
     ScheduleState,
+    apply_fire,
 )
 
 if TYPE_CHECKING:
@@ -67,52 +65,15 @@ class MemorySchedules:
 
     def _fire(self, request: Fire) -> FireOutcome:
         entry = self._table.get(request.schedule_id)
-        if entry is None:
-            return FireOutcome.REMOVED
-        state = entry.state
-        if state.paused:
-            return FireOutcome.PAUSED
-        last = self._last_status(state)
-        if request.release:
-            return self._release(state, request, last)
-        if state.last_tick_ms is not None and request.tick_ms <= state.last_tick_ms:
-            return FireOutcome.ALREADY
-        state.last_tick_ms = request.tick_ms
-        state.missed += request.missed
-        if request.task is None:
-            return FireOutcome.ADVANCED
-        if request.overlap is not Overlap.ALLOW and last in ACTIVE:
-            return self._overlapping(state, request, last)
-        return self._enqueue(state, request)
-
-    def _overlapping(self, state: ScheduleState, request: Fire, last: object) -> FireOutcome:
-        """The last task is still going: skip the tick, or buffer it behind a running one."""
-        if request.overlap is Overlap.SKIP or last in WAITING or state.buffered_tick_ms is not None:
-            state.skipped += 1
-            return FireOutcome.SKIPPED
-        state.buffered_tick_ms = request.tick_ms
-        return FireOutcome.BUFFERED
-
-    def _release(self, state: ScheduleState, request: Fire, last: object) -> FireOutcome:
-        if state.buffered_tick_ms is None:
-            return FireOutcome.ALREADY
-        if last in ACTIVE:
-            return FireOutcome.BUFFERED
-        state.buffered_tick_ms = None
-        return self._enqueue(state, request)
-
-    def _last_status(self, state: ScheduleState) -> object:
-        if state.last_task_id is None:
-            return None
-        record = self.storage._live(state.last_task_id)
-        return None if record is None else record.status
-
-    def _enqueue(self, state: ScheduleState, request: Fire) -> FireOutcome:
-        task, message = request.task, request.message
-        assert task is not None
-        assert message is not None
-        self.storage._insert(task)
-        self.broker._push_locked([message])
-        state.last_task_id = task.id
-        state.fired += 1
-        return FireOutcome.FIRED
+        state = None if entry is None else entry.state
+        last = None
+        if state is not None and state.last_task_id is not None:
+            record = self.storage._live(state.last_task_id)
+            last = None if record is None else record.status
+        outcome = apply_fire(state, request, last)
+        if outcome is FireOutcome.FIRED:
+            assert request.task is not None
+            assert request.message is not None
+            self.storage._insert(request.task)
+            self.broker._push_locked([request.message])
+        return outcome

@@ -30,8 +30,9 @@ from bgcoor_core import (
     ScheduleEntry,
     ScheduleState,
     Task,
+    kit,
 )
-from bgcoor_core.kit import SCHEDULE_ACTIVE, SCHEDULE_WAITING, printable
+from bgcoor_core.kit import printable
 
 from . import _checks
 from ._database import Conn, Database
@@ -43,8 +44,6 @@ log = logging.getLogger("bgcoor.postgres")
 #: its transaction): the backend's enqueue statement.
 Insert = Callable[[Conn, Sequence[Task], Sequence[Message]], Awaitable[None]]
 
-_ACTIVE = frozenset(status.value for status in SCHEDULE_ACTIVE)
-_WAITING = frozenset(status.value for status in SCHEDULE_WAITING)
 #: The state columns, named as the :class:`ScheduleState` fields they hold.
 _STATE = (
     "paused",
@@ -168,46 +167,12 @@ class PostgresSchedules:
 
 
 def _apply(state: ScheduleState | None, request: Fire, statuses: dict[str, str]) -> FireOutcome:
-    if state is None:
-        return FireOutcome.REMOVED
-    if state.paused:
-        return FireOutcome.PAUSED
-    last = None if state.last_task_id is None else statuses.get(state.last_task_id)
-    if request.release:
-        if state.buffered_tick_ms is None:
-            return FireOutcome.ALREADY
-        if last in _ACTIVE:
-            return FireOutcome.BUFFERED
-        state.buffered_tick_ms = None
-        return _enqueue(state, request, statuses)
-    if state.last_tick_ms is not None and request.tick_ms <= state.last_tick_ms:
-        return FireOutcome.ALREADY
-    state.last_tick_ms = request.tick_ms
-    state.missed += request.missed
-    if request.task is None:
-        return FireOutcome.ADVANCED
-    if request.overlap is not Overlap.ALLOW and last in _ACTIVE:
-        return _overlapping(state, request, last)
-    return _enqueue(state, request, statuses)
-
-
-def _overlapping(state: ScheduleState, request: Fire, last: str | None) -> FireOutcome:
-    """The last task is still going: skip the tick, or buffer it behind a running one."""
-    if request.overlap is Overlap.SKIP or last in _WAITING or state.buffered_tick_ms is not None:
-        state.skipped += 1
-        return FireOutcome.SKIPPED
-    state.buffered_tick_ms = request.tick_ms
-    return FireOutcome.BUFFERED
-
-
-def _enqueue(state: ScheduleState, request: Fire, statuses: dict[str, str]) -> FireOutcome:
-    task = request.task
-    assert task is not None  # _check_requests
-    state.last_task_id = task.id
-    state.fired += 1
-    # a later request of this batch sees the new task as it is about to be stored
-    statuses[task.id] = task.status.value
-    return FireOutcome.FIRED
+    last = None if state is None or state.last_task_id is None else statuses.get(state.last_task_id)
+    outcome = kit.apply_fire(state, request, last)
+    if outcome is FireOutcome.FIRED and request.task is not None:
+        # a later request of this batch sees the new task as it is about to be stored
+        statuses[request.task.id] = request.task.status.value
+    return outcome
 
 
 # -- helpers ---------------------------------------------------------------------------
