@@ -19,14 +19,12 @@ from pydantic import ValidationError
 from ..._broker import Message
 from ..._codec import printable
 from ..._schedules import (
-    ACTIVE,
-    WAITING,
     Fire,
     FireOutcome,
-    Overlap,
     ScheduleDefinition,
     ScheduleEntry,
     ScheduleState,
+    apply_fire,
 )
 from ..._task import Task
 from ._connection import transaction
@@ -36,12 +34,6 @@ log = logging.getLogger("bgcoor.sqlite")
 
 #: Stores a task's record and message inside the caller's transaction (the enqueue's own).
 Enqueue = Callable[[sqlite3.Connection, Sequence[Task], Sequence[Message]], None]
-#: Columns of the state that a fire writes, as the decision names them.
-Change = dict[str, Any]
-
-# Statuses as stored (read as bytes, so a damaged one is simply not active).
-_ACTIVE = frozenset(status.value.encode() for status in ACTIVE)
-_WAITING = frozenset(status.value.encode() for status in WAITING)
 
 _UPSERT = (
     "INSERT INTO schedules (id, definition, since_ms) VALUES (?, ?, ?) "
@@ -143,11 +135,28 @@ def _fire_one(conn: sqlite3.Connection, request: Fire, enqueue: Enqueue) -> Fire
     row = conn.execute(_READ, (time.time(), request.schedule_id)).fetchone()
     if row is None:
         return FireOutcome.REMOVED
-    outcome, change = decide(request, row)
+    paused, last_tick_ms, buffered_tick_ms, fired, skipped, missed, status = row
+    before = ScheduleState(
+        paused=bool(paused),
+        last_tick_ms=last_tick_ms,
+        buffered_tick_ms=buffered_tick_ms,
+        fired=fired,
+        skipped=skipped,
+        missed=missed,
+    )
+    state = before.model_copy()
+    # read as bytes, so a damaged status is simply not active
+    last = status.decode("utf-8", "replace") if isinstance(status, bytes) else None
+    outcome = apply_fire(state, request, last)
     if outcome is FireOutcome.FIRED:
-        if request.task is None or request.message is None:
-            raise ValueError(f"schedule {request.schedule_id}: a release needs its task")
+        assert request.task is not None
+        assert request.message is not None
         enqueue(conn, [request.task], [request.message])
+    change = {
+        column: value
+        for column, value in state.model_dump().items()
+        if value != getattr(before, column)
+    }
     if change:
         assignments = ", ".join(f"{column} = ?" for column in change)
         conn.execute(
@@ -155,37 +164,3 @@ def _fire_one(conn: sqlite3.Connection, request: Fire, enqueue: Enqueue) -> Fire
             (*change.values(), request.schedule_id),
         )
     return outcome
-
-
-def decide(request: Fire, row: tuple[Any, ...]) -> tuple[FireOutcome, Change]:
-    """The rule for one request against its row as :data:`_READ` reads it: the outcome
-    and the state columns to write."""
-    paused, last_tick_ms, buffered_tick_ms, fired, skipped, missed, status = row
-    if paused:
-        return FireOutcome.PAUSED, {}
-    if request.release:
-        return _release(request, buffered_tick_ms, fired, status)
-    if last_tick_ms is not None and request.tick_ms <= last_tick_ms:
-        return FireOutcome.ALREADY, {}
-    change: Change = {"last_tick_ms": request.tick_ms, "missed": missed + request.missed}
-    if request.task is None:
-        return FireOutcome.ADVANCED, change
-    if request.overlap is not Overlap.ALLOW and status in _ACTIVE:
-        if request.overlap is Overlap.SKIP or status in _WAITING or buffered_tick_ms is not None:
-            return FireOutcome.SKIPPED, {**change, "skipped": skipped + 1}
-        return FireOutcome.BUFFERED, {**change, "buffered_tick_ms": request.tick_ms}
-    return FireOutcome.FIRED, {**change, **_fired(request, fired)}
-
-
-def _release(
-    request: Fire, buffered_tick_ms: object, fired: int, status: bytes | None
-) -> tuple[FireOutcome, Change]:
-    if buffered_tick_ms is None:
-        return FireOutcome.ALREADY, {}
-    if status in _ACTIVE:
-        return FireOutcome.BUFFERED, {}
-    return FireOutcome.FIRED, {"buffered_tick_ms": None, **_fired(request, fired)}
-
-
-def _fired(request: Fire, fired: int) -> Change:
-    return {"last_task_id": None if request.task is None else request.task.id, "fired": fired + 1}
