@@ -25,6 +25,7 @@ from ._options import AppArgument, AppOption
 from ._plugins import plugins
 from ._records import tasks
 from ._scheduler import scheduler
+from ._schedules import schedules
 from ._status import status
 from ._tasks import enqueue, inspect
 from ._worker import worker
@@ -53,6 +54,7 @@ def make_app(worker_options: Sequence[WorkerOption] = ()) -> typer.Typer:
     cli.command("cancel")(cancel)
     cli.command("purge")(purge)
     cli.command("scheduler")(scheduler)
+    cli.command("schedules")(schedules)
     cli.add_typer(dlq_app, name="dlq")
     cli.command("plugins")(plugins)
     cli.command("demo")(demo)

@@ -75,6 +75,14 @@ def worker(
             "(for development; needs bgcoor[reload]).",
         ),
     ] = False,
+    no_scheduler: Annotated[
+        bool,
+        typer.Option(
+            "--no-scheduler",
+            help="Do not run the scheduler of periodic tasks in this worker (another worker "
+            "or 'bgcoor scheduler' fires them; default: BGCOOR_SCHEDULER).",
+        ),
+    ] = False,
 ) -> None:
     """Run a worker for APP's tasks until SIGTERM or Ctrl+C (twice to force).
 
@@ -87,12 +95,13 @@ def worker(
         argv = ["worker", app, "--log-level", log_level.value]
         argv += ["--concurrency", str(concurrency)] if concurrency else []
         argv += ["--queues", queues] if queues else []
+        argv += ["--no-scheduler"] if no_scheduler else []
         run_reloading(argv)
         return
     manager = load_manager(app)
     queue_list = split_queues(queues) if queues else None
     with logging_to_stderr(log_level.value):
-        asyncio.run(_serve(manager, app, concurrency, queue_list, burst))
+        asyncio.run(_serve(manager, app, concurrency, queue_list, burst, not no_scheduler))
 
 
 async def _serve(
@@ -101,15 +110,19 @@ async def _serve(
     concurrency: int | None,
     queues: list[str] | None,
     burst: bool,
+    scheduler: bool = True,
 ) -> None:
     console = out_console()
+    settings = manager.settings
+    if not scheduler:  # this run only: the pool's scheduler service reads its settings
+        settings = settings.model_copy(update={"scheduler": False})
     try:
         pool = WorkerPool(
             manager.broker,
             manager.storage,
             manager.registry,
             concurrency,
-            settings=manager.settings,
+            settings=settings,
             host=manager.host,
             queues=queues,
         )
@@ -153,4 +166,13 @@ def _banner(manager: TaskManager, pool: WorkerPool, app: str) -> Table:
     else:
         grid.add_row("tasks", Text("none registered: every task will be dead-lettered", "yellow"))
     grid.add_row("plugins", cell(", ".join(plugins) or "none"))
+    grid.add_row("scheduler", _scheduler_row(manager, pool))
     return grid
+
+
+def _scheduler_row(manager: TaskManager, pool: WorkerPool) -> str:
+    if not pool.settings.scheduler:
+        return "off"
+    if manager.backends.schedules is None:  # nothing to fire (none may be declared then)
+        return "off (the backends keep no schedules)"
+    return f"on ({len(manager.registry.schedules())} declared)"
