@@ -6,12 +6,16 @@ Cron expressions are parsed by `cronsim <https://pypi.org/project/cronsim/>`_ (f
 where the system has none). Daylight saving follows Vixie cron: a fixed-time job whose
 time falls in a skipped interval runs once right after the change, one in a repeated
 interval runs once (its first occurrence), and a job with a wildcard minute or hour
-follows the wall clock. An interval (``every=``) ignores zones: its ticks are the
+follows the wall clock (a job is fixed-time unless its minute or hour field starts with
+``*``, as in Vixie cron: ``0 1-3 * * *`` is one). cronsim matches fields on the wall clock;
+mapping wall times to instants is done here, as its own zone handling misses 30-minute
+shifts and repeated intervals. An interval (``every=``) ignores zones: its ticks are the
 multiples of the interval since the Unix epoch, so every process agrees on them.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -85,14 +89,20 @@ class Schedule:
     catchup_window: timedelta = timedelta(hours=1)
     _zone: ZoneInfo = field(init=False, repr=False, compare=False)
     _every_ms: int | None = field(init=False, repr=False, compare=False)
+    _wall_clock: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if (self.cron is None) == (self.every is None):
             raise InvalidScheduleError("give exactly one of cron= or every=")
         zone = _zone(self.tz)
         object.__setattr__(self, "_zone", zone)
+        wall_clock = False
         if self.cron is not None:
             _check_cron(self.cron, zone)
+            fields = self.cron.split()
+            minute, hour = fields[-5], fields[-4]
+            wall_clock = minute.startswith("*") or hour.startswith("*")
+        object.__setattr__(self, "_wall_clock", wall_clock)
         every_ms = None if self.every is None else _ms(self.every, "every", MIN_EVERY)
         object.__setattr__(self, "_every_ms", every_ms)
         for name, kind in (("overlap", Overlap), ("catchup", Catchup)):
@@ -123,8 +133,47 @@ class Schedule:
             tick = datetime.fromtimestamp((ms + self._every_ms) / 1000, UTC)
             return tick.astimezone(self._zone)
         assert self.cron is not None
-        local = moment.astimezone(self._zone)
-        return next(CronSim(self.cron, local))
+        return self._next_cron(moment).astimezone(self._zone)
+
+    def _next_cron(self, moment: datetime) -> datetime:
+        """cronsim matches the expression on the zone's wall clock, as a naive timeline
+        (in UTC, where it has no transitions); each wall time is then mapped to instants
+        by the daylight-saving rule. Wall times are walked from a little before
+        ``moment``'s, since a repeated interval maps later wall times to earlier instants,
+        until no later one could still map before the earliest instant found."""
+        zone, cron = self._zone, self.cron
+        assert cron is not None
+        wall = moment.astimezone(zone).replace(tzinfo=None)
+        best: datetime | None = None
+        limit: datetime | None = None
+        for candidate in CronSim(cron, (wall - _SHIFT).replace(tzinfo=UTC)):
+            local = candidate.replace(tzinfo=None)
+            if limit is not None and local > limit:
+                break
+            for instant in self._instants(local):
+                if instant > moment and (best is None or instant < best):
+                    best = instant
+                    limit = best.astimezone(zone).replace(tzinfo=None) + _SHIFT
+        assert best is not None  # cronsim iterates forever for an expression it accepts
+        return best
+
+    def _instants(self, wall: datetime) -> list[datetime]:
+        """The instants (UTC) at which the schedule fires for local wall time ``wall``."""
+        zone = self._zone
+        found = []
+        for fold in (0, 1):
+            instant = wall.replace(tzinfo=zone, fold=fold).astimezone(UTC)
+            if instant.astimezone(zone).replace(tzinfo=None) == wall and instant not in found:
+                found.append(instant)
+        found.sort()
+        if self._wall_clock:  # a wildcard minute or hour: every occurrence, none in a gap
+            return found
+        if found:  # a fixed time: once, at its first occurrence
+            return found[:1]
+        # a fixed time in a skipped interval: once, right after the change
+        before = wall.replace(tzinfo=zone, fold=1).astimezone(UTC)
+        after = wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
+        return [_transition(zone, min(before, after), max(before, after))]
 
     def ticks(self, after: datetime, until: datetime) -> Iterator[datetime]:
         """Fire times in ``(after, until]``, oldest first."""
@@ -172,6 +221,25 @@ class Schedule:
             catchup=definition.catchup,
             catchup_window=timedelta(milliseconds=definition.catchup_window_ms),
         )
+
+
+#: More than any zone's daylight-saving shift: how far a wall time and an instant of a
+#: neighbouring wall time can be apart.
+_SHIFT = timedelta(hours=3)
+
+
+def _transition(zone: ZoneInfo, low: datetime, high: datetime) -> datetime:
+    """The instant in ``(low, high]`` (UTC) where the zone's offset becomes the one it has
+    at ``high`` (transitions fall on whole seconds)."""
+    target = high.astimezone(zone).utcoffset()
+    lo, hi = math.floor(low.timestamp()), math.ceil(high.timestamp())
+    while hi - lo > 1:
+        middle = (lo + hi) // 2
+        if datetime.fromtimestamp(middle, zone).utcoffset() == target:
+            hi = middle
+        else:
+            lo = middle
+    return datetime.fromtimestamp(hi, UTC)
 
 
 def _span_text(span: timedelta) -> str:

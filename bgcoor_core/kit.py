@@ -27,8 +27,8 @@ from ._codec import _summarise
 from ._errors import CorruptRecordError, DuplicateTaskError, StaleLeaseError
 from ._limits import MAX_DELAY, MAX_LEASE
 from ._schedules import ACTIVE as SCHEDULE_ACTIVE
-from ._schedules import apply_fire
 from ._schedules import WAITING as SCHEDULE_WAITING
+from ._schedules import apply_fire
 from ._storage import check_page, check_transition, check_write
 from ._task import (
     FROM_UNKNOWN_STATUS,

@@ -1,8 +1,9 @@
 """``Schedule.next_after`` against a brute-force oracle (issue 12, periodic tasks).
 
-The rule is Vixie cron's: when clocks go forward, a fixed-time job (minute and hour both
-single numbers) whose time falls in the skipped interval runs once, right after the change;
-when clocks go back, it runs once in the repeated interval (the first occurrence). Every
+The rule is Vixie cron's: when clocks go forward, a fixed-time job (neither its minute nor
+its hour field starts with ``*``) whose time falls in the skipped interval runs once, right
+after the change; when clocks go back, it runs once in the repeated interval (the first
+occurrence). Every
 other job follows the wall clock: it fires at each instant whose local wall time matches,
 so twice in a repeated interval and never in a skipped one.
 
@@ -20,7 +21,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import assume, example, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bgcoor_core._errors import InvalidScheduleError
@@ -83,7 +84,7 @@ class Cron:
             days=_field(day, 1, 31),
             months=_field(month, 1, 12),
             weekdays=frozenset(v % 7 for v in _field(weekday, 0, 7)),
-            fixed=minute.isdigit() and hour.isdigit(),
+            fixed=not minute.startswith("*") and not hour.startswith("*"),
             # Vixie cron: day-of-month and weekday are ANDed when either starts with a
             # star, ORed when both are restricted.
             day_and=day.startswith("*") or weekday.startswith("*"),
@@ -172,22 +173,6 @@ def _utc(times: list[datetime]) -> list[str]:
     return [t.astimezone(UTC).strftime("%Y-%m-%d %H:%M") for t in times]
 
 
-#: Why ``Schedule`` (cronsim) is known to break the rule; each is pinned by a strict xfail.
-MINUTE_JUMP = (
-    "cronsim jumps to a single target minute by adding the minutes to the UTC instant, so "
-    "across a 30-minute shift (Lord Howe) it lands 30 minutes past the target and skips "
-    "the wall time (01:30 +10:30 after 01:30 +11, 02:30 +11 after 01:30 +10:30)"
-)
-HOUR_WALK = (
-    "cronsim moves to the next hour by setting minute=0 on the local time and adding whole "
-    "hours in UTC; when the change is not on the hour (Lord Howe's 30-minute shift, "
-    "Chatham's :45 changes) it skips a wall hour or lands before the start"
-)
-FOLD_LOST = (
-    "a fixed-time job runs on naive wall time, so a start in the second pass of a repeated "
-    "interval (fold=1) gets the first pass's fire time, which is before the start"
-)
-
 #: (expression, zone, day, local fire times with their UTC offsets), derived by hand.
 EXACT = [
     # Paris: 2026-03-29 02:00 CET -> 03:00 CEST; 2026-10-25 03:00 CEST -> 02:00 CET.
@@ -252,7 +237,6 @@ COUNTS: list[Any] = [
         "Australia/Lord_Howe",
         date(2026, 4, 5),
         25,
-        marks=pytest.mark.xfail(strict=True, reason=MINUTE_JUMP),
     ),
     ("0 * * * *", "Australia/Lord_Howe", date(2026, 10, 4), 23),
     pytest.param(
@@ -260,7 +244,6 @@ COUNTS: list[Any] = [
         "Australia/Lord_Howe",
         date(2026, 10, 4),
         24,
-        marks=pytest.mark.xfail(strict=True, reason=MINUTE_JUMP),
     ),
     ("*/30 * * * *", "Australia/Lord_Howe", date(2026, 4, 5), 49),
     ("*/30 * * * *", "Australia/Lord_Howe", date(2026, 10, 4), 47),
@@ -291,15 +274,14 @@ def test_fire_counts_on_a_day(expr: str, tz: str, day: date, count: int) -> None
     assert _utc(_schedule_times(expr, tz, day)) == _utc(expected)
 
 
-#: (expression, zone, start, expected first fire after it): single cases where Schedule
-#: breaks the rule today, each found by the property test below.
-KNOWN_WRONG = [
+#: (expression, zone, start, expected first fire after it): edge cases the property test
+#: below found in cronsim's own zone handling, which Schedule's wall-clock mapping fixes.
+DST_EDGES = [
     pytest.param(
         "30 2 * * *",
         "Europe/Paris",
         "2026-10-25T02:10:00+01:00",  # got 2026-10-25T02:30:00+02:00, 40 min before it
         "2026-10-26T02:30:00+01:00",
-        marks=pytest.mark.xfail(strict=True, reason=FOLD_LOST),
         id="fixed-after-first-pass-paris",
     ),
     pytest.param(
@@ -307,7 +289,6 @@ KNOWN_WRONG = [
         "America/New_York",
         "2027-11-07T01:00:00-05:00",  # got 2027-11-07T01:15:00-04:00, before it
         "2027-11-08T01:15:00-05:00",
-        marks=pytest.mark.xfail(strict=True, reason=FOLD_LOST),
         id="fixed-after-first-pass-new-york",
     ),
     pytest.param(
@@ -315,7 +296,6 @@ KNOWN_WRONG = [
         "Australia/Lord_Howe",
         "2026-04-05T01:30:00+11:00",  # got 2026-04-05T02:30:00+10:30
         "2026-04-05T01:30:00+10:30",
-        marks=pytest.mark.xfail(strict=True, reason=MINUTE_JUMP),
         id="minute-jump-lord-howe-back",
     ),
     pytest.param(
@@ -323,7 +303,6 @@ KNOWN_WRONG = [
         "Australia/Lord_Howe",
         "2026-10-04T01:30:00+10:30",  # got 2026-10-04T03:30:00+11:00
         "2026-10-04T02:30:00+11:00",
-        marks=pytest.mark.xfail(strict=True, reason=MINUTE_JUMP),
         id="minute-jump-lord-howe-forward",
     ),
     pytest.param(
@@ -331,7 +310,6 @@ KNOWN_WRONG = [
         "Australia/Lord_Howe",
         "2026-04-05T01:31:00+10:30",  # got 2026-04-05T03:30:00+10:30
         "2026-04-05T03:00:00+10:30",
-        marks=pytest.mark.xfail(strict=True, reason=HOUR_WALK),
         id="hour-walk-lord-howe",
     ),
     pytest.param(
@@ -339,7 +317,6 @@ KNOWN_WRONG = [
         "Pacific/Chatham",
         "2026-04-05T02:50:00+12:45",  # got 2026-04-05T03:00:00+13:45, before it
         "2026-04-05T03:00:00+12:45",
-        marks=pytest.mark.xfail(strict=True, reason=HOUR_WALK),
         id="hour-walk-chatham-back",
     ),
     pytest.param(
@@ -347,14 +324,13 @@ KNOWN_WRONG = [
         "Pacific/Chatham",
         "2026-09-27T03:45:00+13:45",  # got 2026-09-27T06:00:00+13:45
         "2026-09-27T04:00:00+13:45",
-        marks=pytest.mark.xfail(strict=True, reason=HOUR_WALK),
         id="hour-walk-chatham-forward",
     ),
 ]
 
 
-@pytest.mark.parametrize(("expr", "tz", "start", "expected"), KNOWN_WRONG)
-def test_known_disagreements(expr: str, tz: str, start: str, expected: str) -> None:
+@pytest.mark.parametrize(("expr", "tz", "start", "expected"), DST_EDGES)
+def test_dst_edge_cases(expr: str, tz: str, start: str, expected: str) -> None:
     moment = datetime.fromisoformat(start)
     want = datetime.fromisoformat(expected).astimezone(UTC)
     assert oracle_next(expr, tz, moment, timedelta(days=3)) == want
@@ -420,14 +396,12 @@ def _spread(low: int, high: int) -> st.SearchStrategy[str]:
 
 @st.composite
 def _minute_hour(draw: st.DrawFn) -> str:
-    """Minute and hour fields: fixed (two numbers), or with a star in either.
-
-    A list or range is drawn only beside a starred field: cronsim calls a job fixed-time
-    when neither field starts with ``*``, the rule here only when both are single numbers;
-    that case is pinned by ``test_list_in_both_time_fields_follows_the_wall_clock``."""
-    kind = draw(st.sampled_from(["fixed", "star_minute", "star_hour", "stars"]))
+    """Minute and hour fields: fixed (numbers, lists or ranges), or with a star in either."""
+    kind = draw(st.sampled_from(["fixed", "fixed_spread", "star_minute", "star_hour", "stars"]))
     if kind == "fixed":
         return f"{draw(_MINUTE)} {draw(_HOUR)}"
+    if kind == "fixed_spread":
+        return f"{draw(st.one_of(_MINUTE, _spread(0, 59)))} {draw(_spread(0, 5))}"
     if kind == "star_minute":
         return f"{draw(_STAR_MINUTES)} {draw(st.one_of(_HOUR, _spread(0, 5)))}"
     if kind == "star_hour":
@@ -491,12 +465,6 @@ def _check_next_after(expr: str, tz: str, start: datetime) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Schedule breaks the rule (see test_known_disagreements: "
-    f"{FOLD_LOST}; {MINUTE_JUMP}; {HOUR_WALK}); the first explicit example fails, so this "
-    "fails every run until they are fixed, then XPASSes: remove this mark",
-)
 @settings(max_examples=200, deadline=None)
 @given(expr=expressions(), where=zone_and_start())
 @example(expr="30 2 * * *", where=("Europe/Paris", datetime(2026, 10, 25, 1, 10, tzinfo=UTC)))
@@ -506,35 +474,11 @@ def test_next_after_matches_the_oracle(expr: str, where: tuple[str, datetime]) -
     _check_next_after(expr, tz, start)
 
 
-#: Zones whose clocks change by a whole hour on the hour, or never.
-WHOLE_HOUR_ZONES = ["Europe/Paris", "America/New_York", "Asia/Kolkata", "UTC", "America/Sao_Paulo"]
-
-
-@settings(max_examples=200, deadline=None)
-@given(expr=expressions(), where=zone_and_start(WHOLE_HOUR_ZONES))
-@example(expr="0 * * * *", where=("Europe/Paris", datetime(2026, 10, 25, 1, 10, tzinfo=UTC)))
-@example(expr="30 2 * * *", where=("Europe/Paris", datetime(2026, 3, 29, 0, 59, tzinfo=UTC)))
-@example(expr="30 2 * * *", where=("Europe/Paris", datetime(2026, 10, 25, 0, 10, tzinfo=UTC)))
-def test_next_after_matches_the_oracle_where_schedule_agrees(
-    expr: str, where: tuple[str, datetime]
-) -> None:
-    """The same property, short of the known disagreements: whole-hour zones only, and no
-    fixed-time job started in the second pass of a repeated hour. It guards everything
-    else until the full property above passes."""
-    tz, start = where
-    assume(not (Cron.parse(expr).fixed and start.astimezone(ZoneInfo(tz)).fold))
-    _check_next_after(expr, tz, start)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="cronsim treats a job as fixed-time when neither its minute nor its hour field "
-    "starts with '*' (so '0 1-3 * * *' runs once in a repeated hour); the rule calls a job "
-    "fixed-time only when both fields are single numbers, so it follows the wall clock",
-)
-def test_list_in_both_time_fields_follows_the_wall_clock() -> None:
+def test_a_range_in_both_time_fields_is_a_fixed_time_job() -> None:
+    """Vixie cron: a job is fixed-time unless its minute or hour field starts with ``*``,
+    so ``0 1-3`` runs once in the repeated 02:00 hour."""
     expr, tz, day = "0 1-3 * * *", "Europe/Paris", date(2026, 10, 25)
-    expected = ["01:00+02:00", "02:00+02:00", "02:00+01:00", "03:00+01:00"]
+    expected = ["01:00+02:00", "02:00+02:00", "03:00+01:00"]
     assert _local(_oracle_times(expr, tz, day)) == expected
     assert _local(_schedule_times(expr, tz, day)) == expected
 
