@@ -24,6 +24,7 @@ from ._errors import (
     DuplicateTaskError,
     EnqueueUncertainError,
     InvalidNameError,
+    InvalidScheduleError,
     InvalidTransitionError,
     NonRetryableError,
     OutOfRangeError,
@@ -40,6 +41,7 @@ from ._errors import (
     TaskNotFoundError,
     TaskRegistrationError,
     TaskTimeoutError,
+    UnknownScheduleError,
     UnknownSchemeError,
     UnknownTaskError,
 )
@@ -47,8 +49,10 @@ from ._executor import Executor
 from ._extensions import OptionRegistry, ServiceRegistry, WorkerOptionRegistry
 from ._handlers import Handler
 from ._manager import TaskCall, TaskFunction, TaskHandle, TaskManager
+from ._periodic import ScheduleInfo
 from ._plugins import PluginHost, build_plugin_host
 from ._pool import WorkerPool
+from ._scheduler import Scheduler
 from ._schedules import (
     Catchup,
     Fire,
@@ -60,9 +64,11 @@ from ._schedules import (
     ScheduleStore,
 )
 from ._settings import Settings, load_settings
+from ._signature import Signature
 from ._storage import Storage, check_write
 from ._task import ALLOWED_TRANSITIONS, FROM_UNKNOWN_STATUS, Task, TaskStatus
 from ._task_registry import TaskOptions, TaskRegistry
+from ._timetable import Schedule
 from ._wiring import Backends
 from .backends.memory import MemoryBroker, MemoryStorage
 from .hookspecs import hookimpl
@@ -96,6 +102,7 @@ __all__ = [
     "FireOutcome",
     "Handler",
     "InvalidNameError",
+    "InvalidScheduleError",
     "InvalidTransitionError",
     "MemoryBroker",
     "MemoryStorage",
@@ -114,15 +121,19 @@ __all__ = [
     "Reservation",
     "ResultTimeoutError",
     "Retry",
+    "Schedule",
     "ScheduleDefinition",
     "ScheduleEntry",
+    "ScheduleInfo",
     "ScheduleState",
     "ScheduleStore",
+    "Scheduler",
     "Serializer",
     "SerializerRegistry",
     "ServiceRegistry",
     "Settings",
     "SettingsError",
+    "Signature",
     "StaleLeaseError",
     "Storage",
     "StorageRegistry",
@@ -139,6 +150,7 @@ __all__ = [
     "TaskRegistry",
     "TaskStatus",
     "TaskTimeoutError",
+    "UnknownScheduleError",
     "UnknownSchemeError",
     "UnknownTaskError",
     "WorkerOptionRegistry",
