@@ -7,6 +7,10 @@ own, taken after the locks: under READ COMMITTED it sees what a scheduler that h
 lock before us committed), then enqueue the fired tasks with the backend's own enqueue
 statement and write the changed state rows. A second scheduler firing the same tick waits
 on the row lock, then reads the ``last_tick_ms`` the first one committed: ``ALREADY``.
+A scheduler stopped while it holds the locks loses its session after
+:data:`HOLD_LIMIT_MS` (``idle_in_transaction_session_timeout``, local to the transaction),
+so the others wait at most that long; resumed, it retries on a new connection and finds
+the tick fired.
 
 The fire rule (steps 1-6, documented with ``bgcoor_core.ScheduleStore``) is applied in
 Python on the locked rows, in request order, so a batch sees its own earlier fires.
@@ -39,6 +43,11 @@ from ._database import Conn, Database
 from ._sql import LIVE, quote_ident
 
 log = logging.getLogger("bgcoor.postgres")
+
+#: Milliseconds a fire transaction may sit idle (its client stopped) before the server
+#: ends the session and frees the schedules it locked; a live client never idles that
+#: long between the transaction's few statements.
+HOLD_LIMIT_MS = 1000
 
 #: Stores tasks and their messages as one enqueue on the caller's connection (and so in
 #: its transaction): the backend's enqueue statement.
@@ -74,8 +83,12 @@ class ScheduleStatements:
         self.get = f"SELECT id, definition::text AS definition, {state} FROM {table} ORDER BY id"
         self.delete = f"DELETE FROM {table} WHERE id = $1 RETURNING 1"
         self.pause = f"UPDATE {table} SET paused = $2 WHERE id = $1 RETURNING 1"
+        # the hold limit is set by the locking statement itself: no round trip of its own
         self.lock = (
-            f"SELECT id, {state} FROM {table} WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE"
+            "WITH hold AS MATERIALIZED (SELECT set_config("
+            f"'idle_in_transaction_session_timeout', '{HOLD_LIMIT_MS}', true)) "
+            f"SELECT id, {state} FROM {table} AS locked, hold WHERE id = ANY($1::text[]) "
+            "ORDER BY id FOR UPDATE OF locked"
         )
         # an expired record counts as gone: not active
         self.statuses = (
@@ -134,6 +147,10 @@ class PostgresSchedules:
     async def _fire(self, conn: Conn, requests: Sequence[Fire]) -> list[FireOutcome]:
         ids = sorted({r.schedule_id for r in requests})
         async with conn.transaction():
+            # A scheduler frozen (SIGSTOP) while it holds these row locks would stall
+            # every other one until it resumed: the server ends such a session after
+            # HOLD_LIMIT_MS idle in this transaction, which rolls back and frees the locks
+            # (set by the lock statement).
             rows = await conn.fetch(self.sql.lock, ids)
             states = {row["id"]: _state(row) for row in rows}
             before = {sid: state.model_copy() for sid, state in states.items()}

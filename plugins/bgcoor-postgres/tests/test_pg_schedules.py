@@ -19,6 +19,7 @@ from bgcoor_postgres import (
     _schema,
     parse_postgres_url,
 )
+from bgcoor_postgres._schedules import HOLD_LIMIT_MS
 from bgcoor_postgres._testing import SERVER_URL, new_schema_name
 
 from bgcoor_core import (
@@ -306,3 +307,21 @@ async def test_auto_migration_adds_the_table_to_an_older_schema(
             await backend.close()
     finally:
         await raw.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+async def test_a_stopped_scheduler_holding_the_locks_stalls_the_others_only_briefly(
+    backend: PostgresBackend, raw: asyncpg.Connection[Any]
+) -> None:
+    """A scheduler frozen (SIGSTOP) inside its fire transaction, its row locks held: the
+    server ends that session after the hold limit, and another scheduler fires then."""
+    await backend.put_schedules([definition("held")])
+    frozen = raw.transaction()
+    await frozen.start()
+    await raw.fetch(backend._schedules.sql.lock, ["held"])  # ... and the client stops here
+    started = asyncio.get_running_loop().time()
+    request, _ = fire_of(backend, "held", T0)
+    assert await asyncio.wait_for(backend.fire([request]), timeout=10) == [FireOutcome.FIRED]
+    waited = asyncio.get_running_loop().time() - started
+    assert HOLD_LIMIT_MS / 1000 * 0.5 < waited < HOLD_LIMIT_MS / 1000 + 3
+    with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError)):
+        await raw.fetchval("SELECT 1")  # the frozen one's session is gone
