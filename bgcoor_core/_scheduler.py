@@ -90,7 +90,7 @@ class Scheduler:
         self.settings = settings
         self.host = host
         self.definitions = list(definitions)
-        self._schedules: dict[str, Schedule] = {}  # by the definition's JSON
+        self._schedules: dict[tuple[object, ...], Schedule] = {}  # by what defines one
         self._unknown: set[str] = set()  # schedules of tasks this process lacks (logged)
         self._wake = asyncio.Event()
 
@@ -149,7 +149,8 @@ class Scheduler:
         return Pass(outcomes, max(wait, 0.005))
 
     def _schedule(self, definition: ScheduleDefinition) -> Schedule | None:
-        key = definition.model_dump_json()
+        d = definition
+        key = (d.cron, d.every_ms, d.tz, d.overlap, d.catchup, d.catchup_window_ms)
         schedule = self._schedules.get(key)
         if schedule is None:
             try:
@@ -242,31 +243,21 @@ class Scheduler:
         return task
 
     def _report(self, request: Fire, outcome: FireOutcome) -> None:
-        tick = _at(request.tick_ms).isoformat()
+        if outcome is FireOutcome.FIRED and self.host is not None:
+            assert request.task is not None
+            self.host.task_enqueued(request.task)
+        if outcome is FireOutcome.ALREADY or not log.isEnabledFor(logging.INFO):
+            return  # another scheduler fired it: nothing to say
+        sid, tick = request.schedule_id, _at(request.tick_ms).isoformat()
         if outcome is FireOutcome.FIRED:
             assert request.task is not None
-            log.info(
-                "schedule %r fired tick %s: task %s", request.schedule_id, tick, request.task.id
-            )
-            if self.host is not None:
-                self.host.task_enqueued(request.task)
+            log.info("schedule %r fired tick %s: task %s", sid, tick, request.task.id)
         elif outcome in (FireOutcome.SKIPPED, FireOutcome.BUFFERED):
-            log.info(
-                "schedule %r tick %s %s (overlap=%s)",
-                request.schedule_id,
-                tick,
-                outcome,
-                request.overlap,
-            )
+            log.info("schedule %r tick %s %s (overlap=%s)", sid, tick, outcome, request.overlap)
         elif outcome is FireOutcome.ADVANCED and request.missed:
-            log.warning(
-                "schedule %r: %d tick(s) missed, up to %s",
-                request.schedule_id,
-                request.missed,
-                tick,
-            )
-        elif outcome is not FireOutcome.ALREADY:
-            log.debug("schedule %r tick %s: %s", request.schedule_id, tick, outcome)
+            log.warning("schedule %r: %d tick(s) missed, up to %s", sid, request.missed, tick)
+        else:
+            log.info("schedule %r tick %s: %s", sid, tick, outcome)
 
 
 def _at(ms: int) -> datetime:
