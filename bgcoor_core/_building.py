@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from ._errors import PayloadError
-from ._handlers import FunctionHandler
+from ._handlers import FunctionHandler, split_payload
 from ._task import Task, TaskStatus
 from ._task_registry import RegisteredTask
 
@@ -16,16 +16,34 @@ if TYPE_CHECKING:
     from ._settings import Settings
 
 
-def payload_of(task: RegisteredTask, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+def payload_of(
+    task: RegisteredTask, args: Sequence[Any], kwargs: dict[str, Any], *, partial: bool = False
+) -> Any:
     """A call's payload: a function task's arguments checked against its signature, or a
-    handler object's one argument as it is."""
+    handler object's one argument as it is. ``partial``: arguments may be missing (a
+    signature, completed later by its workflow or checked whole by ``add_schedule``)."""
     if isinstance(task.handler, FunctionHandler):
-        return task.handler.encode_arguments(args, kwargs)
+        return task.handler.encode_arguments(args, kwargs, partial=partial)
     if len(args) == 1 and not kwargs:
         return args[0]
     raise PayloadError(
         f"task {task.name!r} is a handler object: pass exactly one argument, its payload"
     )
+
+
+def check_complete(
+    task: RegisteredTask,
+    payload: Any,
+    *,
+    leading: int = 0,
+    also: dict[str, Any] | None = None,
+) -> None:
+    """Refuse (:class:`PayloadError`) a signature's payload that would not bind once
+    ``leading`` positional values (its parents' results) are put first and ``also`` added."""
+    if not isinstance(task.handler, FunctionHandler):
+        return
+    args, kwargs = split_payload(task.name, payload)
+    task.handler.bind([None] * leading + list(args), {**(also or {}), **kwargs})
 
 
 def _first(*values: int | None) -> int:

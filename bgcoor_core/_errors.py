@@ -87,6 +87,11 @@ class InvalidScheduleError(ConfigurationError, ValueError):
     interval or policy; the message names it."""
 
 
+class InvalidWorkflowError(BgcoorError, ValueError):
+    """A workflow that cannot run: a cycle, an unknown task, a malformed graph; the message
+    names the node."""
+
+
 class UnknownScheduleError(BgcoorError, LookupError):
     """No schedule with that id is stored."""
 

@@ -80,6 +80,14 @@ class FunctionHandler:
         except TypeError as exc:
             raise PayloadError(f"task {self.name!r}: {self._unknown(kwargs) or exc}") from None
 
+    def bind_partial(
+        self, args: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> inspect.BoundArguments:
+        try:
+            return self.signature.bind_partial(*args, **kwargs)
+        except TypeError as exc:
+            raise PayloadError(f"task {self.name!r}: {self._unknown(kwargs) or exc}") from None
+
     def _unknown(self, kwargs: Mapping[str, Any]) -> str:
         """Name keyword arguments the function has no parameter for (``crunch(m=1)``
         would otherwise only say that ``n`` is missing)."""
@@ -93,9 +101,12 @@ class FunctionHandler:
         noun = "argument" if len(unknown) == 1 else "arguments"
         return f"unexpected keyword {noun} {names}; its parameters are {', '.join(params)}"
 
-    def encode_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
-        """Check arguments in the caller and turn them into a JSON payload."""
-        bound = self.bind(args, kwargs)
+    def encode_arguments(
+        self, args: Sequence[Any], kwargs: Mapping[str, Any], *, partial: bool = False
+    ) -> dict[str, Any]:
+        """Check arguments in the caller and turn them into a JSON payload. ``partial``:
+        some may be missing (a workflow's signature, whose parents' results come first)."""
+        bound = self.bind_partial(args, kwargs) if partial else self.bind(args, kwargs)
         for key, value in bound.arguments.items():
             adapter = self._adapters.get(key)
             if adapter is not None:

@@ -88,8 +88,13 @@ class TaskCall(Generic[P, R]):
 
     def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
         """This call, not enqueued: its task, checked arguments and options."""
-        payload = payload_of(self._fn.entry, args, kwargs)
+        payload = payload_of(self._fn.entry, args, kwargs, partial=True)
         return Signature(self._fn.name, payload, dict(self._overrides))
+
+    def si(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
+        """:meth:`s`, immutable: in a workflow it takes none of its parents' results."""
+        payload = payload_of(self._fn.entry, args, kwargs, partial=True)
+        return Signature(self._fn.name, payload, dict(self._overrides), immutable=True)
 
 
 class TaskFunction(Generic[P, R]):
@@ -124,7 +129,14 @@ class TaskFunction(Generic[P, R]):
     def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
         """A call of this task, not enqueued (``export.s(bucket="b1")``): arguments are
         checked against the signature here. What ``add_schedule`` takes."""
-        return Signature(self.name, payload_of(self.entry, args, kwargs))
+        return Signature(self.name, payload_of(self.entry, args, kwargs, partial=True))
+
+    def si(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
+        """:meth:`s`, immutable: in a workflow it waits for its parents but takes none
+        of their results (``chain(a.s(), notify.si("done"))``)."""
+        return Signature(
+            self.name, payload_of(self.entry, args, kwargs, partial=True), immutable=True
+        )
 
     def options(self, **overrides: Unpack[CallOptions]) -> TaskCall[P, R]:
         """This task with one call's options: ``await add.options(delay=5).enqueue(1, 2)``.

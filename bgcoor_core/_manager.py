@@ -23,6 +23,7 @@ from ._periodic import (
     NO_ARGUMENTS,
     ScheduleInfo,
     check_periodic_function,
+    check_signature,
     describe,
     schedule_id,
     store_of,
@@ -220,6 +221,7 @@ class TaskManager:
             catchup=catchup,
             catchup_window=catchup_window,
         )
+        check_signature(self.registry, signature.task, signature.payload)
         definition = schedule.definition(
             schedule_id(schedule_id_),
             signature.task,

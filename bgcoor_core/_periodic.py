@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from ._building import check_complete
 from ._errors import CapabilityError, InvalidScheduleError, UnknownScheduleError
 from ._handlers import FunctionHandler
 from ._scheduler import TICK_PARAMETER
@@ -15,7 +16,7 @@ from ._task import validate_task_name
 from ._timetable import Schedule
 
 if TYPE_CHECKING:
-    from ._task_registry import RegisteredTask
+    from ._task_registry import RegisteredTask, TaskRegistry
     from ._wiring import Backends
 
 #: The payload of a periodic function: no arguments (the tick is added when declared).
@@ -48,6 +49,19 @@ def check_periodic_function(entry: RegisteredTask) -> None:
             f"periodic task {entry.name!r} is called without arguments (but its optional "
             f"{TICK_PARAMETER!r}): {exc}"
         ) from None
+
+
+def check_signature(registry: TaskRegistry, task: str, payload: Any) -> None:
+    """A schedule's signature must be complete (its task gets no other arguments but an
+    optional ``scheduled_at``), checked when its task is registered in this process."""
+    if task not in registry:
+        return
+    entry = registry.get(task)
+    handler = entry.handler
+    also: dict[str, Any] = {}
+    if isinstance(handler, FunctionHandler) and TICK_PARAMETER in handler.signature.parameters:
+        also[TICK_PARAMETER] = datetime.now(UTC)
+    check_complete(entry, payload, also=also)
 
 
 def store_of(backends: Backends) -> ScheduleStore:

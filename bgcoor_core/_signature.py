@@ -15,12 +15,15 @@ _ONE_OFF = ("delay", "eta")
 @dataclass(frozen=True, slots=True)
 class Signature:
     """Task ``task`` with its encoded ``payload`` (checked against the task's signature
-    when made) and call ``options`` (checked too). Build with ``fn.s(...)`` or
-    ``fn.options(...).s(...)``."""
+    when made) and call ``options`` (checked too). Build with ``fn.s(...)``, ``fn.si(...)``
+    or ``fn.options(...).s(...)``."""
 
     task: str
     payload: Any
     options: dict[str, Any] = field(default_factory=dict)
+    #: Made by ``.si()``: in a workflow it waits for its parents but takes none of their
+    #: results as arguments.
+    immutable: bool = False
 
     def repeatable_options(self) -> dict[str, Any]:
         """The options as a schedule stores them (JSON-ready); refuses one-off ones."""

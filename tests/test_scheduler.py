@@ -16,6 +16,7 @@ from bgcoor_core import (
     Codec,
     FireOutcome,
     MemoryBroker,
+    PayloadError,
     TaskManager,
     TaskStatus,
     WorkerPool,
@@ -426,3 +427,17 @@ def test_the_status_names_used_by_overlap_are_task_statuses() -> None:
     assert TaskStatus.RUNNING in SCHEDULE_ACTIVE
     assert TaskStatus.RUNNING not in SCHEDULE_WAITING
     assert not any(status.is_final for status in SCHEDULE_ACTIVE)
+
+
+async def test_a_schedules_signature_must_be_complete() -> None:
+    """``export.s()`` may leave arguments out (a workflow fills them in); a schedule's
+    task gets nothing else, so ``add_schedule`` refuses it, naming what is missing."""
+    manager = memory_manager()
+
+    @manager.task
+    async def export(bucket: str, scheduled_at: datetime | None = None) -> None: ...
+
+    with pytest.raises(PayloadError, match="missing a required argument: 'bucket'"):
+        await manager.add_schedule("e", export.s(), every=SECOND)
+    await manager.add_schedule("e", export.s("b"), every=SECOND)  # scheduled_at: optional
+    await manager.close()
