@@ -13,6 +13,7 @@ from ._broker import (
     Reservation,
 )
 from ._codec import Codec, Serializer
+from ._composition import Workflow, chain, chord, group
 from ._context import CurrentTask, current_task
 from ._errors import (
     BgcoorError,
@@ -45,6 +46,7 @@ from ._errors import (
     UnknownScheduleError,
     UnknownSchemeError,
     UnknownTaskError,
+    WorkflowFailedError,
 )
 from ._executor import Executor
 from ._extensions import OptionRegistry, ServiceRegistry, WorkerOptionRegistry
@@ -71,6 +73,8 @@ from ._task import ALLOWED_TRANSITIONS, FROM_UNKNOWN_STATUS, Task, TaskStatus
 from ._task_registry import TaskOptions, TaskRegistry
 from ._timetable import Schedule
 from ._wiring import Backends
+from ._workflow_handles import WorkflowHandle
+from ._workflows import WorkflowStatus, WorkflowStore
 from .backends.memory import MemoryBroker, MemoryStorage
 from .hookspecs import hookimpl
 
@@ -157,10 +161,18 @@ __all__ = [
     "UnknownTaskError",
     "WorkerOptionRegistry",
     "WorkerPool",
+    "Workflow",
+    "WorkflowFailedError",
+    "WorkflowHandle",
+    "WorkflowStatus",
+    "WorkflowStore",
     "__version__",
     "build_plugin_host",
+    "chain",
     "check_write",
+    "chord",
     "current_task",
+    "group",
     "hookimpl",
     "load_settings",
 ]

@@ -22,6 +22,7 @@ from ._task import Task, validate_queue_name
 if TYPE_CHECKING:
     from ._schedules import ScheduleStore
     from ._storage import Storage
+    from ._workflows import WorkflowStore
 
 
 class Capability(enum.StrEnum):
@@ -224,6 +225,12 @@ class Broker(ABC):
             and self.shares_store_with(storage)
         ):
             return self
+        return None
+
+    def workflow_store(self, storage: Storage) -> WorkflowStore | None:
+        """Where this broker runs workflows whose records live in ``storage``, or
+        ``None`` when it cannot step them atomically (then workflows are refused). None
+        by default: a backend opts in by overriding it."""
         return None
 
     async def preflight(self) -> None:  # noqa: B027 - optional hook with a sensible default

@@ -93,26 +93,53 @@ class Graph(BaseModel):
 Item: TypeAlias = Union[Signature, "Chain", "Group", "Chord"]
 
 
+class _Submittable:
+    """``await composition.enqueue()``: submitted to the manager of its first signature."""
+
+    async def enqueue(self) -> Any:
+        item: Any = self
+        manager = _manager_of(item)
+        return await manager.submit_workflow(compile_item(item))
+
+
 @dataclass(frozen=True)
-class Chain:
+class Chain(_Submittable):
     """Run ``items`` one after another; each result is the next one's first argument."""
 
     items: tuple[Item, ...]
 
 
 @dataclass(frozen=True)
-class Group:
+class Group(_Submittable):
     """Run ``items`` side by side; the result is their results, in submission order."""
 
     items: tuple[Item, ...]
 
 
 @dataclass(frozen=True)
-class Chord:
+class Chord(_Submittable):
     """Run ``header`` (a group), then ``callback`` with the list of its results."""
 
     header: Group
     callback: Item
+
+
+def _manager_of(item: Item) -> Any:
+    for signature in _signatures(item):
+        if signature.manager is not None:
+            return signature.manager
+    raise InvalidWorkflowError(
+        "no signature here knows its manager: build them with task.s(...), or submit the "
+        "graph with manager.submit_workflow()"
+    )
+
+
+def _signatures(item: Item) -> list[Signature]:
+    if isinstance(item, Signature):
+        return [item]
+    if isinstance(item, Chord):
+        return [*_signatures(item.header), *_signatures(item.callback)]
+    return [s for part in item.items for s in _signatures(part)]
 
 
 def chain(*items: Item) -> Chain:
@@ -239,6 +266,7 @@ class Workflow:
             ) from None
         self._builder = _Builder()
         self._sinks: list[int] = []
+        self._manager: Any = None
 
     def add(
         self,
@@ -253,6 +281,9 @@ class Workflow:
                 raise InvalidWorkflowError(
                     f"after= takes what this workflow's add() returned, not {parent!r}"
                 )
+        if self._manager is None:
+            found = [s.manager for s in _signatures(_item(item)) if s.manager is not None]
+            self._manager = found[0] if found else None
         inputs: list[Shape] = [p.key for p in after]
         before: Shape | None = inputs or None
         builder = self._builder
@@ -270,6 +301,12 @@ class Workflow:
                 self._sinks.remove(parent.key)
         self._sinks.append(key)
         return NodeRef(self, key)
+
+    async def enqueue(self) -> Any:
+        """Submit it to the manager of its signatures; a handle on the whole workflow."""
+        if self._manager is None:
+            raise InvalidWorkflowError("an empty workflow: add() a signature first")
+        return await self._manager.submit_workflow(self.graph())
 
     def graph(self) -> Graph:
         sinks = self._sinks

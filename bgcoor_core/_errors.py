@@ -136,6 +136,18 @@ class TaskFailedError(BgcoorError):
         super().__init__(f"task {task_id} ended {status}: {error}")
 
 
+class WorkflowFailedError(TaskFailedError):
+    """Raised by ``WorkflowHandle.result()`` when the workflow failed; ``task_id`` is the
+    workflow's id and ``error`` names the member that failed it."""
+
+    def __init__(self, workflow_id: str, error: str | None) -> None:
+        super().__init__(workflow_id, "failed", error, None)
+        self.args = (f"workflow {workflow_id} failed: {error}",)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class TaskCancelledError(BgcoorError):
     """Raised by ``TaskHandle.result()`` when the task was cancelled."""
 

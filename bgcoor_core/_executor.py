@@ -37,6 +37,8 @@ from ._storage import Storage
 from ._task import Task, TaskStatus
 from ._task_registry import RegisteredTask, TaskRegistry
 from ._wiring import Backends
+from ._workflow_inputs import member_inputs, with_leading
+from ._workflows import ERROR_OF_HEADER, INPUTS_HEADER, WORKFLOW_HEADER
 
 log = logging.getLogger("bgcoor.executor")
 #: The name on the placeholder that replaces a record nobody can read.
@@ -85,7 +87,9 @@ class Executor:
         self.settings = settings
         self.host = host
         self.threads = threads
-        self._completion = Backends.pair(broker, storage).atomic_completion
+        backends = Backends.pair(broker, storage)
+        self._completion = backends.atomic_completion
+        self._workflows = backends.workflows
         self._atomic = self._completion is not None
         self._invoker = Invoker(settings, threads, host)
         self._final_ttl = settings.result_ttl
@@ -102,6 +106,10 @@ class Executor:
         task = await self._mark_running(reservation, reservation.task)
         if task is None:
             return
+        if task.headers and (INPUTS_HEADER in task.headers or ERROR_OF_HEADER in task.headers):
+            task = await self._with_inputs(reservation, task)
+            if task is None:
+                return
         current = CurrentTask(task, cancel)
         if current.cancel_requested:  # cancelled while it waited for a slot: never run
             await self._cancelled(reservation, task, "cancelled before it started")
@@ -282,7 +290,7 @@ class Executor:
         last = f"; last error: {_clipped(task.error)}" if task.error != reason else ""
         log.warning("task %s (%s) dead-lettered: %s%s", task.id, task.name, reason, last)
         try:
-            await self.storage.save(task, ttl=self._ttl(task))
+            await self._save_final(task)
         except StaleLeaseError as exc:
             log.warning("%s", exc)
             await self._ack_quietly(reservation)  # see _settle
@@ -332,7 +340,7 @@ class Executor:
             record.error = defect if corrupt else f"undecodable message: {defect}"
             record.finished_at = datetime.now(UTC)
             record.lease_token = None
-            await self.storage.save(record, ttl=self._ttl(record))
+            await self._save_final(record)
         except Exception as exc:  # the message is dead-lettered either way
             log.warning("task %s: could not mark its record dead: %s", task_id, exc)
             return None
@@ -341,10 +349,16 @@ class Executor:
     async def _settle(self, reservation: Reservation, task: Task) -> bool:
         """Store a final outcome and ack; False when a stale lease made it moot."""
         try:
-            if self._completion is not None:
+            if self._workflows is not None and WORKFLOW_HEADER in task.headers:
+                if self._completion is not None:
+                    await self._workflows.complete_member(reservation, task)
+                    return True
+                await self._workflows.save_member(task)
+            elif self._completion is not None:
                 await self._completion.complete(reservation, task, ttl=self._ttl(task))
                 return True
-            await self.storage.save(task, ttl=self._ttl(task))
+            else:
+                await self.storage.save(task, ttl=self._ttl(task))
         except StaleLeaseError as exc:
             log.warning("%s", exc)
             # The record moved on without us: a newer lease (then the broker refuses this
@@ -377,10 +391,30 @@ class Executor:
         task.lease_token = None
         log.info("task %s (%s) %s", task.id, task.name, task.error)
         try:
-            await self.storage.save(task, ttl=self._ttl(task))
+            await self._save_final(task)
         except (InvalidTransitionError, CorruptRecordError) as exc:
             log.info("task %s: expiry not recorded: %s", task.id, exc)
         await self._ack_quietly(reservation)
+
+    async def _save_final(self, task: Task) -> None:
+        """Store a final record; a workflow member's through its workflow, which counts
+        it done in the same step."""
+        if self._workflows is not None and WORKFLOW_HEADER in task.headers:
+            await self._workflows.save_member(task)
+        else:
+            await self.storage.save(task, ttl=self._ttl(task))
+
+    async def _with_inputs(self, reservation: Reservation, task: Task) -> Task | None:
+        """A workflow member with its parents' results put before its own arguments (or,
+        for an ``on_error``, the failed member's failure); ``None`` when they cannot be
+        read, and the member is dead-lettered saying why."""
+        try:
+            values = await member_inputs(self.storage, task)
+            task.payload = with_leading(task.name, task.payload, values)
+        except (LookupError, ValueError, PayloadError) as exc:
+            await self._dead(reservation, task, f"workflow inputs: {exc}", owned=True)
+            return None
+        return task
 
     def _ttl(self, task: Task) -> float | None:
         """How long a final record is kept: the task's own ``result_ttl``, else the setting."""

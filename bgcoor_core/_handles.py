@@ -89,12 +89,12 @@ class TaskCall(Generic[P, R]):
     def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
         """This call, not enqueued: its task, checked arguments and options."""
         payload = payload_of(self._fn.entry, args, kwargs, partial=True)
-        return Signature(self._fn.name, payload, dict(self._overrides))
+        return Signature(self._fn.name, payload, dict(self._overrides), manager=self._fn.manager)
 
     def si(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
         """:meth:`s`, immutable: in a workflow it takes none of its parents' results."""
         payload = payload_of(self._fn.entry, args, kwargs, partial=True)
-        return Signature(self._fn.name, payload, dict(self._overrides), immutable=True)
+        return Signature(self._fn.name, payload, dict(self._overrides), True, self._fn.manager)
 
 
 class TaskFunction(Generic[P, R]):
@@ -129,14 +129,15 @@ class TaskFunction(Generic[P, R]):
     def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
         """A call of this task, not enqueued (``export.s(bucket="b1")``): arguments are
         checked against the signature here. What ``add_schedule`` takes."""
-        return Signature(self.name, payload_of(self.entry, args, kwargs, partial=True))
+        return Signature(
+            self.name, payload_of(self.entry, args, kwargs, partial=True), manager=self.manager
+        )
 
     def si(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
         """:meth:`s`, immutable: in a workflow it waits for its parents but takes none
         of their results (``chain(a.s(), notify.si("done"))``)."""
-        return Signature(
-            self.name, payload_of(self.entry, args, kwargs, partial=True), immutable=True
-        )
+        payload = payload_of(self.entry, args, kwargs, partial=True)
+        return Signature(self.name, payload, immutable=True, manager=self.manager)
 
     def options(self, **overrides: Unpack[CallOptions]) -> TaskCall[P, R]:
         """This task with one call's options: ``await add.options(delay=5).enqueue(1, 2)``.

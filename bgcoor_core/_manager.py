@@ -13,6 +13,7 @@ from ._admin import requeue_dead
 from ._broker import Broker
 from ._building import build, payload_of
 from ._capabilities import check_capabilities
+from ._composition import Graph
 from ._errors import ResultTimeoutError, TaskFailedError, TaskNotFoundError
 from ._executor import Executor
 from ._handles import TaskCall, TaskDecorator, TaskFunction, TaskHandle
@@ -40,6 +41,9 @@ from ._task import Task, TaskStatus
 from ._task_registry import RegisteredTask, TaskOptions, TaskRegistry
 from ._timetable import Schedule
 from ._wiring import Backends
+from ._workflow_handles import WorkflowHandle
+from ._workflow_handles import submit as submit_graph
+from ._workflows import WORKFLOW_HEADER
 
 P = ParamSpec("P")
 TASK_OPTION_NAMES = frozenset(declared_options("task")) - {"name"}
@@ -252,6 +256,15 @@ class TaskManager:
         entries = await store_of(self.backends).get_schedules()
         return describe(entries, self.registry.schedules())
 
+    async def submit_workflow(self, graph: Graph) -> WorkflowHandle:
+        """Submit a compiled workflow (what ``chain(...).enqueue()`` and
+        ``Workflow.enqueue()`` call): every member checked, then stored in one step."""
+        return await submit_graph(self, graph)
+
+    def workflow(self, workflow_id: str) -> WorkflowHandle:
+        """A handle on a submitted workflow, by id."""
+        return WorkflowHandle(self, workflow_id)
+
     # -- producing ---------------------------------------------------------------------
 
     async def submit(self, task: Task) -> TaskHandle[Any]:
@@ -318,7 +331,11 @@ class TaskManager:
         task.finished_at = datetime.now(UTC)
         # The lease token stays: a worker still running it then finds the record final
         # (not stale), stores nothing and acks the message.
-        await self.storage.save(task, ttl=self.settings.result_ttl)
+        workflows = self.backends.workflows
+        if workflows is not None and WORKFLOW_HEADER in task.headers:
+            await workflows.save_member(task)  # counted in its workflow, in the same step
+        else:
+            await self.storage.save(task, ttl=self.settings.result_ttl)
         self.host.task_cancelled(task)
         self._stop_in_pools(task_id)
         return True

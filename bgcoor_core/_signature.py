@@ -24,6 +24,9 @@ class Signature:
     #: Made by ``.si()``: in a workflow it waits for its parents but takes none of their
     #: results as arguments.
     immutable: bool = False
+    #: The manager of the task it was made from: where ``chain(...).enqueue()`` submits.
+    #: Not part of the signature's data (not compared, not serialised).
+    manager: Any = field(default=None, compare=False, repr=False)
 
     def repeatable_options(self) -> dict[str, Any]:
         """The options as a schedule stores them (JSON-ready); refuses one-off ones."""

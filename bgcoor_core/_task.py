@@ -76,6 +76,9 @@ class TaskStatus(enum.StrEnum):
     CANCELLED = "cancelled"
     #: Not started before its ``expires`` time: never run.
     EXPIRED = "expired"
+    #: A workflow member waiting for its parents: its message is held by the workflow
+    #: and pushed (the record ``pending``) once they are done.
+    WAITING = "waiting"
 
     @property
     def is_final(self) -> bool:
@@ -109,6 +112,7 @@ ALLOWED_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
     _S.DEAD: frozenset({_S.PENDING}),
     _S.CANCELLED: frozenset(),
     _S.EXPIRED: frozenset(),
+    _S.WAITING: frozenset({_S.PENDING, _S.CANCELLED}),
 }
 
 

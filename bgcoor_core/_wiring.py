@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from ._broker import AtomicCompletion, AtomicEnqueue, Broker
 from ._schedules import ScheduleStore
 from ._storage import Storage
+from ._workflows import WorkflowStore
 
 if TYPE_CHECKING:
     from ._plugins import PluginHost
@@ -34,6 +35,7 @@ class Backends:
     atomic_enqueue: AtomicEnqueue | None = None
     atomic_completion: AtomicCompletion | None = None
     schedules: ScheduleStore | None = None
+    workflows: WorkflowStore | None = None
 
     @classmethod
     def pair(cls, broker: Broker, storage: Storage) -> Backends:
@@ -49,6 +51,7 @@ class Backends:
             if completion is not None and completion.shares_store_with(storage)
             else None,
             broker.schedule_store(storage),
+            broker.workflow_store(storage),
         )
 
     @classmethod

@@ -169,10 +169,10 @@ def test_a_cycle_in_a_graph_from_elsewhere_is_refused() -> None:
     ("build", "match"),
     [
         (lambda t: chain(), "at least one signature"),
-        (lambda t: chain(t.fetch.s("a"), "nope"), "not str"),
+        (lambda t: chain(t.fetch.s("a"), "nope"), "not str"),  # type: ignore[arg-type]
         (lambda t: Workflow(on_failure="maybe"), "'fail' or 'continue'"),
-        (lambda t: Workflow().add(t.fetch.s("a"), after=[3]), "after= takes"),
-        (lambda t: Workflow().add(t.fetch.s("a"), on_error=chain(t.fetch.s("b"))), "on_error"),
+        (lambda t: Workflow().add(t.fetch.s("a"), after=[3]), "after= takes"),  # type: ignore[list-item]
+        (lambda t: Workflow().add(t.fetch.s("a"), on_error=chain(t.fetch.s("b"))), "on_error"),  # type: ignore[arg-type]
         (lambda t: compile_item(group()), "at least one task"),
     ],
 )

@@ -24,6 +24,7 @@ from .._storage import Storage, check_page, check_transition
 from .._task import Task, TaskStatus, validate_queue_name
 from ..hookspecs import hookimpl
 from ._memory_schedules import MemorySchedules
+from ._memory_workflows import MemoryWorkflows, Running
 from ._waiters import Waiters, wait_for_wake
 
 READY, SCHEDULED, RESERVED = "ready", "scheduled", "reserved"
@@ -64,6 +65,7 @@ class MemoryBroker(Broker):
         self._known: set[str] = set()  # every queue that ever held a message
         self._waiters = Waiters()
         self._schedule_table: dict[str, ScheduleEntry] = {}
+        self._workflow_table: dict[str, Running] = {}
 
     # -- producing ---------------------------------------------------------------------
 
@@ -86,6 +88,12 @@ class MemoryBroker(Broker):
             self._known.add(message.queue)
             self._enqueue(entry, message.eta if message.eta and message.eta > now else None)
         self._waiters.wake_all()
+
+    def workflow_store(self, storage: Storage) -> MemoryWorkflows | None:
+        """Workflows on this broker, stepping records in ``storage`` if it is a memory one."""
+        if isinstance(storage, MemoryStorage):
+            return MemoryWorkflows(self, storage)
+        return None
 
     def schedule_store(self, storage: Storage) -> MemorySchedules | None:
         """Schedules on this broker, firing into ``storage`` if it is a memory storage."""
@@ -348,11 +356,14 @@ class MemoryStorage(Storage):
                 self._insert(task)
 
     def _insert(self, task: Task) -> None:
-        """Store a new record (the lock held; the caller checked the id is free)."""
+        """Store a record (the lock held; the caller checked the id is free, or that the
+        transition is allowed), waking whoever waits for it to finish."""
         self._records[task.id] = _Record(
             task.status, task.name, task.queue, task.lease_token, task.model_dump_json().encode()
         )
         self._expires.pop(task.id, None)
+        if task.status.is_final and task.id in self._waiters:
+            self._waiters.pop(task.id).wake_all()
 
     async def get(self, task_id: str) -> Task | None:
         with self._lock:

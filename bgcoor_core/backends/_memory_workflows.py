@@ -1,0 +1,137 @@
+"""Workflows for the memory backend: their states on the broker, stepped under its lock.
+
+Every step holds the broker's lock and then the storage's (the order the schedule store
+uses too), so storing a member's outcome, counting it and releasing its dependents is one
+step for every thread of the process.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .._broker import Message, Reservation
+from .._errors import DuplicateTaskError
+from .._storage import check_transition
+from .._task import Task, TaskStatus
+from .._workflows import (
+    NODE_HEADER,
+    Effects,
+    WorkflowState,
+    apply_outcome,
+    cancel_all,
+    member_of,
+)
+
+if TYPE_CHECKING:
+    from .memory import MemoryBroker, MemoryStorage
+
+
+@dataclass(slots=True)
+class Running:
+    """A workflow's state and the messages of members not released yet."""
+
+    state: WorkflowState
+    parked: dict[int, Message] = field(default_factory=dict)
+
+
+class MemoryWorkflows:
+    """The :class:`~bgcoor_core.WorkflowStore` of a memory broker and storage pair."""
+
+    def __init__(self, broker: MemoryBroker, storage: MemoryStorage) -> None:
+        self.broker = broker
+        self.storage = storage
+        self._table = broker._workflow_table
+
+    async def submit_workflow(
+        self, state: WorkflowState, tasks: Sequence[Task], messages: Sequence[Message]
+    ) -> None:
+        by_id = {m.id: m for m in messages}
+        with self.broker._lock, self.storage._lock:
+            if state.id in self._table:
+                raise DuplicateTaskError(f"workflow {state.id} already exists")
+            for task in tasks:
+                if self.storage._live(task.id) is not None:
+                    raise DuplicateTaskError(f"task {task.id} already has a record")
+            running = Running(state.model_copy(deep=True))
+            ready = [by_id[t.id] for t in tasks if t.status is not TaskStatus.WAITING]
+            self.broker._push_locked(ready)
+            for task in tasks:
+                self.storage._insert(task)
+                if task.status is TaskStatus.WAITING:
+                    running.parked[int(task.headers[NODE_HEADER])] = by_id[task.id]
+            self._table[state.id] = running
+
+    async def save_member(self, task: Task) -> None:
+        with self.broker._lock, self.storage._lock:
+            self._store(task)
+            self._advance(task)
+
+    async def complete_member(self, reservation: Reservation, task: Task) -> None:
+        with self.broker._lock, self.storage._lock:
+            self.broker._held(reservation)  # a stale lease changes nothing
+            self._store(task)
+            del self.broker._entries[reservation.task.id]
+            self._advance(task)
+
+    async def cancel_workflow(self, workflow_id: str) -> bool:
+        with self.broker._lock, self.storage._lock:
+            running = self._table.get(workflow_id)
+            if running is None:
+                return False
+            self._apply(running, cancel_all(running.state))
+            return True
+
+    async def get_workflow(self, workflow_id: str) -> WorkflowState | None:
+        with self.broker._lock:
+            running = self._table.get(workflow_id)
+            return None if running is None else running.state.model_copy(deep=True)
+
+    # -- inside the locks -------------------------------------------------------------
+
+    def _store(self, task: Task) -> None:
+        old = self.storage._live(task.id)
+        if old is not None:
+            check_transition(task.id, old.status, old.lease_token, task.status, task.lease_token)
+        self.storage._insert(task)  # no expiry while its workflow runs
+
+    def _advance(self, task: Task) -> None:
+        member = member_of(task)
+        assert member is not None
+        running = self._table.get(member[0])
+        if running is None or not task.status.is_final:
+            return
+        self._apply(running, apply_outcome(running.state, member[1], task.status, task.error))
+
+    def _apply(self, running: Running, effects: Effects) -> None:
+        state = running.state
+        released = []
+        for key in effects.release:
+            self._set_status(state.tasks[key], TaskStatus.PENDING)
+            released.append(running.parked.pop(key))
+        if released:
+            self.broker._push_locked(released)
+        for key in effects.cancel:
+            running.parked.pop(key, None)
+            self._set_status(state.tasks[key], TaskStatus.CANCELLED)
+        if effects.ended:
+            now = time.monotonic()
+            for task_id, ttl in zip(state.tasks, state.ttls, strict=True):
+                if ttl is not None and task_id in self.storage._records:
+                    self.storage._expires[task_id] = now + ttl
+
+    def _set_status(self, task_id: str, status: TaskStatus) -> None:
+        """A member's record moves on (released, or cancelled if not final yet)."""
+        record = self.storage._live(task_id)
+        if record is None or record.status.is_final:
+            return
+        task = record.task()
+        task.status = status
+        if status is TaskStatus.CANCELLED:
+            from datetime import UTC, datetime
+
+            task.finished_at = datetime.now(UTC)
+            task.error = task.error or "cancelled: its workflow ended"
+        self.storage._insert(task)
