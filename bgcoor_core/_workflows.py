@@ -189,7 +189,8 @@ class WorkflowStore(Protocol):
         ...
 
     async def cancel_workflow(self, workflow_id: str) -> bool:
-        """:func:`cancel_all` in one step; False when there is no such workflow."""
+        """:func:`cancel_all` in one step; False when there is no such workflow or it
+        had ended."""
         ...
 
     async def get_workflow(self, workflow_id: str) -> WorkflowState | None: ...

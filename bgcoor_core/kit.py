@@ -40,6 +40,15 @@ from ._task import (
     validate_task_name,
 )
 from ._text import escape_unprintable, printable
+from ._workflows import (
+    NODE_HEADER,
+    WORKFLOW_HEADER,
+    Effects,
+    WorkflowState,
+    apply_outcome,
+    cancel_all,
+    member_of,
+)
 
 T = TypeVar("T")
 _STATUSES = frozenset(TaskStatus)
@@ -109,18 +118,25 @@ __all__ = [
     "FROM_UNKNOWN_STATUS",
     "MAX_DELAY",
     "MAX_LEASE",
+    "NODE_HEADER",
     "SCHEDULE_ACTIVE",
     "SCHEDULE_WAITING",
+    "WORKFLOW_HEADER",
     "CorruptRecordError",
     "DuplicateTaskError",
+    "Effects",
     "StaleLeaseError",
+    "WorkflowState",
     "apply_fire",
+    "apply_outcome",
+    "cancel_all",
     "check_page",
     "check_transition",
     "check_write",
     "decode_record",
     "escape_unprintable",
     "is_queue_name",
+    "member_of",
     "placeholder",
     "printable",
     "redact",

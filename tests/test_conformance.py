@@ -20,6 +20,7 @@ from bgcoor_core.testing import (
     BrokerContract,
     ScheduleContract,
     StorageContract,
+    WorkflowContract,
     make_test_codec,
 )
 
@@ -97,8 +98,8 @@ def _scheme(url: str) -> str:
     return url.partition("://")[0].lower()
 
 
-class TestScheduleConformance(ScheduleContract):
-    """Every broker's schedule store (with the storage ``make_backends`` pairs it with)."""
+class _Paired:
+    """Every broker, with the storage ``make_backends`` pairs it with."""
 
     @pytest.fixture(params=BROKER_SCHEMES, ids=str)
     def broker_url(self, request: pytest.FixtureRequest, tmp_path: Path) -> str:
@@ -124,3 +125,11 @@ class TestScheduleConformance(ScheduleContract):
         storage = entry.factory(broker_url, _context())
         yield storage
         await storage.close()
+
+
+class TestScheduleConformance(_Paired, ScheduleContract):
+    """Every broker's schedule store."""
+
+
+class TestWorkflowConformance(_Paired, WorkflowContract):
+    """Every broker's workflow store."""

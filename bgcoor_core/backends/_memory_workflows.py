@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from .._broker import Message, Reservation
@@ -79,7 +80,7 @@ class MemoryWorkflows:
     async def cancel_workflow(self, workflow_id: str) -> bool:
         with self.broker._lock, self.storage._lock:
             running = self._table.get(workflow_id)
-            if running is None:
+            if running is None or running.state.status.is_final:
                 return False
             self._apply(running, cancel_all(running.state))
             return True
@@ -130,8 +131,6 @@ class MemoryWorkflows:
         task = record.task()
         task.status = status
         if status is TaskStatus.CANCELLED:
-            from datetime import UTC, datetime
-
             task.finished_at = datetime.now(UTC)
             task.error = task.error or "cancelled: its workflow ended"
         self.storage._insert(task)

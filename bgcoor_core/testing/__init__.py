@@ -23,6 +23,7 @@ from ._fleet import Run, WorkerFleet, ledger_task
 from ._helpers import EARLY, LEASE, LONG_LEASE, SLACK, make_task, make_test_codec
 from ._schedule_contract import ScheduleContract
 from ._storage_contract import StorageContract
+from ._workflow_contract import WorkflowContract
 
 __all__ = [
     "EARLY",
@@ -34,6 +35,7 @@ __all__ = [
     "ScheduleContract",
     "StorageContract",
     "WorkerFleet",
+    "WorkflowContract",
     "ledger_task",
     "make_task",
     "make_test_codec",
