@@ -29,6 +29,7 @@ from ._schedules import schedules
 from ._status import status
 from ._tasks import enqueue, inspect
 from ._worker import worker
+from ._workflow import workflow
 
 
 def make_app(worker_options: Sequence[WorkerOption] = ()) -> typer.Typer:
@@ -54,6 +55,7 @@ def make_app(worker_options: Sequence[WorkerOption] = ()) -> typer.Typer:
     cli.command("cancel")(cancel)
     cli.command("purge")(purge)
     cli.command("scheduler")(scheduler)
+    cli.command("workflow")(workflow)
     cli.command("schedules")(schedules)
     cli.add_typer(dlq_app, name="dlq")
     cli.command("plugins")(plugins)

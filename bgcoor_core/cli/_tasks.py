@@ -17,6 +17,7 @@ from .._manager import TaskManager
 from .._options import options as declared_options
 from .._task import Task, TaskStatus
 from .._task_registry import RegisteredTask
+from .._workflows import NODE_HEADER, WORKFLOW_HEADER
 from ._app_loading import run_with_manager
 from ._options import AppArgument, AppOption, check_queue, check_task_id, in_range
 from ._output import (
@@ -299,6 +300,12 @@ def _describe(task: Task) -> Table:
     if task.timeout is not None:
         grid.add_row("timeout", f"{task.timeout:g}s")
     grid.add_row("payload", Text(json_text(task.payload)))
+    if WORKFLOW_HEADER in task.headers:
+        node = task.headers.get(NODE_HEADER, "?")
+        grid.add_row("workflow", cell(f"{task.headers[WORKFLOW_HEADER]} (node {node})"))
+    if task.headers:
+        shown = ", ".join(f"{k}={v}" for k, v in sorted(task.headers.items()))
+        grid.add_row("headers", cell(shown))
     if task.status is TaskStatus.SUCCEEDED:
         grid.add_row("result", Text(json_text(task.result)))
     if task.error:
