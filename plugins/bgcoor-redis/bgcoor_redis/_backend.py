@@ -11,6 +11,7 @@ from ._encoding import raise_for, record_args, text, ttl_arg
 from ._options import RedisTarget, parse_redis_url
 from ._schedules import RedisScheduleSide
 from ._storage import RedisStorageSide
+from ._workflows import RedisWorkflows
 
 #: Version of the key layout; ``migrate()`` records it under ``<prefix>:layout``.
 LAYOUT_VERSION = 1
@@ -22,8 +23,9 @@ class RedisBackend(RedisBrokerSide, RedisStorageSide, RedisScheduleSide):
     ``RedisBackend("redis://127.0.0.1:6379/0?prefix=shop")``. When the broker and storage
     URLs are equal, one object serves both, and a task's outcome is stored and its
     message acknowledged by one script (:meth:`complete`); its record and message are
-    created together as well (:meth:`enqueue_atomically`), and a schedule's tick is fired
-    into it by one script (:meth:`fire`).
+    created together as well (:meth:`enqueue_atomically`), a schedule's tick is fired
+    into it by one script (:meth:`fire`), and a workflow member's outcome is stored and
+    its workflow stepped by one script (:meth:`workflow_store`).
     """
 
     def __init__(self, url: str | RedisTarget, codec: Codec | None = None) -> None:
@@ -49,6 +51,10 @@ class RedisBackend(RedisBrokerSide, RedisStorageSide, RedisScheduleSide):
             theirs.tls,
             storage.prefix,
         )
+
+    def workflow_store(self, storage: Storage) -> RedisWorkflows | None:
+        """Workflows stepped by Lua, when ``storage`` is this backend's own keys."""
+        return RedisWorkflows(self) if self.shares_store_with(storage) else None
 
     async def enqueue_atomically(self, tasks: Sequence[Task], messages: Sequence[Message]) -> None:
         await self.enqueue(tasks, messages)

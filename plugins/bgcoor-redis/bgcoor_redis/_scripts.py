@@ -17,8 +17,9 @@ import hashlib
 import re
 from dataclasses import dataclass
 from importlib.resources import files
+from typing import Any
 
-from bgcoor_core import ALLOWED_TRANSITIONS, FROM_UNKNOWN_STATUS, TaskStatus, kit
+from bgcoor_core import ALLOWED_TRANSITIONS, FROM_UNKNOWN_STATUS, TaskStatus, WorkflowStatus, kit
 
 #: Priorities a message may have. A ready score is ``(MAX_PRIORITY - priority) * SPAN + seq``
 #: and must stay an exact integer in a double: 2,001 levels times 2**42 sequence numbers
@@ -53,7 +54,14 @@ NAMES = (
     "reserve",
     "save",
     "stats",
+    "wf_cancel",
+    "wf_complete",
+    "wf_get",
+    "wf_save",
+    "wf_submit",
 )
+#: Scripts that also get the functions of ``lua/workflow.lua`` they use.
+WORKFLOW_NAMES = frozenset(name for name in NAMES if name.startswith("wf_"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,11 +98,27 @@ def status_set(statuses: frozenset[TaskStatus]) -> str:
 
 
 def _script_values() -> dict[str, str]:
-    """Placeholders of the scripts themselves (``common.lua``'s are in ``common_source``)."""
+    """Placeholders of the scripts and of ``lua/workflow.lua`` (``common.lua``'s are in
+    ``common_source``)."""
+    on_failure = type(_GRAPH.model_fields["on_failure"].default)
     return {
         "@SCHEDULE_ACTIVE@": status_set(kit.SCHEDULE_ACTIVE),
         "@SCHEDULE_WAITING@": status_set(kit.SCHEDULE_WAITING),
+        "@SUCCEEDED@": TaskStatus.SUCCEEDED.value,
+        "@CANCELLED@": TaskStatus.CANCELLED.value,
+        "@PENDING@": TaskStatus.PENDING.value,
+        "@WF_RUNNING@": WorkflowStatus.RUNNING.value,
+        "@WF_SUCCEEDED@": WorkflowStatus.SUCCEEDED.value,
+        "@WF_FAILED@": WorkflowStatus.FAILED.value,
+        "@WF_CANCELLED@": WorkflowStatus.CANCELLED.value,
+        "@WF_STATUSES@": " ".join(sorted(s.value for s in WorkflowStatus)),
+        "@FAIL@": on_failure("fail").value,
+        "@CONTINUE@": on_failure("continue").value,
     }
+
+
+#: The workflow graph's model (not exported by the core; reached through the kit's state).
+_GRAPH: Any = kit.WorkflowState.model_fields["graph"].annotation
 
 
 def _read(name: str) -> str:
@@ -162,17 +186,32 @@ def _needed(body: str, blocks: dict[str, str]) -> list[str]:
     return [name for name in blocks if name in needed]
 
 
+def _filled(text: str, values: dict[str, str]) -> str:
+    for placeholder, value in values.items():
+        text = text.replace(placeholder, value)
+    return text
+
+
+def _workflow_functions(values: dict[str, str]) -> dict[str, str]:
+    """The functions of ``lua/workflow.lua`` (which holds only functions and comments)."""
+    head, blocks = _functions(_filled(_read("workflow"), values))
+    if any(line.strip() and not line.startswith("--") for line in head.splitlines()):
+        raise ValueError("workflow.lua: code before its functions")
+    return blocks
+
+
 @functools.cache
 def scripts() -> dict[str, Script]:
     """Every script by name, with the SHA1 that ``EVALSHA`` calls it by."""
     head, blocks = _functions(common_source())
     values = _script_values()
+    # after common's, which they call: a script lists what it needs in this order
+    with_workflows = blocks | _workflow_functions(values)
     loaded = {}
     for name in NAMES:
-        body = _read(name)
-        for placeholder, value in values.items():
-            body = body.replace(placeholder, value)
-        used = "".join(blocks[f] for f in _needed(body, blocks))
+        body = _filled(_read(name), values)
+        library = with_workflows if name in WORKFLOW_NAMES else blocks
+        used = "".join(library[f] for f in _needed(body, library))
         source = f"{head}{used}\n-- {name}.lua\n{body}".encode()
         loaded[name] = Script(name, source, hashlib.sha1(source).hexdigest())
     return loaded
