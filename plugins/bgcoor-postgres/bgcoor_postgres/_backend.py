@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -49,6 +49,7 @@ from ._options import PostgresTarget
 from ._records import Write
 from ._schedules import PostgresSchedules
 from ._sql import Statements, numbers
+from ._workflows import PostgresWorkflows
 
 log = logging.getLogger("bgcoor.postgres")
 Tasks = list[Task]  # the class below defines a method named ``list``
@@ -95,6 +96,7 @@ class PostgresBackend(Broker, Storage):
         self._db = Database(target)
         self._states: dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self._schedules = PostgresSchedules(self._db, target.schema, self._enqueue_on)
+        self._workflows = PostgresWorkflows(self._db, self.sql, self._enqueue_on, self._wake)
 
     def __repr__(self) -> str:
         return f"PostgresBackend({self.target.safe_dsn!r}, schema={self.target.schema!r})"
@@ -426,6 +428,15 @@ class PostgresBackend(Broker, Storage):
         if queues:
             self._state().listener.wake(queues)
         return outcomes
+
+    # -- workflows (WorkflowStore, see _workflows) -------------------------------------
+
+    def workflow_store(self, storage: Storage) -> PostgresWorkflows | None:
+        """Workflows stepped in this schema's transactions, if ``storage`` is this schema."""
+        return self._workflows if self.shares_store_with(storage) else None
+
+    def _wake(self, queues: Iterable[str]) -> None:
+        self._state().listener.wake(queues)
 
     # -- lifecycle ---------------------------------------------------------------------
 

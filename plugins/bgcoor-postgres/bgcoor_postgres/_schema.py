@@ -105,6 +105,35 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "workflows: their states and the messages of members not released yet",
+        """
+        -- one row per workflow (see bgcoor_postgres._workflows): its WorkflowState as
+        -- JSON (json, kept verbatim), rewritten by each member's outcome under the row's
+        -- lock; status mirrors the state's for operators' queries
+        CREATE TABLE {s}.workflows (
+            id text COLLATE "C" PRIMARY KEY,
+            status text NOT NULL,
+            state json NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT clock_timestamp()
+        );
+        -- a member's message until its parents are done (its record is 'waiting'), and
+        -- its record as it becomes when released ('pending'): released, the row moves
+        -- into messages; the reserve's table and indexes never see parked members
+        CREATE TABLE {s}.parked (
+            workflow_id text COLLATE "C" NOT NULL
+                REFERENCES {s}.workflows (id) ON DELETE CASCADE,
+            node integer NOT NULL,
+            id text COLLATE "C" NOT NULL,
+            queue text NOT NULL,
+            priority integer NOT NULL,
+            body bytea NOT NULL,
+            eta float8,
+            record json NOT NULL,
+            PRIMARY KEY (workflow_id, node)
+        );
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -36,6 +36,8 @@ from bgcoor_core.testing import make_task, make_test_codec
 pytestmark = pytest.mark.server
 URL = Callable[..., str]
 T0 = 1_790_000_000_000
+#: The schema version that added the schedules table.
+SCHEDULES_VERSION = 3
 STEP = 1000
 
 
@@ -256,7 +258,7 @@ async def test_an_older_schema_gains_the_schedules_table_and_keeps_its_data(
     url = f"{SERVER_URL}?schema={schema}"
     try:
         with monkeypatch.context() as older:  # a release from before schedules
-            older.setattr(_schema, "SCHEMA_VERSION", SCHEMA_VERSION - 1)
+            older.setattr(_schema, "SCHEMA_VERSION", SCHEDULES_VERSION - 1)
             old = open_backend(url)
             task = make_task()
             await old.enqueue_atomically([task], [old.to_message(task)])
@@ -264,11 +266,12 @@ async def test_an_older_schema_gains_the_schedules_table_and_keeps_its_data(
         assert await raw.fetchval("SELECT to_regclass($1)", f"{schema}.schedules") is None
 
         strict = open_backend(f"{url}&auto_migrate=false")
-        with pytest.raises(SchemaNotMigratedError, match=f"version {SCHEMA_VERSION - 1}"):
+        with pytest.raises(SchemaNotMigratedError, match=f"version {SCHEDULES_VERSION - 1}"):
             await strict.get_schedules()
         lines = await strict.migrate()
         assert lines == [
-            f"postgresql schema {schema}: version {SCHEMA_VERSION} ({_schema.MIGRATIONS[-1][0]})"
+            f"postgresql schema {schema}: version {n} ({_schema.MIGRATIONS[n - 1][0]})"
+            for n in range(SCHEDULES_VERSION, SCHEMA_VERSION + 1)
         ]
         assert "schedules" in lines[0]
         await strict.close()
@@ -295,7 +298,7 @@ async def test_auto_migration_adds_the_table_to_an_older_schema(
     url = f"{SERVER_URL}?schema={schema}"
     try:
         with monkeypatch.context() as older:
-            older.setattr(_schema, "SCHEMA_VERSION", SCHEMA_VERSION - 1)
+            older.setattr(_schema, "SCHEMA_VERSION", SCHEDULES_VERSION - 1)
             old = open_backend(url)
             await old.counts()
             await old.close()
