@@ -1,0 +1,421 @@
+"""The Redis workflow store beyond the shared WorkflowContract (which tests/test_conformance.py
+runs for the ``redis`` scheme): two backends completing one chord at once, one script call
+per member outcome, records rewritten in place, damaged workflow hashes, key expiry, and
+workflows end to end through a ``TaskManager`` on Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import redis.asyncio as aredis
+from bgcoor_redis import RedisBackend
+from bgcoor_redis._scripts import WORKFLOW_NAMES, scripts
+from bgcoor_redis._workflows import RedisWorkflows
+
+from bgcoor_core import (
+    CorruptRecordError,
+    DuplicateTaskError,
+    InvalidTransitionError,
+    MemoryStorage,
+    Reservation,
+    Task,
+    TaskCancelledError,
+    TaskManager,
+    TaskStatus,
+    WorkflowFailedError,
+    WorkflowStatus,
+    chain,
+    chord,
+    group,
+)
+from bgcoor_core._composition import Graph, Node
+from bgcoor_core._workflows import NODE_HEADER, WORKFLOW_HEADER, new_state
+from bgcoor_core.testing import LONG_LEASE, make_task
+
+pytestmark = pytest.mark.server
+
+Q = "default"
+NAME = "wf.member"
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> AsyncIterator[aredis.Redis]:
+    client = aredis.Redis.from_url(redis_url.split("?")[0])
+    yield client
+    await client.aclose()
+
+
+def store_of(backend: RedisBackend) -> RedisWorkflows:
+    store = backend.workflow_store(backend)
+    assert store is not None
+    return store
+
+
+def chord_graph(width: int) -> Graph:
+    nodes = [Node(key=k, task=NAME) for k in range(width)]
+    header = list(range(width))
+    nodes.append(Node(key=width, task=NAME, parents=header, inputs=[header]))
+    return Graph(nodes=nodes, result=width)
+
+
+async def submit(
+    backend: RedisBackend, graph: Graph, ttl: float | None = 60.0, payload: Any = None
+) -> tuple[str, list[Task]]:
+    workflow_id = f"wf-{uuid.uuid4().hex[:12]}"
+    tasks = [make_task(NAME, payload=payload) for _ in graph.nodes]
+    for node, task in zip(graph.nodes, tasks, strict=True):
+        task.headers = {WORKFLOW_HEADER: workflow_id, NODE_HEADER: str(node.key)}
+        if node.parents or node.errback:
+            task.status = TaskStatus.WAITING
+    state = new_state(workflow_id, graph, tasks, [ttl] * len(tasks), datetime.now(UTC))
+    await store_of(backend).submit_workflow(state, tasks, [backend.to_message(t) for t in tasks])
+    return workflow_id, tasks
+
+
+async def take_all(backend: RedisBackend) -> dict[str, Reservation]:
+    taken: dict[str, Reservation] = {}
+    while got := await backend.reserve([Q], lease=LONG_LEASE, limit=100, timeout=0):
+        taken.update({r.task.id: r for r in got})
+    return taken
+
+
+def outcome(reservation: Reservation, status: TaskStatus = TaskStatus.SUCCEEDED) -> Task:
+    task = reservation.task.started(reservation.token, datetime.now(UTC))
+    task.status, task.result = status, reservation.task.id
+    task.error = None if status is TaskStatus.SUCCEEDED else "ValueError: no"
+    task.finished_at = datetime.now(UTC)
+    return task
+
+
+async def test_the_backend_is_the_workflow_store_of_its_own_keys(
+    backend: RedisBackend, redis_url: str
+) -> None:
+    assert isinstance(backend.workflow_store(backend), RedisWorkflows)
+    assert backend.workflow_store(RedisBackend(redis_url)) is not None  # same keys
+    assert backend.workflow_store(RedisBackend(redis_url + "-other")) is None
+    assert backend.workflow_store(MemoryStorage()) is None
+
+
+async def test_two_backends_completing_a_200_member_chord_release_the_callback_once(
+    redis_url: str,
+) -> None:
+    first, second = RedisBackend(redis_url), RedisBackend(redis_url)
+    try:
+        workflow_id, tasks = await submit(first, chord_graph(200))
+        taken = await take_all(first)
+        assert set(taken) == {t.id for t in tasks[:200]}
+        ordered = [taken[t.id] for t in tasks[:200]]
+        await asyncio.gather(
+            *(
+                store_of(first if at % 2 else second).complete_member(r, outcome(r))
+                for at, r in enumerate(ordered)
+            )
+        )
+        assert (await first.get(tasks[200].id)).status is TaskStatus.PENDING  # type: ignore[union-attr]
+        released = await take_all(second)
+        assert list(released) == [tasks[200].id]
+        state = await store_of(second).get_workflow(workflow_id)
+        assert state is not None
+        assert state.remaining[200] == 0
+        assert state.done == [TaskStatus.SUCCEEDED] * 200 + [None]
+        assert first.link().round_trips > 0
+        assert second.link().round_trips > 0
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_member_outcome_is_one_script_call_as_a_lone_task_is(
+    backend: RedisBackend,
+) -> None:
+    store = store_of(backend)
+    _, tasks = await submit(backend, chord_graph(3))
+    lone = make_task(NAME)
+    await backend.enqueue_atomically([lone], [backend.to_message(lone)])
+    taken = await take_all(backend)
+    link = backend.link()
+    for member in tasks[:3]:  # the last one also releases the callback
+        trips, commands = link.round_trips, link.commands
+        await store.complete_member(taken[member.id], outcome(taken[member.id]))
+        assert (link.round_trips - trips, link.commands - commands) == (1, 1)
+    trips, commands = link.round_trips, link.commands
+    await backend.complete(taken[lone.id], outcome(taken[lone.id]), ttl=60)
+    assert (link.round_trips - trips, link.commands - commands) == (1, 1)
+    trips, commands = link.round_trips, link.commands
+    with pytest.raises(InvalidTransitionError):  # final already: refused, in one call
+        await store.save_member(outcome(taken[tasks[0].id]))
+    assert link.commands - commands == 1
+
+
+async def test_a_second_workflow_with_the_same_id_is_refused_and_stores_nothing(
+    backend: RedisBackend,
+) -> None:
+    workflow_id, _ = await submit(backend, chord_graph(1))
+    again = [make_task(NAME), make_task(NAME)]
+    for key, task in enumerate(again):
+        task.headers = {WORKFLOW_HEADER: workflow_id, NODE_HEADER: str(key)}
+    state = new_state(workflow_id, chord_graph(1), again, [None, None], datetime.now(UTC))
+    with pytest.raises(DuplicateTaskError, match="workflow"):
+        await store_of(backend).submit_workflow(
+            state, again, [backend.to_message(t) for t in again]
+        )
+    assert await backend.get(again[0].id) is None
+    assert [r.task.id for r in (await take_all(backend)).values()] != [again[0].id]
+
+
+async def test_records_are_rewritten_in_place_keeping_their_payload(
+    backend: RedisBackend,
+) -> None:
+    """Released and cancelled records change only their own fields: a payload that looks
+    like them, empty lists and big numbers stay byte for byte; a member a reserve marked
+    running is cancelled as it reads (one more attempt, its start and lease)."""
+    payload = {"args": [], "kwargs": {"status": "waiting", "error": None, "n": 2**60 + 1}}
+    graph = Graph(
+        nodes=[
+            Node(key=0, task=NAME),
+            Node(key=1, task=NAME, parents=[0]),
+            Node(key=2, task=NAME),
+            Node(key=3, task=NAME, parents=[2]),
+        ],
+        result=[1, 3],
+    )
+    store = store_of(backend)
+    workflow_id, tasks = await submit(backend, graph, payload=payload)
+    taken = await take_all(backend)
+    await store.complete_member(taken[tasks[0].id], outcome(taken[tasks[0].id]))
+    released = await backend.get(tasks[1].id)
+    assert released is not None
+    assert released.status is TaskStatus.PENDING
+    assert released.payload == payload
+    assert await store.cancel_workflow(workflow_id) is True
+    running = taken[tasks[2].id]
+    cancelled = await backend.get(tasks[2].id)
+    assert cancelled is not None
+    assert cancelled.status is TaskStatus.CANCELLED
+    assert cancelled.error == "cancelled: its workflow ended"
+    assert cancelled.payload == payload
+    assert cancelled.attempts == 1
+    assert cancelled.lease_token == running.token
+    assert cancelled.started_at is not None
+    assert cancelled.finished_at is not None
+    assert cancelled.finished_at >= cancelled.started_at
+    waiting = await backend.get(tasks[3].id)
+    assert waiting is not None
+    assert (waiting.status, waiting.attempts, waiting.payload) == (
+        TaskStatus.CANCELLED,
+        0,
+        payload,
+    )
+    # the running member's outcome arrives late: refused, and nothing moves
+    with pytest.raises(InvalidTransitionError):  # as on memory: its lease kept, final
+        await store.complete_member(running, outcome(running))
+
+
+async def test_the_workflow_keys_expire_with_its_longest_lived_member(
+    backend: RedisBackend, raw: aredis.Redis
+) -> None:
+    store = store_of(backend)
+    workflow_id, tasks = await submit(backend, chord_graph(1), ttl=30.0)
+    key = backend.key("wf", workflow_id)
+    assert await raw.pttl(key) == -1  # running: no expiry
+    assert await raw.exists(key + ":parked") == 1
+    (reservation,) = (await take_all(backend)).values()
+    await store.complete_member(reservation, outcome(reservation))
+    (callback,) = (await take_all(backend)).values()
+    await store.complete_member(callback, outcome(callback))
+    assert 29_000 < await raw.pttl(key) <= 30_000
+    assert 29_000 < await raw.pttl(backend.key("t", tasks[0].id)) <= 30_000
+    untimed, _ = await submit(backend, chord_graph(1), ttl=None)
+    assert await store.cancel_workflow(untimed) is True
+    assert await raw.pttl(backend.key("wf", untimed)) == -1
+
+
+# -- damaged workflow hashes ------------------------------------------------------------
+
+
+async def test_an_unreadable_workflow_costs_no_outcome_and_is_left_alone(
+    backend: RedisBackend, raw: aredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The safest reading of a hash written by something else: the member's outcome is
+    stored and its message acked (so it is not redelivered forever), the workflow is not
+    stepped (nothing half done), and a warning names it; reading or cancelling it raises
+    CorruptRecordError."""
+    store = store_of(backend)
+    workflow_id, tasks = await submit(backend, chord_graph(2))
+    key = backend.key("wf", workflow_id)
+    taken = await take_all(backend)
+    await raw.hset(key, "r:2", "two")  # the callback's count, unreadable
+    with caplog.at_level(logging.WARNING, "bgcoor.redis"):
+        await store.complete_member(taken[tasks[0].id], outcome(taken[tasks[0].id]))
+    assert "not stepped" in caplog.text
+    assert f"{key} has r:2" in caplog.text
+    record = await backend.get(tasks[0].id)
+    assert record is not None
+    assert record.status is TaskStatus.SUCCEEDED
+    assert await raw.exists(backend.key("m", tasks[0].id)) == 0  # acked
+    assert await raw.hget(key, "d:0") is None  # not counted: nothing of it changed
+    assert await raw.hget(key, "left") == b"3"
+
+    await raw.delete(key)
+    await raw.set(key, "not a hash")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "bgcoor.redis"):
+        await store.complete_member(taken[tasks[1].id], outcome(taken[tasks[1].id]))
+    assert "is not a hash" in caplog.text
+    assert (await backend.get(tasks[1].id)).status is TaskStatus.SUCCEEDED  # type: ignore[union-attr]
+    with pytest.raises(CorruptRecordError, match="is not a hash"):
+        await store.get_workflow(workflow_id)
+    with pytest.raises(CorruptRecordError, match="is not a hash"):
+        await store.cancel_workflow(workflow_id)
+    assert await take_all(backend) == {}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "why"),
+    [
+        ("status", "sideways", "has status"),
+        ("left", "-1", "has left"),
+        ("c:0", "a,b", "has no readable node 0"),
+    ],
+)
+async def test_unreadable_fields_leave_the_workflow_as_it_was(
+    backend: RedisBackend,
+    raw: aredis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    field: str,
+    value: str,
+    why: str,
+) -> None:
+    store = store_of(backend)
+    workflow_id, tasks = await submit(backend, chord_graph(1))
+    key = backend.key("wf", workflow_id)
+    await raw.hset(key, field, value)
+    before = await raw.hgetall(key)
+    (reservation,) = (await take_all(backend)).values()
+    with caplog.at_level(logging.WARNING, "bgcoor.redis"):
+        await store.complete_member(reservation, outcome(reservation))
+    assert f"{key} {why}" in caplog.text
+    assert await raw.hgetall(key) == before
+    assert (await backend.get(tasks[0].id)).status is TaskStatus.SUCCEEDED  # type: ignore[union-attr]
+    assert await take_all(backend) == {}
+
+
+async def test_a_member_of_a_workflow_gone_is_stored_alone(
+    backend: RedisBackend, raw: aredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = store_of(backend)
+    workflow_id, tasks = await submit(backend, chord_graph(1))
+    await raw.delete(backend.key("wf", workflow_id))  # e.g. expired after it ended
+    (reservation,) = (await take_all(backend)).values()
+    with caplog.at_level(logging.WARNING, "bgcoor.redis"):
+        await store.complete_member(reservation, outcome(reservation))
+    assert caplog.text == ""
+    assert (await backend.get(tasks[0].id)).status is TaskStatus.SUCCEEDED  # type: ignore[union-attr]
+    assert await store.get_workflow(workflow_id) is None
+    assert await store.cancel_workflow(workflow_id) is False
+
+
+# -- end to end ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def manager(redis_url: str) -> AsyncIterator[TaskManager]:
+    manager = TaskManager(broker_url=redis_url, storage_url=redis_url, result_ttl=60.0)
+    yield manager
+    await manager.close()
+
+
+@pytest.fixture
+def tasks(manager: TaskManager) -> Any:
+    class Tasks:
+        runs: list[str] = []
+
+        @staticmethod
+        @manager.task(name="wf.add")
+        async def add(a: int, b: int = 0) -> int:
+            return a + b
+
+        @staticmethod
+        @manager.task(name="wf.total")
+        async def total(values: list[int]) -> int:
+            Tasks.runs.append("total")
+            return sum(values)
+
+        @staticmethod
+        @manager.task(name="wf.boom", max_retries=0)
+        async def boom(x: int) -> int:
+            raise ValueError(f"boom {x}")
+
+        @staticmethod
+        @manager.task(name="wf.slow")
+        async def slow(seconds: float) -> float:
+            Tasks.runs.append("slow")
+            await asyncio.sleep(seconds)
+            return seconds
+
+        @staticmethod
+        @manager.task(name="wf.say")
+        async def say(word: str) -> str:
+            Tasks.runs.append(word)
+            return word
+
+    Tasks.runs = []
+    return Tasks
+
+
+async def test_a_chord_runs_end_to_end_on_redis(manager: TaskManager, tasks: Any) -> None:
+    async with manager.worker(8):
+        handle = await chord(group(tasks.add.s(i) for i in range(50)), tasks.total.s()).enqueue()
+        assert await handle.result(timeout=10) == sum(range(50))
+        assert await handle.status() == "succeeded"
+        flow = chain(tasks.add.s(1, 2), tasks.add.s(10), tasks.add.s(100))
+        assert await (await flow.enqueue()).result(timeout=10) == 113
+    assert tasks.runs == ["total"]
+
+
+async def test_a_failing_chord_never_calls_back_on_redis(manager: TaskManager, tasks: Any) -> None:
+    async with manager.worker(8):
+        header = group([*(tasks.add.s(i) for i in range(5)), tasks.boom.s(1)])
+        handle = await chord(header, tasks.total.s()).enqueue()
+        with pytest.raises(WorkflowFailedError, match=r"wf\.boom"):
+            await handle.result(timeout=10)
+    state = await handle.state()
+    assert state.status is WorkflowStatus.FAILED
+    callback = await manager.storage.get(state.tasks[-1])
+    assert callback is not None
+    assert callback.status is TaskStatus.CANCELLED
+    assert tasks.runs == []
+
+
+async def test_a_cancelled_chain_starts_nothing_more_on_redis(
+    manager: TaskManager, tasks: Any
+) -> None:
+    flow = chain(tasks.slow.s(0.3), tasks.say.si("second"), tasks.say.si("third"))
+    async with manager.worker(4):
+        handle = await flow.enqueue()
+        while "slow" not in tasks.runs:  # noqa: ASYNC110 - the ledger is a plain list
+            await asyncio.sleep(0.01)
+        assert await handle.cancel() is True
+        assert await handle.cancel() is False
+        with pytest.raises(TaskCancelledError):
+            await handle.result(timeout=5)
+        await asyncio.sleep(0.5)
+    assert tasks.runs == ["slow"]
+    assert await handle.status() == "cancelled"
+    state = await handle.state()
+    assert json.loads(state.graph.to_json())["nodes"][0]["task"] == "wf.slow"
+
+
+def test_other_scripts_carry_no_workflow_function() -> None:
+    """Workflows leave every other script (and so its SHA) as it was: ``workflow.lua``'s
+    functions go only into the ``wf_*`` scripts."""
+    for name, script in scripts().items():
+        has = b"local function wf_" in script.source
+        assert has is (name in WORKFLOW_NAMES), name
