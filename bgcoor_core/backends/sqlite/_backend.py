@@ -36,6 +36,7 @@ from .._waiters import Waiters, wait_for_wake
 from . import _defects, _records, _schedules
 from ._connection import Connection, transaction
 from ._schema import SCHEMA_VERSION
+from ._workflows import SQLiteWorkflows
 
 log = logging.getLogger("bgcoor.sqlite")
 Row = tuple[Any, ...]
@@ -336,6 +337,18 @@ class SQLiteBackend(Broker, Storage):
                 self._waiters.wake_all()
         return outcomes
 
+    # -- workflows: each member's outcome steps its workflow in the same transaction ---
+
+    def workflow_store(self, storage: Storage) -> SQLiteWorkflows | None:
+        """Workflows on this file, when ``storage`` is this backend too."""
+        if not self.shares_store_with(storage):
+            return None
+        return SQLiteWorkflows(self.db, _insert, _complete_held, self._wake_consumers)
+
+    def _wake_consumers(self) -> None:
+        with self._waiters_lock:
+            self._waiters.wake_all()
+
     async def migrate(self) -> Lines:
         """The file is migrated when first opened; report what that did."""
         await self.db.run(_fetch, "SELECT 1", ())
@@ -536,15 +549,23 @@ def _complete(
     conn: sqlite3.Connection, message_id: str, token: str, task: Task, ttl: float | None
 ) -> None:
     with transaction(conn):
-        held = conn.execute(
-            "SELECT 1 FROM messages WHERE id = ? AND token = ? AND state = 'reserved' "
-            "AND available_at > ?",
-            (message_id, token, time.time()),
-        ).fetchone()
-        if held is None:
-            raise StaleLeaseError(f"task {message_id}: lease {token[:8]} is no longer held")
-        _records.write(conn, task, ttl)
-        conn.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+        _complete_held(conn, message_id, token, task, ttl)
+
+
+def _complete_held(
+    conn: sqlite3.Connection, message_id: str, token: str, task: Task, ttl: float | None
+) -> None:
+    """Store the outcome and ack, inside the caller's transaction, while ``token`` holds
+    the lease; :class:`StaleLeaseError` before any change otherwise."""
+    held = conn.execute(
+        "SELECT 1 FROM messages WHERE id = ? AND token = ? AND state = 'reserved' "
+        "AND available_at > ?",
+        (message_id, token, time.time()),
+    ).fetchone()
+    if held is None:
+        raise StaleLeaseError(f"task {message_id}: lease {token[:8]} is no longer held")
+    _records.write(conn, task, ttl)
+    conn.execute("DELETE FROM messages WHERE id = ?", (message_id,))
 
 
 def _sweep(conn: sqlite3.Connection, read_body: _defects.ReadBody) -> int:

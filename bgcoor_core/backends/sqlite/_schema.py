@@ -65,6 +65,25 @@ MIGRATIONS: list[str] = [
         missed INTEGER NOT NULL DEFAULT 0
     );
     """,
+    # version 4: workflows; the state is WorkflowState JSON (its status copied out), and
+    # the messages of members not released yet wait in parked, where no reserve looks
+    """
+    CREATE TABLE workflows (
+        id TEXT PRIMARY KEY,
+        status TEXT NOT NULL,
+        state TEXT NOT NULL
+    );
+    CREATE TABLE parked (
+        workflow_id TEXT NOT NULL,
+        node INTEGER NOT NULL,
+        id TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        eta REAL,
+        PRIMARY KEY (workflow_id, node)
+    ) WITHOUT ROWID;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,303 @@
+"""Workflows in the ``workflows`` table, their members' messages ``parked`` until released.
+
+Each step is one ``BEGIN IMMEDIATE`` transaction, which takes the file's write lock before
+the first read: storing a member's outcome, reading the workflow's state, applying
+:func:`~bgcoor_core.kit.apply_outcome` and its effects (dependents' records ``pending``
+and their parked messages moved into ``messages``, cancelled members' records
+``cancelled`` and their parked messages dropped, TTLs once it ended) and writing the
+state back happen as one step for every process that shares the file. A parked message
+sits in its own table, so the reserve's query and index never see it.
+
+A workflow state row that cannot be read (not JSON, not a state, or a state that does not
+fit its graph), or that does not list the member at its node, fails only that workflow:
+``save_member`` and ``complete_member`` still store the member's outcome (and ack it),
+since running it again could not repair the row and would only run it again forever;
+the workflow is not advanced, and an error naming the workflow and the problem is
+logged. ``get_workflow`` and ``cancel_workflow`` of that workflow raise
+:class:`~bgcoor_core.CorruptRecordError` naming it; other workflows are unaffected.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+from pydantic import ValidationError
+
+from ..._broker import Message, Reservation
+from ..._codec import printable
+from ..._composition import _leaves
+from ..._errors import CorruptRecordError, DuplicateTaskError
+from ..._task import Task, TaskStatus, validate_queue_name
+from ..._workflows import (
+    NODE_HEADER,
+    Effects,
+    WorkflowState,
+    apply_outcome,
+    cancel_all,
+    member_of,
+)
+from . import _records
+from ._connection import Connection, transaction
+
+log = logging.getLogger("bgcoor.sqlite")
+
+#: Inserts ready messages inside the caller's transaction (the enqueue's own insert).
+Push = Callable[[sqlite3.Connection, Sequence[Message]], None]
+#: Stores a final record and acks its message while the lease holds, inside the caller's
+#: transaction; :class:`StaleLeaseError` before any change otherwise.
+Complete = Callable[[sqlite3.Connection, str, str, Task, float | None], None]
+
+CANCELLED_ERROR = "cancelled: its workflow ended"
+_PARK = (
+    "INSERT INTO parked (workflow_id, node, id, queue, priority, body, eta) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_UNPARK = (
+    "DELETE FROM parked WHERE workflow_id = ? AND node = ? RETURNING id, queue, priority, body, eta"
+)
+
+
+class SQLiteWorkflows:
+    """The :class:`~bgcoor_core.WorkflowStore` of an :class:`SQLiteBackend` (its own
+    broker and storage)."""
+
+    def __init__(
+        self, db: Connection, push: Push, complete: Complete, wake: Callable[[], None]
+    ) -> None:
+        self.db = db
+        self._push = push
+        self._complete = complete
+        self._wake = wake
+
+    async def submit_workflow(
+        self, state: WorkflowState, tasks: Sequence[Task], messages: Sequence[Message]
+    ) -> None:
+        for message in messages:
+            validate_queue_name(message.queue)
+        await self.db.run(submit, state, tasks, messages, self._push)
+        self._wake()
+
+    async def save_member(self, task: Task) -> None:
+        if await self.db.run(save_member, task, self._push):
+            self._wake()
+
+    async def complete_member(self, reservation: Reservation, task: Task) -> None:
+        token = reservation.token
+        pushed = await self.db.run(
+            complete_member, reservation.task.id, token, task, self._complete, self._push
+        )
+        if pushed:
+            self._wake()
+
+    async def cancel_workflow(self, workflow_id: str) -> bool:
+        return await self.db.run(cancel, workflow_id)
+
+    async def get_workflow(self, workflow_id: str) -> WorkflowState | None:
+        return await self.db.run(read, workflow_id)
+
+
+# -- statements, run on the connection's thread ----------------------------------------
+
+
+def submit(
+    conn: sqlite3.Connection,
+    state: WorkflowState,
+    tasks: Sequence[Task],
+    messages: Sequence[Message],
+    push: Push,
+) -> None:
+    """The state, every record, the roots' messages and the others parked: all or none."""
+    by_id = {m.id: m for m in messages}
+    waiting = [t for t in tasks if t.status is TaskStatus.WAITING]
+    with transaction(conn):
+        try:
+            conn.execute(
+                "INSERT INTO workflows (id, status, state) VALUES (?, ?, ?)",
+                (state.id, state.status.value, state.model_dump_json()),
+            )
+        except sqlite3.IntegrityError:
+            raise DuplicateTaskError(f"workflow {state.id} already exists") from None
+        # as the atomic enqueue does: messages first, then every record (any refuses all)
+        push(conn, [by_id[t.id] for t in tasks if t.status is not TaskStatus.WAITING])
+        _records.insert_new(conn, tasks)
+        for task in waiting:
+            if conn.execute("SELECT 1 FROM messages WHERE id = ?", (task.id,)).fetchone():
+                raise DuplicateTaskError(f"task {task.id} is already in the broker")
+        conn.executemany(
+            _PARK,
+            [(state.id, int(t.headers[NODE_HEADER]), *_columns(by_id[t.id])) for t in waiting],
+        )
+
+
+def _columns(m: Message) -> tuple[str, str, int, bytes, float | None]:
+    return (m.id, m.queue, m.priority, m.body, m.eta)
+
+
+def save_member(conn: sqlite3.Connection, task: Task, push: Push) -> bool:
+    """``save`` of the record, then the workflow's step; True if messages were pushed."""
+    with transaction(conn):
+        _records.write(conn, task, None)  # no expiry while its workflow runs
+        return _advance(conn, task, push)
+
+
+def complete_member(
+    conn: sqlite3.Connection,
+    message_id: str,
+    token: str,
+    task: Task,
+    complete: Complete,
+    push: Push,
+) -> bool:
+    """``complete`` (a stale lease changes nothing), then the workflow's step."""
+    with transaction(conn):
+        complete(conn, message_id, token, task, None)
+        return _advance(conn, task, push)
+
+
+def cancel(conn: sqlite3.Connection, workflow_id: str) -> bool:
+    with transaction(conn):
+        state = read(conn, workflow_id)
+        if state is None:
+            return False
+        effects = cancel_all(state)
+        if not effects.ended:  # it had ended
+            return False
+        _apply(conn, state, effects, None)
+        return True
+
+
+def read(conn: sqlite3.Connection, workflow_id: str) -> WorkflowState | None:
+    """The state, or ``None``; :class:`CorruptRecordError` if its row cannot be read."""
+    row = conn.execute(
+        "SELECT CAST(state AS BLOB) FROM workflows WHERE id = ?", (workflow_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    try:
+        state = WorkflowState.model_validate_json(row[0] or b"")
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
+        raise _corrupt(workflow_id, f"column state is no workflow state: {problems}") from None
+    problem = _misfit(state, workflow_id)
+    if problem is not None:
+        raise _corrupt(workflow_id, problem)
+    return state
+
+
+def _corrupt(workflow_id: str, problem: str) -> CorruptRecordError:
+    return CorruptRecordError(
+        f"corrupt state of workflow {printable(workflow_id, 80)} in SQLite table workflows: "
+        + printable(problem, 300)
+    )
+
+
+def _misfit(state: WorkflowState, workflow_id: str) -> str | None:
+    """Why a state that parsed cannot be stepped (it would fail mid-step), or ``None``."""
+    if state.id != workflow_id:
+        return f"it names workflow {state.id}"
+    n = len(state.graph.nodes)
+    if any(len(column) != n for column in (state.tasks, state.remaining, state.done, state.ttls)):
+        return f"its lists do not all have one entry for each of its {n} nodes"
+    keys = range(n)
+    for index, node in enumerate(state.graph.nodes):
+        refs = [*node.parents, *([] if node.on_error is None else [node.on_error])]
+        if node.key != index or any(ref not in keys for ref in refs):
+            return f"node {index} of its graph refers to nodes it does not have"
+    if any(leaf not in keys for leaf in _leaves(state.graph.result)):
+        return "its result refers to nodes it does not have"
+    return None
+
+
+# -- the step, inside the caller's transaction -----------------------------------------
+
+
+def _advance(conn: sqlite3.Connection, task: Task, push: Push) -> bool:
+    if not task.status.is_final:
+        return False
+    try:
+        member = member_of(task)
+    except (KeyError, ValueError):
+        log.error("task %s: outcome stored; its workflow headers cannot be read", task.id)
+        return False
+    if member is None:
+        return False
+    workflow_id, key = member
+    try:
+        state = read(conn, workflow_id)
+        if state is not None and (
+            key not in range(len(state.tasks)) or state.tasks[key] != task.id
+        ):
+            raise _corrupt(workflow_id, f"its node {key} is not task {task.id}")
+    except CorruptRecordError as exc:
+        log.error("task %s: outcome stored, its workflow not advanced: %s", task.id, exc)
+        return False
+    if state is None:
+        return False
+    effects = apply_outcome(state, key, task.status, task.error)
+    if effects.duplicate:
+        return False
+    return _apply(conn, state, effects, push)
+
+
+def _apply(
+    conn: sqlite3.Connection, state: WorkflowState, effects: Effects, push: Push | None
+) -> bool:
+    """Carry out ``effects`` and write the state back; True if messages were pushed."""
+    released = []
+    for key in effects.release:
+        _set_status(conn, state.tasks[key], TaskStatus.PENDING)
+        message = _unpark(conn, state.id, key)
+        if message is not None:
+            released.append(message)
+    if released:
+        assert push is not None  # only outcomes release
+        push(conn, released)
+    for key in effects.cancel:  # a member queued or running has no parked message
+        conn.execute("DELETE FROM parked WHERE workflow_id = ? AND node = ?", (state.id, key))
+        _set_status(conn, state.tasks[key], TaskStatus.CANCELLED)
+    if effects.ended:
+        now = time.time()
+        conn.executemany(
+            "UPDATE tasks SET expires_at = ? WHERE id = ?",
+            [(now + t, i) for i, t in zip(state.tasks, state.ttls, strict=True) if t is not None],
+        )
+        conn.execute("DELETE FROM parked WHERE workflow_id = ?", (state.id,))
+    conn.execute(
+        "UPDATE workflows SET status = ?, state = ? WHERE id = ?",
+        (state.status.value, state.model_dump_json(), state.id),
+    )
+    return bool(released)
+
+
+def _unpark(conn: sqlite3.Connection, workflow_id: str, key: int) -> Message | None:
+    row = conn.execute(_UNPARK, (workflow_id, key)).fetchone()
+    if row is None:
+        log.warning("workflow %s: node %d had no parked message", workflow_id, key)
+        return None
+    message_id, queue, priority, body, eta = row
+    return Message(message_id, queue, body, priority, eta)
+
+
+def _set_status(conn: sqlite3.Connection, task_id: str, status: TaskStatus) -> None:
+    """A member's record moves on (released, or cancelled if not final yet)."""
+    try:
+        record = _records.get(conn, task_id)
+    except CorruptRecordError as exc:  # its message still goes (or goes away)
+        log.warning("workflow member %s: record left as it is: %s", task_id, exc)
+        return
+    if record is None or record.status.is_final:
+        return
+    record.status = status
+    if status is TaskStatus.CANCELLED:
+        record.finished_at = datetime.now(UTC)
+        record.error = record.error or CANCELLED_ERROR
+    conn.execute(
+        "UPDATE tasks SET status = ?, record = ?, before_start = NULL WHERE id = ?",
+        (status.value, record.model_dump_json(), task_id),
+    )
