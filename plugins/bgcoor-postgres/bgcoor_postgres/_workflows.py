@@ -87,7 +87,7 @@ class WorkflowStatements:
             f"t.lease_token, t.status FROM {t} t WHERE t.id = ANY($1::text[]) AND {LIVE} "
             "ORDER BY t.id FOR UPDATE"
         )
-        # $1 id, $2 status, $3 state; $4 released nodes, $5 cancelled nodes; $6-$9 the
+        # $1 id, $2 status, $3 state; $4 released nodes, $5 nodes unparked unreleased; $6-$9 the
         # cancelled records (id, JSON, lease token, ttl); $10-$11 the TTLs of the others
         # (the two sets of rows are disjoint: one statement updates a row once)
         self.step = (
@@ -208,7 +208,9 @@ class PostgresWorkflows:
             effects = kit.apply_outcome(state, member[1], task.status, task.error)
             if effects.duplicate:
                 return []
-            return await self._apply(conn, state, effects)
+            # a member final before its release (cancelled while waiting) never runs: its
+            # parked row goes with the step
+            return await self._apply(conn, state, effects, unparked=[member[1]])
 
     async def _cancel(self, conn: Conn, workflow_id: str) -> list[str] | None:
         async with conn.transaction():
@@ -220,9 +222,16 @@ class PostgresWorkflows:
                 return None
             return await self._apply(conn, state, kit.cancel_all(state))
 
-    async def _apply(self, conn: Conn, state: WorkflowState, effects: kit.Effects) -> list[str]:
-        """One statement (after a read when members are cancelled) doing ``effects``;
-        the queues released members were pushed to."""
+    async def _apply(
+        self,
+        conn: Conn,
+        state: WorkflowState,
+        effects: kit.Effects,
+        unparked: Sequence[int] = (),
+    ) -> list[str]:
+        """One statement (after a read when members are cancelled) doing ``effects``,
+        dropping the parked rows of ``unparked`` too; the queues released members were
+        pushed to."""
         cancelled = await self._cancelled(conn, state, effects.cancel)
         by_id = {t.id: t for t in cancelled}
         ttl_of = dict(zip(state.tasks, state.ttls, strict=True))
@@ -234,7 +243,7 @@ class PostgresWorkflows:
             state.status.value,
             state.model_dump_json(),
             effects.release,
-            effects.cancel,
+            [*effects.cancel, *unparked],
             list(by_id),
             [t.model_dump_json() for t in cancelled],
             [t.lease_token for t in cancelled],

@@ -185,6 +185,29 @@ async def test_a_taken_workflow_id_is_refused_and_stores_nothing(
     assert len(await rows(backend, "SELECT 1 FROM {s}.parked")) == 1
 
 
+async def test_a_member_cancelled_while_waiting_leaves_no_parked_message(
+    backend: PostgresBackend,
+) -> None:
+    wf = await submit(backend, graph_of([[], [0]]))
+    waiting = await backend.get(wf.tasks[1].id)
+    assert waiting is not None
+    waiting.status, waiting.finished_at = TaskStatus.CANCELLED, datetime.now(UTC)
+    store = backend.workflow_store(backend)
+    assert store is not None
+    await store.save_member(waiting)  # what manager.cancel() does for a member
+    state = await store.get_workflow(wf.id)
+    assert state is not None
+    assert state.status is WorkflowStatus.FAILED
+    assert state.done == [None, TaskStatus.CANCELLED]
+    assert await rows(backend, "SELECT 1 FROM {s}.parked") == []
+    (first,) = (await take_all(backend)).values()  # the root, already queued, still runs
+    await complete(backend, first)
+    assert await take_all(backend) == {}
+    state = await store.get_workflow(wf.id)
+    assert state is not None
+    assert state.done == [TaskStatus.SUCCEEDED, TaskStatus.CANCELLED]
+
+
 # -- members of one chord completing at once -------------------------------------------
 
 
@@ -277,11 +300,9 @@ async def test_a_stopped_client_holding_a_workflow_stalls_its_members_only_brief
 ) -> None:
     wf = await submit(backend, graph_of([[], [0]]))
     (first,) = (await take_all(backend)).values()
-    store = backend.workflow_store(backend)
-    assert store is not None
     frozen = raw.transaction()
     await frozen.start()
-    await raw.fetch(store.sql.lock, wf.id)  # type: ignore[attr-defined]  # ... and stops here
+    await raw.fetch(backend._workflows.sql.lock, wf.id)  # ... and the client stops here
     started = asyncio.get_running_loop().time()
     await asyncio.wait_for(complete(backend, first), timeout=10)
     waited = asyncio.get_running_loop().time() - started
