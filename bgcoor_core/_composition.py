@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from typing_extensions import TypeAliasType
 
 from ._errors import InvalidWorkflowError
@@ -66,6 +66,18 @@ class Graph(BaseModel):
     #: The shape of the workflow's result (a chain's last node, a group's list, ...).
     result: Shape
     on_failure: OnFailure = OnFailure.FAIL
+    _children: dict[int, list[int]] | None = PrivateAttr(default=None)
+
+    def __eq__(self, other: object) -> bool:  # what it is, not what was worked out from it
+        if not isinstance(other, Graph):
+            return NotImplemented
+        return (self.nodes, self.result, self.on_failure) == (
+            other.nodes,
+            other.result,
+            other.on_failure,
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable parts: unhashable, as before
 
     def to_json(self) -> str:
         return self.model_dump_json()
@@ -75,12 +87,15 @@ class Graph(BaseModel):
         return cls.model_validate_json(data)
 
     def children(self) -> dict[int, list[int]]:
-        """Each node's dependents (errbacks excluded: they hang off ``on_error``)."""
-        found: dict[int, list[int]] = {node.key: [] for node in self.nodes}
-        for node in self.nodes:
-            for parent in node.parents:
-                found[parent].append(node.key)
-        return found
+        """Each node's dependents (errbacks excluded: they hang off ``on_error``); worked
+        out once per graph object."""
+        if self._children is None:
+            found: dict[int, list[int]] = {node.key: [] for node in self.nodes}
+            for node in self.nodes:
+                for parent in node.parents:
+                    found[parent].append(node.key)
+            self._children = found
+        return self._children
 
     def roots(self) -> list[int]:
         """Nodes that start at once: no parents, and not an errback."""

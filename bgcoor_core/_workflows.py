@@ -63,6 +63,8 @@ class WorkflowState(BaseModel):
     remaining: list[int]
     #: Final status of each member once it is done (or cancelled unstarted), by node key.
     done: list[TaskStatus | None]
+    #: Members not done yet (``None`` in ``done``): the workflow ends when it reaches 0.
+    left: int = -1
     #: Result TTL of each member's record, applied when the workflow ends.
     ttls: list[float | None]
     #: What failed it: ``"node 3 (jobs.parse) failed: ValueError: ..."``.
@@ -93,7 +95,7 @@ def apply_outcome(state: WorkflowState, key: int, status: TaskStatus, error: str
     if state.done[key] is not None:
         effects.duplicate = True
         return effects
-    state.done[key] = status
+    _done(state, key, status)
     node = state.graph.nodes[key]
     ok = status is TaskStatus.SUCCEEDED
     running = state.status is WorkflowStatus.RUNNING
@@ -113,7 +115,7 @@ def apply_outcome(state: WorkflowState, key: int, status: TaskStatus, error: str
             state.remaining[child] -= 1
             if state.remaining[child] == 0 and state.done[child] is None:
                 effects.release.append(child)
-    if all(done is not None for done in state.done):
+    if _left(state) == 0:
         _end(state, effects)
     return effects
 
@@ -162,8 +164,20 @@ def _waiting(state: WorkflowState, key: int) -> bool:
 
 
 def _drop(state: WorkflowState, key: int, effects: Effects) -> None:
-    state.done[key] = TaskStatus.CANCELLED
+    _done(state, key, TaskStatus.CANCELLED)
     effects.cancel.append(key)
+
+
+def _left(state: WorkflowState) -> int:
+    if state.left < 0:  # a state written before ``left`` was kept: count once
+        state.left = sum(1 for done in state.done if done is None)
+    return state.left
+
+
+def _done(state: WorkflowState, key: int, status: TaskStatus) -> None:
+    _left(state)
+    state.done[key] = status
+    state.left -= 1
 
 
 @runtime_checkable
@@ -217,6 +231,7 @@ def new_state(
         tasks=[t.id for t in tasks],
         remaining=[len(n.parents) for n in graph.nodes],
         done=[None] * len(graph.nodes),
+        left=len(graph.nodes),
         ttls=list(ttls),
         created_at=now,
     )

@@ -323,8 +323,8 @@ async def test_unknown_tasks_and_incomplete_arguments_are_refused_at_submission(
 
 
 async def test_backends_that_cannot_step_workflows_refuse_them(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'no-workflows.db'}"
-    manager = TaskManager(broker_url=url, storage_url=url)
+    url = f"sqlite:///{tmp_path / 'records.db'}"  # records apart from the messages
+    manager = TaskManager(broker_url="memory://", storage_url=url)
 
     @manager.task(name="wf.one")
     async def one() -> int:
