@@ -38,9 +38,16 @@ from bgcoor_core import (
 from bgcoor_core._broker import Reservation
 from bgcoor_core._composition import Graph, Node
 from bgcoor_core._task import Task
-from bgcoor_core._workflows import NODE_HEADER, WORKFLOW_HEADER, WorkflowStore, new_state
+from bgcoor_core._workflows import (
+    NODE_HEADER,
+    WORKFLOW_HEADER,
+    WorkflowState,
+    WorkflowStore,
+    new_state,
+)
 from bgcoor_core.backends.sqlite import SQLiteBackend, SQLiteOptions
 from bgcoor_core.backends.sqlite._schema import MIGRATIONS, SCHEMA_VERSION
+from bgcoor_core.backends.sqlite._workflow_rows import PROGRESS, SUBMITTED
 from bgcoor_core.backends.sqlite._workflows import CANCELLED_ERROR, SQLiteWorkflows
 from bgcoor_core.testing import make_task, make_test_codec
 
@@ -210,6 +217,27 @@ async def test_cancelling_drops_parked_messages_and_cancels_their_records(
     assert not root.started
 
 
+def test_a_row_keeps_every_field_of_a_state() -> None:
+    """A step rewrites only the progress: a field added to WorkflowState must be
+    placed (never changed, or changed by steps) or it would be lost."""
+    assert set(WorkflowState.model_fields) == PROGRESS | SUBMITTED
+    assert not PROGRESS & SUBMITTED
+
+
+async def test_a_step_rewrites_only_the_progress(backend: SQLiteBackend) -> None:
+    workflow_id, _ = await _submit(backend, [[], [0]])
+    [(submitted,)] = _sql(backend, "SELECT state FROM workflows")
+    [root] = await backend.reserve(["default"], lease=30)
+    await _succeed(backend, root)
+    [(state, progress, status)] = _sql(backend, "SELECT state, progress, status FROM workflows")
+    assert state == submitted
+    assert json.loads(progress)["done"] == ["succeeded", None]
+    assert status == "running"
+    again = await _store(backend).get_workflow(workflow_id)
+    assert again is not None
+    assert (again.done, again.remaining) == ([TaskStatus.SUCCEEDED, None], [0, 0])
+
+
 # -- several processes, one file --------------------------------------------------------
 
 MEMBERS = 200
@@ -302,31 +330,41 @@ async def test_two_processes_settling_one_chord_release_its_callback_once(
 # -- damaged state rows -----------------------------------------------------------------
 
 
-def _misfit(state: str) -> str:
-    data = json.loads(state)
-    data["done"] = data["done"][:1]
+def _misfit(progress: str, damage: str) -> str:
+    data = json.loads(progress)
+    if damage == "misfit":
+        data["done"] = data["done"][:1]
+    else:
+        data["left"] = 5
     return json.dumps(data)
 
 
 @pytest.mark.parametrize(
-    ("damage", "problem"),
+    ("column", "damage", "problem"),
     [
-        ("'{not json'", "no workflow state"),
-        (NOT_UTF8, "no workflow state"),
-        ("'{}'", "no workflow state"),
-        ("misfit", "one entry for each"),
+        ("state", "'{not json'", "no workflow state"),
+        ("state", NOT_UTF8, "no workflow state"),
+        ("state", "'{}'", "no workflow state"),
+        ("progress", "'{}'", "no workflow progress"),
+        ("progress", "misfit", "one entry for each"),
+        ("progress", "miscount", "counts 5 members left"),
     ],
 )
-async def test_a_damaged_state_fails_only_its_workflow_and_keeps_the_outcome(
-    backend: SQLiteBackend, caplog: pytest.LogCaptureFixture, damage: str, problem: str
+async def test_a_damaged_row_fails_only_its_workflow_and_keeps_the_outcome(
+    backend: SQLiteBackend,
+    caplog: pytest.LogCaptureFixture,
+    column: str,
+    damage: str,
+    problem: str,
 ) -> None:
     broken_id, broken = await _submit(backend, [[], [0]], queues={0: "broken"})
     sound_id, sound = await _submit(backend, [[], [0]])
-    if damage == "misfit":
-        [(state,)] = _sql(backend, "SELECT state FROM workflows WHERE id = ?", broken_id)
-        _sql(backend, "UPDATE workflows SET state = ? WHERE id = ?", _misfit(state), broken_id)
+    if damage in ("misfit", "miscount"):
+        [(progress,)] = _sql(backend, "SELECT progress FROM workflows WHERE id = ?", broken_id)
+        damaged = _misfit(progress, damage)
+        _sql(backend, "UPDATE workflows SET progress = ? WHERE id = ?", damaged, broken_id)
     else:
-        _sql(backend, f"UPDATE workflows SET state = {damage} WHERE id = ?", broken_id)
+        _sql(backend, f"UPDATE workflows SET {column} = {damage} WHERE id = ?", broken_id)
     [member] = await backend.reserve(["broken"], lease=30)
     with caplog.at_level(logging.ERROR, logger="bgcoor.sqlite"):
         await _succeed(backend, member, 7)  # no error: the outcome is stored and acked

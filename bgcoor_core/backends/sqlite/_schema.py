@@ -65,13 +65,15 @@ MIGRATIONS: list[str] = [
         missed INTEGER NOT NULL DEFAULT 0
     );
     """,
-    # version 4: workflows; the state is WorkflowState JSON (its status copied out), and
-    # the messages of members not released yet wait in parked, where no reserve looks
+    # version 4: workflows; state is the WorkflowState JSON as submitted (never rewritten),
+    # progress the fields a step changes (status copied out), and the messages of members
+    # not released yet wait in parked, where no reserve looks
     """
     CREATE TABLE workflows (
         id TEXT PRIMARY KEY,
         status TEXT NOT NULL,
-        state TEXT NOT NULL
+        state TEXT NOT NULL,
+        progress TEXT NOT NULL
     );
     CREATE TABLE parked (
         workflow_id TEXT NOT NULL,

@@ -4,12 +4,13 @@ Each step is one ``BEGIN IMMEDIATE`` transaction, which takes the file's write l
 the first read: storing a member's outcome, reading the workflow's state, applying
 :func:`~bgcoor_core.kit.apply_outcome` and its effects (dependents' records ``pending``
 and their parked messages moved into ``messages``, cancelled members' records
-``cancelled`` and their parked messages dropped, TTLs once it ended) and writing the
-state back happen as one step for every process that shares the file. A parked message
-sits in its own table, so the reserve's query and index never see it.
+``cancelled`` and their parked messages dropped, TTLs once it ended) and writing its
+progress back happen as one step for every process that shares the file (the row's
+layout: :mod:`._workflow_rows`). A parked message sits in its own table, so the reserve's
+query and index never see it.
 
-A workflow state row that cannot be read (not JSON, not a state, or a state that does not
-fit its graph), or that does not list the member at its node, fails only that workflow:
+A workflow row that cannot be read (not JSON, not a state or progress, or one that does
+not fit its graph), or that does not list the member at its node, fails only that workflow:
 ``save_member`` and ``complete_member`` still store the member's outcome (and ack it),
 since running it again could not repair the row and would only run it again forever;
 the workflow is not advanced, and an error naming the workflow and the problem is
@@ -25,11 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from pydantic import ValidationError
-
 from ..._broker import Message, Reservation
-from ..._codec import printable
-from ..._composition import _leaves
 from ..._errors import CorruptRecordError, DuplicateTaskError
 from ..._task import Task, TaskStatus, validate_queue_name
 from ..._workflows import (
@@ -40,8 +37,9 @@ from ..._workflows import (
     cancel_all,
     member_of,
 )
-from . import _records
+from . import _records, _workflow_rows
 from ._connection import Connection, transaction
+from ._workflow_rows import Parsed
 
 log = logging.getLogger("bgcoor.sqlite")
 
@@ -72,6 +70,7 @@ class SQLiteWorkflows:
         self._push = push
         self._complete = complete
         self._wake = wake
+        self._parsed = Parsed()  # used on the connection's thread only
 
     async def submit_workflow(
         self, state: WorkflowState, tasks: Sequence[Task], messages: Sequence[Message]
@@ -82,22 +81,28 @@ class SQLiteWorkflows:
         self._wake()
 
     async def save_member(self, task: Task) -> None:
-        if await self.db.run(save_member, task, self._push):
+        if await self.db.run(save_member, task, self._parsed, self._push):
             self._wake()
 
     async def complete_member(self, reservation: Reservation, task: Task) -> None:
         token = reservation.token
         pushed = await self.db.run(
-            complete_member, reservation.task.id, token, task, self._complete, self._push
+            complete_member,
+            reservation.task.id,
+            token,
+            task,
+            self._complete,
+            self._parsed,
+            self._push,
         )
         if pushed:
             self._wake()
 
     async def cancel_workflow(self, workflow_id: str) -> bool:
-        return await self.db.run(cancel, workflow_id)
+        return await self.db.run(cancel, workflow_id, self._parsed)
 
     async def get_workflow(self, workflow_id: str) -> WorkflowState | None:
-        return await self.db.run(read, workflow_id)
+        return await self.db.run(_workflow_rows.read, self._parsed, workflow_id)
 
 
 # -- statements, run on the connection's thread ----------------------------------------
@@ -115,10 +120,7 @@ def submit(
     waiting = [t for t in tasks if t.status is TaskStatus.WAITING]
     with transaction(conn):
         try:
-            conn.execute(
-                "INSERT INTO workflows (id, status, state) VALUES (?, ?, ?)",
-                (state.id, state.status.value, state.model_dump_json()),
-            )
+            _workflow_rows.insert(conn, state)
         except sqlite3.IntegrityError:
             raise DuplicateTaskError(f"workflow {state.id} already exists") from None
         # as the atomic enqueue does: messages first, then every record (any refuses all)
@@ -137,11 +139,11 @@ def _columns(m: Message) -> tuple[str, str, int, bytes, float | None]:
     return (m.id, m.queue, m.priority, m.body, m.eta)
 
 
-def save_member(conn: sqlite3.Connection, task: Task, push: Push) -> bool:
+def save_member(conn: sqlite3.Connection, task: Task, parsed: Parsed, push: Push) -> bool:
     """``save`` of the record, then the workflow's step; True if messages were pushed."""
     with transaction(conn):
         _records.write(conn, task, None)  # no expiry while its workflow runs
-        return _advance(conn, task, push)
+        return _advance(conn, task, parsed, push)
 
 
 def complete_member(
@@ -150,17 +152,18 @@ def complete_member(
     token: str,
     task: Task,
     complete: Complete,
+    parsed: Parsed,
     push: Push,
 ) -> bool:
     """``complete`` (a stale lease changes nothing), then the workflow's step."""
     with transaction(conn):
         complete(conn, message_id, token, task, None)
-        return _advance(conn, task, push)
+        return _advance(conn, task, parsed, push)
 
 
-def cancel(conn: sqlite3.Connection, workflow_id: str) -> bool:
+def cancel(conn: sqlite3.Connection, workflow_id: str, parsed: Parsed) -> bool:
     with transaction(conn):
-        state = read(conn, workflow_id)
+        state = _workflow_rows.read(conn, parsed, workflow_id)
         if state is None:
             return False
         effects = cancel_all(state)
@@ -170,54 +173,10 @@ def cancel(conn: sqlite3.Connection, workflow_id: str) -> bool:
         return True
 
 
-def read(conn: sqlite3.Connection, workflow_id: str) -> WorkflowState | None:
-    """The state, or ``None``; :class:`CorruptRecordError` if its row cannot be read."""
-    row = conn.execute(
-        "SELECT CAST(state AS BLOB) FROM workflows WHERE id = ?", (workflow_id,)
-    ).fetchone()
-    if row is None:
-        return None
-    try:
-        state = WorkflowState.model_validate_json(row[0] or b"")
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False)
-        )
-        raise _corrupt(workflow_id, f"column state is no workflow state: {problems}") from None
-    problem = _misfit(state, workflow_id)
-    if problem is not None:
-        raise _corrupt(workflow_id, problem)
-    return state
-
-
-def _corrupt(workflow_id: str, problem: str) -> CorruptRecordError:
-    return CorruptRecordError(
-        f"corrupt state of workflow {printable(workflow_id, 80)} in SQLite table workflows: "
-        + printable(problem, 300)
-    )
-
-
-def _misfit(state: WorkflowState, workflow_id: str) -> str | None:
-    """Why a state that parsed cannot be stepped (it would fail mid-step), or ``None``."""
-    if state.id != workflow_id:
-        return f"it names workflow {state.id}"
-    n = len(state.graph.nodes)
-    if any(len(column) != n for column in (state.tasks, state.remaining, state.done, state.ttls)):
-        return f"its lists do not all have one entry for each of its {n} nodes"
-    keys = range(n)
-    for index, node in enumerate(state.graph.nodes):
-        refs = [*node.parents, *([] if node.on_error is None else [node.on_error])]
-        if node.key != index or any(ref not in keys for ref in refs):
-            return f"node {index} of its graph refers to nodes it does not have"
-    if any(leaf not in keys for leaf in _leaves(state.graph.result)):
-        return "its result refers to nodes it does not have"
-    return None
-
-
 # -- the step, inside the caller's transaction -----------------------------------------
 
 
-def _advance(conn: sqlite3.Connection, task: Task, push: Push) -> bool:
+def _advance(conn: sqlite3.Connection, task: Task, parsed: Parsed, push: Push) -> bool:
     if not task.status.is_final:
         return False
     try:
@@ -229,11 +188,11 @@ def _advance(conn: sqlite3.Connection, task: Task, push: Push) -> bool:
         return False
     workflow_id, key = member
     try:
-        state = read(conn, workflow_id)
+        state = _workflow_rows.read(conn, parsed, workflow_id)
         if state is not None and (
             key not in range(len(state.tasks)) or state.tasks[key] != task.id
         ):
-            raise _corrupt(workflow_id, f"its node {key} is not task {task.id}")
+            raise _workflow_rows.corrupt(workflow_id, f"its node {key} is not task {task.id}")
     except CorruptRecordError as exc:
         log.error("task %s: outcome stored, its workflow not advanced: %s", task.id, exc)
         return False
@@ -268,10 +227,7 @@ def _apply(
             [(now + t, i) for i, t in zip(state.tasks, state.ttls, strict=True) if t is not None],
         )
         conn.execute("DELETE FROM parked WHERE workflow_id = ?", (state.id,))
-    conn.execute(
-        "UPDATE workflows SET status = ?, state = ? WHERE id = ?",
-        (state.status.value, state.model_dump_json(), state.id),
-    )
+    _workflow_rows.write_progress(conn, state)
     return bool(released)
 
 
