@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
@@ -131,6 +131,7 @@ def _fail(state: WorkflowState, why: str, effects: Effects) -> None:
 
 def _end(state: WorkflowState, effects: Effects) -> None:
     effects.ended = True
+    state.finished_at = datetime.now(UTC)
     if state.status is WorkflowStatus.RUNNING:
         # Under "fail" any failure ended it already; under "continue" it succeeded when
         # what makes its result did.
@@ -154,6 +155,7 @@ def cancel_all(state: WorkflowState) -> Effects:
         if state.done[node.key] is None:
             _drop(state, node.key, effects)
     effects.ended = True
+    state.finished_at = datetime.now(UTC)
     return effects
 
 
