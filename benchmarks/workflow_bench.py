@@ -1,6 +1,7 @@
 """Workflows end to end on each backend: a wide chord and a long chain.
 
     python benchmarks/workflow_bench.py [--members 10000] [--chain 1000] [--concurrency 100]
+        [--backends memory,sqlite,redis,postgres]
 
 Prints numbers; asserts nothing. For each backend (memory, SQLite, Redis, PostgreSQL; one
 that cannot run workflows yet, or whose server does not answer, is skipped with the
@@ -84,11 +85,16 @@ async def bench(name: str, url: str, members: int, length: int, concurrency: int
         await manager.close()
 
 
-async def main(members: int, length: int, concurrency: int) -> None:
-    await bench("memory", "memory://", members, length, concurrency)
-    with tempfile.TemporaryDirectory() as directory:
-        await bench("sqlite", f"sqlite:///{directory}/bench.db", members, length, concurrency)
-    if _reachable(*REDIS):
+async def main(members: int, length: int, concurrency: int, backends: set[str]) -> None:
+    if "memory" in backends:
+        await bench("memory", "memory://", members, length, concurrency)
+    if "sqlite" in backends:
+        with tempfile.TemporaryDirectory() as directory:
+            url = f"sqlite:///{directory}/bench.db"
+            await bench("sqlite", url, members, length, concurrency)
+    if "redis" not in backends:
+        pass
+    elif _reachable(*REDIS):
         prefix = f"bench-wf-{uuid.uuid4().hex[:8]}"
         await bench(
             "redis",
@@ -99,7 +105,9 @@ async def main(members: int, length: int, concurrency: int) -> None:
         )
     else:
         print(f"redis: skipped, no server accepts connections on {REDIS[0]}:{REDIS[1]}")
-    if _reachable(*POSTGRES):
+    if "postgres" not in backends:
+        pass
+    elif _reachable(*POSTGRES):
         schema = f"bench_wf_{uuid.uuid4().hex[:8]}"
         url = f"postgresql://root@{POSTGRES[0]}:{POSTGRES[1]}/test?schema={schema}&temporary=true"
         await bench("postgres", url, members, length, concurrency)
@@ -112,5 +120,7 @@ if __name__ == "__main__":
     parser.add_argument("--members", type=int, default=10_000)
     parser.add_argument("--chain", type=int, default=1_000)
     parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--backends", default="memory,sqlite,redis,postgres")
     args = parser.parse_args()
-    asyncio.run(main(args.members, args.chain, args.concurrency))
+    chosen = set(args.backends.split(","))
+    asyncio.run(main(args.members, args.chain, args.concurrency, chosen))
