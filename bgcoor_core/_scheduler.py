@@ -38,6 +38,7 @@ from .hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from ._extensions import ServiceRegistry
+    from ._manager import TaskManager
     from ._plugins import PluginHost
     from ._pool import WorkerPool
     from ._settings import Settings
@@ -93,6 +94,20 @@ class Scheduler:
         self._schedules: dict[tuple[object, ...], Schedule] = {}  # by what defines one
         self._unknown: set[str] = set()  # schedules of tasks this process lacks (logged)
         self._wake = asyncio.Event()
+
+    @classmethod
+    def of(cls, manager: TaskManager) -> Scheduler:
+        """The scheduler of a manager's backends and declared schedules."""
+        from ._periodic import store_of
+
+        return cls(
+            store_of(manager.backends),
+            manager.broker,
+            manager.registry,
+            manager.settings,
+            host=manager.host,
+            definitions=manager.registry.schedules(),
+        )
 
     async def run(self) -> None:
         """Upsert this app's schedules, then serve passes until cancelled."""

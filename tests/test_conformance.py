@@ -39,7 +39,10 @@ def _broker_url(scheme: str, tmp_path: Path) -> str:
     return test_url(tmp_path)
 
 
-class TestBrokerConformance(BrokerContract):
+class _Paired:
+    """Every broker, with the storage ``make_backends`` pairs it with: the broker itself,
+    or the same-URL storage."""
+
     @pytest.fixture(params=BROKER_SCHEMES, ids=str)
     def broker_url(self, request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return _broker_url(request.param, tmp_path)
@@ -54,7 +57,6 @@ class TestBrokerConformance(BrokerContract):
     async def completion_storage(
         self, broker: Broker, broker_url: str
     ) -> AsyncIterator[Storage | None]:
-        """As ``make_backends`` pairs them: the broker itself, or the same-URL storage."""
         if isinstance(broker, Storage):
             yield broker
             return
@@ -65,6 +67,10 @@ class TestBrokerConformance(BrokerContract):
         storage = entry.factory(broker_url, _context())
         yield storage
         await storage.close()
+
+
+class TestBrokerConformance(_Paired, BrokerContract):
+    """Every broker."""
 
 
 class TestStorageConformance(StorageContract):
@@ -96,35 +102,6 @@ class TestBrokerConformanceWithoutCapabilities(BrokerContract):
 
 def _scheme(url: str) -> str:
     return url.partition("://")[0].lower()
-
-
-class _Paired:
-    """Every broker, with the storage ``make_backends`` pairs it with."""
-
-    @pytest.fixture(params=BROKER_SCHEMES, ids=str)
-    def broker_url(self, request: pytest.FixtureRequest, tmp_path: Path) -> str:
-        return _broker_url(request.param, tmp_path)
-
-    @pytest.fixture
-    async def broker(self, broker_url: str) -> AsyncIterator[Broker]:
-        broker = HOST.brokers.lookup(broker_url).factory(broker_url, _context())
-        yield broker
-        await broker.close()
-
-    @pytest.fixture
-    async def completion_storage(
-        self, broker: Broker, broker_url: str
-    ) -> AsyncIterator[Storage | None]:
-        if isinstance(broker, Storage):
-            yield broker
-            return
-        entry = HOST.storages.entries.get(_scheme(broker_url))
-        if entry is None:
-            yield None
-            return
-        storage = entry.factory(broker_url, _context())
-        yield storage
-        await storage.close()
 
 
 class TestScheduleConformance(_Paired, ScheduleContract):

@@ -34,16 +34,7 @@ def memory_manager(**settings: Any) -> TaskManager:
 
 
 def scheduler_of(manager: TaskManager) -> Scheduler:
-    store = manager.backends.schedules
-    assert store is not None
-    return Scheduler(
-        store,
-        manager.broker,
-        manager.registry,
-        manager.settings,
-        host=manager.host,
-        definitions=manager.registry.schedules(),
-    )
+    return Scheduler.of(manager)
 
 
 async def since(manager: TaskManager, schedule_id: str) -> datetime:

@@ -7,7 +7,6 @@ import contextlib
 import signal
 
 from .._manager import TaskManager
-from .._periodic import store_of
 from .._scheduler import Scheduler
 from ._app_loading import load_manager
 from ._banner import shown_url
@@ -28,17 +27,9 @@ async def _serve(manager: TaskManager) -> None:
     console = out_console()
     try:
         try:
-            store = store_of(manager.backends)
+            runner = Scheduler.of(manager)
         except Exception as exc:
             raise CliError(str(exc)) from None
-        runner = Scheduler(
-            store,
-            manager.broker,
-            manager.registry,
-            manager.settings,
-            host=manager.host,
-            definitions=manager.registry.schedules(),
-        )
         declared = len(runner.definitions)
         console.print(
             f"scheduler for {shown_url(manager.settings.broker_url)}: "

@@ -87,15 +87,8 @@ def one_pass(manager: TaskManager) -> datetime:
 
     async def go() -> datetime:
         try:
-            store = store_of(manager.backends)
-            runner_ = Scheduler(
-                store,
-                manager.broker,
-                manager.registry,
-                manager.settings,
-                host=manager.host,
-                definitions=manager.registry.schedules(),
-            )
+            runner_ = Scheduler.of(manager)
+            store = runner_.store
             await store.put_schedules(runner_.definitions)
             since = {e.id: e for e in await store.get_schedules()}["beat"].state.since_ms
             now = datetime.fromtimestamp(since / 1000 + 1, UTC)
