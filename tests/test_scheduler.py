@@ -388,28 +388,29 @@ def _most_at_once(runs: list[tuple[float, float]]) -> int:
     return most
 
 
-async def test_overlap_skip_never_runs_two_at_once() -> None:
-    runs, state = await _run_three_interval_tasks("skip", 7.6)
-    assert len(runs) >= 2
-    assert _most_at_once(runs) == 1
-    assert state.skipped >= 4  # two of every three ticks
-    for (_, end), (began, _) in itertools.pairwise(runs):
+async def test_overlap_policies_with_runs_lasting_three_intervals() -> None:
+    """The three policies side by side (each its own manager and pool, run at once to
+    keep the suite short): ``skip`` and ``buffer_one`` never run two at once, ``allow``
+    does."""
+    (skip, skipped), (buffered, buffer_state), (allowed, allow_state) = await asyncio.gather(
+        _run_three_interval_tasks("skip", 7.6),
+        _run_three_interval_tasks("buffer_one", 7.6),
+        _run_three_interval_tasks("allow", 5.6),
+    )
+    assert len(skip) >= 2
+    assert _most_at_once(skip) == 1
+    assert skipped.skipped >= 4  # two of every three ticks
+    for (_, end), (began, _) in itertools.pairwise(skip):
         assert began - end < 1.5  # the next tick after a run ends fires
 
-
-async def test_overlap_buffer_one_queues_one_run_behind_the_running_one() -> None:
-    runs, state = await _run_three_interval_tasks("buffer_one", 7.6)
-    assert len(runs) >= 2
-    assert _most_at_once(runs) == 1
-    assert state.skipped >= 2
-    for (_, end), (began, _) in itertools.pairwise(runs):
+    assert len(buffered) >= 2
+    assert _most_at_once(buffered) == 1
+    assert buffer_state.skipped >= 2
+    for (_, end), (began, _) in itertools.pairwise(buffered):
         assert began - end < 1.6  # the buffered one starts once the running one ends
 
-
-async def test_overlap_allow_runs_them_side_by_side() -> None:
-    runs, state = await _run_three_interval_tasks("allow", 5.6)
-    assert _most_at_once(runs) >= 2
-    assert state.skipped == 0
+    assert _most_at_once(allowed) >= 2
+    assert allow_state.skipped == 0
 
 
 def test_the_status_names_used_by_overlap_are_task_statuses() -> None:
