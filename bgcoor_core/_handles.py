@@ -86,12 +86,12 @@ class TaskCall(Generic[P, R]):
     def enqueue_sync(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
         return self._fn.manager.portal.call(self.enqueue(*args, **kwargs))
 
-    def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
         """This call, not enqueued: its task, checked arguments and options."""
         payload = payload_of(self._fn.entry, args, kwargs, partial=True)
         return Signature(self._fn.name, payload, dict(self._overrides), manager=self._fn.manager)
 
-    def si(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
         """:meth:`s`, immutable: in a workflow it takes none of its parents' results."""
         payload = payload_of(self._fn.entry, args, kwargs, partial=True)
         return Signature(self._fn.name, payload, dict(self._overrides), True, self._fn.manager)
@@ -126,14 +126,16 @@ class TaskFunction(Generic[P, R]):
         await self.manager.submit_many(tasks)
         return [TaskHandle(self.manager, t.id, self.decode_result) for t in tasks]
 
-    def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
-        """A call of this task, not enqueued (``export.s(bucket="b1")``): arguments are
-        checked against the signature here. What ``add_schedule`` takes."""
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A call of this task, not enqueued (``export.s(bucket="b1")``): the arguments
+        given are checked against the signature here; some may be left out (typed loosely
+        for that), as a workflow puts its parents' results first. What ``add_schedule``
+        and the workflow primitives take."""
         return Signature(
             self.name, payload_of(self.entry, args, kwargs, partial=True), manager=self.manager
         )
 
-    def si(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
         """:meth:`s`, immutable: in a workflow it waits for its parents but takes none
         of their results (``chain(a.s(), notify.si("done"))``)."""
         payload = payload_of(self.entry, args, kwargs, partial=True)
