@@ -22,7 +22,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
@@ -59,12 +59,14 @@ class WorkflowState(BaseModel):
     status: WorkflowStatus = WorkflowStatus.RUNNING
     #: Member task ids, by node key.
     tasks: list[str]
-    #: Parents not yet done, by node key.
+    #: Parents not yet done (succeeded, or failed under ``continue``), by node key.
     remaining: list[int]
-    #: Final status of each member once it is done (or cancelled unstarted), by node key.
+    #: Final status of each member once it is done, by node key; ``waiting`` for a member
+    #: its workflow's failure dropped before it was released (its record ``cancelled``,
+    #: its message kept parked: a requeue from the dead letters may restore it).
     done: list[TaskStatus | None]
     #: Members not done yet (``None`` in ``done``): the workflow ends when it reaches 0.
-    left: int = -1
+    left: int
     #: Result TTL of each member's record, applied when the workflow ends.
     ttls: list[float | None]
     #: What failed it: ``"node 3 (jobs.parse) failed: ValueError: ..."``.
@@ -73,22 +75,60 @@ class WorkflowState(BaseModel):
     finished_at: datetime | None = None
 
 
+T = TypeVar("T")
+
+
+class Cells(Protocol[T]):
+    """Per-node values: a list, or a store's view that reads nodes' rows as asked."""
+
+    def __getitem__(self, key: int, /) -> T: ...
+
+    def __setitem__(self, key: int, value: T, /) -> None: ...
+
+
+class Progress(Protocol):
+    """What the rules below read and change: a :class:`WorkflowState`, or a store's view
+    of one that loads only the nodes a step touches (so a member's step costs what its
+    node and its dependents cost, not what the whole workflow does)."""
+
+    @property
+    def graph(self) -> Graph: ...
+
+    status: WorkflowStatus
+    error: str | None
+    left: int
+    finished_at: datetime | None
+
+    @property
+    def remaining(self) -> Cells[int]: ...
+
+    @property
+    def done(self) -> Cells[TaskStatus | None]: ...
+
+
 @dataclass(slots=True)
 class Effects:
     """What one outcome asks the store to do, in the same step."""
 
     #: Nodes to release: record ``waiting`` -> ``pending``, parked message pushed.
     release: list[int] = field(default_factory=list)
-    #: Nodes to cancel: a record not final yet becomes ``cancelled``, a parked message is
-    #: dropped (a queued one is acked unrun by the worker that finds the record final).
+    #: Nodes to cancel: a record not final yet becomes ``cancelled``. A parked message
+    #: is dropped if the workflow was cancelled and kept otherwise (``restore`` may need
+    #: it); a queued one is acked unrun by the worker that finds the record final.
     cancel: list[int] = field(default_factory=list)
-    #: The workflow just ended: every member record gets its TTL (``state.ttls``).
+    #: Nodes back to waiting (records ``cancelled`` -> ``waiting``, parked messages
+    #: kept): a reopened workflow's members its failure had dropped.
+    restore: list[int] = field(default_factory=list)
+    #: The workflow just ended: every member record gets its TTL (``state.ttls``), the
+    #: workflow's own record the longest of them (none if any is ``None``).
     ended: bool = False
+    #: The workflow had ended and runs again: member records (and its own) lose their TTL.
+    reopened: bool = False
     #: The outcome was already counted (a redelivery): nothing else to do.
     duplicate: bool = False
 
 
-def apply_outcome(state: WorkflowState, key: int, status: TaskStatus, error: str | None) -> Effects:
+def apply_outcome(state: Progress, key: int, status: TaskStatus, error: str | None) -> Effects:
     """Count node ``key`` done with final ``status``; update ``state`` in place and say
     what else the step must do. Shared by every store that can run Python in its step."""
     effects = Effects()
@@ -99,37 +139,37 @@ def apply_outcome(state: WorkflowState, key: int, status: TaskStatus, error: str
     node = state.graph.nodes[key]
     ok = status is TaskStatus.SUCCEEDED
     running = state.status is WorkflowStatus.RUNNING
+    fails = not ok and not node.errback and state.graph.on_failure is OnFailure.FAIL
     if node.on_error is not None and state.done[node.on_error] is None:
         if ok or not running:
             _drop(state, node.on_error, effects)  # not needed: it never runs
         else:
             effects.release.append(node.on_error)
-    if not running:
-        pass  # failed or cancelled already: nothing more starts
-    elif not ok and not node.errback and state.graph.on_failure is OnFailure.FAIL:
+    if running and fails:
         _fail(
             state, f"node {key} ({node.task}) {status}" + (f": {error}" if error else ""), effects
         )
-    else:  # done, or failed under on_failure="continue" (dependents get a marker)
+    elif not fails:  # done, or failed under on_failure="continue" (dependents get a marker)
+        # counted even once the workflow failed: a reopened workflow releases from here
         for child in state.graph.children()[key]:
             state.remaining[child] -= 1
-            if state.remaining[child] == 0 and state.done[child] is None:
+            if running and state.remaining[child] == 0 and state.done[child] is None:
                 effects.release.append(child)
-    if _left(state) == 0:
+    if state.left == 0:
         _end(state, effects)
     return effects
 
 
-def _fail(state: WorkflowState, why: str, effects: Effects) -> None:
+def _fail(state: Progress, why: str, effects: Effects) -> None:
     """The workflow cannot succeed: failed, and nothing waiting starts."""
     state.status = WorkflowStatus.FAILED
     state.error = why
     for other in state.graph.nodes:
         if other.key not in effects.release and _waiting(state, other.key):
-            _drop(state, other.key, effects)
+            _drop(state, other.key, effects, TaskStatus.WAITING)
 
 
-def _end(state: WorkflowState, effects: Effects) -> None:
+def _end(state: Progress, effects: Effects) -> None:
     effects.ended = True
     state.finished_at = datetime.now(UTC)
     if state.status is WorkflowStatus.RUNNING:
@@ -143,7 +183,7 @@ def _end(state: WorkflowState, effects: Effects) -> None:
             state.error = f"node {node.key} ({node.task}) {state.done[node.key]}"
 
 
-def cancel_all(state: WorkflowState) -> Effects:
+def cancel_all(state: Progress) -> Effects:
     """``cancel_workflow``: the workflow is ``cancelled`` and so is every member not done
     (its record ``cancelled``: a queued one never starts, a running one's outcome is
     dropped, a parked one's message is dropped)."""
@@ -159,25 +199,64 @@ def cancel_all(state: WorkflowState) -> Effects:
     return effects
 
 
-def _waiting(state: WorkflowState, key: int) -> bool:
+#: A member's final statuses that count as a failure of its workflow.
+_FAILURES = frozenset(
+    {TaskStatus.FAILED, TaskStatus.DEAD, TaskStatus.CANCELLED, TaskStatus.EXPIRED}
+)
+
+
+def reopen(state: Progress, key: int) -> Effects | None:
+    """Node ``key``, dead-lettered, is requeued from the dead letters: under
+    ``on_failure="fail"``, when its failure is the only one that failed the workflow,
+    the workflow runs again: the node counts as not done, every member the failure
+    dropped waits again (released at once if its parents are all done by now), and the
+    workflow's TTLs are lifted if it had ended. ``None`` (nothing changes: the member
+    runs on its own, its outcome not counted) otherwise: under ``continue``, whose
+    dependents had its failure marker already, or when other failures remain, or when
+    the workflow was cancelled or the node is not a failure."""
+    node = state.graph.nodes[key]
+    if (
+        state.status is not WorkflowStatus.FAILED
+        or state.graph.on_failure is not OnFailure.FAIL
+        or node.errback
+        or state.done[key] not in _FAILURES
+    ):
+        return None
+    nodes = state.graph.nodes
+    others = [
+        n.key for n in nodes if n.key != key and not n.errback and state.done[n.key] in _FAILURES
+    ]
+    if others:
+        return None
+    effects = Effects(reopened=state.left == 0)
+    state.status, state.error, state.finished_at = WorkflowStatus.RUNNING, None, None
+    state.done[key] = None
+    state.left += 1
+    for other in nodes:
+        if state.done[other.key] is TaskStatus.WAITING:
+            state.done[other.key] = None
+            state.left += 1
+            if not other.errback and state.remaining[other.key] == 0:
+                effects.release.append(other.key)
+            else:
+                effects.restore.append(other.key)
+    return effects
+
+
+def _waiting(state: Progress, key: int) -> bool:
     """Not released yet (its record ``waiting``, its message parked)."""
     node = state.graph.nodes[key]
     return state.done[key] is None and (node.errback or state.remaining[key] > 0)
 
 
-def _drop(state: WorkflowState, key: int, effects: Effects) -> None:
-    _done(state, key, TaskStatus.CANCELLED)
+def _drop(
+    state: Progress, key: int, effects: Effects, marker: TaskStatus = TaskStatus.CANCELLED
+) -> None:
+    _done(state, key, marker)
     effects.cancel.append(key)
 
 
-def _left(state: WorkflowState) -> int:
-    if state.left < 0:  # a state written before ``left`` was kept: count once
-        state.left = sum(1 for done in state.done if done is None)
-    return state.left
-
-
-def _done(state: WorkflowState, key: int, status: TaskStatus) -> None:
-    _left(state)
+def _done(state: Progress, key: int, status: TaskStatus) -> None:
     state.done[key] = status
     state.left -= 1
 
@@ -204,6 +283,12 @@ class WorkflowStore(Protocol):
         and :func:`apply_outcome` with its effects, in one step."""
         ...
 
+    async def reopen_member(self, task: Task) -> None:
+        """A dead member requeued from the dead letters: store its record ``task`` (status
+        ``pending``, no lease, as the requeue writes it) and apply :func:`reopen` with its
+        effects, in one step; the caller then moves its letter back to its queue."""
+        ...
+
     async def cancel_workflow(self, workflow_id: str) -> bool:
         """:func:`cancel_all` in one step; False when there is no such workflow or it
         had ended."""
@@ -218,6 +303,14 @@ def member_of(task: Task) -> tuple[str, int] | None:
     if workflow is None:
         return None
     return workflow, int(task.headers[NODE_HEADER])
+
+
+def expiry(state: WorkflowState) -> float | None:
+    """Seconds an ended workflow's own record is kept: its longest member TTL, or
+    ``None`` (kept) if a member's record is kept."""
+    if any(ttl is None for ttl in state.ttls):
+        return None
+    return max((ttl for ttl in state.ttls if ttl is not None), default=0.0)
 
 
 def new_state(

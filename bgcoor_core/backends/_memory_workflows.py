@@ -21,10 +21,15 @@ from .._workflows import (
     NODE_HEADER,
     Effects,
     WorkflowState,
+    WorkflowStatus,
     apply_outcome,
     cancel_all,
+    expiry,
     member_of,
+    reopen,
 )
+
+CANCELLED_ERROR = "cancelled: its workflow ended"
 
 if TYPE_CHECKING:
     from .memory import MemoryBroker, MemoryStorage
@@ -36,6 +41,8 @@ class Running:
 
     state: WorkflowState
     parked: dict[int, Message] = field(default_factory=dict)
+    #: When an ended workflow is forgotten (``time.monotonic()``), if ever.
+    expires: float | None = None
 
 
 class MemoryWorkflows:
@@ -45,13 +52,15 @@ class MemoryWorkflows:
         self.broker = broker
         self.storage = storage
         self._table = broker._workflow_table
+        self._sweep_at = 64  # ended workflows are swept when the table grows past this
 
     async def submit_workflow(
         self, state: WorkflowState, tasks: Sequence[Task], messages: Sequence[Message]
     ) -> None:
         by_id = {m.id: m for m in messages}
         with self.broker._lock, self.storage._lock:
-            if state.id in self._table:
+            self._sweep()
+            if self._running(state.id) is not None:
                 raise DuplicateTaskError(f"workflow {state.id} already exists")
             for task in tasks:
                 if self.storage._live(task.id) is not None:
@@ -77,9 +86,21 @@ class MemoryWorkflows:
             del self.broker._entries[reservation.task.id]
             self._advance(task)
 
+    async def reopen_member(self, task: Task) -> None:
+        with self.broker._lock, self.storage._lock:
+            self.storage._insert(task)
+            member = member_of(task)
+            assert member is not None
+            running = self._running(member[0])
+            if running is None:
+                return
+            effects = reopen(running.state, member[1])
+            if effects is not None:
+                self._apply(running, effects)
+
     async def cancel_workflow(self, workflow_id: str) -> bool:
         with self.broker._lock, self.storage._lock:
-            running = self._table.get(workflow_id)
+            running = self._running(workflow_id)
             if running is None or running.state.status.is_final:
                 return False
             self._apply(running, cancel_all(running.state))
@@ -87,7 +108,7 @@ class MemoryWorkflows:
 
     async def get_workflow(self, workflow_id: str) -> WorkflowState | None:
         with self.broker._lock:
-            running = self._table.get(workflow_id)
+            running = self._running(workflow_id)
             return None if running is None else running.state.model_copy(deep=True)
 
     # -- inside the locks -------------------------------------------------------------
@@ -101,10 +122,24 @@ class MemoryWorkflows:
     def _advance(self, task: Task) -> None:
         member = member_of(task)
         assert member is not None
-        running = self._table.get(member[0])
+        running = self._running(member[0])
         if running is None or not task.status.is_final:
             return
         self._apply(running, apply_outcome(running.state, member[1], task.status, task.error))
+
+    def _running(self, workflow_id: str) -> Running | None:
+        running = self._table.get(workflow_id)
+        expires = None if running is None else running.expires
+        if expires is not None and expires <= time.monotonic():
+            del self._table[workflow_id]
+            return None
+        return running
+
+    def _sweep(self) -> None:
+        if len(self._table) > self._sweep_at:
+            for workflow_id in list(self._table):
+                self._running(workflow_id)
+            self._sweep_at = 2 * len(self._table) + 64
 
     def _apply(self, running: Running, effects: Effects) -> None:
         state = running.state
@@ -114,23 +149,46 @@ class MemoryWorkflows:
             released.append(running.parked.pop(key))
         if released:
             self.broker._push_locked(released)
+        cancelled = state.status is WorkflowStatus.CANCELLED
         for key in effects.cancel:
-            running.parked.pop(key, None)
+            if cancelled:  # a failed workflow keeps them: a requeue may restore them
+                running.parked.pop(key, None)
             self._set_status(state.tasks[key], TaskStatus.CANCELLED)
+        for key in effects.restore:
+            self._set_status(state.tasks[key], TaskStatus.WAITING)
+        self._expire(running, effects)
+
+    def _expire(self, running: Running, effects: Effects) -> None:
+        """TTLs: set on every record once the workflow ended, lifted if it reopened."""
+        state, now = running.state, time.monotonic()
         if effects.ended:
-            now = time.monotonic()
             for task_id, ttl in zip(state.tasks, state.ttls, strict=True):
                 if ttl is not None and task_id in self.storage._records:
                     self.storage._expires[task_id] = now + ttl
+            keep = expiry(state)
+            running.expires = None if keep is None else now + keep
+            if state.status is not WorkflowStatus.FAILED:
+                running.parked.clear()
+        if effects.reopened:
+            running.expires = None
+            for task_id in state.tasks:
+                self.storage._expires.pop(task_id, None)
 
     def _set_status(self, task_id: str, status: TaskStatus) -> None:
-        """A member's record moves on (released, or cancelled if not final yet)."""
+        """A member's record moves on: released, cancelled if not final yet, or (restored)
+        waiting again if cancelled by its workflow."""
         record = self.storage._live(task_id)
-        if record is None or record.status.is_final:
+        if record is None:
             return
         task = record.task()
+        if status is TaskStatus.WAITING:
+            if task.status is not TaskStatus.CANCELLED:
+                return
+            task.finished_at = task.error = None
+        elif task.status.is_final:
+            return
         task.status = status
         if status is TaskStatus.CANCELLED:
             task.finished_at = datetime.now(UTC)
-            task.error = task.error or "cancelled: its workflow ended"
+            task.error = task.error or CANCELLED_ERROR
         self.storage._insert(task)

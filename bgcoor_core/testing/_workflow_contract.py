@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from .._admin import requeue_dead
 from .._broker import Broker, Reservation
 from .._composition import Graph, Node, OnFailure
 from .._errors import DuplicateTaskError, InvalidTransitionError, StaleLeaseError
@@ -328,3 +329,93 @@ class WorkflowContract:
         statuses = [await self._status(completion_storage, t) for t in wf.tasks]
         assert statuses == [TaskStatus.SUCCEEDED, TaskStatus.CANCELLED, TaskStatus.CANCELLED]
         assert await self._take_ready(broker) == {}
+
+    # -- dead letters and expiry -----------------------------------------------------------
+
+    async def _dead_letter(
+        self, broker: Broker, store: WorkflowStore, storage: Storage, reservation: Reservation
+    ) -> None:
+        """What the worker does with a member whose retries ran out: its ``dead`` record
+        through the store, then its message into the dead letters."""
+        task = reservation.task.started(reservation.token, datetime.now(UTC))
+        if not reservation.started:
+            await storage.save(task)
+        task.status, task.error = TaskStatus.DEAD, "ValueError: contract"
+        task.finished_at = datetime.now(UTC)
+        await store.save_member(task)
+        await broker.dead_letter(reservation, "retries exhausted", task)
+
+    @ASYNC
+    async def test_a_dead_member_requeued_from_the_dead_letters_resumes_its_workflow(
+        self, broker: Broker, completion_storage: Storage, workflows: WorkflowStore
+    ) -> None:
+        # 0 and 1 -> 2 (a chord); 0 has an errback (3)
+        graph = _graph([[], [], [0, 1]], errback_of=0)
+        wf = await self._submit(broker, workflows, graph, ttl=0.3)
+        taken = await self._take_ready(broker)
+        await self._dead_letter(broker, workflows, completion_storage, taken[wf.task(0).id])
+        assert await self._status(completion_storage, wf.task(2)) is TaskStatus.CANCELLED
+        # the other header member and the errback finish while the workflow is failed
+        await self._settle(broker, workflows, completion_storage, taken[wf.task(1).id])
+        (errback,) = (await self._take_ready(broker)).values()
+        await self._settle(broker, workflows, completion_storage, errback)
+        state = await workflows.get_workflow(wf.id)
+        assert state is not None
+        assert state.status is WorkflowStatus.FAILED
+        assert state.finished_at is not None  # ended: its records' TTLs run
+
+        pair = Backends.pair(broker, completion_storage)
+        assert await requeue_dead(pair, DEFAULT, [wf.task(0).id]) == [wf.task(0).id]
+        state = await workflows.get_workflow(wf.id)
+        assert state is not None
+        assert (state.status, state.error, state.finished_at) == (
+            WorkflowStatus.RUNNING,
+            None,
+            None,
+        )
+        assert state.done[:3] == [None, TaskStatus.SUCCEEDED, None]
+        assert await self._status(completion_storage, wf.task(2)) is TaskStatus.WAITING
+        await asyncio.sleep(0.5)  # past the TTL: the reopened workflow lifted it
+        assert await self._status(completion_storage, wf.task(1)) is TaskStatus.SUCCEEDED
+        (again,) = (await self._take_ready(broker)).values()
+        assert again.task.id == wf.task(0).id
+        await self._settle(broker, workflows, completion_storage, again)
+        (callback,) = (await self._take_ready(broker)).values()  # released, exactly once
+        assert callback.task.id == wf.task(2).id
+        await self._settle(broker, workflows, completion_storage, callback)
+        state = await workflows.get_workflow(wf.id)
+        assert state is not None
+        assert state.status is WorkflowStatus.SUCCEEDED
+        assert await self._take_ready(broker) == {}  # the errback did not run again
+
+    @ASYNC
+    async def test_a_requeued_member_leaves_a_workflow_another_failure_failed(
+        self, broker: Broker, completion_storage: Storage, workflows: WorkflowStore
+    ) -> None:
+        wf = await self._submit(broker, workflows, _graph([[], [], [0, 1]]))
+        taken = await self._take_ready(broker)
+        for key in (0, 1):
+            await self._dead_letter(broker, workflows, completion_storage, taken[wf.task(key).id])
+        pair = Backends.pair(broker, completion_storage)
+        assert await requeue_dead(pair, DEFAULT, [wf.task(0).id]) == [wf.task(0).id]
+        state = await workflows.get_workflow(wf.id)
+        assert state is not None
+        assert state.status is WorkflowStatus.FAILED
+        assert "node 0" in (state.error or "")
+        (again,) = (await self._take_ready(broker)).values()  # it runs, on its own
+        await self._settle(broker, workflows, completion_storage, again)
+        assert await self._status(completion_storage, wf.task(2)) is TaskStatus.CANCELLED
+        assert await self._take_ready(broker) == {}
+
+    @ASYNC
+    async def test_an_ended_workflow_is_kept_for_its_members_longest_ttl(
+        self, broker: Broker, completion_storage: Storage, workflows: WorkflowStore
+    ) -> None:
+        wf = await self._submit(broker, workflows, _graph([[]]), ttl=0.3)
+        (only,) = (await self._take_ready(broker)).values()
+        await asyncio.sleep(0.5)  # a running workflow has no TTL
+        assert await workflows.get_workflow(wf.id) is not None
+        await self._settle(broker, workflows, completion_storage, only)
+        assert await workflows.get_workflow(wf.id) is not None
+        await asyncio.sleep(0.6)
+        assert await workflows.get_workflow(wf.id) is None
