@@ -47,7 +47,7 @@ from bgcoor_core._workflows import (
 )
 from bgcoor_core.backends.sqlite import SQLiteBackend, SQLiteOptions
 from bgcoor_core.backends.sqlite._schema import MIGRATIONS, SCHEMA_VERSION
-from bgcoor_core.backends.sqlite._workflow_rows import PROGRESS, SUBMITTED
+from bgcoor_core.backends.sqlite._workflow_rows import NODES, PROGRESS, SUBMITTED
 from bgcoor_core.backends.sqlite._workflows import CANCELLED_ERROR, SQLiteWorkflows
 from bgcoor_core.testing import make_task, make_test_codec
 
@@ -129,7 +129,7 @@ async def test_a_version_3_file_gets_the_workflow_tables_on_open(tmp_path: Path)
             (old.id, old.name, old.queue, old.status.value, old.model_dump_json()),
         )
     backend = SQLiteBackend(str(path), make_test_codec())
-    assert await backend.migrate() == [f"{path}: schema version 4"]
+    assert await backend.migrate() == [f"{path}: schema version {v}" for v in (4, 5)]
     workflow_id, _ = await _submit(backend, [[], [0]])
     state = await _store(backend).get_workflow(workflow_id)
     assert state is not None
@@ -137,9 +137,35 @@ async def test_a_version_3_file_gets_the_workflow_tables_on_open(tmp_path: Path)
     assert await backend.get(old.id) == old  # the file's own tasks are kept
     await backend.close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
-    assert {"workflows", "parked"} <= tables
+    assert {"workflows", "parked", "workflow_nodes"} <= tables
+
+
+async def test_a_version_4_file_moves_each_nodes_progress_into_a_row(tmp_path: Path) -> None:
+    path = tmp_path / "v4.db"
+    graph = _graph([[], [0], [0, 1]])
+    tasks = [make_task(NAME) for _ in graph.nodes]
+    state = new_state("wf-v4", graph, tasks, [60.0] * 3, datetime.now(UTC))
+    progress = {"status": "running", "remaining": [0, 0, 1], "done": ["succeeded", None, None]}
+    with sqlite3.connect(path) as conn:
+        for step in MIGRATIONS[:4]:
+            conn.executescript(step)
+        conn.execute("PRAGMA user_version = 4")
+        conn.execute(  # as version 4 wrote it: every node's progress in one JSON, no left
+            "INSERT INTO workflows (id, status, state, progress) VALUES (?, ?, ?, ?)",
+            ("wf-v4", "running", state.model_dump_json(), json.dumps({**progress, "left": -1})),
+        )
+    backend = SQLiteBackend(str(path), make_test_codec())
+    assert await backend.migrate() == [f"{path}: schema version 5"]
+    moved = await _store(backend).get_workflow("wf-v4")
+    assert moved is not None
+    assert (moved.remaining, moved.done, moved.left) == (
+        [0, 0, 1],
+        [TaskStatus.SUCCEEDED, None, None],
+        2,
+    )
+    await backend.close()
 
 
 async def test_parked_messages_stay_out_of_messages_until_released(
@@ -220,22 +246,48 @@ async def test_cancelling_drops_parked_messages_and_cancels_their_records(
 def test_a_row_keeps_every_field_of_a_state() -> None:
     """A step rewrites only the progress: a field added to WorkflowState must be
     placed (never changed, or changed by steps) or it would be lost."""
-    assert set(WorkflowState.model_fields) == PROGRESS | SUBMITTED
+    assert set(WorkflowState.model_fields) == PROGRESS | NODES | SUBMITTED
     assert not PROGRESS & SUBMITTED
+    assert not NODES & (PROGRESS | SUBMITTED)
 
 
-async def test_a_step_rewrites_only_the_progress(backend: SQLiteBackend) -> None:
-    workflow_id, _ = await _submit(backend, [[], [0]])
-    [(submitted,)] = _sql(backend, "SELECT state FROM workflows")
-    [root] = await backend.reserve(["default"], lease=30)
+async def test_a_step_rewrites_only_the_progress_and_its_nodes_rows(
+    backend: SQLiteBackend,
+) -> None:
+    # 0 -> 1, and 2 alone: the step of 0 touches the rows of 0 and 1, never 2's
+    workflow_id, _ = await _submit(backend, [[], [0], []])
+    [(submitted,)] = _sql(backend, "SELECT state FROM workflow_graphs")
+    _sql(backend, "UPDATE workflow_nodes SET remaining = 7 WHERE node = 2")  # a tracer
+    [root, _other] = await backend.reserve(["default"], lease=30, limit=2)
     await _succeed(backend, root)
-    [(state, progress, status)] = _sql(backend, "SELECT state, progress, status FROM workflows")
+    [(state,)] = _sql(backend, "SELECT state FROM workflow_graphs")
+    [(progress, status)] = _sql(backend, "SELECT progress, status FROM workflows")
     assert state == submitted
-    assert json.loads(progress)["done"] == ["succeeded", None]
+    assert json.loads(progress) == {
+        "status": "running",
+        "left": 2,
+        "error": None,
+        "finished_at": None,
+    }
     assert status == "running"
+    rows = _sql(backend, "SELECT node, remaining, done FROM workflow_nodes ORDER BY node")
+    assert rows == [(0, 0, "succeeded"), (1, 0, None), (2, 7, None)]
     again = await _store(backend).get_workflow(workflow_id)
     assert again is not None
-    assert (again.done, again.remaining) == ([TaskStatus.SUCCEEDED, None], [0, 0])
+    assert (again.done, again.remaining) == ([TaskStatus.SUCCEEDED, None, None], [0, 0, 7])
+
+
+async def test_an_expired_workflow_is_deleted_with_its_rows(backend: SQLiteBackend) -> None:
+    workflow_id, _tasks = await _submit(backend, [[]])
+    [root] = await backend.reserve(["default"], lease=30)
+    await _succeed(backend, root)
+    [(expires_at,)] = _sql(backend, "SELECT expires_at FROM workflows")
+    assert expires_at == pytest.approx(time.time() + 60, abs=5)  # its member's TTL
+    _sql(backend, "UPDATE workflows SET expires_at = 1")
+    assert await _store(backend).get_workflow(workflow_id) is None  # gone at once
+    await backend.delete_expired()
+    for table in ("workflows", "workflow_graphs", "workflow_nodes", "parked"):
+        assert _sql(backend, f"SELECT count(*) FROM {table}") == [(0,)]
 
 
 # -- several processes, one file --------------------------------------------------------
@@ -330,13 +382,8 @@ async def test_two_processes_settling_one_chord_release_its_callback_once(
 # -- damaged state rows -----------------------------------------------------------------
 
 
-def _misfit(progress: str, damage: str) -> str:
-    data = json.loads(progress)
-    if damage == "misfit":
-        data["done"] = data["done"][:1]
-    else:
-        data["left"] = 5
-    return json.dumps(data)
+def _miscount(progress: str) -> str:
+    return json.dumps({**json.loads(progress), "left": 5})
 
 
 @pytest.mark.parametrize(
@@ -345,9 +392,12 @@ def _misfit(progress: str, damage: str) -> str:
         ("state", "'{not json'", "no workflow state"),
         ("state", NOT_UTF8, "no workflow state"),
         ("state", "'{}'", "no workflow state"),
+        ("graph", "DELETE FROM workflow_graphs", "no row in workflow_graphs"),
         ("progress", "'{}'", "no workflow progress"),
-        ("progress", "misfit", "one entry for each"),
         ("progress", "miscount", "counts 5 members left"),
+        ("nodes", "DELETE FROM workflow_nodes WHERE node = 1", "its node 1 has no row"),
+        ("nodes", "UPDATE workflow_nodes SET done = 'won' WHERE node = 0", "done as 'won'"),
+        ("nodes", "UPDATE workflow_nodes SET remaining = -2", "has -2 parents left"),
     ],
 )
 async def test_a_damaged_row_fails_only_its_workflow_and_keeps_the_outcome(
@@ -359,12 +409,17 @@ async def test_a_damaged_row_fails_only_its_workflow_and_keeps_the_outcome(
 ) -> None:
     broken_id, broken = await _submit(backend, [[], [0]], queues={0: "broken"})
     sound_id, sound = await _submit(backend, [[], [0]])
-    if damage in ("misfit", "miscount"):
+    if damage == "miscount":
         [(progress,)] = _sql(backend, "SELECT progress FROM workflows WHERE id = ?", broken_id)
-        damaged = _misfit(progress, damage)
+        damaged = _miscount(progress)
         _sql(backend, "UPDATE workflows SET progress = ? WHERE id = ?", damaged, broken_id)
+    elif column in ("nodes", "graph"):  # a statement of its own, on that workflow only
+        which = "workflow_id" if column == "nodes" else "id"
+        joint = " AND " if "WHERE" in damage else " WHERE "
+        _sql(backend, f"{damage}{joint}{which} = ?", broken_id)
     else:
-        _sql(backend, f"UPDATE workflows SET {column} = {damage} WHERE id = ?", broken_id)
+        table = "workflow_graphs" if column == "state" else "workflows"
+        _sql(backend, f"UPDATE {table} SET {column} = {damage} WHERE id = ?", broken_id)
     [member] = await backend.reserve(["broken"], lease=30)
     with caplog.at_level(logging.ERROR, logger="bgcoor.sqlite"):
         await _succeed(backend, member, 7)  # no error: the outcome is stored and acked

@@ -293,7 +293,7 @@ class SQLiteBackend(Broker, Storage):
         return await self.db.run(_records.counts)
 
     async def delete_expired(self) -> int:
-        return await self.db.run(_change, "DELETE FROM tasks WHERE expires_at <= ?", (time.time(),))
+        return await self.db.run(_delete_expired, time.time())
 
     # -- both: store the outcome and ack in one transaction ----------------------------
 
@@ -577,6 +577,17 @@ def _sweep(conn: sqlite3.Connection, read_body: _defects.ReadBody) -> int:
 
 def _fetch(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> list[Row]:
     return conn.execute(sql, params).fetchall()
+
+
+def _delete_expired(conn: sqlite3.Connection, now: float) -> int:
+    """Expired records, and ended workflows past their expiry with their rows."""
+    with transaction(conn):
+        ended = "SELECT id FROM workflows WHERE expires_at <= ?"
+        for table in ("workflow_nodes", "parked"):
+            conn.execute(f"DELETE FROM {table} WHERE workflow_id IN ({ended})", (now,))
+        conn.execute(f"DELETE FROM workflow_graphs WHERE id IN ({ended})", (now,))
+        conn.execute("DELETE FROM workflows WHERE expires_at <= ?", (now,))
+        return conn.execute("DELETE FROM tasks WHERE expires_at <= ?", (now,)).rowcount
 
 
 def _change(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> int:

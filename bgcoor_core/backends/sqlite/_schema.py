@@ -86,6 +86,44 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (workflow_id, node)
     ) WITHOUT ROWID;
     """,
+    # version 5: what a step changes is kept apart from what it never does, so a step
+    # rewrites only small rows: each node's progress (parents not done, its done status)
+    # in a workflow_nodes row, the submitted state in workflow_graphs, and the workflow's
+    # own progress (status, left, error, finished_at) in workflows, which an ended
+    # workflow leaves at expires_at (with its members)
+    """
+    CREATE TABLE workflow_nodes (
+        workflow_id TEXT NOT NULL,
+        node INTEGER NOT NULL,
+        remaining INTEGER NOT NULL,
+        done TEXT,
+        PRIMARY KEY (workflow_id, node)
+    ) WITHOUT ROWID;
+    INSERT INTO workflow_nodes (workflow_id, node, remaining, done)
+        SELECT w.id, CAST(r.key AS INTEGER), r.value, d.value
+        FROM workflows AS w, json_each(w.progress, '$.remaining') AS r,
+            json_each(w.progress, '$.done') AS d
+        WHERE json_valid(w.progress) AND json_type(w.progress, '$.remaining') = 'array'
+            AND json_type(w.progress, '$.done') = 'array' AND r.key = d.key;
+    CREATE TABLE workflow_graphs (id TEXT PRIMARY KEY, state TEXT NOT NULL);
+    INSERT INTO workflow_graphs (id, state) SELECT id, state FROM workflows;
+    CREATE TABLE workflows_v5 (
+        id TEXT PRIMARY KEY,
+        status TEXT NOT NULL,
+        progress TEXT NOT NULL,
+        expires_at REAL
+    );
+    INSERT INTO workflows_v5 (id, status, progress)
+        SELECT id, status, CASE WHEN json_valid(progress) THEN
+            json_set(json_remove(progress, '$.remaining', '$.done'), '$.left',
+                (SELECT count(*) FROM workflow_nodes AS n
+                    WHERE n.workflow_id = workflows.id AND n.done IS NULL))
+            ELSE progress END
+        FROM workflows;
+    DROP TABLE workflows;
+    ALTER TABLE workflows_v5 RENAME TO workflows;
+    CREATE INDEX workflows_expires ON workflows (expires_at) WHERE expires_at IS NOT NULL;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

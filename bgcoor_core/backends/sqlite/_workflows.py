@@ -33,13 +33,16 @@ from ..._workflows import (
     NODE_HEADER,
     Effects,
     WorkflowState,
+    WorkflowStatus,
     apply_outcome,
     cancel_all,
+    expiry,
     member_of,
+    reopen,
 )
 from . import _records, _workflow_rows
 from ._connection import Connection, transaction
-from ._workflow_rows import Parsed
+from ._workflow_rows import Parsed, RowState
 
 log = logging.getLogger("bgcoor.sqlite")
 
@@ -98,11 +101,15 @@ class SQLiteWorkflows:
         if pushed:
             self._wake()
 
+    async def reopen_member(self, task: Task) -> None:
+        if await self.db.run(reopen_member, task, self._parsed, self._push):
+            self._wake()
+
     async def cancel_workflow(self, workflow_id: str) -> bool:
         return await self.db.run(cancel, workflow_id, self._parsed)
 
     async def get_workflow(self, workflow_id: str) -> WorkflowState | None:
-        return await self.db.run(_workflow_rows.read, self._parsed, workflow_id)
+        return await self.db.run(_workflow_rows.read_whole, self._parsed, workflow_id)
 
 
 # -- statements, run on the connection's thread ----------------------------------------
@@ -161,6 +168,23 @@ def complete_member(
         return _advance(conn, task, parsed, push)
 
 
+def reopen_member(conn: sqlite3.Connection, task: Task, parsed: Parsed, push: Push) -> bool:
+    """The requeued record, then :func:`reopen`; True if messages were pushed."""
+    with transaction(conn):
+        _records.write(conn, task, None)
+        member = member_of(task)
+        assert member is not None
+        try:
+            state = _workflow_rows.read(conn, parsed, member[0])
+            effects = None if state is None else reopen(state, member[1])
+        except CorruptRecordError as exc:
+            log.error("task %s: requeued, its workflow not reopened: %s", task.id, exc)
+            return False
+        if state is None or effects is None:
+            return False
+        return _apply(conn, state, effects, push)
+
+
 def cancel(conn: sqlite3.Connection, workflow_id: str, parsed: Parsed) -> bool:
     with transaction(conn):
         state = _workflow_rows.read(conn, parsed, workflow_id)
@@ -188,25 +212,21 @@ def _advance(conn: sqlite3.Connection, task: Task, parsed: Parsed, push: Push) -
         return False
     workflow_id, key = member
     try:
-        state = _workflow_rows.read(conn, parsed, workflow_id)
+        state = _workflow_rows.read(conn, parsed, workflow_id, member=key)
         if state is not None and (
             key not in range(len(state.tasks)) or state.tasks[key] != task.id
         ):
             raise _workflow_rows.corrupt(workflow_id, f"its node {key} is not task {task.id}")
+        effects = None if state is None else apply_outcome(state, key, task.status, task.error)
     except CorruptRecordError as exc:
         log.error("task %s: outcome stored, its workflow not advanced: %s", task.id, exc)
         return False
-    if state is None:
-        return False
-    effects = apply_outcome(state, key, task.status, task.error)
-    if effects.duplicate:
+    if state is None or effects is None or effects.duplicate:
         return False
     return _apply(conn, state, effects, push)
 
 
-def _apply(
-    conn: sqlite3.Connection, state: WorkflowState, effects: Effects, push: Push | None
-) -> bool:
+def _apply(conn: sqlite3.Connection, state: RowState, effects: Effects, push: Push | None) -> bool:
     """Carry out ``effects`` and write the state back; True if messages were pushed."""
     released = []
     for key in effects.release:
@@ -215,19 +235,33 @@ def _apply(
         if message is not None:
             released.append(message)
     if released:
-        assert push is not None  # only outcomes release
+        assert push is not None  # only outcomes and reopens release
         push(conn, released)
+    cancelled = state.status is WorkflowStatus.CANCELLED
     for key in effects.cancel:  # a member queued or running has no parked message
-        conn.execute("DELETE FROM parked WHERE workflow_id = ? AND node = ?", (state.id, key))
+        if cancelled:  # a failed workflow keeps them: a requeue may restore them
+            conn.execute("DELETE FROM parked WHERE workflow_id = ? AND node = ?", (state.id, key))
         _set_status(conn, state.tasks[key], TaskStatus.CANCELLED)
+    for key in effects.restore:
+        _set_status(conn, state.tasks[key], TaskStatus.WAITING)
+    expires: tuple[float | None] | None = None  # unchanged
     if effects.ended:
         now = time.time()
+        ttls = state.submitted.ttls
         conn.executemany(
             "UPDATE tasks SET expires_at = ? WHERE id = ?",
-            [(now + t, i) for i, t in zip(state.tasks, state.ttls, strict=True) if t is not None],
+            [(now + t, i) for i, t in zip(state.tasks, ttls, strict=True) if t is not None],
         )
-        conn.execute("DELETE FROM parked WHERE workflow_id = ?", (state.id,))
-    _workflow_rows.write_progress(conn, state)
+        if state.status is not WorkflowStatus.FAILED:
+            conn.execute("DELETE FROM parked WHERE workflow_id = ?", (state.id,))
+        keep = expiry(state.submitted)
+        expires = (None if keep is None else now + keep,)
+    if effects.reopened:
+        conn.executemany(
+            "UPDATE tasks SET expires_at = NULL WHERE id = ?", [(i,) for i in state.tasks]
+        )
+        expires = (None,)
+    _workflow_rows.write(conn, state, expires)
     return bool(released)
 
 
@@ -241,13 +275,20 @@ def _unpark(conn: sqlite3.Connection, workflow_id: str, key: int) -> Message | N
 
 
 def _set_status(conn: sqlite3.Connection, task_id: str, status: TaskStatus) -> None:
-    """A member's record moves on (released, or cancelled if not final yet)."""
+    """A member's record moves on: released, cancelled if not final yet, or (restored)
+    waiting again if its workflow had cancelled it."""
     try:
         record = _records.get(conn, task_id)
     except CorruptRecordError as exc:  # its message still goes (or goes away)
         log.warning("workflow member %s: record left as it is: %s", task_id, exc)
         return
-    if record is None or record.status.is_final:
+    if record is None:
+        return
+    if status is TaskStatus.WAITING:
+        if record.status is not TaskStatus.CANCELLED:
+            return
+        record.finished_at = record.error = None
+    elif record.status.is_final:
         return
     record.status = status
     if status is TaskStatus.CANCELLED:
