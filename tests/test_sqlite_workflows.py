@@ -1,6 +1,7 @@
 """SQLite workflow store specifics: the schema migration that adds its tables, parked
 messages out of the reserve's sight, real processes stepping one chord on one file,
-damaged state rows, and workflows end to end through a ``TaskManager`` on one file.
+damaged state rows. Workflows end to end through a ``TaskManager`` are
+tests/test_workflows.py's, on every backend.
 
 The fan-in rule itself is checked for every store by ``WorkflowContract`` (conformance).
 """
@@ -27,13 +28,8 @@ from bgcoor_core import (
     CorruptRecordError,
     DuplicateTaskError,
     MemoryStorage,
-    TaskManager,
     TaskStatus,
-    WorkflowFailedError,
     WorkflowStatus,
-    chain,
-    chord,
-    group,
 )
 from bgcoor_core._broker import Reservation
 from bgcoor_core._composition import Graph, Node
@@ -459,106 +455,3 @@ async def test_a_member_its_state_does_not_list_is_not_counted(
     state = await _store(backend).get_workflow(workflow_id)
     assert state is not None
     assert state.done == [None, None]
-
-
-# -- end to end: a TaskManager on one file ----------------------------------------------
-
-
-@pytest.fixture
-async def manager(tmp_path: Path) -> AsyncIterator[TaskManager]:
-    url = f"sqlite:///{tmp_path / 'e2e.db'}"
-    manager = TaskManager(broker_url=url, storage_url=url, result_ttl=60.0)
-    yield manager
-    await manager.close()
-
-
-@pytest.fixture
-def tasks(manager: TaskManager) -> Any:
-    class Tasks:
-        runs: list[str] = []
-
-        @staticmethod
-        @manager.task(name="wf.add")
-        async def add(a: int, b: int = 0) -> int:
-            return a + b
-
-        @staticmethod
-        @manager.task(name="wf.total")
-        async def total(values: list[int]) -> int:
-            Tasks.runs.append("total")
-            return sum(values)
-
-        @staticmethod
-        @manager.task(name="wf.boom", max_retries=0)
-        async def boom(x: int) -> int:
-            raise ValueError(f"boom {x}")
-
-        @staticmethod
-        @manager.task(name="wf.slow")
-        async def slow(seconds: float) -> float:
-            Tasks.runs.append("slow")
-            await asyncio.sleep(seconds)
-            return seconds
-
-        @staticmethod
-        @manager.task(name="wf.say")
-        async def say(word: str) -> str:
-            Tasks.runs.append(word)
-            return word
-
-    Tasks.runs = []
-    return Tasks
-
-
-async def test_a_chain_runs_on_sqlite(manager: TaskManager, tasks: Any) -> None:
-    assert isinstance(manager.backends.workflows, SQLiteWorkflows)
-    async with manager.worker(4):
-        handle = await chain(tasks.add.s(1, 2), tasks.add.s(10), tasks.add.s(100)).enqueue()
-        assert await handle.result(timeout=10) == 113
-        assert await handle.status() == "succeeded"
-
-
-async def test_a_chord_calls_back_once_on_sqlite(manager: TaskManager, tasks: Any) -> None:
-    async with manager.worker(8):
-        handle = await chord(group(tasks.add.s(i) for i in range(50)), tasks.total.s()).enqueue()
-        assert await handle.result(timeout=20) == sum(range(50))
-    assert tasks.runs == ["total"]
-    state = await handle.state()
-    expires = _sql_file(manager, "SELECT count(*) FROM tasks WHERE expires_at IS NULL")
-    assert expires == [(0,)]  # every member got its TTL when the workflow ended
-    assert state.status is WorkflowStatus.SUCCEEDED
-
-
-async def test_a_failing_chord_member_cancels_the_callback_on_sqlite(
-    manager: TaskManager, tasks: Any
-) -> None:
-    async with manager.worker(8):
-        header = group([*(tasks.add.s(i) for i in range(5)), tasks.boom.s(1)])
-        handle = await chord(header, tasks.total.s()).enqueue()
-        with pytest.raises(WorkflowFailedError, match=r"wf\.boom"):
-            await handle.result(timeout=10)
-    state = await handle.state()
-    callback = await manager.storage.get(state.tasks[-1])
-    assert callback is not None
-    assert callback.status is TaskStatus.CANCELLED
-    assert "total" not in tasks.runs
-
-
-async def test_cancelling_a_chain_on_sqlite_starts_nothing_more(
-    manager: TaskManager, tasks: Any
-) -> None:
-    flow = chain(tasks.slow.s(0.3), tasks.say.si("second"), tasks.say.si("third"))
-    async with manager.worker(4):
-        handle = await flow.enqueue()
-        while "slow" not in tasks.runs:  # noqa: ASYNC110 - the ledger is a plain list
-            await asyncio.sleep(0.01)
-        assert await handle.cancel() is True
-        await asyncio.sleep(0.5)
-    assert tasks.runs == ["slow"]
-    assert await handle.status() == "cancelled"
-
-
-def _sql_file(manager: TaskManager, sql: str) -> list[tuple[Any, ...]]:
-    backend = manager.backends.broker
-    assert isinstance(backend, SQLiteBackend)
-    return _sql(backend, sql)

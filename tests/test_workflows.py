@@ -1,6 +1,8 @@
-"""Workflows end to end on the memory backend: results, nesting, the failure policies,
+"""Workflows end to end through a ``TaskManager`` and its worker, on every backend a
+plugin registers with a ``test_url`` (memory, SQLite, Redis, PostgreSQL, and any new one
+without edits): results, nesting, the failure policies, a requeue from the dead letters,
 cancellation, and the guarantees of the store's step (a member counted once, results kept
-while the workflow runs)."""
+while the workflow runs). The store's step alone is ``WorkflowContract``'s (conformance)."""
 
 from __future__ import annotations
 
@@ -21,16 +23,23 @@ from bgcoor_core import (
     Workflow,
     WorkflowFailedError,
     WorkflowStatus,
+    build_plugin_host,
     chain,
     chord,
     group,
 )
 from bgcoor_core._workflows import WORKFLOW_HEADER
 
+HOST = build_plugin_host()
+SCHEMES = sorted(s for s, e in HOST.brokers.entries.items() if e.test_url is not None)
 
-@pytest.fixture
-async def manager() -> AsyncIterator[TaskManager]:
-    manager = TaskManager(broker_url="memory://", storage_url="memory://", result_ttl=60.0)
+
+@pytest.fixture(params=SCHEMES, ids=str)
+async def manager(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[TaskManager]:
+    test_url = HOST.brokers.entries[request.param].test_url
+    assert test_url is not None
+    url = test_url(tmp_path)
+    manager = TaskManager(broker_url=url, storage_url=url, result_ttl=60.0)
     yield manager
     await manager.close()
 
@@ -60,6 +69,14 @@ def tasks(manager: TaskManager) -> Any:
         @manager.task(name="wf.boom", max_retries=0)
         async def boom(x: int) -> int:
             raise ValueError(f"boom {x}")
+
+        @staticmethod
+        @manager.task(name="wf.flaky", max_retries=0)
+        async def flaky(x: int) -> int:
+            Tasks.runs.append("flaky")
+            if Tasks.runs.count("flaky") == 1:
+                raise ValueError("first time")
+            return x
 
         @staticmethod
         @manager.task(name="wf.alert")
@@ -231,6 +248,24 @@ async def test_continue_gives_dependents_a_failure_marker(manager: TaskManager, 
     assert marker["bgcoor_failed"]["task"] == "wf.boom"
     assert marker["bgcoor_failed"]["status"] == "dead"
     assert marker["bgcoor_failed"]["error"] == "ValueError: boom 3"
+
+
+async def test_a_dead_member_requeued_from_the_dead_letters_finishes_its_workflow(
+    manager: TaskManager, tasks: Any
+) -> None:
+    flow = chord(group([tasks.flaky.s(5), tasks.add.s(1)]), tasks.total.s())
+    async with manager.worker(4):
+        handle = await flow.enqueue()
+        with pytest.raises(WorkflowFailedError, match=r"wf\.flaky\) dead"):
+            await handle.result(timeout=5)
+        state = await handle.state()
+        callback = await manager.storage.get(state.tasks[-1])
+        assert callback is not None
+        assert callback.status is TaskStatus.CANCELLED
+        assert await manager.requeue_dead("default") == [state.tasks[0]]
+        assert await handle.result(timeout=5) == 6  # the callback ran, with both results
+    assert await handle.status() == "succeeded"
+    assert tasks.runs.count("flaky") == 2
 
 
 # -- cancelling ------------------------------------------------------------------------
