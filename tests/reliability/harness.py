@@ -120,16 +120,25 @@ class Worker:
 class Workers:
     """Starts worker processes and stops them by PID; optionally restarts dead ones."""
 
-    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+    def __init__(self, env: dict[str, str], workdir: Path, app: str = APP) -> None:
         self.env = env
         self.workdir = workdir
+        self.app = app  # the ``module:manager`` the workers serve
         self.all: list[Worker] = []
         self.deaths = 0  # exits the supervisor saw (and replaced)
         self.failure = ""
 
     def start(self, concurrency: int = 4, env: dict[str, str] | None = None) -> Worker:
         log = self.workdir / f"worker-{len(self.all)}.log"
-        command = [sys.executable, "-m", "bgcoor_core.cli", "worker", APP, "-c", str(concurrency)]
+        command = [
+            sys.executable,
+            "-m",
+            "bgcoor_core.cli",
+            "worker",
+            self.app,
+            "-c",
+            str(concurrency),
+        ]
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 command,
@@ -283,13 +292,15 @@ def check_ledger(ledger: Ledger, keys: Iterable[str]) -> LedgerReport:
 class Rig:
     """One backend URL, a working folder, worker processes and a producer manager.
 
-    ``settings`` (python names) apply to the producer and, as ``BGCOOR_*``, the workers.
+    ``settings`` (python names) apply to the producer and, as ``BGCOOR_*``, the workers;
+    ``app`` is what the workers serve.
     """
 
     backend: Backend
     url: str
     workdir: Path
     settings: dict[str, Any]
+    app: str = APP
     producer: TaskManager = field(init=False)
     tasks: Tasks = field(init=False)
     workers: Workers = field(init=False)
@@ -306,7 +317,7 @@ class Rig:
         self.fault_dir = fault_dir
         self.producer = TaskManager(broker_url=self.url, storage_url=self.url, **self.settings)
         self.tasks = declare(self.producer)
-        self.workers = Workers(self._worker_env(ledger_dir, fault_dir), self.workdir)
+        self.workers = Workers(self._worker_env(ledger_dir, fault_dir), self.workdir, self.app)
 
     def _worker_env(self, ledger_dir: Path, fault_dir: Path) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.upper().startswith("BGCOOR_")}
@@ -366,11 +377,18 @@ class Rig:
 
 @contextlib.asynccontextmanager
 async def open_rig(
-    backend: Backend, workdir: Path, *, url: str | None = None, **overrides: Any
+    backend: Backend,
+    workdir: Path,
+    *,
+    url: str | None = None,
+    app: str = APP,
+    **overrides: Any,
 ) -> AsyncIterator[Rig]:
     """A rig on a fresh URL of ``backend`` (or on ``url``, a private server's, removed by
-    its owner); workers are killed and the namespace removed afterwards."""
-    rig = Rig(backend, url or backend.make_url(workdir), workdir, {**BASE_SETTINGS, **overrides})
+    its owner) whose workers serve ``app``; workers are killed and the namespace removed
+    afterwards."""
+    settings = {**BASE_SETTINGS, **overrides}
+    rig = Rig(backend, url or backend.make_url(workdir), workdir, settings, app)
     try:
         yield rig
     finally:
