@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -60,6 +61,10 @@ MAX_COUNTED = 100_000
 MAX_FIRED = 10_000
 #: While a tick is buffered behind a running task, passes come at least this often.
 BUFFER_CHECK = 1.0
+#: A pass taking this long, a sleep overrunning by this much, or the wall clock moving this
+#: far from the monotonic one during a sleep is logged: the ticks due meanwhile are caught
+#: up (or, with ``catchup="latest"``, counted as missed), and the warning says why.
+LATE = 1.0
 #: The parameter a periodic function may declare to receive its tick.
 TICK_PARAMETER = "scheduled_at"
 
@@ -127,8 +132,23 @@ class Scheduler:
             else:
                 failures, wait = 0, done.wait
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=wait)
+            await self._sleep(wait)
+
+    async def _sleep(self, wait: float) -> None:
+        """Sleep ``wait`` seconds or until :meth:`wake`; warn if it overran or the wall clock
+        (which ticks follow) moved unlike the monotonic one (which the sleep follows)."""
+        wall, started = time.time(), time.monotonic()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=wait)
+        slept = time.monotonic() - started
+        if slept - wait > LATE:
+            log.warning(
+                "scheduler woke %.1fs late (the process was paused or starved of CPU)",
+                slept - wait,
+            )
+        jump = time.time() - wall - slept
+        if abs(jump) > LATE:
+            log.warning("the wall clock moved %+.1fs while the scheduler slept", jump)
 
     def wake(self) -> None:
         """Run the next pass now (a buffered tick's task may have finished)."""
@@ -136,7 +156,9 @@ class Scheduler:
 
     async def run_pass(self, now: datetime | None = None) -> Pass:
         """One pass: read every schedule, fire what is due at ``now``."""
+        started = time.monotonic()
         entries = await self.store.get_schedules()
+        reading = time.monotonic() - started
         now = now or datetime.now(UTC)
         refresh = self.settings.scheduler_refresh_seconds
         next_due = now + timedelta(seconds=refresh)
@@ -160,6 +182,7 @@ class Scheduler:
             for request, outcome in zip(requests, await self.store.fire(requests), strict=True):
                 outcomes.setdefault(request.schedule_id, []).append(outcome)
                 self._report(request, outcome)
+        _slow(time.monotonic() - started, reading, len(requests))
         wait = (next_due - datetime.now(UTC)).total_seconds()
         return Pass(outcomes, max(wait, 0.005))
 
@@ -273,6 +296,20 @@ class Scheduler:
             log.warning("schedule %r: %d tick(s) missed, up to %s", sid, request.missed, tick)
         else:
             log.info("schedule %r tick %s: %s", sid, tick, outcome)
+
+
+def _slow(took: float, reading: float, fired: int) -> None:
+    """Warn about a pass that took :data:`LATE` or more: on a store shared by processes, a
+    long store call is one waiting for another that holds a lock (e.g. SQLite's write lock
+    held by a stopped process), and ticks falling due meanwhile wait for it."""
+    if took >= LATE:
+        log.warning(
+            "scheduler pass took %.1fs: reading the schedules %.1fs, firing %d request(s) %.1fs",
+            took,
+            reading,
+            fired,
+            took - reading,
+        )
 
 
 def _at(ms: int) -> datetime:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
+import re
 import time
+import types
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,6 +24,7 @@ from bgcoor_core import (
     TaskStatus,
     WorkerPool,
 )
+from bgcoor_core import _scheduler as scheduler_module
 from bgcoor_core._errors import InvalidScheduleError, UnknownScheduleError
 from bgcoor_core._scheduler import SCHEDULE_HEADER, TICK_HEADER, Scheduler
 from bgcoor_core._timetable import Schedule
@@ -155,6 +159,81 @@ async def test_a_stalled_scheduler_resuming_fires_nothing_already_fired() -> Non
     assert FireOutcome.FIRED not in resumed.outcomes.get(beat.name, [])
     assert await tick_headers(manager, beat.name) == fired
     await manager.close()
+
+
+# -- saying why ticks were late ----------------------------------------------------------
+
+
+class _SlowReads:
+    """A schedule store whose reads take ``delay`` seconds (a lock held elsewhere)."""
+
+    def __init__(self, store: Any, delay: float) -> None:
+        self._store, self._delay = store, delay
+
+    async def get_schedules(self) -> Any:
+        await asyncio.sleep(self._delay)
+        return await self._store.get_schedules()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+async def test_a_slow_pass_is_logged_with_where_its_time_went(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager = memory_manager()
+
+    @manager.periodic(every=SECOND)
+    async def beat() -> None: ...
+
+    scheduler = scheduler_of(manager)
+    store = scheduler.store
+    await store.put_schedules(scheduler.definitions)
+    tick = Schedule(every=SECOND).next_after(await since(manager, beat.name))
+    monkeypatch.setattr(scheduler_module, "LATE", 0.05)
+    scheduler.store = _SlowReads(store, 0.1)
+    with caplog.at_level(logging.WARNING, logger="bgcoor.scheduler"):
+        done = await scheduler.run_pass(now=tick)
+    assert done.outcomes == {beat.name: [FireOutcome.FIRED]}
+    (message,) = [r.getMessage() for r in caplog.records]
+    number = r"\d+\.\ds"
+    assert re.fullmatch(
+        rf"scheduler pass took {number}: reading the schedules {number}, "
+        rf"firing 1 request\(s\) {number}",
+        message,
+    )
+    caplog.clear()
+    monkeypatch.setattr(scheduler_module, "LATE", 5.0)
+    scheduler.store = store
+    with caplog.at_level(logging.WARNING, logger="bgcoor.scheduler"):
+        await scheduler.run_pass(now=tick + SECOND)
+    assert caplog.records == []  # a pass under LATE says nothing
+    await manager.close()
+
+
+async def test_a_late_wake_up_and_a_wall_clock_jump_are_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    scheduler = scheduler_of(memory_manager())
+    caplog.set_level(logging.WARNING, logger="bgcoor.scheduler")
+    monkeypatch.setattr(scheduler_module, "LATE", 5.0)
+    await scheduler._sleep(0.01)
+    assert caplog.records == []
+    monkeypatch.setattr(scheduler_module, "LATE", 0.1)
+    asyncio.get_running_loop().call_soon(time.sleep, 0.3)  # the process does not run
+    await scheduler._sleep(0.01)
+    (late,) = [r.getMessage() for r in caplog.records]
+    assert re.fullmatch(r"scheduler woke \d+\.\ds late \(.*paused or starved of CPU\)", late)
+    caplog.clear()
+    monkeypatch.setattr(scheduler_module, "LATE", 5.0)
+    readings = itertools.count()  # the wall clock is 7 s further on at each reading
+    ahead = types.SimpleNamespace(
+        monotonic=time.monotonic, time=lambda: time.time() + 7 * next(readings)
+    )
+    monkeypatch.setattr(scheduler_module, "time", ahead)
+    await scheduler._sleep(0.01)
+    (jump,) = [r.getMessage() for r in caplog.records]
+    assert jump == "the wall clock moved +7.0s while the scheduler slept"
 
 
 # -- catching up -------------------------------------------------------------------------

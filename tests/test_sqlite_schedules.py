@@ -1,5 +1,6 @@
 """SQLite schedule store specifics: damaged rows, real processes firing one file, the
-schema migration that adds the table, and a batch that fails leaving nothing behind.
+schema migration that adds the table, a batch that fails leaving nothing behind, and fires
+that another process holding the write lock (stopped inside its transaction) cannot stall.
 
 The fire rule itself is checked for every store by ``ScheduleContract`` (conformance).
 """
@@ -28,7 +29,7 @@ from bgcoor_core import (
     ScheduleDefinition,
     TaskStatus,
 )
-from bgcoor_core.backends.sqlite import SQLiteBackend
+from bgcoor_core.backends.sqlite import SQLiteBackend, SQLiteOptions
 from bgcoor_core.backends.sqlite._schema import MIGRATIONS, SCHEMA_VERSION
 from bgcoor_core.testing import make_task, make_test_codec
 
@@ -151,6 +152,84 @@ async def test_a_version_2_file_gets_the_schedules_table_on_open(tmp_path: Path)
     ]
 
 
+# -- the write lock held elsewhere (a scheduler SIGSTOPped inside its fire) -------------
+
+
+def _hold_write_lock(path: str) -> sqlite3.Connection:
+    """A second connection holding the file's write lock, as a scheduler stopped (SIGSTOP,
+    a long pause) inside its fire transaction does until it runs again."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    return conn
+
+
+def _release(holder: sqlite3.Connection) -> None:
+    if holder.in_transaction:
+        holder.execute("ROLLBACK")
+    holder.close()
+
+
+async def test_ticks_already_decided_are_answered_while_another_holds_the_write_lock(
+    tmp_path: Path,
+) -> None:
+    options = SQLiteOptions(busy_timeout=0.3)
+    backend = SQLiteBackend(str(tmp_path / "s.db"), make_test_codec(), options)
+    try:
+        await backend.put_schedules([_definition("s"), _definition("paused")])
+        await backend.set_schedule_paused("paused", True)
+        assert await backend.fire([_fire(backend, "s", T0)]) == [FireOutcome.FIRED]
+        holder = _hold_write_lock(backend.db.path)
+        try:
+            # what the schedulers that lost the race for a tick send: answered from a read
+            stale = [_fire(backend, "s", T0), _fire(backend, "paused", T0 + STEP)]
+            stale.append(_fire(backend, "gone", T0))
+            assert await backend.fire(stale) == [
+                FireOutcome.ALREADY,
+                FireOutcome.PAUSED,
+                FireOutcome.REMOVED,
+            ]
+            # a tick that must be written waits for the lock, and gives up as a lock wait does
+            with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+                await backend.fire([_fire(backend, "s", T0), _fire(backend, "s", T0 + STEP)])
+        finally:
+            _release(holder)
+        assert await backend.fire([_fire(backend, "s", T0 + STEP)]) == [FireOutcome.FIRED]
+        state = {e.id: e.state for e in await backend.get_schedules()}["s"]
+        assert (state.fired, state.last_tick_ms) == (2, T0 + STEP)
+        assert (await backend.stats("default")).ready == 2
+    finally:
+        await backend.close()
+
+
+async def test_a_fire_waiting_for_the_lock_returns_once_its_tick_is_fired_elsewhere(
+    tmp_path: Path,
+) -> None:
+    """Three schedulers race for a tick: the winner commits and a third takes the lock for
+    its own request, then stops there. The one still waiting learns from the ledger that
+    its tick is fired; it does not queue behind the stopped one."""
+    options = SQLiteOptions(busy_timeout=2.0)
+    backend = SQLiteBackend(str(tmp_path / "s.db"), make_test_codec(), options)
+    try:
+        await backend.put_schedules([_definition("s")])
+        holder = _hold_write_lock(backend.db.path)
+        try:
+            waiting = asyncio.create_task(backend.fire([_fire(backend, "s", T0)]))
+            await asyncio.sleep(0.2)  # it finds the lock taken (if later, the read answers it)
+            holder.execute(
+                "UPDATE schedules SET last_tick_ms = ?, fired = fired + 1 WHERE id = 's'", (T0,)
+            )
+            holder.execute("COMMIT")
+            holder.execute("BEGIN IMMEDIATE")  # the third one, stopped while holding it
+            assert await waiting == [FireOutcome.ALREADY]
+        finally:
+            _release(holder)
+        [entry] = await backend.get_schedules()
+        assert (entry.state.fired, entry.state.last_tick_ms) == (1, T0)
+        assert (await backend.stats("default")).ready == 0
+    finally:
+        await backend.close()
+
+
 # -- real processes sharing one file ---------------------------------------------------
 
 TICKS = 200
@@ -162,7 +241,7 @@ _FIRER = textwrap.dedent(
     f"""
     import asyncio, json, os, sys, time
     from bgcoor_core import Fire
-    from bgcoor_core.backends.sqlite import SQLiteBackend
+    from bgcoor_core.backends.sqlite import SQLiteBackend, SQLiteOptions
     from bgcoor_core.testing import make_task, make_test_codec
 
     async def main(path, go):

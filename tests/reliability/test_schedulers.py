@@ -134,6 +134,21 @@ class Schedulers:
     def logs(self, tail: int = 1500) -> str:
         return "\n".join(f"--- scheduler {p.proc.pid} ---\n{p.output()[-tail:]}" for p in self.all)
 
+    def lines_between(self, first: float, last: float) -> str:
+        """Every scheduler's timestamped log lines from ``first`` to ``last`` (epoch s): what
+        each said around a gap (a slow pass, a late wake-up, a clock jump) whatever the tail."""
+        shown = []
+        for process in self.all:
+            for line in process.output().splitlines():
+                stamp, _, _ = line.partition(" ")
+                try:
+                    at = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+                except ValueError:
+                    continue
+                if first <= at <= last:
+                    shown.append((at, f"[{process.proc.pid}] {line}"))
+        return "\n".join(line for _, line in sorted(shown))
+
 
 async def _at(start: float, offset: float) -> None:
     """Sleep until 5 ms after the first tick at or after ``start + offset`` (wall clock)."""
@@ -275,7 +290,13 @@ async def test_three_schedulers_fire_each_tick_once(
             f"{len(ledger.ticks)} records, missed={ledger.missed}, window "
             f"{_iso(window[0])}..{_iso(window[1])}; events: {', '.join(events)}"
         )
-        assert not problems, "\n".join([summary, *problems, schedulers.logs()])
+        around = [
+            f"--- log lines around the gap {_iso(a)}..{_iso(b)} ---\n"
+            + schedulers.lines_between(a - 1.5, b + 1.5)
+            for a, b in itertools.pairwise(ledger.ticks)
+            if b - a > 2 * TICK
+        ]
+        assert not problems, "\n".join([summary, *problems, *around, schedulers.logs()])
         assert len(schedulers.all) == 5  # three, plus scheduler 0 restarted twice
         assert len(ledger.ticks) >= window[1] - window[0] + 1 - ledger.missed
     finally:

@@ -4,6 +4,14 @@
 ledger and the last task's status, storing the new record and message and moving the
 ledger on is one step for every process that shares the file (see
 :mod:`bgcoor_core._schedules` for the rule each request follows).
+
+Every scheduler sends each tick, and only one fires it. The others are answered from a read
+of the committed ledger (WAL: a read takes no lock) without taking the write lock: a process
+holding that lock holds back every writer of the file while it is stopped (SIGSTOP, a long
+pause), so the fewer passes take it, the fewer stops can land there. While the lock is
+taken, a fire asks for it again every few milliseconds (not through SQLite's busy handler,
+which would queue it for the lock however the ledger moves) and reads the ledger first each
+time; it gives up after the connection's busy timeout, as a lock wait would.
 """
 
 from __future__ import annotations
@@ -31,6 +39,13 @@ from ._connection import transaction
 from ._defects import decode_text, shown
 
 log = logging.getLogger("bgcoor.sqlite")
+
+#: Outcomes a read of the committed ledger decides: each leaves the ledger as it is, and
+#: :func:`~bgcoor_core._schedules.apply_fire` reaches it before it looks at the last task.
+_SETTLED = frozenset({FireOutcome.ALREADY, FireOutcome.PAUSED, FireOutcome.REMOVED})
+#: Seconds between attempts at the write lock while another process holds it (doubling).
+_RETRY_FIRST = 0.001
+_RETRY_MAX = 0.02
 
 #: Stores a task's record and message inside the caller's transaction (the enqueue's own).
 Enqueue = Callable[[sqlite3.Connection, Sequence[Task], Sequence[Message]], None]
@@ -126,17 +141,77 @@ def set_paused(conn: sqlite3.Connection, schedule_id: str, paused: bool) -> bool
 
 def fire(conn: sqlite3.Connection, requests: Sequence[Fire], enqueue: Enqueue) -> list[FireOutcome]:
     """Apply each request in order, all in one transaction: an error (a task id that is
-    taken) rolls the whole batch back."""
-    with transaction(conn):
-        return [_fire_one(conn, request, enqueue) for request in requests]
+    taken) rolls the whole batch back. A batch the committed ledger already decides (module
+    docstring) is answered without the write lock."""
+    settled = _lock_or_settle(conn, requests)
+    if settled is not None:
+        return settled
+    try:
+        outcomes = [_fire_one(conn, request, enqueue) for request in requests]
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return outcomes
 
 
-def _fire_one(conn: sqlite3.Connection, request: Fire, enqueue: Enqueue) -> FireOutcome:
-    row = conn.execute(_READ, (time.time(), request.schedule_id)).fetchone()
-    if row is None:
-        return FireOutcome.REMOVED
-    paused, last_tick_ms, buffered_tick_ms, fired, skipped, missed, status = row
-    before = ScheduleState(
+def _lock_or_settle(conn: sqlite3.Connection, requests: Sequence[Fire]) -> list[FireOutcome] | None:
+    """Take the write lock (``None``), unless a read of the ledger, made before each attempt,
+    decides the batch first (its outcomes). Gives up after the busy timeout."""
+    give_up = time.monotonic() + _busy_timeout(conn)
+    delay = _RETRY_FIRST
+    while (settled := _settled(conn, requests)) is None:
+        if _try_begin(conn):
+            return None
+        if time.monotonic() >= give_up:
+            raise sqlite3.OperationalError("database is locked")
+        time.sleep(delay)
+        delay = min(delay * 2, _RETRY_MAX)
+    return settled
+
+
+def _settled(conn: sqlite3.Connection, requests: Sequence[Fire]) -> list[FireOutcome] | None:
+    """Each request's outcome if the committed ledger decides them all without a change
+    (one read transaction, no write lock); ``None`` as soon as one may change it."""
+    outcomes: list[FireOutcome] = []
+    conn.execute("BEGIN DEFERRED")  # one snapshot for the whole batch
+    try:
+        for request in requests:
+            row = conn.execute(_READ, (time.time(), request.schedule_id)).fetchone()
+            state = None if row is None else _state(row)
+            outcome = apply_fire(state, request, None)  # ``last`` is not reached: _SETTLED
+            if outcome not in _SETTLED:
+                return None
+            outcomes.append(outcome)
+    finally:
+        conn.execute("COMMIT")
+    return outcomes
+
+
+def _try_begin(conn: sqlite3.Connection) -> bool:
+    """``BEGIN IMMEDIATE`` if the write lock is free now; ``False`` if it is taken."""
+    timeout_ms = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
+            return False
+        raise
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout_ms)}")
+    return True
+
+
+def _busy_timeout(conn: sqlite3.Connection) -> float:
+    milliseconds: int = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+    return milliseconds / 1000
+
+
+def _state(row: tuple[Any, ...]) -> ScheduleState:
+    """The ledger in a row of :data:`_READ` (its last column, the last task's status, aside)."""
+    paused, last_tick_ms, buffered_tick_ms, fired, skipped, missed, _ = row
+    return ScheduleState(
         paused=bool(paused),
         last_tick_ms=last_tick_ms,
         buffered_tick_ms=buffered_tick_ms,
@@ -144,6 +219,13 @@ def _fire_one(conn: sqlite3.Connection, request: Fire, enqueue: Enqueue) -> Fire
         skipped=skipped,
         missed=missed,
     )
+
+
+def _fire_one(conn: sqlite3.Connection, request: Fire, enqueue: Enqueue) -> FireOutcome:
+    row = conn.execute(_READ, (time.time(), request.schedule_id)).fetchone()
+    if row is None:
+        return FireOutcome.REMOVED
+    before, status = _state(row), row[-1]
     state = before.model_copy()
     # read as bytes, so a damaged status is simply not active
     last = status.decode("utf-8", "replace") if isinstance(status, bytes) else None
