@@ -1,13 +1,70 @@
-"""What the worker's banner says about its backends: URLs (redacted; a SQLite file by its
-absolute path) and a warning when results would stay where no producer can read them."""
+"""The worker's banner: what it serves and with what, its backends' URLs (redacted; a
+SQLite file by its absolute path), a warning when results would stay where no producer can
+read them, and, under a supervisor, how many worker processes run."""
 
 from __future__ import annotations
 
+import logging
 import os
 from urllib.parse import urlsplit
 
+from rich.table import Table
+from rich.text import Text
+
+from .. import __version__
 from .._backend_registry import redact
+from .._manager import TaskManager
+from .._pool import WorkerPool
+from ._output import cell, clean
 from ._reach import IN_PROCESS
+
+log = logging.getLogger("bgcoor.cli")
+
+
+def worker_banner(manager: TaskManager, pool: WorkerPool, app: str, processes: int = 1) -> Table:
+    """The table a worker prints before it starts. With ``processes`` above 1 (a
+    supervisor's), a ``processes`` row, and the concurrency said to be per process."""
+    settings = manager.settings
+    tasks = manager.registry.names()
+    plugins = [
+        info.name if info.version == "-" else f"{info.name} ({info.distribution} {info.version})"
+        for info in manager.host.describe()
+    ]
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.title = Text(f"bg-coor {__version__} worker", style="bold cyan")
+    grid.title_justify = "left"
+    grid.add_row("app", cell(app))
+    grid.add_row("broker", cell(shown_url(settings.broker_url)))
+    grid.add_row("storage", cell(shown_url(settings.storage_url)))
+    warning = local_results_warning(settings.broker_url, settings.storage_url)
+    if warning:
+        log.warning("%s", warning)
+        grid.add_row("warning", Text(clean(warning), "yellow"))
+    grid.add_row("queues", cell(", ".join(pool.queues)))
+    if processes > 1:
+        grid.add_row("processes", str(processes))
+        grid.add_row(
+            "concurrency", f"{pool.concurrency} per process ({pool.concurrency * processes} in all)"
+        )
+    else:
+        grid.add_row("concurrency", str(pool.concurrency))
+    if tasks:
+        grid.add_row(f"tasks ({len(tasks)})", cell(", ".join(tasks)))
+    else:
+        grid.add_row("tasks", Text("none registered: every task will be dead-lettered", "yellow"))
+    grid.add_row("plugins", cell(", ".join(plugins) or "none"))
+    grid.add_row("scheduler", _scheduler_row(manager, pool))
+    return grid
+
+
+def _scheduler_row(manager: TaskManager, pool: WorkerPool) -> str:
+    if not pool.settings.scheduler:
+        return "off"
+    if manager.backends.schedules is None:  # nothing to fire (none may be declared then)
+        return "off (the backends keep no schedules)"
+    return f"on ({len(manager.registry.schedules())} declared)"
 
 
 def sqlite_file(url: str) -> str | None:
