@@ -22,6 +22,7 @@ from ._task import Task, validate_queue_name
 if TYPE_CHECKING:
     from ._schedules import ScheduleStore
     from ._storage import Storage
+    from ._unique import UniqueStore
     from ._workflows import WorkflowStore
 
 
@@ -231,6 +232,12 @@ class Broker(ABC):
         """Where this broker runs workflows whose records live in ``storage``, or
         ``None`` when it cannot step them atomically (then workflows are refused). None
         by default: a backend opts in by overriding it."""
+        return None
+
+    def unique_store(self, storage: Storage) -> UniqueStore | None:
+        """Where this broker takes unique keys of tasks whose records live in
+        ``storage``, in the step that enqueues them, or ``None`` (then a task with a
+        ``unique_key`` is refused). None by default: a backend opts in by overriding it."""
         return None
 
     async def preflight(self) -> None:  # noqa: B027 - optional hook with a sensible default

@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from ._errors import PayloadError
+from ._errors import OutOfRangeError, PayloadError
 from ._handlers import FunctionHandler, split_payload
 from ._task import Task, TaskStatus
 from ._task_registry import RegisteredTask
+from ._unique import UNIQUE_HEADER, UNIQUE_UNTIL_HEADER
 
 if TYPE_CHECKING:
     from ._settings import Settings
@@ -65,6 +66,12 @@ def build(task: RegisteredTask, payload: Any, call: dict[str, Any], settings: Se
     if expires is not None and not isinstance(expires, datetime):
         expires = now + timedelta(seconds=expires)
     headers = {**opts.headers, **call["headers"]} if "headers" in call else dict(opts.headers)
+    if "unique_key" in call:
+        headers[UNIQUE_HEADER] = call["unique_key"]
+        if "unique_for" in call:
+            headers[UNIQUE_UNTIL_HEADER] = repr(now.timestamp() + call["unique_for"])
+    elif "unique_for" in call:
+        raise OutOfRangeError(f"task {task.name!r}: unique_for needs a unique_key")
     return Task(
         name=task.name,
         payload=payload,

@@ -30,11 +30,19 @@ class TaskHandle(Generic[R]):
     """A reference to an enqueued task: its id, status and eventual result."""
 
     def __init__(
-        self, manager: TaskManager, task_id: str, decode: Callable[[Any], R] | None = None
+        self,
+        manager: TaskManager,
+        task_id: str,
+        decode: Callable[[Any], R] | None = None,
+        *,
+        deduplicated: bool = False,
     ) -> None:
         self.manager = manager
         self.id = task_id
         self._decode = decode
+        #: True when the enqueue found its unique key held and returned the holder,
+        #: enqueueing nothing.
+        self.deduplicated = deduplicated
 
     def __repr__(self) -> str:
         return f"TaskHandle({self.id!r})"
@@ -123,8 +131,7 @@ class TaskFunction(Generic[P, R]):
     async def enqueue_many(self, calls: Iterable[Sequence[Any]]) -> list[TaskHandle[R]]:
         """Enqueue one task per tuple of positional arguments, in one batch."""
         tasks = [self.build(args, {}) for args in calls]
-        await self.manager.submit_many(tasks)
-        return [TaskHandle(self.manager, t.id, self.decode_result) for t in tasks]
+        return await self.manager.submit_handles(tasks, self.decode_result)
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A call of this task, not enqueued (``export.s(bucket="b1")``): the arguments

@@ -274,8 +274,22 @@ class TaskManager:
     async def submit_with_handle(
         self, task: Task, decode: Callable[[Any], R] | None
     ) -> TaskHandle[R]:
-        await self.submit_many([task])
-        return TaskHandle(self, task.id, decode)
+        return (await self.submit_handles([task], decode))[0]
+
+    async def submit_handles(
+        self, tasks: Sequence[Task], decode: Callable[[Any], R] | None
+    ) -> list[TaskHandle[R]]:
+        """:meth:`submit_many`, and a handle on each task: on the task holding its unique
+        key instead (``h.deduplicated``) when one did."""
+        holders = await submit(self.backends, self.host, tasks, self.settings.enqueue_retries)
+        if holders is None:
+            return [TaskHandle(self, t.id, decode) for t in tasks]
+        return [
+            TaskHandle(self, task.id, decode)
+            if holder is None
+            else TaskHandle(self, holder, decode, deduplicated=True)
+            for task, holder in zip(tasks, holders, strict=True)
+        ]
 
     async def submit_many(self, tasks: Sequence[Task]) -> None:
         """Store the tasks' records, then push their messages (see :func:`._submitting.submit`:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cache
 from typing import Annotated, Any, Literal, TypedDict, get_args, get_origin, get_type_hints
 
@@ -51,6 +51,17 @@ def _expires(option: str, value: Any) -> Any:
     return limits.DELAY.check(option, value)
 
 
+def _unique_key(option: str, value: Any) -> Any:
+    if not value or len(value) > 256 or not value.isprintable():
+        raise OutOfRangeError(f"{option}: a unique key is 1 to 256 printable characters")
+    return value
+
+
+def _unique_for(option: str, value: Any) -> Any:
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    return limits.TTL.check(option, seconds)
+
+
 def _headers(option: str, value: Any) -> Any:
     for key, text in value.items():
         if not key or not key.isprintable() or not text.isprintable():
@@ -71,6 +82,10 @@ class CommonOptions(TypedDict, total=False):
     headers: Annotated[dict[str, str], Spec("Metadata carried with the task.", check=_headers)]
 
 
+#: A process-isolated task's memory cap, in MB (1 MB to 1 TB).
+MEMORY_LIMIT = limits.Range(1, 1_048_576, "MB")
+
+
 class TaskDefaults(CommonOptions, total=False):
     """The keyword arguments of ``@manager.task(...)``."""
 
@@ -79,6 +94,16 @@ class TaskDefaults(CommonOptions, total=False):
     retry_backoff_max: Annotated[float, Spec("Cap of the retry backoff, seconds.", limits.BACKOFF)]
     retry_on: Annotated[
         tuple[type[BaseException], ...], Spec("Exceptions that are retried (others fail).")
+    ]
+    isolation: Annotated[
+        Literal["thread", "process"],
+        Spec(
+            "Where a sync task runs: 'thread' (the worker's thread pool, the default) or "
+            "'process' (a child process: a hard timeout, a memory cap)."
+        ),
+    ]
+    memory_limit_mb: Annotated[
+        int, Spec("Address space of a process-isolated task's child, in MB.", MEMORY_LIMIT)
     ]
     #: Options declared by plugins (``bgcoor_register_task_options``), for typed code;
     #: they may also be passed as keyword arguments of their own.
@@ -93,6 +118,22 @@ class CallOptions(CommonOptions, total=False):
     expires: Annotated[
         datetime | float,
         Spec("Never run if not started by then (datetime, or seconds).", check=_expires),
+    ]
+    unique_key: Annotated[
+        str,
+        Spec(
+            "At most one task with this key at once: an enqueue while it is held returns "
+            "the holder.",
+            check=_unique_key,
+        ),
+    ]
+    unique_for: Annotated[
+        timedelta | float,
+        Spec(
+            "With unique_key: the key stays held this long after the enqueue (seconds, "
+            "or a timedelta), even once the task ended.",
+            check=_unique_for,
+        ),
     ]
 
 

@@ -6,21 +6,28 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
-from ._errors import DuplicateTaskError, EnqueueUncertainError
+from ._broker import Message
+from ._errors import CapabilityError, DuplicateTaskError, EnqueueUncertainError
 from ._plugins import PluginHost
 from ._storage import Storage
 from ._task import Task, TaskStatus
+from ._unique import UNIQUE_HEADER
 from ._wiring import Backends
 
 
-async def submit(backends: Backends, host: PluginHost, tasks: Sequence[Task], retries: int) -> None:
+async def submit(
+    backends: Backends, host: PluginHost, tasks: Sequence[Task], retries: int
+) -> list[str | None] | None:
     """Store the tasks' records, then push their messages (one step when the broker is
     also the storage: :class:`~bgcoor_core.AtomicEnqueue`). Every task is validated and
-    encoded before anything is written."""
+    encoded before anything is written. With unique keys among them, the holders (see
+    :func:`_submit_unique`); else ``None``."""
     broker, storage = backends.broker, backends.storage
     for task in tasks:  # plugins add headers before anything is encoded
         host.before_enqueue(task)
     messages = [broker.to_message(t) for t in tasks]
+    if any(UNIQUE_HEADER in t.headers for t in tasks):
+        return await _submit_unique(backends, host, tasks, messages, retries)
     atomic = backends.atomic_enqueue
     if atomic is not None:
         await idempotent(
@@ -44,6 +51,39 @@ async def submit(backends: Backends, host: PluginHost, tasks: Sequence[Task], re
             )
     for task in tasks:
         host.task_enqueued(task)
+    return None
+
+
+async def _submit_unique(
+    backends: Backends,
+    host: PluginHost,
+    tasks: Sequence[Task],
+    messages: Sequence[Message],
+    retries: int,
+) -> list[str | None]:
+    """Enqueue through the backends' :class:`~bgcoor_core.UniqueStore`: for each task,
+    the id of the task holding its key (it was not enqueued), or ``None``."""
+    store = backends.uniques
+    if store is None:
+        raise CapabilityError(
+            f"{type(backends.broker).__name__} with {type(backends.storage).__name__} "
+            "cannot enforce unique_key (it needs a backend that takes the key in the step "
+            "that enqueues: memory, SQLite, Redis or PostgreSQL)"
+        )
+    holders: list[str | None] = [None] * len(tasks)
+
+    async def call() -> None:
+        holders[:] = await store.enqueue_unique(tasks, messages)
+
+    stored = await idempotent(
+        call, tasks, backends.broker.transient_errors, backends.storage, retries
+    )
+    if stored is not None:  # an earlier try went through: these tasks hold their keys
+        holders = [None] * len(tasks)
+    for task, holder in zip(tasks, holders, strict=True):
+        if holder is None:
+            host.task_enqueued(task)
+    return holders
 
 
 async def idempotent(

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from ._broker import AtomicCompletion, AtomicEnqueue, Broker
 from ._schedules import ScheduleStore
 from ._storage import Storage
+from ._unique import UniqueStore
 from ._workflows import WorkflowStore
 
 if TYPE_CHECKING:
@@ -27,7 +28,9 @@ class Backends:
     ``atomic_enqueue``: the broker, when it stores records and messages in one step into
     this very storage; ``atomic_completion``: the broker, when it stores an outcome and
     acks in one step into it; ``schedules``: where periodic schedules live and fire
-    (:meth:`Broker.schedule_store`). Build with :meth:`pair` or :meth:`open`.
+    (:meth:`Broker.schedule_store`); ``workflows`` and ``uniques`` likewise
+    (:meth:`Broker.workflow_store`, :meth:`Broker.unique_store`). Build with :meth:`pair`
+    or :meth:`open`.
     """
 
     broker: Broker
@@ -36,6 +39,7 @@ class Backends:
     atomic_completion: AtomicCompletion | None = None
     schedules: ScheduleStore | None = None
     workflows: WorkflowStore | None = None
+    uniques: UniqueStore | None = None
 
     @classmethod
     def pair(cls, broker: Broker, storage: Storage) -> Backends:
@@ -52,6 +56,7 @@ class Backends:
             else None,
             broker.schedule_store(storage),
             broker.workflow_store(storage),
+            broker.unique_store(storage),
         )
 
     @classmethod

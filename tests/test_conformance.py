@@ -20,6 +20,7 @@ from bgcoor_core.testing import (
     BrokerContract,
     ScheduleContract,
     StorageContract,
+    UniqueContract,
     WorkflowContract,
     make_test_codec,
 )
@@ -106,6 +107,10 @@ def _scheme(url: str) -> str:
 
 class TestScheduleConformance(_Paired, ScheduleContract):
     """Every broker's schedule store."""
+
+
+class TestUniqueConformance(_Paired, UniqueContract):
+    """Every pair that takes unique keys."""
 
 
 class TestWorkflowConformance(_Paired, WorkflowContract):

@@ -117,3 +117,44 @@ def test_an_unknown_keyword_argument_is_named(fast: dict[str, Any]) -> None:
 
     with pytest.raises(Exception, match=r"unexpected keyword argument 'm'; its parameters are n"):
         crunch.build((), {"m": 1})
+
+
+# -- unique keys ----------------------------------------------------------------------
+
+
+async def test_a_unique_key_deduplicates_an_enqueue_to_its_holder() -> None:
+    manager = TaskManager(broker_url="memory://", storage_url="memory://")
+
+    @manager.task(name="unique.invoice")
+    async def send_invoice(order: int) -> int:
+        return order
+
+    first = await send_invoice.options(unique_key="invoice-1").enqueue(1)
+    again = await send_invoice.options(unique_key="invoice-1").enqueue(1)
+    other = await send_invoice.options(unique_key="invoice-2").enqueue(2)
+    assert (first.deduplicated, again.deduplicated, other.deduplicated) == (False, True, False)
+    assert again.id == first.id
+    async with manager.worker(2):
+        assert await again.result(timeout=5) == 1
+        fresh = await send_invoice.options(unique_key="invoice-1").enqueue(1)  # free again
+        assert not fresh.deduplicated
+        assert await fresh.result(timeout=5) == 1
+        held = send_invoice.options(unique_key="invoice-3", unique_for=timedelta(hours=1))
+        window = await held.enqueue(3)
+        assert await window.result(timeout=5) == 3
+        assert (await held.enqueue(3)).id == window.id  # its window holds it past its end
+    await manager.close()
+
+
+def test_unique_options_are_checked() -> None:
+    manager = TaskManager(broker_url="memory://", storage_url="memory://")
+
+    @manager.task(name="unique.checked")
+    async def job() -> None: ...
+
+    with pytest.raises(OutOfRangeError, match="unique_key: a unique key is 1 to 256"):
+        job.options(unique_key="")
+    with pytest.raises(OutOfRangeError, match="unique_for"):
+        job.options(unique_key="k", unique_for=-1)
+    with pytest.raises(OutOfRangeError, match="unique_for needs a unique_key"):
+        manager.build_task(job.entry, (), {}, unique_for=60)

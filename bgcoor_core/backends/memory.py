@@ -24,6 +24,7 @@ from .._storage import Storage, check_page, check_transition
 from .._task import Task, TaskStatus, validate_queue_name
 from ..hookspecs import hookimpl
 from ._memory_schedules import MemorySchedules
+from ._memory_uniques import MemoryUniques
 from ._memory_workflows import MemoryWorkflows, Running
 from ._waiters import Waiters, wait_for_wake
 
@@ -66,6 +67,7 @@ class MemoryBroker(Broker):
         self._waiters = Waiters()
         self._schedule_table: dict[str, ScheduleEntry] = {}
         self._workflow_table: dict[str, Running] = {}
+        self._unique_keys: dict[str, tuple[str, float | None]] = {}
 
     # -- producing ---------------------------------------------------------------------
 
@@ -93,6 +95,12 @@ class MemoryBroker(Broker):
         """Workflows on this broker, stepping records in ``storage`` if it is a memory one."""
         if isinstance(storage, MemoryStorage):
             return MemoryWorkflows(self, storage)
+        return None
+
+    def unique_store(self, storage: Storage) -> MemoryUniques | None:
+        """Unique keys on this broker, for records in ``storage`` if it is a memory one."""
+        if isinstance(storage, MemoryStorage):
+            return MemoryUniques(self, storage)
         return None
 
     def schedule_store(self, storage: Storage) -> MemorySchedules | None:

@@ -23,6 +23,7 @@ from ._fleet import Run, WorkerFleet, ledger_task
 from ._helpers import EARLY, LEASE, LONG_LEASE, SLACK, make_task, make_test_codec
 from ._schedule_contract import ScheduleContract
 from ._storage_contract import StorageContract
+from ._unique_contract import UniqueContract
 from ._workflow_contract import WorkflowContract
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "Run",
     "ScheduleContract",
     "StorageContract",
+    "UniqueContract",
     "WorkerFleet",
     "WorkflowContract",
     "ledger_task",

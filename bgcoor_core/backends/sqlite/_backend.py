@@ -36,6 +36,7 @@ from .._waiters import Waiters, wait_for_wake
 from . import _defects, _records, _schedules
 from ._connection import Connection, transaction
 from ._schema import SCHEMA_VERSION
+from ._uniques import SQLiteUniques
 from ._workflows import SQLiteWorkflows
 
 log = logging.getLogger("bgcoor.sqlite")
@@ -338,6 +339,12 @@ class SQLiteBackend(Broker, Storage):
         return outcomes
 
     # -- workflows: each member's outcome steps its workflow in the same transaction ---
+
+    def unique_store(self, storage: Storage) -> SQLiteUniques | None:
+        """Unique keys on this file, when ``storage`` is this backend too."""
+        if not self.shares_store_with(storage):
+            return None
+        return SQLiteUniques(self.db, _store_new, self._wake_consumers)
 
     def workflow_store(self, storage: Storage) -> SQLiteWorkflows | None:
         """Workflows on this file, when ``storage`` is this backend too."""

@@ -124,6 +124,15 @@ MIGRATIONS: list[str] = [
     ALTER TABLE workflows_v5 RENAME TO workflows;
     CREATE INDEX workflows_expires ON workflows (expires_at) WHERE expires_at IS NOT NULL;
     """,
+    # version 6: unique keys; a row names the task that took its key and the end of its
+    # window, and is taken over by the next enqueue once that task is final
+    """
+    CREATE TABLE unique_keys (
+        key TEXT PRIMARY KEY,
+        task_id TEXT NOT NULL,
+        until REAL
+    ) WITHOUT ROWID;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

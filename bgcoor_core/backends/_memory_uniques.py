@@ -1,0 +1,62 @@
+"""Unique keys for the memory backend: taken under the broker's and storage's locks, in
+the step that stores the records and pushes the messages."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from .._broker import Message
+from .._errors import DuplicateTaskError
+from .._task import Task
+from .._unique import holds, unique_key, unique_until
+
+if TYPE_CHECKING:
+    from .memory import MemoryBroker, MemoryStorage
+
+
+class MemoryUniques:
+    """The :class:`~bgcoor_core.UniqueStore` of a memory broker and storage pair."""
+
+    def __init__(self, broker: MemoryBroker, storage: MemoryStorage) -> None:
+        self.broker = broker
+        self.storage = storage
+        #: key -> (holder's task id, end of its window or None)
+        self._keys = broker._unique_keys
+
+    async def enqueue_unique(
+        self, tasks: Sequence[Task], messages: Sequence[Message]
+    ) -> list[str | None]:
+        with self.broker._lock, self.storage._lock:
+            now = time.time()
+            holders: list[str | None] = []
+            taken: dict[str, str] = {}  # keys this batch takes
+            for task in tasks:
+                key = unique_key(task)
+                holder = None if key is None else taken.get(key) or self._holder(key, now)
+                if holder == task.id:
+                    raise DuplicateTaskError(f"task {task.id} already holds its unique key")
+                if holder is None and self.storage._live(task.id) is not None:
+                    raise DuplicateTaskError(f"task {task.id} already has a record")
+                if holder is None and key is not None:
+                    taken[key] = task.id
+                holders.append(holder)
+            chosen = [i for i, holder in enumerate(holders) if holder is None]
+            for i in chosen:
+                self.storage._insert(tasks[i])
+            self.broker._push_locked([messages[i] for i in chosen])
+            for key, task_id in taken.items():
+                task = next(t for t in tasks if t.id == task_id)
+                self._keys[key] = (task_id, unique_until(task))
+            return holders
+
+    def _holder(self, key: str, now: float) -> str | None:
+        held = self._keys.get(key)
+        if held is None:
+            return None
+        record = self.storage._live(held[0])
+        if holds(None if record is None else record.status, held[1], now):
+            return held[0]
+        del self._keys[key]  # released: its holder ended (and its window passed)
+        return None
