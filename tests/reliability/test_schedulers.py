@@ -18,6 +18,12 @@ record's ``bgcoor-tick`` header is read back and:
 SQLite runs the issue's full 60 s scenario (kills at 10 s and 30 s, each down for 3 s; the
 stop from 42 s to 47 s), marked ``slow``. Redis and PostgreSQL run the same events
 compressed into 20 s (kills at 3 s and 9 s, each down for 2 s; the stop from 12 s to 17 s).
+
+SQLite has one writer at a time: a scheduler stopped while it holds the file's write lock
+(its fire takes a few milliseconds, so rarely) holds up every other one until it resumes
+(docs/schedules.md). The test then sees that the lock stays taken through the stop, says
+so in its report, and lets the one gap the stop makes pass: ticks must resume within 2
+ticks of the SIGCONT. Every other check stands.
 """
 
 from __future__ import annotations
@@ -27,10 +33,12 @@ import itertools
 import math
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -105,6 +113,7 @@ class Schedulers:
             COLUMNS="240",
         )
         self.env = env
+        self.url = url
         self.workdir = workdir
         self.all: list[SchedulerProcess] = []
         self.slots: list[SchedulerProcess] = []
@@ -156,9 +165,31 @@ async def _at(start: float, offset: float) -> None:
     await asyncio.sleep(max(target - time.time(), 0))
 
 
-async def _play(schedulers: Schedulers, plan: Plan, start: float) -> list[str]:
-    """Run the plan; what was done when (for the failure report)."""
+def _write_lock_held(url: str) -> bool:
+    """Whether an SQLite file's write lock stays taken for half a second: the stopped
+    scheduler holds it (a live one holds it for milliseconds)."""
+    path = url.removeprefix("sqlite:///")
+    for _ in range(5):
+        conn = sqlite3.connect(path, timeout=0.05)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.rollback()
+            return False
+        except sqlite3.OperationalError:
+            time.sleep(0.05)
+        finally:
+            conn.close()
+    return True
+
+
+async def _play(
+    schedulers: Schedulers, plan: Plan, start: float, stalled: list[tuple[float, float]]
+) -> list[str]:
+    """Run the plan; what was done when (for the failure report). A stop that caught an
+    SQLite scheduler holding the write lock is added to ``stalled`` (stop, cont)."""
     done: list[str] = []
+    stopped_at = 0.0
+    holding = False
     events = [(at, "kill") for at in plan.kills] + [(at + plan.down, "up") for at in plan.kills]
     events += [(plan.stop, "stop"), (plan.stop + plan.stop_for, "cont")]
     for at, what in sorted(events):
@@ -171,11 +202,17 @@ async def _play(schedulers: Schedulers, plan: Plan, start: float) -> list[str]:
             schedulers.restart(0)
         elif what == "stop":
             schedulers.slots[2].send(signal.SIGSTOP)
+            stopped_at = time.time()
+            if schedulers.url.startswith("sqlite:"):
+                holding = await asyncio.to_thread(_write_lock_held, schedulers.url)
         else:
             schedulers.slots[2].send(signal.SIGCONT)
+            if holding:
+                stalled.append((stopped_at, time.time()))
         if what == "up":
             pid = schedulers.slots[0].proc.pid
-        done.append(f"{_iso(time.time())} {what} {pid}")
+        held = " (it holds the write lock)" if what == "stop" and holding else ""
+        done.append(f"{_iso(stopped_at if what == 'stop' else time.time())} {what} {pid}{held}")
     await _at(start, plan.seconds)
     return done
 
@@ -210,9 +247,15 @@ async def read_ledger(url: str) -> Ledger:
         await manager.close()
 
 
-def check(ledger: Ledger, window: tuple[float, float]) -> list[str]:
+def check(
+    ledger: Ledger,
+    window: tuple[float, float],
+    stalled: Sequence[tuple[float, float]] = (),
+) -> list[str]:
     """What is wrong with the ledger for a run whose every tick in ``window`` (inclusive,
-    epoch seconds) should be recorded; an empty list when nothing is."""
+    epoch seconds) should be recorded; an empty list when nothing is. A gap within a
+    ``stalled`` span (a stopped SQLite writer) is allowed if ticks resume within 2 ticks
+    of its end."""
     ticks = ledger.ticks
     if not ticks:
         return ["no tick recorded at all"]
@@ -225,7 +268,12 @@ def check(ledger: Ledger, window: tuple[float, float]) -> list[str]:
             f"records span {_iso(ticks[0])}..{_iso(ticks[-1])}, "
             f"the window {_iso(window[0])}..{_iso(window[1])}"
         )
-    gaps = [(a, b) for a, b in itertools.pairwise(ticks) if b - a > 2 * TICK]
+    gaps = [
+        (a, b)
+        for a, b in itertools.pairwise(ticks)
+        if b - a > 2 * TICK
+        and not any(a >= stop - 2 * TICK and b <= cont + 2 * TICK for stop, cont in stalled)
+    ]
     if gaps:
         problems.append(f"gaps over 2 ticks: {[(_iso(a), _iso(b)) for a, b in gaps]}")
     distinct = sorted(set(ticks))
@@ -275,12 +323,13 @@ async def test_three_schedulers_fire_each_tick_once(
         for process in schedulers.slots:
             await wait_until(process.said_ready, 30, f"scheduler {process.proc.pid} ready")
         start = time.time()
-        events = await _play(schedulers, plan, start)
+        stalled: list[tuple[float, float]] = []
+        events = await _play(schedulers, plan, start, stalled)
         end = time.time()
         codes = await schedulers.stop()
         window = (math.ceil(start) + TICK, math.floor(end) - TICK)
         ledger = await read_ledger(url)
-        problems = check(ledger, window)
+        problems = check(ledger, window, stalled)
         restarted = [p for p in schedulers.all if "ready:" not in p.output()]
         if restarted:
             problems.append(f"{len(restarted)} scheduler(s) never became ready")
@@ -303,3 +352,13 @@ async def test_three_schedulers_fire_each_tick_once(
         schedulers.kill_all()
         if backend.cleanup is not None:
             await backend.cleanup(url)
+
+
+def test_a_stalled_writer_excuses_only_the_gap_of_its_stop() -> None:
+    ticks = [100.0, 101.0, 102.0, 108.0, 109.0, 110.0]  # a gap from 102 to 108
+    ledger = Ledger(ticks, fired=6, missed=5, skipped=0, last_tick=110.0)
+    window = (100.0, 110.0)
+    assert any("gaps over 2 ticks" in p for p in check(ledger, window))
+    assert check(ledger, window, [(102.005, 107.005)]) == []  # resumed within 2 ticks
+    late = [(102.005, 105.0)]  # ticks came back 3 s after the SIGCONT: not excused
+    assert any("gaps over 2 ticks" in p for p in check(ledger, window, late))
