@@ -57,8 +57,14 @@ NAMES = (
     "wf_cancel",
     "wf_complete",
     "wf_get",
+    "wf_reopen",
     "wf_save",
     "wf_submit",
+)
+#: A member's final statuses that fail its workflow (as :func:`bgcoor_core.kit.reopen`
+#: counts them): a requeued dead member reopens its workflow only if no other has one.
+WORKFLOW_FAILURES = frozenset(
+    {TaskStatus.FAILED, TaskStatus.DEAD, TaskStatus.CANCELLED, TaskStatus.EXPIRED}
 )
 #: Scripts that also get the functions of ``lua/workflow.lua`` they use.
 WORKFLOW_NAMES = frozenset(name for name in NAMES if name.startswith("wf_"))
@@ -107,6 +113,8 @@ def _script_values() -> dict[str, str]:
         "@SUCCEEDED@": TaskStatus.SUCCEEDED.value,
         "@CANCELLED@": TaskStatus.CANCELLED.value,
         "@PENDING@": TaskStatus.PENDING.value,
+        "@WAITING@": TaskStatus.WAITING.value,
+        "@FAILURES@": status_set(WORKFLOW_FAILURES),
         "@WF_RUNNING@": WorkflowStatus.RUNNING.value,
         "@WF_SUCCEEDED@": WorkflowStatus.SUCCEEDED.value,
         "@WF_FAILED@": WorkflowStatus.FAILED.value,

@@ -6,16 +6,20 @@ A workflow is the hash ``wf:<id>`` under the prefix (fields in ``lua/workflow.lu
 stores it with every member's record and pushes the roots; ``lua/wf_save.lua`` and
 ``lua/wf_complete.lua`` are ``save.lua`` and ``complete.lua`` for a member (same checks
 and refusals, no expiry) followed by the rule of :func:`bgcoor_core.kit.apply_outcome`,
-ported to ``wf_step``; ``lua/wf_cancel.lua`` is :func:`~bgcoor_core.kit.cancel_all`. One
-script call each, so a member's outcome, its count and its dependents' release are one
-step, however many workers finish members at once.
+ported to ``wf_step``; ``lua/wf_cancel.lua`` is :func:`~bgcoor_core.kit.cancel_all` and
+``lua/wf_reopen.lua`` stores a dead member requeued from the dead letters and applies
+:func:`~bgcoor_core.kit.reopen` (``wf_reopen``). One script call each, so a member's
+outcome, its count and its dependents' release are one step, however many workers
+finish members at once.
 
 A hash written by something else (not a hash, fields missing or unreadable) never costs
 a member's outcome: the record is stored (and the message acked) and the workflow is
 left as it is, with a warning; :meth:`RedisWorkflows.get_workflow` and
 :meth:`~RedisWorkflows.cancel_workflow` raise :class:`~bgcoor_core.CorruptRecordError`
 naming it. When a workflow ends, its keys expire with its longest-lived member record
-(never, if one has no TTL).
+(:func:`~bgcoor_core.kit.expiry`; never, if one has no TTL); a failed workflow keeps the
+parked messages of the members its failure dropped until then, and a reopen lifts
+every TTL again.
 """
 
 from __future__ import annotations
@@ -151,6 +155,11 @@ class RedisWorkflows:
         )
         self._settled(reply, task, workflow)
 
+    async def reopen_member(self, task: Task) -> None:
+        workflow, node = _member(task)
+        reply = await self.backend.run("wf_reopen", *record_args(task), workflow, node)
+        self._settled(reply, task, workflow)
+
     async def cancel_workflow(self, workflow_id: str) -> bool:
         reply = await self.backend.run("wf_cancel", workflow_id)
         if isinstance(reply, list):
@@ -173,7 +182,7 @@ class RedisWorkflows:
     def _settled(reply: Any, task: Task, workflow: str) -> None:
         if isinstance(reply, list) and reply and text(reply[0]) == "WORKFLOW":
             log.warning(
-                "task %s: outcome stored, but its workflow %s was not stepped: %s",
+                "task %s: record stored, but its workflow %s was not stepped: %s",
                 task.id,
                 workflow,
                 text(reply[1]),
@@ -207,7 +216,9 @@ def _state(workflow_id: str, fields: dict[str, str]) -> WorkflowState:
             "remaining": [int(fields[f"r:{k}"]) for k in keys],
             "done": [fields.get(f"d:{k}") for k in keys],
             "ttls": [float(ttl) if ttl else None for ttl in ttls],
+            "left": int(fields["left"]),
             "error": fields.get("error"),
             "created_at": fields["created"],
+            "finished_at": fields.get("finished"),
         }
     )

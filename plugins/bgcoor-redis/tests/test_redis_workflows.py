@@ -1,6 +1,7 @@
 """The Redis workflow store beyond the shared WorkflowContract (which tests/test_conformance.py
 runs for the ``redis`` scheme): two backends completing one chord at once, one script call
-per member outcome, records rewritten in place, damaged workflow hashes, key expiry, and
+per member outcome, records rewritten in place, damaged workflow hashes, key expiry, a dead
+member requeued into its failed workflow (parked messages kept, TTLs lifted), and
 workflows end to end through a ``TaskManager`` on Redis."""
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from typing import Any
 import pytest
 import redis.asyncio as aredis
 from bgcoor_redis import RedisBackend
-from bgcoor_redis._scripts import WORKFLOW_NAMES, scripts
+from bgcoor_redis._scripts import WORKFLOW_FAILURES, WORKFLOW_NAMES, scripts
 from bgcoor_redis._workflows import RedisWorkflows
 
 from bgcoor_core import (
+    Backends,
     CorruptRecordError,
     DuplicateTaskError,
     InvalidTransitionError,
@@ -35,8 +37,9 @@ from bgcoor_core import (
     chord,
     group,
 )
+from bgcoor_core._admin import requeue_dead
 from bgcoor_core._composition import Graph, Node
-from bgcoor_core._workflows import NODE_HEADER, WORKFLOW_HEADER, new_state
+from bgcoor_core._workflows import _FAILURES, NODE_HEADER, WORKFLOW_HEADER, new_state
 from bgcoor_core.testing import LONG_LEASE, make_task
 
 pytestmark = pytest.mark.server
@@ -141,6 +144,8 @@ async def test_a_member_outcome_is_one_script_call_as_a_lone_task_is(
     await backend.enqueue_atomically([lone], [backend.to_message(lone)])
     taken = await take_all(backend)
     link = backend.link()
+    for name in ("wf_complete", "wf_save", "complete"):  # cached, as after a server's first
+        await link.load(scripts()[name])
     for member in tasks[:3]:  # the last one also releases the callback
         trips, commands = link.round_trips, link.commands
         await store.complete_member(taken[member.id], outcome(taken[member.id]))
@@ -235,6 +240,126 @@ async def test_the_workflow_keys_expire_with_its_longest_lived_member(
     untimed, _ = await submit(backend, chord_graph(1), ttl=None)
     assert await store.cancel_workflow(untimed) is True
     assert await raw.pttl(backend.key("wf", untimed)) == -1
+
+
+# -- a dead member requeued --------------------------------------------------------------
+
+
+async def dead_letter(backend: RedisBackend, reservation: Reservation) -> None:
+    """What a worker does with a member whose retries ran out."""
+    task = reservation.task.started(reservation.token, datetime.now(UTC))
+    await backend.save(task)
+    task.status, task.error = TaskStatus.DEAD, "ValueError: no"
+    task.finished_at = datetime.now(UTC)
+    await store_of(backend).save_member(task)
+    await backend.dead_letter(reservation, "retries exhausted", task)
+
+
+async def fail_and_end(
+    backend: RedisBackend, graph: Graph, ttl: float = 30.0
+) -> tuple[str, list[Task]]:
+    """Node 0 dead-lettered (failing the workflow), node 1 succeeded: the workflow ended."""
+    workflow_id, tasks = await submit(backend, graph, ttl=ttl)
+    taken = await take_all(backend)
+    await dead_letter(backend, taken[tasks[0].id])
+    await store_of(backend).complete_member(taken[tasks[1].id], outcome(taken[tasks[1].id]))
+    state = await store_of(backend).get_workflow(workflow_id)
+    assert state is not None
+    assert (state.status, state.left) == (WorkflowStatus.FAILED, 0)
+    assert state.finished_at is not None
+    return workflow_id, tasks
+
+
+async def test_a_failed_workflow_keeps_what_it_dropped_parked_until_its_keys_expire(
+    backend: RedisBackend, raw: aredis.Redis
+) -> None:
+    """0 and 1 -> 2: 0 fails it, so 2 is dropped (marked waiting, record cancelled) with its
+    message kept; a requeue of 0 restores 2 (record waiting again, as it was) and PERSISTs
+    every key the end gave a TTL; 0's success then releases 2 from what was kept."""
+    workflow_id, tasks = await fail_and_end(backend, chord_graph(2))
+    key = backend.key("wf", workflow_id)
+    assert await raw.hget(key, "d:2") == b"waiting"
+    assert await raw.hexists(key + ":parked", "b:2")
+    for expiring in (key, key + ":parked", backend.key("t", tasks[1].id)):
+        assert 29_000 < await raw.pttl(expiring) <= 30_000, expiring
+    before = await backend.get(tasks[2].id)
+    assert before is not None
+    assert (before.status, before.error) == (TaskStatus.CANCELLED, "cancelled: its workflow ended")
+
+    assert await requeue_dead(Backends.pair(backend, backend), Q, [tasks[0].id]) == [tasks[0].id]
+    for kept in (key, key + ":parked", backend.key("t", tasks[1].id)):
+        assert await raw.pttl(kept) == -1, kept
+    assert await raw.hget(key, "finished") is None
+    restored = await backend.get(tasks[2].id)
+    assert restored is not None
+    assert (restored.status, restored.error, restored.finished_at) == (
+        TaskStatus.WAITING,
+        None,
+        None,
+    )
+    assert restored.payload == tasks[2].payload
+    (again,) = (await take_all(backend)).values()
+    assert again.task.id == tasks[0].id
+    await store_of(backend).complete_member(again, outcome(again))
+    (callback,) = (await take_all(backend)).values()
+    assert callback.task.id == tasks[2].id
+    await store_of(backend).complete_member(callback, outcome(callback))
+    state = await store_of(backend).get_workflow(workflow_id)
+    assert state is not None
+    assert state.status is WorkflowStatus.SUCCEEDED
+    assert 29_000 < await raw.pttl(key) <= 30_000
+    assert await raw.exists(key + ":parked") == 0
+
+
+async def test_a_reopen_releases_a_dropped_member_whose_parents_are_all_done(
+    backend: RedisBackend,
+) -> None:
+    """0, and 1 -> 2 (the result 0 and 2): 0 fails it, 1 still counts 2's parents down, so
+    the reopen releases 2 at once: its cancelled record pending, its parked message
+    pushed (a record left cancelled would be acked unrun, and the workflow never end)."""
+    graph = Graph(
+        nodes=[Node(key=0, task=NAME), Node(key=1, task=NAME), Node(key=2, task=NAME, parents=[1])],
+        result=[0, 2],
+    )
+    workflow_id, tasks = await fail_and_end(backend, graph)
+    record = await backend.get(tasks[0].id)  # as requeue_dead does it, step by step
+    assert record is not None
+    record.status, record.lease_token = TaskStatus.PENDING, None
+    link = backend.link()
+    await link.load(scripts()["wf_reopen"])  # cached, as on every call but a server's first
+    trips, commands = link.round_trips, link.commands
+    await store_of(backend).reopen_member(record)
+    assert (link.round_trips - trips, link.commands - commands) == (1, 1)
+    assert await backend.requeue_dead(Q, [tasks[0].id]) == [tasks[0].id]
+    released = await backend.get(tasks[2].id)
+    assert released is not None
+    assert (released.status, released.finished_at) == (TaskStatus.PENDING, None)
+    taken = await take_all(backend)
+    assert set(taken) == {tasks[0].id, tasks[2].id}
+    for reservation in taken.values():
+        assert reservation.started  # the reserve marked each running: neither is final
+        await store_of(backend).complete_member(reservation, outcome(reservation))
+    state = await store_of(backend).get_workflow(workflow_id)
+    assert state is not None
+    assert (state.status, state.left) == (WorkflowStatus.SUCCEEDED, 0)
+
+
+async def test_a_requeue_into_an_unreadable_workflow_stores_the_record_alone(
+    backend: RedisBackend, raw: aredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    workflow_id, tasks = await fail_and_end(backend, chord_graph(2))
+    key = backend.key("wf", workflow_id)
+    await raw.hset(key, "n", "many")
+    before = await raw.hgetall(key)
+    with caplog.at_level(logging.WARNING, "bgcoor.redis"):
+        await requeue_dead(Backends.pair(backend, backend), Q, [tasks[0].id])
+    assert f"{key} has left" in caplog.text
+    assert await raw.hgetall(key) == before
+    assert (await backend.get(tasks[0].id)).status is TaskStatus.PENDING  # type: ignore[union-attr]
+
+
+def test_the_failures_a_reopen_counts_are_the_cores() -> None:
+    assert WORKFLOW_FAILURES == _FAILURES
 
 
 # -- damaged workflow hashes ------------------------------------------------------------

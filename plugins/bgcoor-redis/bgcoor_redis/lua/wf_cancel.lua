@@ -15,9 +15,9 @@ local t = now()
 redis.call("HSET", W, "status", "@WF_CANCELLED@")
 local done, cancel = wf_column(W, "d:", n), {}
 for k = 0, n - 1 do
-  if not done[k] then wf_drop(W, k, cancel) end
+  if not done[k] then wf_drop(W, k, "@CANCELLED@", cancel) end
 end
 redis.call("HSET", W, "left", 0)
-wf_apply(W, {}, cancel, t)
+wf_apply(W, {}, cancel, {}, t)
 wf_end(W, n, "@WF_CANCELLED@", t)
 return 1
