@@ -372,13 +372,16 @@ class PostgresBackend(Broker, Storage):
 
     async def delete_expired(self) -> int:
         """Delete expired records in chunks of 5,000 (worker pools call it every
-        ``BGCOOR_CLEANUP_SECONDS``; ``SKIP LOCKED`` keeps concurrent cleaners apart)."""
+        ``BGCOOR_CLEANUP_SECONDS``; ``SKIP LOCKED`` keeps concurrent cleaners apart), and
+        ended workflows kept past their expiry; the count is of records."""
         deleted = 0
         while True:
             chunk = await self._count(self.sql.delete_expired, 5000)
             deleted += chunk
             if chunk < 5000:
-                return deleted
+                break
+        await self._workflows.delete_expired()
+        return deleted
 
     # -- both: outcome + ack in one statement ------------------------------------------
 

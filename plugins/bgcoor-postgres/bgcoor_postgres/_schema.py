@@ -134,6 +134,49 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "workflows: a row per node for its progress; ended workflows expire",
+        """
+        -- a step locks the workflow row, reads and writes the rows of the nodes it
+        -- touches (see bgcoor_postgres._workflow_rows), never the state: from now on the
+        -- state as submitted (graph, members, TTLs), parsed once per process and known by
+        -- its digest; the scalars steps change are columns
+        ALTER TABLE {s}.workflows ADD COLUMN digest text,
+            ADD COLUMN members_left integer, ADD COLUMN error text,
+            ADD COLUMN finished_at timestamptz, ADD COLUMN expires_at timestamptz;
+        CREATE INDEX workflows_expires ON {s}.workflows (expires_at)
+            WHERE expires_at IS NOT NULL;
+        CREATE TABLE {s}.workflow_nodes (
+            workflow_id text COLLATE "C" NOT NULL
+                REFERENCES {s}.workflows (id) ON DELETE CASCADE,
+            node integer NOT NULL,
+            -- parents not done yet; the final status once done (NULL before)
+            remaining integer NOT NULL,
+            done text,
+            PRIMARY KEY (workflow_id, node)
+        );
+        -- the workflows of version 4: their progress moves out of their states (a state
+        -- whose lists are not lists of the right values gets no node rows: it reads as
+        -- corrupt, as it did)
+        INSERT INTO {s}.workflow_nodes (workflow_id, node, remaining, done)
+        SELECT w.id, r.ord - 1, r.value::integer, d.value
+        FROM {s}.workflows w
+        CROSS JOIN LATERAL json_array_elements_text(CASE
+            WHEN json_typeof(w.state->'remaining') = 'array' THEN w.state->'remaining'
+            ELSE '[]' END) WITH ORDINALITY AS r(value, ord)
+        JOIN LATERAL json_array_elements_text(CASE
+            WHEN json_typeof(w.state->'done') = 'array' THEN w.state->'done'
+            ELSE '[]' END) WITH ORDINALITY AS d(value, ord) ON d.ord = r.ord
+        WHERE r.value ~ '^-?[0-9]{{1,9}}$';
+        UPDATE {s}.workflows w SET digest = md5(w.state::text),
+            error = CASE WHEN json_typeof(w.state->'error') = 'string'
+                THEN w.state->>'error' END,
+            finished_at = CASE WHEN w.state->>'finished_at' ~ '^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}T'
+                THEN (w.state->>'finished_at')::timestamptz END,
+            members_left = (SELECT count(*) FROM {s}.workflow_nodes n
+                WHERE n.workflow_id = w.id AND n.done IS NULL);
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -41,6 +41,8 @@ URL = Callable[..., str]
 NAME = "pg.member"
 #: The schema version that added the workflows and parked tables.
 WORKFLOWS_VERSION = 4
+#: The one that moved their progress into workflow_nodes rows.
+NODE_ROWS_VERSION = 5
 
 
 def open_backend(url: str) -> PostgresBackend:
@@ -68,9 +70,12 @@ def graph_of(parents: list[list[int]], errback_of: int | None = None) -> dict[st
 
 
 async def submit(
-    backend: PostgresBackend, graph: dict[str, Any], ttl: float | None = 60.0
+    backend: PostgresBackend,
+    graph: dict[str, Any],
+    ttl: float | None = 60.0,
+    workflow_id: str | None = None,
 ) -> Submitted:
-    workflow_id = f"wf-{uuid.uuid4().hex[:12]}"
+    workflow_id = workflow_id or f"wf-{uuid.uuid4().hex[:12]}"
     tasks = [make_task(NAME) for _ in graph["nodes"]]
     for node, task in zip(graph["nodes"], tasks, strict=True):
         task.headers = {kit.WORKFLOW_HEADER: workflow_id, kit.NODE_HEADER: str(node["key"])}
@@ -83,6 +88,7 @@ async def submit(
             "tasks": [t.id for t in tasks],
             "remaining": [len(n.get("parents", [])) for n in graph["nodes"]],
             "done": [None] * len(tasks),
+            "left": len(tasks),
             "ttls": [ttl] * len(tasks),
             "created_at": datetime.now(UTC),
         }
@@ -91,6 +97,22 @@ async def submit(
     assert store is not None
     await store.submit_workflow(state, tasks, [backend.to_message(t) for t in tasks])
     return Submitted(workflow_id, tasks)
+
+
+def state_of(workflow_id: str, graph: dict[str, Any], tasks: list[Task]) -> kit.WorkflowState:
+    """A new workflow's state, as the manager builds it."""
+    return kit.WorkflowState.model_validate(
+        {
+            "id": workflow_id,
+            "graph": graph,
+            "tasks": [t.id for t in tasks],
+            "remaining": [len(n.get("parents", [])) for n in graph["nodes"]],
+            "done": [None] * len(tasks),
+            "left": len(tasks),
+            "ttls": [60.0] * len(tasks),
+            "created_at": datetime.now(UTC),
+        }
+    )
 
 
 async def take_all(backend: PostgresBackend) -> dict[str, Reservation]:
@@ -245,6 +267,127 @@ async def test_two_backends_completing_200_chord_members_release_the_callback_on
         await first.close()
 
 
+# -- per-node rows ----------------------------------------------------------------------
+
+
+async def node_versions(backend: PostgresBackend) -> dict[int, str]:
+    found = await rows(backend, "SELECT node, xmin::text FROM {s}.workflow_nodes")
+    return {node: version for node, version in found}
+
+
+async def test_a_chord_members_step_reads_and_writes_only_its_own_and_the_callbacks_rows(
+    backend: PostgresBackend,
+) -> None:
+    wf = await submit(backend, graph_of([[]] * 50 + [list(range(50))]))
+    taken = await take_all(backend)
+    await complete(backend, taken[wf.tasks[0].id])  # this process parses the graph
+    (before,) = await rows(backend, "SELECT state::text, xmin::text FROM {s}.workflows")
+    versions = await node_versions(backend)
+    await complete(backend, taken[wf.tasks[1].id])
+    after = await node_versions(backend)
+    assert {node for node in after if after[node] != versions[node]} == {1, 50}
+    (state,) = await rows(backend, "SELECT state::text, xmin::text FROM {s}.workflows")
+    assert state[0] == before[0]  # the submitted state is never rewritten
+    assert state[1] != before[1]  # its row's scalars are (members left)
+    store = backend._workflows
+    known = store.parsed.peek(wf.id)
+    assert known is not None
+
+    async def lock(conn: Any) -> Any:
+        async with conn.transaction():
+            return await store._lock(conn, wf.id, known, [2, 50], False)
+
+    locked = await backend._db.run(lock)
+    assert (locked.nodes, locked.remaining, locked.done) == ([2, 50], [0, 48], [None, None])
+    assert locked.state is None  # known by its digest: not sent again
+    fresh = await store.get_workflow(wf.id)
+    assert fresh is not None
+    assert fresh.done == [TaskStatus.SUCCEEDED] * 2 + [None] * 49
+    assert (fresh.remaining[50], fresh.left) == (48, 49)
+
+
+async def test_a_failing_outcome_loads_every_node_row_only_while_its_workflow_runs(
+    backend: PostgresBackend,
+) -> None:
+    wf = await submit(backend, graph_of([[]] * 10 + [list(range(10))]))
+    taken = await take_all(backend)
+    await complete(backend, taken[wf.tasks[0].id])  # this process parses the graph
+    store = backend._workflows
+    known = store.parsed.peek(wf.id)
+    assert known is not None
+
+    async def lock(conn: Any) -> list[int]:
+        async with conn.transaction():
+            locked = await store._lock(conn, wf.id, known, [3, 10], False, True)
+            assert locked is not None
+            return locked.nodes
+
+    assert await backend._db.run(lock) == list(range(11))  # it may fail the workflow
+    await complete(backend, taken[wf.tasks[1].id], status=TaskStatus.DEAD)
+    assert await backend._db.run(lock) == [3, 10]  # failed already: its own rows
+    await complete(backend, taken[wf.tasks[3].id], status=TaskStatus.DEAD)
+    await complete(backend, taken[wf.tasks[4].id])  # still counted: a reopen starts here
+    state = await store.get_workflow(wf.id)
+    assert state is not None
+    assert (state.error or "").startswith("node 1 ")
+    assert (state.remaining[10], state.done[10]) == (8, TaskStatus.WAITING)
+    assert state.done[:5] == [
+        TaskStatus.SUCCEEDED,
+        TaskStatus.DEAD,
+        None,
+        TaskStatus.DEAD,
+        TaskStatus.SUCCEEDED,
+    ]
+
+
+# -- ended workflows expire --------------------------------------------------------------
+
+
+async def test_a_failed_workflow_keeps_its_parked_rows_until_the_sweep_deletes_it(
+    backend: PostgresBackend,
+) -> None:
+    wf = await submit(backend, graph_of([[], [0]]), ttl=0.2)
+    (first,) = (await take_all(backend)).values()
+    await complete(backend, first, status=TaskStatus.DEAD)
+    store = backend.workflow_store(backend)
+    assert store is not None
+    state = await store.get_workflow(wf.id)
+    assert state is not None
+    assert state.status is WorkflowStatus.FAILED
+    assert state.done == [TaskStatus.DEAD, TaskStatus.WAITING]  # dropped while waiting
+    record = await backend.get(wf.tasks[1].id)
+    assert record is not None
+    assert record.status is TaskStatus.CANCELLED
+    assert len(await rows(backend, "SELECT 1 FROM {s}.parked")) == 1  # kept
+    await asyncio.sleep(0.4)
+    assert await store.get_workflow(wf.id) is None  # expired: read as absent
+    assert len(await rows(backend, "SELECT 1 FROM {s}.workflow_nodes")) == 2
+    await backend.delete_expired()
+    for table in ("workflows", "workflow_nodes", "parked"):
+        assert await rows(backend, f"SELECT 1 FROM {{s}}.{table}") == []
+
+
+async def test_a_workflow_id_is_taken_again_once_its_row_expired(
+    backend: PostgresBackend,
+) -> None:
+    old = await submit(backend, graph_of([[]]), ttl=0.2)
+    (only,) = (await take_all(backend)).values()
+    await complete(backend, only)  # ended: kept 0.2 s; its graph parsed here
+    with pytest.raises(DuplicateTaskError, match="already exists"):
+        await submit(backend, graph_of([[], [0]]), workflow_id=old.id)
+    await asyncio.sleep(0.4)
+    new = await submit(backend, graph_of([[], [0]]), workflow_id=old.id)
+    (first,) = (await take_all(backend)).values()
+    await complete(backend, first)
+    assert list(await take_all(backend)) == [new.tasks[1].id]  # the new graph's child
+    store = backend.workflow_store(backend)
+    assert store is not None
+    state = await store.get_workflow(old.id)
+    assert state is not None
+    assert state.tasks == [t.id for t in new.tasks]
+    assert state.done == [TaskStatus.SUCCEEDED, None]
+
+
 # -- a state row that cannot be read ---------------------------------------------------
 
 
@@ -253,21 +396,30 @@ async def test_two_backends_completing_200_chord_members_release_the_callback_on
     [
         '{"id": 1}',
         "OTHER",  # another workflow's state
-        "SHORT",  # lists of unequal lengths
+        "SHORT",  # fewer members than nodes
+        "NODE",  # a node row naming no status
+        "LOST",  # a node row missing
     ],
-    ids=["not-a-state", "another-workflows", "unequal-lists"],
+    ids=["not-a-state", "another-workflows", "short-members", "unknown-status", "lost-node"],
 )
-async def test_a_corrupt_state_keeps_the_outcome_and_releases_nothing(
+async def test_a_corrupt_workflow_keeps_the_outcome_and_releases_nothing(
     backend: PostgresBackend, corrupt: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     wf = await submit(backend, graph_of([[], [0]]))
     (text,) = await rows(backend, "SELECT state::text FROM {s}.workflows WHERE id = $1", wf.id)
     state = json.loads(text[0])
-    if corrupt == "OTHER":
-        corrupt = json.dumps({**state, "id": "wf-another"})
-    elif corrupt == "SHORT":
-        corrupt = json.dumps({**state, "done": [None]})
-    await rows(backend, "UPDATE {s}.workflows SET state = $2::json WHERE id = $1", wf.id, corrupt)
+    if corrupt == "NODE":
+        await rows(backend, "UPDATE {s}.workflow_nodes SET done = 'bogus' WHERE node = 1")
+    elif corrupt == "LOST":
+        await rows(backend, "DELETE FROM {s}.workflow_nodes WHERE node = 1")
+    else:
+        if corrupt == "OTHER":
+            corrupt = json.dumps({**state, "id": "wf-another"})
+        elif corrupt == "SHORT":
+            corrupt = json.dumps({**state, "tasks": state["tasks"][:1]})
+        update = "UPDATE {s}.workflows SET state = $2::json WHERE id = $1"
+        await rows(backend, update, wf.id, corrupt)
+    nodes = await rows(backend, "SELECT * FROM {s}.workflow_nodes ORDER BY node")
     (first,) = (await take_all(backend)).values()
     with caplog.at_level(logging.WARNING, logger="bgcoor.postgres"):
         await complete(backend, first)  # not raised: the member's outcome is kept
@@ -282,7 +434,8 @@ async def test_a_corrupt_state_keeps_the_outcome_and_releases_nothing(
     assert waiting is not None
     assert waiting.status is TaskStatus.WAITING
     (kept,) = await rows(backend, "SELECT state::text FROM {s}.workflows WHERE id = $1", wf.id)
-    assert kept[0] == corrupt  # left for an operator, as it was
+    assert kept[0] == (corrupt if corrupt.startswith("{") else text[0])  # left as it was
+    assert await rows(backend, "SELECT * FROM {s}.workflow_nodes ORDER BY node") == nodes
     store = backend.workflow_store(backend)
     assert store is not None
     with pytest.raises(kit.CorruptRecordError, match=f"corrupt workflow {wf.id}"):
@@ -302,7 +455,8 @@ async def test_a_stopped_client_holding_a_workflow_stalls_its_members_only_brief
     (first,) = (await take_all(backend)).values()
     frozen = raw.transaction()
     await frozen.start()
-    await raw.fetch(backend._workflows.sql.lock, wf.id)  # ... and the client stops here
+    lock = backend._workflows.sql.lock
+    await raw.fetch(lock, wf.id, None, [], True, False)  # ... and the client stops here
     started = asyncio.get_running_loop().time()
     await asyncio.wait_for(complete(backend, first), timeout=10)
     waited = asyncio.get_running_loop().time() - started
@@ -395,6 +549,65 @@ async def test_a_version_3_schema_gains_the_workflow_tables_and_keeps_its_data(
             await new.close()
         versions = await raw.fetch(f'SELECT version FROM "{schema}".migrations ORDER BY 1')
         assert [v[0] for v in versions] == list(range(1, SCHEMA_VERSION + 1))
+    finally:
+        await raw.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+async def test_a_version_4_workflow_moves_its_progress_into_node_rows_and_runs_on(
+    monkeypatch: pytest.MonkeyPatch, raw: asyncpg.Connection[Any]
+) -> None:
+    schema = new_schema_name()
+    url = f"{SERVER_URL}?schema={schema}"
+    s = f'"{schema}"'
+    try:
+        with monkeypatch.context() as older:  # a release whose states held the progress
+            older.setattr(_schema, "SCHEMA_VERSION", NODE_ROWS_VERSION - 1)
+            old = open_backend(url)
+            tasks = [make_task(NAME) for _ in range(3)]
+            workflow_id = "wf-version-4"
+            for key, task in enumerate(tasks):
+                task.headers = {kit.WORKFLOW_HEADER: workflow_id, kit.NODE_HEADER: str(key)}
+            tasks[2].status = TaskStatus.WAITING
+            graph = graph_of([[], [], [0, 1]])
+            state = state_of(workflow_id, graph, tasks)
+            state.done[1], state.remaining[2], state.left = TaskStatus.SUCCEEDED, 1, 2
+            tasks[1].status = TaskStatus.SUCCEEDED
+            await old.enqueue_atomically(tasks, [old.to_message(tasks[0])])
+            await raw.execute(
+                f"INSERT INTO {s}.workflows (id, status, state) VALUES ($1, 'running', $2)",
+                workflow_id,
+                state.model_dump_json(),
+            )
+            pending = tasks[2].model_copy(update={"status": TaskStatus.PENDING})
+            message = old.to_message(tasks[2])
+            await raw.execute(
+                f"INSERT INTO {s}.parked (workflow_id, node, id, queue, priority, body, "
+                "record) VALUES ($1, 2, $2, 'default', 0, $3, $4)",
+                workflow_id,
+                tasks[2].id,
+                message.body,
+                pending.model_dump_json(),
+            )
+            await old.close()
+        new = open_backend(url)
+        try:
+            store = new.workflow_store(new)
+            assert store is not None
+            migrated = await store.get_workflow(workflow_id)
+            assert migrated is not None
+            assert migrated.model_dump() == state.model_dump()
+            (first,) = (await take_all(new)).values()
+            await complete(new, first)
+            assert list(await take_all(new)) == [tasks[2].id]
+            after = await store.get_workflow(workflow_id)
+            assert after is not None
+            assert (after.done, after.remaining, after.left) == (
+                [TaskStatus.SUCCEEDED, TaskStatus.SUCCEEDED, None],
+                [0, 0, 0],
+                1,
+            )
+        finally:
+            await new.close()
     finally:
         await raw.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
