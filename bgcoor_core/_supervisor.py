@@ -96,10 +96,6 @@ class Supervisor:
         """Children started again after one exited, so far."""
         return sum(slot.restarts for slot in self._slots)
 
-    def pids(self) -> list[int]:
-        """The pids of the children running now."""
-        return [s.process.pid for s in self._slots if s.process and s.process.returncode is None]
-
     async def run(self, on_ready: Callable[[], object] | None = None) -> int:
         """Supervise until stopped; the exit status for the supervisor: 0 when every
         child stopped cleanly (exit status 0, or stopped before it was ready, holding no
@@ -158,7 +154,8 @@ class Supervisor:
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
-            slot.restarts += 1
+            if not self._stopping.is_set():
+                slot.restarts += 1
 
     async def _run_child(self, slot: _Slot) -> tuple[int, int]:
         """Start one child in ``slot``, follow it until it exits; its pid and exit status."""

@@ -66,6 +66,13 @@ def start(app_dir: Path, *options: str, env: dict[str, str] | None = None) -> Su
     return Subprocess("worker", "procs_app", *options, cwd=app_dir, env=env)
 
 
+def wait_ready(worker: Subprocess) -> None:
+    """Wait for the supervisor's ``ready:`` (every child started: slow on a busy machine)."""
+    if not worker.ready.wait(45):
+        worker.proc.kill()
+        raise AssertionError(f"the workers never got ready: {worker.finish()}")
+
+
 def children(worker: Subprocess) -> dict[int, int]:
     """The children that said they were ready so far: index -> latest pid."""
     return {int(index): int(pid) for index, pid in READY.findall("".join(worker.out))}
@@ -136,7 +143,7 @@ def stop(worker: Subprocess, timeout: float = 20) -> tuple[int, str, str]:
 def test_two_processes_share_the_work_and_the_banner_says_so(app_dir: Path) -> None:
     worker = start(app_dir, "--processes", "2", "--concurrency", "1")
     try:
-        worker.wait_ready()
+        wait_ready(worker)
         pids = run_tasks("whoami", 0.2, count=12)
         started = children(worker)
     finally:
@@ -161,16 +168,16 @@ def test_a_killed_child_is_restarted_and_sigterm_stops_every_child_gracefully(
 ) -> None:
     worker = start(app_dir, "--processes", "2")
     try:
-        worker.wait_ready()
+        wait_ready(worker)
         victim = children(worker)[1]
         os.kill(victim, signal.SIGKILL)
-        wait_until(lambda: children(worker).get(1, victim) != victim, 15, "a new worker 1")
+        wait_until(lambda: children(worker).get(1, victim) != victim, 30, "a new worker 1")
         pids = set(children(worker).values())
         assert victim not in pids
         assert all(alive(pid) for pid in pids)
         assert set(run_tasks("whoami", 0.05, count=6)) <= pids  # tasks keep flowing
-        task_id = asyncio.run(_enqueue("slow", 1.5))
-        wait_until((app_dir / "slow-started").exists, 15, "the slow task to start")
+        task_id = asyncio.run(_enqueue("slow", 2.5))
+        wait_until((app_dir / "slow-started").exists, 30, "the slow task to start")
     finally:
         code, out, err = stop(worker)  # while the slow task runs
     assert code == 0, err
@@ -226,10 +233,10 @@ def exits(worker: Subprocess) -> list[tuple[float, int]]:
 def test_children_stop_when_the_supervisor_is_killed(app_dir: Path) -> None:
     worker = start(app_dir, "--processes", "2")
     try:
-        worker.wait_ready()
+        wait_ready(worker)
         pids = list(children(worker).values())
         worker.proc.kill()
-        wait_until(lambda: not any(alive(pid) for pid in pids), 15, "the children to stop")
+        wait_until(lambda: not any(alive(pid) for pid in pids), 30, "the children to stop")
     finally:
         _, _, err = worker.finish()
     assert err.count("the supervisor is gone; stopping") == 2
