@@ -1,6 +1,8 @@
 """Calling one task's handler: its timeout, its result's checks, the context it runs in
 (``current_task()``, copied into the worker thread of a sync handler) and the plugins'
-execution wrappers (``bgcoor_wrap_execution``) around it."""
+execution wrappers (``bgcoor_wrap_execution``) around it. A task declared with
+``isolation="process"`` runs in a child process instead (:mod:`bgcoor_core._isolation`),
+under a deadline that kills it."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pydantic_core import PydanticSerializationError, to_json, to_jsonable_pytho
 
 from ._context import _CURRENT, CurrentTask
 from ._errors import PayloadError, PayloadTooLargeError, TaskTimeoutError
+from ._isolation import ChildPool
 
 if TYPE_CHECKING:
     from ._plugins import PluginHost
@@ -31,6 +34,10 @@ class Invoker:
         self.settings = settings
         self.threads = threads
         self.host = host
+        # A worker pool's threads carry its child processes (see WorkerPool); any other
+        # executor starts its own on its first process-isolated task.
+        children = getattr(threads, "children", None)
+        self._children = children if isinstance(children, ChildPool) else None
 
     async def invoke(self, entry: RegisteredTask, current: CurrentTask) -> Any:
         """The handler's JSON-ready result; raises what it raised (or a timeout)."""
@@ -61,6 +68,8 @@ class Invoker:
     async def _call(self, entry: RegisteredTask, current: CurrentTask) -> Any:
         task = current.task
         timeout = task.timeout or entry.options.timeout or self.settings.timeout
+        if entry.process_target is not None:  # the child's deadline kills it
+            return self._checked_result(task.name, await self._isolated(entry, task, timeout))
         if timeout is None:  # no deadline to arm: the common case costs nothing
             return self._checked_result(task.name, await self._run(entry, task))
         deadline = asyncio.timeout(timeout)
@@ -82,6 +91,15 @@ class Invoker:
         context = contextvars.copy_context()
         return await asyncio.get_running_loop().run_in_executor(
             self.threads, context.run, entry.handler.run, task.payload
+        )
+
+    async def _isolated(self, entry: RegisteredTask, task: Task, timeout: float | None) -> Any:
+        assert entry.process_target is not None
+        children = self._children
+        if children is None:
+            children = self._children = ChildPool.for_settings(self.settings, None)
+        return await children.run(
+            entry.process_target, task, timeout, entry.options.memory_limit_mb
         )
 
     def _checked_result(self, name: str, result: Any) -> Any:

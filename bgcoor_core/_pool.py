@@ -32,6 +32,7 @@ from ._context import _CURRENT, CancelFlag
 from ._errors import StaleLeaseError
 from ._executor import Executor
 from ._extensions import Service
+from ._isolation import ChildPool
 from ._plugins import PluginHost, build_plugin_host
 from ._quarantine import Quarantine
 from ._scheduler import check_schedules
@@ -57,10 +58,12 @@ _BURST_POLL = 0.05
 class _TaskThreads(ThreadPoolExecutor):
     """The threads sync handlers run in, knowing which are busy: a thread cannot be
     interrupted, and the interpreter waits for it at exit, so a forced stop says how many
-    it is waiting for."""
+    it is waiting for. They carry the child processes that ``isolation="process"`` tasks
+    run in (none is started until such a task runs)."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, children: ChildPool) -> None:
         super().__init__(workers, thread_name_prefix="bgcoor-task")
+        self.children = children
         # Thread ids, not a counter under a lock: set.add and set.discard are atomic, and
         # a lock would be contended by every thread finishing a task at once.
         self._running: set[int] = set()
@@ -127,7 +130,9 @@ class WorkerPool:
         self.concurrency = concurrency or self.settings.concurrency
         self.queues = list(queues or self.settings.queues)
         self.host = host
-        self._threads = _TaskThreads(self.concurrency)
+        self._threads = _TaskThreads(
+            self.concurrency, ChildPool.for_settings(self.settings, self.concurrency)
+        )
         self.executor = Executor(
             broker, storage, registry, self.settings, host=host, threads=self._threads
         )
@@ -431,6 +436,7 @@ class WorkerPool:
                 loop_task.cancel()
                 await asyncio.gather(loop_task, return_exceptions=True)
         self._threads.shutdown(wait=False, cancel_futures=True)
+        await self._threads.children.close()
         self._stopped.set()
         log.info("worker pool stopped after %d task(s)", self.processed)
 

@@ -19,6 +19,10 @@ from ._task import validate_queue_name
 
 ENV_PREFIX = "BGCOOR_"
 CommaList = Annotated[list[str], NoDecode]
+#: Tasks a child process for ``isolation="process"`` runs before it is replaced.
+TASKS_PER_CHILD = limits.Range(1, 1_000_000)
+#: Between SIGTERM and SIGKILL to a child process: short, as a timeout waits for it.
+KILL_GRACE = limits.Range(0.0, 60.0, "seconds")
 
 
 def _bounded(default: Any, bounds: limits.Range) -> Any:
@@ -66,6 +70,13 @@ class Settings(BaseSettings):
     #: went through.
     enqueue_retries: int = _bounded(3, limits.ENQUEUE_RETRIES)
     shutdown_grace: float = _bounded(30.0, limits.GRACE)
+    #: Child processes running ``isolation="process"`` tasks at once (default: the
+    #: pool's concurrency, at most the number of CPUs).
+    process_pool_size: int | None = _bounded(None, limits.CONCURRENCY)
+    #: Tasks a child runs before it is replaced (default: no limit).
+    max_tasks_per_child: int | None = _bounded(None, TASKS_PER_CHILD)
+    #: Seconds a child has after SIGTERM (a timeout, a cancel) before SIGKILL.
+    process_kill_grace: float = _bounded(1.0, KILL_GRACE)
     #: Run the scheduler (periodic tasks) in every worker; ``bgcoor worker --no-scheduler``.
     scheduler: bool = True
     #: The longest a scheduler waits between passes: how soon a schedule added, changed or

@@ -8,8 +8,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ._errors import TaskRegistrationError, UnknownTaskError
+from ._errors import OutOfRangeError, TaskRegistrationError, UnknownTaskError
 from ._handlers import FunctionHandler, Handler, is_async_handler
+from ._isolation import ChildTarget, child_target
 from ._options import check, options
 from ._schedules import ScheduleDefinition
 from ._task import validate_queue_name, validate_task_name
@@ -31,12 +32,20 @@ class TaskOptions:
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     result_ttl: float | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    #: ``None``: the default (sync functions in the worker's threads, async ones on its loop).
+    isolation: str | None = None
+    memory_limit_mb: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Refuse a value of the wrong type or out of its range when the task is declared."""
         given = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         check("task", given, where="task option ")
+        if self.memory_limit_mb is not None and self.isolation != "process":
+            raise OutOfRangeError(
+                "task option memory_limit_mb needs isolation='process': only a child "
+                "process's memory can be capped"
+            )
 
 
 #: Option names the core owns; a plugin's task options must use others.
@@ -49,6 +58,8 @@ class RegisteredTask:
     handler: Handler
     is_async: bool
     options: TaskOptions = field(default_factory=TaskOptions)
+    #: Where a child process imports the function from, for ``isolation="process"``.
+    process_target: ChildTarget | None = None
 
 
 class TaskRegistry:
@@ -75,7 +86,9 @@ class TaskRegistry:
                     f"handler for {name!r} must be callable or have a run(payload) method"
                 )
             handler = FunctionHandler(handler, name)
-        entry = RegisteredTask(name, handler, is_async_handler(handler), options)
+        is_async = is_async_handler(handler)
+        target = _isolation_of(name, handler, is_async, options.isolation)
+        entry = RegisteredTask(name, handler, is_async, options, target)
         with self._lock:
             if name in self._tasks:
                 raise TaskRegistrationError(f"task {name!r} is already registered")
@@ -129,6 +142,19 @@ class TaskRegistry:
 
     def __len__(self) -> int:
         return len(self._tasks)
+
+
+def _isolation_of(
+    name: str, handler: Handler, is_async: bool, isolation: str | None
+) -> ChildTarget | None:
+    if isolation == "process":
+        return child_target(name, handler)
+    if isolation == "thread" and is_async:
+        raise TaskRegistrationError(
+            f"task {name!r} has isolation='thread', but it is async: it runs on the "
+            "worker's event loop (drop the option)"
+        )
+    return None
 
 
 def _close_names(name: str, names: list[str]) -> list[str]:
