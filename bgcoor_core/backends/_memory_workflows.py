@@ -181,14 +181,19 @@ class MemoryWorkflows:
         if record is None:
             return
         task = record.task()
-        if status is TaskStatus.WAITING:
-            if task.status is not TaskStatus.CANCELLED:
+        if task.status.is_final:  # stays final, but for one its workflow dropped: a reopen
+            if status is TaskStatus.CANCELLED or not _dropped(task):  # restores or releases it
                 return
             task.finished_at = task.error = None
-        elif task.status.is_final:
+        elif status is TaskStatus.WAITING:
             return
         task.status = status
         if status is TaskStatus.CANCELLED:
             task.finished_at = datetime.now(UTC)
             task.error = task.error or CANCELLED_ERROR
         self.storage._insert(task)
+
+
+def _dropped(task: Task) -> bool:
+    """Cancelled by its workflow (not by anyone else): a reopen may release it again."""
+    return task.status is TaskStatus.CANCELLED and task.error == CANCELLED_ERROR

@@ -419,3 +419,34 @@ class WorkflowContract:
         assert await workflows.get_workflow(wf.id) is not None
         await asyncio.sleep(0.6)
         assert await workflows.get_workflow(wf.id) is None
+
+    @ASYNC
+    async def test_a_reopen_releases_a_dropped_member_whose_parents_are_all_done(
+        self, broker: Broker, completion_storage: Storage, workflows: WorkflowStore
+    ) -> None:
+        # 0 and 1 -> 2, 2 waits for 1 only: 0 dies, then 1 succeeds while it is failed
+        wf = await self._submit(broker, workflows, _graph([[], [], [1], [0, 2]]))
+        taken = await self._take_ready(broker)
+        await self._dead_letter(broker, workflows, completion_storage, taken[wf.task(0).id])
+        await self._settle(broker, workflows, completion_storage, taken[wf.task(1).id])
+        assert await self._status(completion_storage, wf.task(2)) is TaskStatus.CANCELLED
+        assert await self._take_ready(broker) == {}
+        pair = Backends.pair(broker, completion_storage)
+        assert await requeue_dead(pair, DEFAULT, [wf.task(0).id]) == [wf.task(0).id]
+        record = await completion_storage.get(wf.task(2).id)
+        assert record is not None
+        assert (record.status, record.error, record.finished_at) == (
+            TaskStatus.PENDING,
+            None,
+            None,
+        )
+        ready = await self._take_ready(broker)
+        assert set(ready) == {wf.task(0).id, wf.task(2).id}
+        for key in (0, 2):
+            await self._settle(broker, workflows, completion_storage, ready[wf.task(key).id])
+        (last,) = (await self._take_ready(broker)).values()
+        assert last.task.id == wf.task(3).id
+        await self._settle(broker, workflows, completion_storage, last)
+        state = await workflows.get_workflow(wf.id)
+        assert state is not None
+        assert state.status is WorkflowStatus.SUCCEEDED

@@ -284,11 +284,11 @@ def _set_status(conn: sqlite3.Connection, task_id: str, status: TaskStatus) -> N
         return
     if record is None:
         return
-    if status is TaskStatus.WAITING:
-        if record.status is not TaskStatus.CANCELLED:
+    if record.status.is_final:  # stays final, but for one its workflow dropped: a reopen
+        if status is TaskStatus.CANCELLED or not _dropped(record):  # restores or releases it
             return
         record.finished_at = record.error = None
-    elif record.status.is_final:
+    elif status is TaskStatus.WAITING:
         return
     record.status = status
     if status is TaskStatus.CANCELLED:
@@ -298,3 +298,8 @@ def _set_status(conn: sqlite3.Connection, task_id: str, status: TaskStatus) -> N
         "UPDATE tasks SET status = ?, record = ?, before_start = NULL WHERE id = ?",
         (status.value, record.model_dump_json(), task_id),
     )
+
+
+def _dropped(task: Task) -> bool:
+    """Cancelled by its workflow (not by anyone else): a reopen may release it again."""
+    return task.status is TaskStatus.CANCELLED and task.error == CANCELLED_ERROR
