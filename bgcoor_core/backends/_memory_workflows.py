@@ -125,7 +125,13 @@ class MemoryWorkflows:
         running = self._running(member[0])
         if running is None or not task.status.is_final:
             return
-        self._apply(running, apply_outcome(running.state, member[1], task.status, task.error))
+        state = running.state
+        effects = apply_outcome(state, member[1], task.status, task.error)
+        ttl = state.ttls[member[1]]
+        if effects.duplicate and state.left == 0 and ttl is not None:
+            # run again on its own after its workflow ended (a requeue it did not reopen)
+            self.storage._expires[task.id] = time.monotonic() + ttl
+        self._apply(running, effects)
 
     def _running(self, workflow_id: str) -> Running | None:
         running = self._table.get(workflow_id)

@@ -392,7 +392,7 @@ class WorkflowContract:
     async def test_a_requeued_member_leaves_a_workflow_another_failure_failed(
         self, broker: Broker, completion_storage: Storage, workflows: WorkflowStore
     ) -> None:
-        wf = await self._submit(broker, workflows, _graph([[], [], [0, 1]]))
+        wf = await self._submit(broker, workflows, _graph([[], [], [0, 1]]), ttl=0.3)
         taken = await self._take_ready(broker)
         for key in (0, 1):
             await self._dead_letter(broker, workflows, completion_storage, taken[wf.task(key).id])
@@ -404,8 +404,10 @@ class WorkflowContract:
         assert "node 0" in (state.error or "")
         (again,) = (await self._take_ready(broker)).values()  # it runs, on its own
         await self._settle(broker, workflows, completion_storage, again)
-        assert await self._status(completion_storage, wf.task(2)) is TaskStatus.CANCELLED
+        assert await self._status(completion_storage, wf.task(0)) is TaskStatus.SUCCEEDED
         assert await self._take_ready(broker) == {}
+        await asyncio.sleep(0.5)  # its record got its TTL again, as its workflow had ended
+        assert await completion_storage.get(wf.task(0).id) is None
 
     @ASYNC
     async def test_an_ended_workflow_is_kept_for_its_members_longest_ttl(

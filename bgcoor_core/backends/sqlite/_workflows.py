@@ -221,7 +221,15 @@ def _advance(conn: sqlite3.Connection, task: Task, parsed: Parsed, push: Push) -
     except CorruptRecordError as exc:
         log.error("task %s: outcome stored, its workflow not advanced: %s", task.id, exc)
         return False
-    if state is None or effects is None or effects.duplicate:
+    if state is None or effects is None:
+        return False
+    if effects.duplicate:
+        ttl = state.submitted.ttls[key]
+        if state.left == 0 and ttl is not None:
+            # run again on its own after its workflow ended (a requeue it did not reopen)
+            conn.execute(
+                "UPDATE tasks SET expires_at = ? WHERE id = ?", (time.time() + ttl, task.id)
+            )
         return False
     return _apply(conn, state, effects, push)
 

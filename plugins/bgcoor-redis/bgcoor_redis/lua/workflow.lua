@@ -323,7 +323,13 @@ local function wf_step(wid, k, status, err, t)
   if not f[9] or not children or (f[6] and not errback) then
     return W .. " has no readable node " .. k
   end
-  if f[5] then return nil end -- counted already (a redelivery)
+  if f[5] then -- counted already (a redelivery, or a requeue that did not reopen it)
+    if left == 0 then -- its workflow ended: its record gets its TTL, as the others did
+      local ttl = tonumber(redis.call("HGET", W, "ttl:" .. k) or "")
+      if ttl then wf_expire(f[9], ttl, t) end
+    end
+    return nil
+  end
   -- read and check everything this step changes before the first write
   local probe = {}
   for i, child in ipairs(children) do
