@@ -1,6 +1,6 @@
 """The loop of a child process that runs process-isolated tasks (``isolation="process"``).
 
-:class:`~bgcoor_core._isolation.ChildPool` starts it as ``python -c BOOT <sys.path> <fd>``
+:class:`~bgcoor_core._isolation.ChildPool` starts it as ``python -c BOOT <sys.path> <fd> <pid>``
 in a session of its own, so that killing the child's process group also takes whatever
 the task spawned. Over its socket (``fd``) it says it is ready, then reads one request at
 a time, runs the task's handler (``handler.run(payload)``, as a worker thread would) and
@@ -33,7 +33,7 @@ HEADER = struct.Struct(">Q")
 #: What the child runs first (``python -c``): the worker's import path, then this module.
 BOOT = (
     "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
-    "from bgcoor_core._child_main import serve; serve(int(sys.argv[2]))"
+    "from bgcoor_core._child_main import serve; serve(int(sys.argv[2]), int(sys.argv[3]))"
 )
 
 
@@ -62,15 +62,15 @@ class Failure:
     memory_limit_mb: int | None = None
 
 
-def serve(fd: int) -> None:
-    """Run requests from the socket ``fd`` until it closes."""
+def serve(fd: int, parent: int) -> None:
+    """Run requests from the socket ``fd`` until it closes; ``parent``: the worker's pid."""
     sock = socket.socket(fileno=fd)
     # A grandchild forked by a task must not hold the socket: the worker learns that
     # the child died from the socket's end.
     os.register_at_fork(after_in_child=sock.close)
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when it stops
-    _die_with_parent()
+    _die_with_parent(parent)
     handlers: dict[tuple[str, str], Any] = {}
     send(sock, ("ready", os.getpid()))
     while (data := receive(sock)) is not None:
@@ -87,14 +87,14 @@ def _terminate(signum: int, frame: object) -> None:
     raise _Stop(128 + signum)
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     """On Linux, have the kernel kill this child when the worker dies (even SIGKILLed)."""
     if sys.platform != "linux":
         return
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() == 1:  # the worker died before that took effect
+        if os.getppid() != parent:  # the worker died before that took effect
             os._exit(1)
 
 

@@ -16,9 +16,11 @@ from pydantic_core import PydanticSerializationError, to_json, to_jsonable_pytho
 
 from ._context import _CURRENT, CurrentTask
 from ._errors import PayloadError, PayloadTooLargeError, TaskTimeoutError
-from ._isolation import ChildPool
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ._isolation import ChildPool
     from ._plugins import PluginHost
     from ._settings import Settings
     from ._task import Task
@@ -36,8 +38,8 @@ class Invoker:
         self.host = host
         # A worker pool's threads carry its child processes (see WorkerPool); any other
         # executor starts its own on its first process-isolated task.
-        children = getattr(threads, "children", None)
-        self._children = children if isinstance(children, ChildPool) else None
+        self._child_pool: Callable[[], ChildPool] | None = getattr(threads, "child_pool", None)
+        self._children: ChildPool | None = None
 
     async def invoke(self, entry: RegisteredTask, current: CurrentTask) -> Any:
         """The handler's JSON-ready result; raises what it raised (or a timeout)."""
@@ -97,7 +99,10 @@ class Invoker:
         assert entry.process_target is not None
         children = self._children
         if children is None:
-            children = self._children = ChildPool.for_settings(self.settings, None)
+            from ._isolation import ChildPool
+
+            make = self._child_pool or (lambda: ChildPool.for_settings(self.settings, None))
+            children = self._children = make()
         return await children.run(
             entry.process_target, task, timeout, entry.options.memory_limit_mb
         )

@@ -269,13 +269,14 @@ class ChildPool:
 
     async def _start(self) -> _Child:
         ours, theirs = socket.socketpair()
+        pid = str(os.getpid())
         try:
             with theirs:
                 # On the loop's thread, not another: the kernel ties the child's death
                 # signal (PR_SET_PDEATHSIG) to the thread that started it. A fork and
                 # exec take milliseconds.
                 process = subprocess.Popen(  # noqa: ASYNC220
-                    [sys.executable, "-c", BOOT, json.dumps(sys.path), str(theirs.fileno())],
+                    [sys.executable, "-c", BOOT, json.dumps(sys.path), str(theirs.fileno()), pid],
                     pass_fds=(theirs.fileno(),),
                     start_new_session=True,
                     stdin=subprocess.DEVNULL,

@@ -32,7 +32,6 @@ from ._context import _CURRENT, CancelFlag
 from ._errors import StaleLeaseError
 from ._executor import Executor
 from ._extensions import Service
-from ._isolation import ChildPool
 from ._plugins import PluginHost, build_plugin_host
 from ._quarantine import Quarantine
 from ._scheduler import check_schedules
@@ -41,6 +40,7 @@ from ._storage import Storage
 from ._task_registry import TaskRegistry
 
 if TYPE_CHECKING:
+    from ._isolation import ChildPool
     from ._scheduler import Scheduler
 
 __all__ = ["WorkerPool", "check_capabilities"]  # check_capabilities: its old home
@@ -61,12 +61,22 @@ class _TaskThreads(ThreadPoolExecutor):
     it is waiting for. They carry the child processes that ``isolation="process"`` tasks
     run in (none is started until such a task runs)."""
 
-    def __init__(self, workers: int, children: ChildPool) -> None:
+    def __init__(self, workers: int, settings: Settings) -> None:
         super().__init__(workers, thread_name_prefix="bgcoor-task")
-        self.children = children
+        self._settings = settings
+        self.children: ChildPool | None = None
         # Thread ids, not a counter under a lock: set.add and set.discard are atomic, and
         # a lock would be contended by every thread finishing a task at once.
         self._running: set[int] = set()
+
+    def child_pool(self) -> ChildPool:
+        """The children, made on first use (so a pool without such tasks imports nothing
+        of process isolation)."""
+        if self.children is None:
+            from ._isolation import ChildPool
+
+            self.children = ChildPool.for_settings(self._settings, self._max_workers)
+        return self.children
 
     @property
     def busy(self) -> int:
@@ -130,9 +140,7 @@ class WorkerPool:
         self.concurrency = concurrency or self.settings.concurrency
         self.queues = list(queues or self.settings.queues)
         self.host = host
-        self._threads = _TaskThreads(
-            self.concurrency, ChildPool.for_settings(self.settings, self.concurrency)
-        )
+        self._threads = _TaskThreads(self.concurrency, self.settings)
         self.executor = Executor(
             broker, storage, registry, self.settings, host=host, threads=self._threads
         )
@@ -436,7 +444,8 @@ class WorkerPool:
                 loop_task.cancel()
                 await asyncio.gather(loop_task, return_exceptions=True)
         self._threads.shutdown(wait=False, cancel_futures=True)
-        await self._threads.children.close()
+        if self._threads.children is not None:
+            await self._threads.children.close()
         self._stopped.set()
         log.info("worker pool stopped after %d task(s)", self.processed)
 

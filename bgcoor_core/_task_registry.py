@@ -6,14 +6,16 @@ import difflib
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._errors import OutOfRangeError, TaskRegistrationError, UnknownTaskError
 from ._handlers import FunctionHandler, Handler, is_async_handler
-from ._isolation import ChildTarget, child_target
 from ._options import check, options
 from ._schedules import ScheduleDefinition
 from ._task import validate_queue_name, validate_task_name
+
+if TYPE_CHECKING:
+    from ._isolation import ChildTarget
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +150,8 @@ def _isolation_of(
     name: str, handler: Handler, is_async: bool, isolation: str | None
 ) -> ChildTarget | None:
     if isolation == "process":
+        from ._isolation import child_target  # only for such tasks
+
         return child_target(name, handler)
     if isolation == "thread" and is_async:
         raise TaskRegistrationError(
