@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from ._backend_registry import redact
 from ._codec import _summarise
+from ._composition import Graph, Node, OnFailure
 from ._errors import CorruptRecordError, DuplicateTaskError, StaleLeaseError
 from ._limits import MAX_DELAY, MAX_LEASE
 from ._schedules import ACTIVE as SCHEDULE_ACTIVE
@@ -131,6 +132,9 @@ __all__ = [
     "CorruptRecordError",
     "DuplicateTaskError",
     "Effects",
+    "Graph",
+    "Node",
+    "OnFailure",
     "Progress",
     "StaleLeaseError",
     "WorkflowState",
