@@ -36,8 +36,9 @@ class Invoker:
         self.settings = settings
         self.threads = threads
         self.host = host
-        # A worker pool's threads carry its child processes (see WorkerPool); any other
-        # executor starts its own on its first process-isolated task.
+        # A worker pool's threads carry its child processes (see WorkerPool), which it
+        # stops at shutdown; any other executor (``drain``) starts one child per
+        # process-isolated task.
         self._child_pool: Callable[[], ChildPool] | None = getattr(threads, "child_pool", None)
         self._children: ChildPool | None = None
 
@@ -101,8 +102,12 @@ class Invoker:
         if children is None:
             from ._isolation import ChildPool
 
-            make = self._child_pool or (lambda: ChildPool.for_settings(self.settings, None))
-            children = self._children = make()
+            if self._child_pool is not None:
+                children = self._child_pool()
+            else:  # nobody closes this executor's pool: no child outlives its task
+                children = ChildPool.for_settings(self.settings, None)
+                children.max_tasks_per_child = 1
+            self._children = children
         return await children.run(
             entry.process_target, task, timeout, entry.options.memory_limit_mb
         )

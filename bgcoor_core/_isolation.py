@@ -199,16 +199,16 @@ class ChildPool:
             kind, value = await self._call(child, request, task.name, timeout)
             child.tasks += 1
             if kind == "ok":
-                self._checkin(child)
+                await self._checkin(child)
                 return value
             if value.memory_limit_mb is not None:  # its heap may be damaged: a new one
-                self._retire(child)
+                await asyncio.shield(self._track(self._let_go(child)))
                 detail = f": {value.type_name}: {value.message}" if value.message else ""
                 raise MemoryLimitError(
                     f"task {task.name!r} exceeded its memory limit of "
                     f"{value.memory_limit_mb} MB{detail}"
                 ) from _ChildTraceback(value.traceback)
-            self._checkin(child)
+            await self._checkin(child)
             raise _rebuilt(value)
 
     async def _call(
@@ -260,10 +260,12 @@ class ChildPool:
             self._retire(child)  # died while idle (the OOM killer, say)
         return await self._start()
 
-    def _checkin(self, child: _Child) -> None:
+    async def _checkin(self, child: _Child) -> None:
+        """Back to the idle children, or (after ``max_tasks_per_child`` tasks) gone, before
+        its slot is free: the pool never holds more than ``size`` processes."""
         limit = self.max_tasks_per_child
         if limit is not None and child.tasks >= limit:
-            self._retire(child)
+            await asyncio.shield(self._track(self._let_go(child)))
         else:
             self._idle.append(child)
 

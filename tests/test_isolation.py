@@ -159,6 +159,17 @@ async def test_an_unserialisable_result_is_refused(memory_manager: TaskManager) 
     assert "unserialisable result" in record.error
 
 
+async def test_drain_runs_an_isolated_task_and_keeps_no_child(
+    memory_manager: TaskManager,
+) -> None:
+    pid = memory_manager.task(name="iso.pid", isolation="process")(iso.pid)
+    handle = await pid.enqueue()
+    assert await memory_manager.drain() == 1
+    child = await handle.result(timeout=1)
+    assert child != os.getpid()
+    assert not _alive(child)  # nobody closes drain's executor: its child already went
+
+
 async def test_tasks_without_isolation_start_no_child(memory_manager: TaskManager) -> None:
     double = memory_manager.task(name="plain.double")(iso.double)
     async with memory_manager.worker(2) as pool:
