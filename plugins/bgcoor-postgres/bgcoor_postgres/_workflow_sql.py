@@ -107,6 +107,11 @@ class WorkflowStatements:
             f"t.lease_token, t.status FROM {t} t WHERE t.id = ANY($1::text[]) AND {LIVE} "
             "ORDER BY t.id FOR UPDATE"
         )
+        # a duplicate outcome of a member whose workflow had ended (run again on its own
+        # after a requeue that did not reopen it): its record gets its TTL again
+        self.expire_member = (
+            f"UPDATE {t} SET expires_at = clock_timestamp() + $2::float8 {SECONDS} WHERE id = $1"
+        )
         self.step = _step(sql.channel, wf, nodes, parked, t, m, q)
 
 

@@ -29,8 +29,11 @@ deleted with its node and parked rows by :meth:`~PostgresWorkflows.delete_expire
 backend's sweep of expired records), read as absent until then.
 
 Statements per step: BEGIN, lock, the record's write, the step, COMMIT (+1 read when the
-step cancels or restores members). Submission: BEGIN, the workflow, node and parked rows,
-the backend's enqueue statement (every record, the roots' messages), COMMIT.
+step cancels or restores members). A duplicate outcome (a redelivery) has no step; one of a
+member whose workflow had ended (requeued from the dead letters, the requeue not reopening
+it) instead gives the record its TTL, which the end gave every member. Submission: BEGIN,
+the workflow, node and parked rows, the backend's enqueue statement (every record, the
+roots' messages), COMMIT.
 
 A workflow whose rows cannot be decoded (its state is not a workflow's, or another
 workflow's, or its node rows do not fit its graph) is never guessed at: a member's outcome
@@ -220,11 +223,20 @@ class PostgresWorkflows:
                 return kit.apply_outcome(view, key, task.status, task.error)
 
             stepped = await self._stepped(conn, member, task, known, locked, rule)
-            if stepped is None or stepped[1].duplicate:
+            if stepped is None:
+                return []
+            view, effects = stepped
+            if effects.duplicate:
+                ttl = view.submitted.ttls[key]
+                if view.left == 0 and ttl is not None:
+                    # run again on its own after its workflow ended (a requeue it did not
+                    # reopen): kept for its TTL, as the end gave every member (rare: one
+                    # statement more, in this case only)
+                    await conn.execute(self.sql.expire_member, task.id, float(ttl))
                 return []
             # a member final before its release (cancelled while waiting) never runs: its
             # parked row goes with the step
-            return await self._apply(conn, *stepped, unparked=[key])
+            return await self._apply(conn, view, effects, unparked=[key])
 
     async def _reopen(self, conn: Conn, task: Task, member: tuple[str, int] | None) -> list[str]:
         async with conn.transaction():
