@@ -18,6 +18,7 @@ from ._context import CurrentTask, current_task
 from ._errors import (
     BgcoorError,
     CapabilityError,
+    ChildError,
     ConfigurationError,
     CorruptRecordError,
     DecodeError,
@@ -28,6 +29,7 @@ from ._errors import (
     InvalidScheduleError,
     InvalidTransitionError,
     InvalidWorkflowError,
+    MemoryLimitError,
     NonRetryableError,
     OutOfRangeError,
     PayloadError,
@@ -46,6 +48,7 @@ from ._errors import (
     UnknownScheduleError,
     UnknownSchemeError,
     UnknownTaskError,
+    WorkerLostError,
     WorkflowFailedError,
 )
 from ._executor import Executor
@@ -72,6 +75,7 @@ from ._storage import Storage, check_write
 from ._task import ALLOWED_TRANSITIONS, FROM_UNKNOWN_STATUS, Task, TaskStatus
 from ._task_registry import TaskOptions, TaskRegistry
 from ._timetable import Schedule
+from ._unique import UniqueStore
 from ._wiring import Backends
 from ._workflow_handles import WorkflowHandle
 from ._workflows import WorkflowStatus, WorkflowStore
@@ -93,6 +97,7 @@ __all__ = [
     "Capability",
     "CapabilityError",
     "Catchup",
+    "ChildError",
     "Codec",
     "ConfigurationError",
     "CorruptRecordError",
@@ -111,6 +116,7 @@ __all__ = [
     "InvalidTransitionError",
     "InvalidWorkflowError",
     "MemoryBroker",
+    "MemoryLimitError",
     "MemoryStorage",
     "Message",
     "Migratable",
@@ -156,9 +162,11 @@ __all__ = [
     "TaskRegistry",
     "TaskStatus",
     "TaskTimeoutError",
+    "UniqueStore",
     "UnknownScheduleError",
     "UnknownSchemeError",
     "UnknownTaskError",
+    "WorkerLostError",
     "WorkerOptionRegistry",
     "WorkerPool",
     "Workflow",

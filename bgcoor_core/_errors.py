@@ -200,3 +200,18 @@ class EnqueueUncertainError(BgcoorError, ConnectionError):
             f"enqueue of task(s) {shown} may or may not have happened: "
             f"{type(cause).__name__}: {cause}; submit the same task(s) again to find out"
         )
+
+
+class WorkerLostError(BgcoorError):
+    """The child process running a task died: killed by a signal (a segfault, the
+    out-of-memory killer) or exited without answering. Retried like any failure, so a task
+    that kills its child every time ends dead-lettered after its retries."""
+
+
+class MemoryLimitError(BgcoorError, MemoryError):
+    """A process-isolated task ran out of memory under its ``memory_limit_mb``."""
+
+
+class ChildError(BgcoorError):
+    """An exception from a child that could not be rebuilt here (its class does not
+    pickle); it is re-raised as a subclass named like the original, with its message."""

@@ -31,7 +31,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._child_main import BOOT, HEADER, Failure, Request
-from ._errors import BgcoorError, TaskRegistrationError, TaskTimeoutError
+from ._errors import (
+    ChildError,
+    MemoryLimitError,
+    TaskRegistrationError,
+    TaskTimeoutError,
+    WorkerLostError,
+)
 from ._handlers import FunctionHandler, Handler
 from ._task import Task
 
@@ -45,21 +51,6 @@ START_TIMEOUT = 60.0
 #: How long a child that is told to go (its socket closed) may take to exit.
 EXIT_TIMEOUT = 5.0
 _POLL = 0.01
-
-
-class WorkerLostError(BgcoorError):
-    """The child process running a task died: killed by a signal (a segfault, the
-    out-of-memory killer) or exited without answering. Retried like any failure, so a task
-    that kills its child every time ends dead-lettered after its retries."""
-
-
-class MemoryLimitError(BgcoorError, MemoryError):
-    """A process-isolated task ran out of memory under its ``memory_limit_mb``."""
-
-
-class ChildError(BgcoorError):
-    """An exception from a child that could not be rebuilt here (its class does not
-    pickle); it is re-raised as a subclass named like the original, with its message."""
 
 
 @dataclass(frozen=True, slots=True)
