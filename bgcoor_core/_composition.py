@@ -97,6 +97,19 @@ class Graph(BaseModel):
             self._children = found
         return self._children
 
+    def problem(self) -> str | None:
+        """Why a stored graph cannot be stepped (a step would fail midway on it), or
+        ``None``: nodes out of order, or references to nodes it does not have. For stores
+        reading a graph written by something else."""
+        keys = range(len(self.nodes))
+        for index, node in enumerate(self.nodes):
+            refs = [*node.parents, *([] if node.on_error is None else [node.on_error])]
+            if node.key != index or any(ref not in keys for ref in refs):
+                return f"node {index} of its graph refers to nodes it does not have"
+        if any(leaf not in keys for leaf in _leaves(self.result)):
+            return "its result refers to nodes it does not have"
+        return None
+
     def roots(self) -> list[int]:
         """Nodes that start at once: no parents, and not an errback."""
         return [n.key for n in self.nodes if not n.parents and not n.errback]

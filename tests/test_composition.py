@@ -187,3 +187,14 @@ def test_a_signature_checks_the_arguments_it_is_given(tasks: Any) -> None:
     with pytest.raises(PayloadError, match="unexpected keyword argument 'colour'"):
         tasks.parse.s(colour="red")
     tasks.store.s(table="t")  # the first argument comes from a parent: partial is fine
+
+
+def test_a_stored_graph_that_refers_to_nodes_it_lacks_has_a_problem() -> None:
+    sound = Graph(nodes=[Node(key=0, task="t"), Node(key=1, task="t", parents=[0])], result=1)
+    assert sound.problem() is None
+    dangling = Graph(nodes=[Node(key=0, task="t", parents=[5])], result=0)
+    assert dangling.problem() == "node 0 of its graph refers to nodes it does not have"
+    shuffled = Graph(nodes=[Node(key=1, task="t")], result=0)
+    assert shuffled.problem() == "node 0 of its graph refers to nodes it does not have"
+    lost = Graph(nodes=[Node(key=0, task="t")], result=[0, 3])
+    assert lost.problem() == "its result refers to nodes it does not have"

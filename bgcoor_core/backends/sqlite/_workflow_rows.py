@@ -21,7 +21,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..._codec import printable
-from ..._composition import Graph, _leaves
+from ..._composition import Graph
 from ..._errors import CorruptRecordError
 from ..._task import TaskStatus
 from ..._workflows import WorkflowState, WorkflowStatus
@@ -319,11 +319,4 @@ def _misfit(state: WorkflowState, workflow_id: str) -> str | None:
     n = len(state.graph.nodes)
     if len(state.tasks) != n or len(state.ttls) != n:
         return f"its members and TTLs do not have one entry for each of its {n} nodes"
-    keys = range(n)
-    for index, node in enumerate(state.graph.nodes):
-        refs = [*node.parents, *([] if node.on_error is None else [node.on_error])]
-        if node.key != index or any(ref not in keys for ref in refs):
-            return f"node {index} of its graph refers to nodes it does not have"
-    if any(leaf not in keys for leaf in _leaves(state.graph.result)):
-        return "its result refers to nodes it does not have"
-    return None
+    return state.graph.problem()
