@@ -33,6 +33,7 @@ from bgcoor_core import (
     Task,
     TaskStatus,
 )
+from bgcoor_core._unique import UNIQUE_HEADER  # not in the kit (yet)
 from bgcoor_core.kit import (
     check_page,
     is_queue_name,
@@ -49,6 +50,7 @@ from ._options import PostgresTarget
 from ._records import Write
 from ._schedules import PostgresSchedules
 from ._sql import Statements, numbers
+from ._uniques import PostgresUniques
 from ._workflows import PostgresWorkflows
 
 log = logging.getLogger("bgcoor.postgres")
@@ -97,6 +99,7 @@ class PostgresBackend(Broker, Storage):
         self._states: dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self._schedules = PostgresSchedules(self._db, target.schema, self._enqueue_on)
         self._workflows = PostgresWorkflows(self._db, self.sql, self._enqueue_on, self._wake)
+        self._uniques = PostgresUniques(self._db, self.sql, self._enqueue_on, self._wake)
 
     def __repr__(self) -> str:
         return f"PostgresBackend({self.target.safe_dsn!r}, schema={self.target.schema!r})"
@@ -129,25 +132,43 @@ class PostgresBackend(Broker, Storage):
         await self._db.run(_retrying_insert(self.sql.enqueue, args))
         self._state().listener.wake(m.queue for m in messages)
 
-    async def enqueue_in(self, conn: Conn, tasks: Sequence[Task]) -> None:
+    async def enqueue_in(self, conn: Conn, tasks: Sequence[Task]) -> list[str | None]:
         """Enqueue ``tasks`` on the caller's connection, inside the caller's transaction.
 
         The records and messages exist only if that transaction commits; consumers are
         notified at the commit. ``conn`` must be connected to this backend's database.
+        Unique tasks (a ``unique_key``) take their keys in that transaction too: other
+        producers of those keys wait for it to end, and a rollback leaves the keys as
+        they were. For each task, the id of the task holding its key (it was not
+        enqueued), or ``None``.
         """
         messages = [self.to_message(t) for t in tasks]
         _check_messages(messages)
-        await _insert(conn, self.sql.enqueue, self._enqueue_args(tasks, messages))
+        if not any(UNIQUE_HEADER in t.headers for t in tasks):
+            await _insert(conn, self.sql.enqueue, self._enqueue_args(tasks, messages))
+            return [None] * len(tasks)
+        if conn.is_in_transaction():
+            return await self._uniques.take(conn, tasks, messages)
+        async with conn.transaction():  # the keys stay locked until the enqueue is in
+            return await self._uniques.take(conn, tasks, messages)
 
     def _enqueue_args(self, tasks: Sequence[Task], messages: Sequence[Message]) -> list[Any]:
         return [*_message_columns(messages), *_new_record_columns(tasks)]
 
     async def _enqueue_on(
-        self, conn: Conn, tasks: Sequence[Task], messages: Sequence[Message]
+        self,
+        conn: Conn,
+        tasks: Sequence[Task],
+        messages: Sequence[Message],
+        *,
+        statement: str | None = None,
+        extra: Sequence[Any] = (),
     ) -> None:
-        """``enqueue_atomically``'s statement on the caller's connection (a fire)."""
+        """``enqueue_atomically``'s statement on the caller's connection (a fire), or
+        ``statement``: that one with more CTEs, whose parameters ``extra`` follow."""
         _check_messages(messages)
-        await _insert(conn, self.sql.enqueue, self._enqueue_args(tasks, messages))
+        args = [*self._enqueue_args(tasks, messages), *extra]
+        await _insert(conn, statement or self.sql.enqueue, args)
 
     # -- broker: consuming -------------------------------------------------------------
 
@@ -381,6 +402,7 @@ class PostgresBackend(Broker, Storage):
             if chunk < 5000:
                 break
         await self._workflows.delete_expired()
+        await self._uniques.delete_expired()
         return deleted
 
     # -- both: outcome + ack in one statement ------------------------------------------
@@ -437,6 +459,13 @@ class PostgresBackend(Broker, Storage):
     def workflow_store(self, storage: Storage) -> PostgresWorkflows | None:
         """Workflows stepped in this schema's transactions, if ``storage`` is this schema."""
         return self._workflows if self.shares_store_with(storage) else None
+
+    # -- unique keys (UniqueStore, see _uniques) --------------------------------------
+
+    def unique_store(self, storage: Storage) -> PostgresUniques | None:
+        """Unique keys taken in this schema's enqueue transactions, if ``storage`` is
+        this schema."""
+        return self._uniques if self.shares_store_with(storage) else None
 
     def _wake(self, queues: Iterable[str]) -> None:
         self._state().listener.wake(queues)

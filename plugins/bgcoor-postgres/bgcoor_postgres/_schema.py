@@ -177,6 +177,22 @@ MIGRATIONS: list[tuple[str, str]] = [
                 WHERE n.workflow_id = w.id AND n.done IS NULL);
         """,
     ),
+    (
+        "unique keys: the task holding each key and the end of its window",
+        """
+        -- one row per unique key (see bgcoor_postgres._uniques): the task that took it
+        -- and the end of its window (Unix seconds, NULL: none). An enqueue locks the rows
+        -- of its keys (inserting the absent ones) before it reads their holders, and
+        -- takes over a key whose holder is final (or gone) and whose window is over;
+        -- nothing releases a key. task_id NULL: locked by an enqueue that took nothing
+        -- (it raised inside its caller's transaction), free
+        CREATE TABLE {s}.unique_keys (
+            key text COLLATE "C" PRIMARY KEY,
+            task_id text COLLATE "C",
+            until float8
+        );
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

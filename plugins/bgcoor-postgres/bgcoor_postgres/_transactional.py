@@ -41,10 +41,12 @@ async def enqueue_in(
 
     Arguments are validated as by ``fn.enqueue``. Lifecycle hooks do not see the task
     as enqueued (it may yet be rolled back). Use ``fn.build(args, kwargs, delay=...)``
-    with :meth:`PostgresBackend.enqueue_in` for per-call options.
+    with :meth:`PostgresBackend.enqueue_in` for per-call options (``unique_key=`` too).
     """
     backend = backend_of(fn.manager)
     task = fn.build(args, kwargs)
-    await backend.enqueue_in(conn, [task])
+    (holder,) = await backend.enqueue_in(conn, [task])
     decode: Any = fn.decode_result
+    if holder is not None:  # (the task's default headers carry a unique key)
+        return TaskHandle(fn.manager, holder, decode, deduplicated=True)
     return TaskHandle(fn.manager, task.id, decode)
