@@ -11,6 +11,7 @@ from ._encoding import raise_for, record_args, text, ttl_arg
 from ._options import RedisTarget, parse_redis_url
 from ._schedules import RedisScheduleSide
 from ._storage import RedisStorageSide
+from ._uniques import RedisUniques
 from ._workflows import RedisWorkflows
 
 #: Version of the key layout; ``migrate()`` records it under ``<prefix>:layout``.
@@ -24,8 +25,9 @@ class RedisBackend(RedisBrokerSide, RedisStorageSide, RedisScheduleSide):
     URLs are equal, one object serves both, and a task's outcome is stored and its
     message acknowledged by one script (:meth:`complete`); its record and message are
     created together as well (:meth:`enqueue_atomically`), a schedule's tick is fired
-    into it by one script (:meth:`fire`), and a workflow member's outcome is stored and
-    its workflow stepped by one script (:meth:`workflow_store`).
+    into it by one script (:meth:`fire`), a workflow member's outcome is stored and
+    its workflow stepped by one script (:meth:`workflow_store`), and a batch of tasks with
+    unique keys is enqueued, each key checked and taken, by one script (:meth:`unique_store`).
     """
 
     def __init__(self, url: str | RedisTarget, codec: Codec | None = None) -> None:
@@ -55,6 +57,11 @@ class RedisBackend(RedisBrokerSide, RedisStorageSide, RedisScheduleSide):
     def workflow_store(self, storage: Storage) -> RedisWorkflows | None:
         """Workflows stepped by Lua, when ``storage`` is this backend's own keys."""
         return RedisWorkflows(self) if self.shares_store_with(storage) else None
+
+    def unique_store(self, storage: Storage) -> RedisUniques | None:
+        """Unique keys taken by Lua in the enqueue's own script, when ``storage`` is this
+        backend's own keys."""
+        return RedisUniques(self) if self.shares_store_with(storage) else None
 
     async def enqueue_atomically(self, tasks: Sequence[Task], messages: Sequence[Message]) -> None:
         await self.enqueue(tasks, messages)

@@ -38,6 +38,7 @@ NAMES = (
     "delete_expired",
     "delete_schedule",
     "enqueue",
+    "enqueue_unique",
     "extend",
     "final",
     "fire",

@@ -493,7 +493,9 @@ def test_any_value_in_any_message_field_costs_at_most_that_message(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
-@given(field=st.sampled_from(["s", "k", "n", "q", "j", "x", "r"]), value=st.binary(max_size=24))
+@given(
+    field=st.sampled_from(["s", "k", "n", "q", "j", "x", "r", "u"]), value=st.binary(max_size=24)
+)
 def test_any_value_in_any_record_field_costs_at_most_that_task(
     redis_url: str, field: str, value: bytes
 ) -> None:

@@ -23,6 +23,7 @@ local function qkey(queue, kind) return P .. ":q:" .. queue .. ":" .. kind end
 local function mkey(id) return P .. ":m:" .. id end
 local function tkey(id) return P .. ":t:" .. id end
 local function ikey(kind, value) return P .. ":i:" .. kind .. ":" .. value end
+local function ukey(name) return P .. ":uniq:" .. name end
 
 local function now()
   local t = redis.call("TIME")
@@ -163,11 +164,11 @@ end
 -- n (name), q (queue), j (the task as JSON), x ("1" while it has a TTL), and
 -- r ("<start time> <old status> <old k>") while a reserve has marked it running (see
 -- start_record): s, k and r then override the JSON's status, lease token and start time,
--- and its attempts count one more. Index sets (all
--- scores 0, so ZRANGEBYLEX orders them by id): i:all, i:s:<status>, i:n:<name>,
--- i:q:<queue>. A record saved with a TTL also has a Redis expiry, a score in i:exp (when
--- it expires) and a line in i:expmeta ("status name queue"), so that its index entries
--- can be removed even after Redis dropped the hash.
+-- and its attempts count one more; and u, the unique key it took (see "Unique keys").
+-- Index sets (all scores 0, so ZRANGEBYLEX orders them by id): i:all, i:s:<status>,
+-- i:n:<name>, i:q:<queue>. A record saved with a TTL also has a Redis expiry, a score in
+-- i:exp (when it expires) and a line in i:expmeta ("status name queue"), so that its index
+-- entries can be removed even after Redis dropped the hash.
 
 local function is_final(status) return string.find(FINAL, " " .. status .. " ", 1, true) end
 local function known(status)
@@ -179,10 +180,11 @@ local function allowed(old, new)
   return string.find(ALLOWED, " " .. old .. ">" .. new .. " ", 1, true)
 end
 
--- The stored record as {status, token, name, queue, has_ttl, started}, or nil. A key that
--- is not a hash gives {bad = what is wrong}: only a write marking the task dead replaces it.
+-- The stored record as {status, token, name, queue, has_ttl, started, unique key}, or nil.
+-- A key that is not a hash gives {bad = what is wrong}: only a write marking the task dead
+-- replaces it.
 local function old_record(id)
-  local r = redis.pcall("HMGET", tkey(id), "s", "k", "n", "q", "x", "r")
+  local r = redis.pcall("HMGET", tkey(id), "s", "k", "n", "q", "x", "r", "u")
   if r.err then return {bad = tkey(id) .. " is not a hash"} end
   if r[1] then return r end
   return nil
@@ -235,12 +237,69 @@ local function reindex(kind, old, new, id)
   if type(redis.pcall("ZADD", key, 0, id)) == "table" then fixed(key, "ZADD", key, 0, id) end
 end
 
--- Stop a record expiring (a record with a TTL that is written again without one).
-local function persist(key, id)
+-- Unique keys ------------------------------------------------------------------------------
+-- A unique key `name` taken by task `id` is the string uniq:<name> = "<window end> <id>"
+-- (window end: Unix seconds, "" for none). It needs no release: the next enqueue reads it
+-- and takes it over once its holder is final (or its record gone) and its window over
+-- (unique_holds). So that it does not outlive any use, it expires when its holder's record
+-- gets a TTL, at that expiry or its window's end, whichever is later, and lasts again when
+-- the record does (unique_expire); until then it has none.
+
+-- bgcoor_core._unique.holds: whether a holder whose record has status `s` (nil: no record
+-- left), its window ending at `ends` (nil: none), still holds its key at `t`.
+local function unique_holds(s, ends, t)
+  if ends and t < ends then return true end
+  return s ~= nil and not is_final(s)
+end
+
+-- The entry of key `name` as its window's end (a number or nil) and holder id, or nil.
+local function unique_entry(name)
+  local v = redis.pcall("GET", ukey(name))
+  if type(v) ~= "string" then return nil end -- none, or not a string (not ours: SET replaces it)
+  local ends, id = string.match(v, "^(%S*) (.+)$")
+  if not id then return nil end
+  return tonumber(ends), id
+end
+
+-- The task holding key `name` at time `t`, or nil if it is free. A record that cannot be
+-- read (not a hash, an unknown status) counts as gone, as the SQLite store reads one.
+local function unique_holder(name, t)
+  local ends, id = unique_entry(name)
+  if not id then return nil end
+  local s = redis.pcall("HGET", tkey(id), "s")
+  if type(s) ~= "string" or not known(s) then s = nil end
+  if unique_holds(s, ends, t) then return id end
+  return nil
+end
+
+-- Task `id`, just stored, takes key `name` with its window ending at `ends` ("" for none).
+-- No expiry yet (SET drops the last holder's): its holder is not final.
+local function unique_take(name, id, ends)
+  redis.call("SET", ukey(name), ends .. " " .. id)
+  redis.call("HSET", tkey(id), "u", name)
+end
+
+-- The record of `id`, which took key `name`, now expires at `at` (nil: never): so does the
+-- key's entry, not before its window ends, if `id` still holds it.
+local function unique_expire(name, id, at)
+  local ends, holder = unique_entry(name)
+  if holder ~= id then return end -- taken over since (or gone)
+  if not at then
+    redis.call("PERSIST", ukey(name))
+    return
+  end
+  if ends and ends > at then at = ends end
+  redis.call("PEXPIREAT", ukey(name), math.ceil(at * 1000))
+end
+
+-- Stop a record expiring (a record with a TTL that is written again without one), and the
+-- entry of the unique key `unique` it took, if any.
+local function persist(key, id, unique)
   redis.call("HDEL", key, "x")
   redis.call("PERSIST", key)
   zrem(EXP, id)
   hdel(EXPMETA, id)
+  if unique then unique_expire(unique, id, nil) end
 end
 
 -- Write a record over `old` (from old_record, checked by check_record). ttl <= 0: none.
@@ -271,9 +330,10 @@ local function write_record(old, id, status, token, name, queue, json, ttl, t)
     if type(redis.pcall("HSET", EXPMETA, id, meta)) == "table" then
       fixed(EXPMETA, "HSET", EXPMETA, id, meta)
     end
+    if old[7] then unique_expire(old[7], id, t + ttl) end
   else
     redis.call("HSET", key, "s", status, "k", token, "n", name, "q", queue, "j", json)
-    if old[5] then persist(key, id) end
+    if old[5] then persist(key, id, old[7]) end
   end
 end
 
@@ -298,7 +358,7 @@ local function start_record(id, token, t)
   if not before then before = old[1] .. " " .. (old[2] or "") end
   reindex("s", old[1], "running", id)
   redis.call("HSET", key, "s", "running", "k", "+" .. token, "r", fmt(t) .. " " .. before)
-  if old[5] then persist(key, id) end
+  if old[5] then persist(key, id, old[7]) end
   return "1"
 end
 
@@ -312,4 +372,74 @@ local function unstart_record(id, token)
   reindex("s", "running", status, id)
   redis.call("HSET", key, "s", status, "k", old_token)
   redis.call("HDEL", key, "r")
+end
+
+-- New tasks (enqueue.lua, enqueue_unique.lua) ---------------------------------------------
+-- `recs` and `msgs` list the ARGV positions of the records (6 fields: id, status, token,
+-- name, queue, json) and of the messages (5: id, queue, body, priority, eta, "" for none)
+-- to store. Everything is checked (refuse_new) before the first write (store_new), and
+-- every write succeeds (see `fixed`), so a refusal or an error leaves nothing behind.
+
+-- The status of the record a new id would reuse, or nil when there is none.
+local function taken_by(id)
+  local old = old_record(id)
+  if not old then return nil end
+  if old.bad then return "unreadable: " .. old.bad end
+  return old[1]
+end
+
+-- nil if every record and message is new, else {"DUPLICATE", id} (a message with this id
+-- exists, or two share it) or {"DUPLICATE", id, status} (a record does: even a finished
+-- task's id is never reused; a message pushed on its own may follow its record, saved first).
+local function refuse_new(recs, msgs)
+  -- messages first: a duplicate message is DUPLICATE whatever its record says
+  local seen = {}
+  for _, a in ipairs(msgs) do
+    local id = ARGV[a]
+    if seen[id] or redis.call("EXISTS", mkey(id)) == 1 then return {"DUPLICATE", id} end
+    seen[id] = true
+  end
+  local recorded = {}
+  for _, a in ipairs(recs) do
+    local id = ARGV[a]
+    local status = taken_by(id)
+    if status then return {"DUPLICATE", id, status} end
+    if recorded[id] then return {"DUPLICATE", id} end
+    recorded[id] = true
+  end
+  return nil
+end
+
+-- Store the records and push the messages (in their order), waking idle consumers.
+local function store_new(recs, msgs, t)
+  for _, a in ipairs(recs) do
+    local id, status, token, name, queue, json = unpack(ARGV, a, a + 5)
+    write_record(nil, id, status, token, name, queue, json, 0, t)
+  end
+  local nmsg = #msgs
+  local seq = nmsg > 0 and next_seq(nmsg) - nmsg or 0
+  local listed, ready = {}, {}
+  for i, a in ipairs(msgs) do
+    local id, queue, prio, eta = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 3]), ARGV[a + 4]
+    local score = (MAX_PRIORITY - prio) * SPAN + seq + i
+    local m = mkey(id)
+    redis.call("HSET", m, "q", queue, "b", ARGV[a + 2], "p", prio, "o", score, "d", 0, "l", 0)
+    if not listed[queue] then
+      if type(redis.pcall("SADD", QUEUES, queue)) == "table" then
+        fixed(QUEUES, "SADD", QUEUES, queue)
+      end
+      listed[queue] = true
+    end
+    local key = qkey(queue, "ready")
+    if eta ~= "" and tonumber(eta) > t then
+      key, score = qkey(queue, "later"), eta
+    else
+      ready[queue] = true
+    end
+    -- (redis.pcall first, fixed only when it failed: see fixed)
+    if type(redis.pcall("ZADD", key, score, id)) == "table" then
+      fixed(key, "ZADD", key, score, id)
+    end
+  end
+  for queue in pairs(ready) do wake(queue) end
 end
