@@ -11,7 +11,7 @@ from ._errors import CapabilityError, DuplicateTaskError, EnqueueUncertainError
 from ._plugins import PluginHost
 from ._storage import Storage
 from ._task import Task, TaskStatus
-from ._unique import UNIQUE_HEADER
+from ._unique import UNIQUE_HEADER, UniqueStore
 from ._wiring import Backends
 
 
@@ -70,20 +70,53 @@ async def _submit_unique(
             "cannot enforce unique_key (it needs a backend that takes the key in the step "
             "that enqueues: memory, SQLite, Redis or PostgreSQL)"
         )
-    holders: list[str | None] = [None] * len(tasks)
-
-    async def call() -> None:
-        holders[:] = await store.enqueue_unique(tasks, messages)
-
-    stored = await idempotent(
-        call, tasks, backends.broker.transient_errors, backends.storage, retries
+    holders = await _unique_steps(
+        store, backends.storage, tasks, messages, backends.broker.transient_errors, retries
     )
-    if stored is not None:  # an earlier try went through: these tasks hold their keys
-        holders = [None] * len(tasks)
     for task, holder in zip(tasks, holders, strict=True):
         if holder is None:
             host.task_enqueued(task)
     return holders
+
+
+async def _unique_steps(
+    store: UniqueStore,
+    storage: Storage,
+    tasks: Sequence[Task],
+    messages: Sequence[Message],
+    transient: tuple[type[BaseException], ...],
+    retries: int,
+) -> list[str | None]:
+    """``store.enqueue_unique``, tried again with the same tasks when the connection
+    fails mid-call. A duplicate that is some of these very tasks (an earlier try went
+    through) is success for them; the others were deduplicated by that try, and one more
+    step finds their holders (or enqueues them, if their keys came free meanwhile)."""
+    for attempt in range(retries + 1):
+        try:
+            return await store.enqueue_unique(tasks, messages)
+        except DuplicateTaskError:
+            stored = [await _stored_as_is(storage, task) is not None for task in tasks]
+            if not any(stored):
+                raise
+            rest = [i for i, done in enumerate(stored) if not done]
+            holders: list[str | None] = [None] * len(tasks)
+            if rest:
+                found = await _unique_steps(
+                    store,
+                    storage,
+                    [tasks[i] for i in rest],
+                    [messages[i] for i in rest],
+                    transient,
+                    retries,
+                )
+                for i, holder in zip(rest, found, strict=True):
+                    holders[i] = holder
+            return holders
+        except transient as exc:
+            if attempt == retries:
+                raise EnqueueUncertainError([t.id for t in tasks], exc) from exc
+            await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
+    raise AssertionError("unreachable")
 
 
 async def idempotent(

@@ -41,6 +41,7 @@ from ._task import (
     validate_task_name,
 )
 from ._text import escape_unprintable, printable
+from ._unique import UNIQUE_HEADER, UNIQUE_UNTIL_HEADER, holds, unique_key, unique_until
 from ._workflows import (
     NODE_HEADER,
     WORKFLOW_HEADER,
@@ -127,6 +128,8 @@ __all__ = [
     "NODE_HEADER",
     "SCHEDULE_ACTIVE",
     "SCHEDULE_WAITING",
+    "UNIQUE_HEADER",
+    "UNIQUE_UNTIL_HEADER",
     "WORKFLOW_HEADER",
     "Cells",
     "CorruptRecordError",
@@ -148,6 +151,7 @@ __all__ = [
     "decode_record",
     "escape_unprintable",
     "expiry",
+    "holds",
     "is_queue_name",
     "member_of",
     "placeholder",
@@ -155,6 +159,8 @@ __all__ = [
     "redact",
     "reopen",
     "shielded_take",
+    "unique_key",
+    "unique_until",
     "validate_queue_name",
     "validate_task_id",
     "validate_task_name",

@@ -137,3 +137,52 @@ async def test_only_the_same_task_submitted_again_counts_as_enqueued() -> None:
     with pytest.raises(DuplicateTaskError, match=task.id):
         await manager.submit(other)
     await manager.close()
+
+
+class FlakyUniqueBroker(MemoryBroker):
+    """Its unique key store loses the reply of its first call (the enqueue happened)."""
+
+    def __init__(self, flaky: _Flaky) -> None:
+        super().__init__()
+        self.flaky = flaky
+
+    def unique_store(self, storage: Any) -> Any:
+        real = super().unique_store(storage)
+        flaky = self.flaky
+
+        class Store:
+            async def enqueue_unique(
+                self, tasks: Sequence[Task], messages: Sequence[Message]
+            ) -> list[str | None]:
+                holders: list[str | None] = []
+
+                async def work() -> None:
+                    holders[:] = await real.enqueue_unique(tasks, messages)
+
+                await flaky.around(work)
+                return holders
+
+        return Store() if real is not None else None
+
+
+@pytest.mark.parametrize("after", [False, True], ids=["lost-request", "lost-reply"])
+async def test_a_retried_unique_batch_reports_who_was_deduplicated(after: bool) -> None:
+    flaky = _Flaky(1, after=after)
+    manager = _manager(FlakyUniqueBroker(flaky), MemoryStorage())
+
+    @manager.task(name="retry.unique")
+    async def job(n: int) -> int:
+        return n
+
+    # the first holds "a"; the second is deduplicated onto it; the third takes "b"
+    tasks = [job.build([n], {}, unique_key=key) for n, key in ((1, "a"), (2, "a"), (3, "b"))]
+    handles = await manager.submit_handles(tasks, None)
+    assert flaky.calls == 2 + (1 if after else 0)  # after a lost reply: one more step
+    assert [(h.id, h.deduplicated) for h in handles] == [
+        (tasks[0].id, False),
+        (tasks[0].id, True),
+        (tasks[2].id, False),
+    ]
+    assert await manager.storage.get(tasks[1].id) is None
+    assert (await manager.broker.stats("default")).ready == 2
+    await manager.close()
