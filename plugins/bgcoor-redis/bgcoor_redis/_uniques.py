@@ -2,7 +2,7 @@
 
 A key ``k`` taken by task ``id`` is the string ``uniq:<k>`` under the prefix, holding
 ``"<window end> <id>"`` (Unix seconds, empty for no window). The script reads each key's
-entry and its holder's record status, applies :func:`bgcoor_core._unique.holds` (ported as
+entry and its holder's record status, applies :func:`bgcoor_core.kit.holds` (ported as
 ``unique_holds`` in ``lua/common.lua``), and enqueues the tasks whose keys are free with the
 atomic enqueue's own functions (``refuse_new``, ``store_new``), then writes their entries:
 everything checked before the first write, so a refusal leaves nothing behind. Nothing
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from bgcoor_core import DuplicateTaskError, Message, Task
-from bgcoor_core._unique import unique_key, unique_until
+from bgcoor_core.kit import unique_key, unique_until
 
 from ._encoding import message_args, raise_for, record_args, text
 

@@ -245,7 +245,7 @@ end
 -- gets a TTL, at that expiry or its window's end, whichever is later, and lasts again when
 -- the record does (unique_expire); until then it has none.
 
--- bgcoor_core._unique.holds: whether a holder whose record has status `s` (nil: no record
+-- bgcoor_core.kit.holds: whether a holder whose record has status `s` (nil: no record
 -- left), its window ending at `ends` (nil: none), still holds its key at `t`.
 local function unique_holds(s, ends, t)
   if ends and t < ends then return true end
