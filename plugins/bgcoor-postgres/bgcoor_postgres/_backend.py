@@ -33,8 +33,8 @@ from bgcoor_core import (
     Task,
     TaskStatus,
 )
-from bgcoor_core._unique import UNIQUE_HEADER  # not in the kit (yet)
 from bgcoor_core.kit import (
+    UNIQUE_HEADER,
     check_page,
     is_queue_name,
     printable,

@@ -11,7 +11,7 @@ however many tasks it carries:
 2. read the holders' records (skipped when no key has one yet). A statement of its own:
    a producer that waited for the lock needs a snapshot taken after it, which shows the
    record its predecessor just committed;
-3. in Python, :func:`~bgcoor_core._unique.holds` decides, in batch order, which tasks
+3. in Python, :func:`bgcoor_core.kit.holds` decides, in batch order, which tasks
    are enqueued (a key held, by a stored task or by an earlier task of the batch, returns
    its holder);
 4. the backend's enqueue statement for the chosen tasks, with one more CTE writing the
@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from bgcoor_core import DuplicateTaskError, Message, Task, TaskStatus
-from bgcoor_core._unique import holds, unique_key, unique_until
+from bgcoor_core.kit import holds, unique_key, unique_until
 
 from . import _checks
 from ._database import Conn, Database

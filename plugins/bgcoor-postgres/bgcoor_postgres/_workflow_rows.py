@@ -19,15 +19,12 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import ValidationError
 
 from bgcoor_core import TaskStatus
-from bgcoor_core.kit import CorruptRecordError, WorkflowState, WorkflowStatus, printable
-
-if TYPE_CHECKING:  # the kit does not export the graph's type (only annotations use it)
-    from bgcoor_core._composition import Graph
+from bgcoor_core.kit import CorruptRecordError, Graph, WorkflowState, WorkflowStatus, printable
 
 T = TypeVar("T")
 
@@ -109,11 +106,7 @@ def _misfit(state: Submitted, workflow_id: str) -> str | None:
     n = len(state.graph.nodes)
     if len(state.tasks) != n or len(state.ttls) != n:
         return f"its lists of members and TTLs do not have one entry for each of {n} nodes"
-    for index, node in enumerate(state.graph.nodes):
-        refs = [*node.parents, *([] if node.on_error is None else [node.on_error])]
-        if node.key != index or any(not 0 <= ref < n for ref in refs):
-            return f"node {index} of its graph refers to nodes it does not have"
-    return None
+    return state.graph.problem()
 
 
 class Unloaded(Exception):
