@@ -26,6 +26,7 @@ import time
 import uuid
 
 from bgcoor_redis import RedisBackend
+from redis_cleanup import drop_prefix
 
 from bgcoor_core import TaskManager, TaskStatus, chord, group
 
@@ -66,7 +67,7 @@ async def main(n: int, concurrency: int, url: str) -> None:
         f"({commands / max(trips, 1):.0f} commands per round trip), "
         f"{exchanges} blocking exchanges; {n / elapsed:,.0f} tasks/s"
     )
-    await backend.command("EVAL", _DELETE_PREFIX, 0, f"{backend.prefix}:*")
+    await drop_prefix(backend)
     await manager.close()
 
 
@@ -142,19 +143,8 @@ async def workflow(n: int, concurrency: int, url: str) -> None:
         f"  a member costs {member_total - lone_total:+.3f} round trips beside a lone task "
         f"({worker:+.3f} in the worker: reserve and complete)"
     )
-    await backend.command("EVAL", _DELETE_PREFIX, 0, f"{backend.prefix}:*")
+    await drop_prefix(backend)
     await manager.close()
-
-
-_DELETE_PREFIX = """
-local cursor, n = "0", 0
-repeat
-  local page = redis.call("SCAN", cursor, "MATCH", ARGV[1], "COUNT", 1000)
-  cursor = page[1]
-  for _, key in ipairs(page[2]) do redis.call("DEL", key); n = n + 1 end
-until cursor == "0"
-return n
-"""
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from redis_cleanup import drop_prefix
+
 from bgcoor_core import TaskHandle, TaskManager, TaskStatus
 
 
@@ -54,20 +56,8 @@ def _redis_round_trips(manager: TaskManager) -> int:
     return int(link.round_trips)
 
 
-_DELETE_PREFIX = """
-local cursor = "0"
-repeat
-  local page = redis.call("SCAN", cursor, "MATCH", ARGV[1], "COUNT", 1000)
-  cursor = page[1]
-  for _, key in ipairs(page[2]) do redis.call("DEL", key) end
-until cursor == "0"
-return 0
-"""
-
-
 async def _redis_clean(manager: TaskManager) -> None:
-    broker: Any = manager.broker
-    await broker.command("EVAL", _DELETE_PREFIX, 0, f"{broker.prefix}:*")
+    await drop_prefix(manager.broker)
 
 
 def _postgres_url(workdir: Path, base: str) -> str:

@@ -35,6 +35,8 @@ from collections.abc import Callable
 from importlib.metadata import version
 from typing import Any
 
+from redis_cleanup import drop_prefix
+
 from bgcoor_core import CapabilityError, TaskManager, chain, chord, group
 
 REDIS = ("127.0.0.1", 6379)
@@ -150,7 +152,13 @@ async def main(
         pass
     elif _reachable(*REDIS):
         prefix = f"bench-wf-{uuid.uuid4().hex[:8]}"
-        await bench("redis", f"redis://{REDIS[0]}:{REDIS[1]}/15?prefix={prefix}", *sizes)
+        url = f"redis://{REDIS[0]}:{REDIS[1]}/15?prefix={prefix}"
+        try:
+            await bench("redis", url, *sizes)
+        finally:  # its records are kept for days: leave nothing on the shared server
+            cleaner = TaskManager(broker_url=url, storage_url=url)
+            await drop_prefix(cleaner.broker)
+            await cleaner.close()
     else:
         where = f"no server accepts connections on {REDIS[0]}:{REDIS[1]}"
         REPORT.skipped("redis", where, workloads)
