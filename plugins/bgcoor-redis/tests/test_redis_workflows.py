@@ -1,13 +1,12 @@
 """The Redis workflow store beyond the shared WorkflowContract (which tests/test_conformance.py
 runs for the ``redis`` scheme): two backends completing one chord at once, one script call
 per member outcome, records rewritten in place, damaged workflow hashes, key expiry, a dead
-member requeued into its failed workflow (parked messages kept, TTLs lifted), and
-workflows end to end through a ``TaskManager`` on Redis."""
+member requeued into its failed workflow (parked messages kept, TTLs lifted). Workflows
+end to end through a ``TaskManager`` are tests/test_workflows.py's, on every backend."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -28,14 +27,8 @@ from bgcoor_core import (
     MemoryStorage,
     Reservation,
     Task,
-    TaskCancelledError,
-    TaskManager,
     TaskStatus,
-    WorkflowFailedError,
     WorkflowStatus,
-    chain,
-    chord,
-    group,
 )
 from bgcoor_core._admin import requeue_dead
 from bgcoor_core._composition import Graph, Node
@@ -448,94 +441,6 @@ async def test_a_member_of_a_workflow_gone_is_stored_alone(
 
 
 # -- end to end ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def manager(redis_url: str) -> AsyncIterator[TaskManager]:
-    manager = TaskManager(broker_url=redis_url, storage_url=redis_url, result_ttl=60.0)
-    yield manager
-    await manager.close()
-
-
-@pytest.fixture
-def tasks(manager: TaskManager) -> Any:
-    class Tasks:
-        runs: list[str] = []
-
-        @staticmethod
-        @manager.task(name="wf.add")
-        async def add(a: int, b: int = 0) -> int:
-            return a + b
-
-        @staticmethod
-        @manager.task(name="wf.total")
-        async def total(values: list[int]) -> int:
-            Tasks.runs.append("total")
-            return sum(values)
-
-        @staticmethod
-        @manager.task(name="wf.boom", max_retries=0)
-        async def boom(x: int) -> int:
-            raise ValueError(f"boom {x}")
-
-        @staticmethod
-        @manager.task(name="wf.slow")
-        async def slow(seconds: float) -> float:
-            Tasks.runs.append("slow")
-            await asyncio.sleep(seconds)
-            return seconds
-
-        @staticmethod
-        @manager.task(name="wf.say")
-        async def say(word: str) -> str:
-            Tasks.runs.append(word)
-            return word
-
-    Tasks.runs = []
-    return Tasks
-
-
-async def test_a_chord_runs_end_to_end_on_redis(manager: TaskManager, tasks: Any) -> None:
-    async with manager.worker(8):
-        handle = await chord(group(tasks.add.s(i) for i in range(50)), tasks.total.s()).enqueue()
-        assert await handle.result(timeout=10) == sum(range(50))
-        assert await handle.status() == "succeeded"
-        flow = chain(tasks.add.s(1, 2), tasks.add.s(10), tasks.add.s(100))
-        assert await (await flow.enqueue()).result(timeout=10) == 113
-    assert tasks.runs == ["total"]
-
-
-async def test_a_failing_chord_never_calls_back_on_redis(manager: TaskManager, tasks: Any) -> None:
-    async with manager.worker(8):
-        header = group([*(tasks.add.s(i) for i in range(5)), tasks.boom.s(1)])
-        handle = await chord(header, tasks.total.s()).enqueue()
-        with pytest.raises(WorkflowFailedError, match=r"wf\.boom"):
-            await handle.result(timeout=10)
-    state = await handle.state()
-    assert state.status is WorkflowStatus.FAILED
-    callback = await manager.storage.get(state.tasks[-1])
-    assert callback is not None
-    assert callback.status is TaskStatus.CANCELLED
-    assert tasks.runs == []
-
-
-async def test_a_cancelled_chain_starts_nothing_more_on_redis(
-    manager: TaskManager, tasks: Any
-) -> None:
-    flow = chain(tasks.slow.s(0.3), tasks.say.si("second"), tasks.say.si("third"))
-    async with manager.worker(4):
-        handle = await flow.enqueue()
-        while "slow" not in tasks.runs:  # noqa: ASYNC110 - the ledger is a plain list
-            await asyncio.sleep(0.01)
-        assert await handle.cancel() is True
-        assert await handle.cancel() is False
-        with pytest.raises(TaskCancelledError):
-            await handle.result(timeout=5)
-        await asyncio.sleep(0.5)
-    assert tasks.runs == ["slow"]
-    assert await handle.status() == "cancelled"
-    state = await handle.state()
-    assert json.loads(state.graph.to_json())["nodes"][0]["task"] == "wf.slow"
 
 
 def test_other_scripts_carry_no_workflow_function() -> None:
