@@ -36,6 +36,11 @@ class Signature:
                     f"task {self.task!r}: option {name!r} cannot be part of a schedule "
                     "(every tick enqueues at its own time)"
                 )
+        if "unique_key" in self.options or "unique_for" in self.options:
+            raise InvalidScheduleError(
+                f"task {self.task!r}: unique_key cannot be part of a schedule (each tick "
+                "fires once already; a tick's task is not deduplicated against others)"
+            )
         if isinstance(self.options.get("expires"), datetime):
             raise InvalidScheduleError(
                 f"task {self.task!r}: a schedule's expires= must be seconds, not a datetime"

@@ -66,6 +66,8 @@ def build_members(manager: TaskManager, graph: Graph, workflow_id: str) -> list[
         except PayloadError as exc:
             raise InvalidWorkflowError(f"{where}{exc}") from None
         options = check_options("call", node.options, where=where) if node.options else {}
+        if "unique_key" in options:  # a member runs when its workflow says, never instead
+            raise InvalidWorkflowError(f"{where}unique_key cannot be used on a workflow member")
         task = build(entry, node.payload, options, manager.settings)
         task.id = ids[node.key]
         headers = {WORKFLOW_HEADER: workflow_id, NODE_HEADER: str(node.key)}

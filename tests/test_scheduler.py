@@ -512,3 +512,15 @@ async def test_a_schedules_signature_must_be_complete() -> None:
         await manager.add_schedule("e", export.s(), every=SECOND)
     await manager.add_schedule("e", export.s("b"), every=SECOND)  # scheduled_at: optional
     await manager.close()
+
+
+async def test_a_schedule_refuses_a_unique_key() -> None:
+    manager = TaskManager(broker_url="memory://", storage_url="memory://")
+
+    @manager.task(name="sched.keyed")
+    async def keyed() -> None: ...
+
+    with pytest.raises(InvalidScheduleError, match="unique_key cannot be part of a schedule"):
+        await manager.add_schedule("keyed", keyed.options(unique_key="k").s(), every=SECOND)
+    assert await manager.schedules() == []
+    await manager.close()

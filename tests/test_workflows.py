@@ -368,3 +368,10 @@ async def test_backends_that_cannot_step_workflows_refuse_them(tmp_path: Path) -
     with pytest.raises(CapabilityError, match="cannot run workflows"):
         await chain(one.s(), one.si()).enqueue()
     await manager.close()
+
+
+async def test_a_unique_key_on_a_member_is_refused(manager: TaskManager, tasks: Any) -> None:
+    keyed = tasks.add.options(unique_key="k").s(1)
+    with pytest.raises(InvalidWorkflowError, match="unique_key cannot be used on a workflow"):
+        await chain(keyed, tasks.add.s(2)).enqueue()
+    assert await manager.storage.list() == []
