@@ -49,10 +49,10 @@ MEMBERS = 1000
 KILLS = 2
 WORKERS = 3
 CONCURRENCY = 4
-#: Members of the chord the killed producer submits: its store step lasts 0.2-0.6 s here.
+#: Members of the chord the killed producer submits: its store step lasts 0.1-0.4 s here.
 #: Fewer on PostgreSQL, whose workers drain a chord at some 50 members a second.
-SUBMITTED = {"sqlite": 3000, "redis": 3000, "postgres": 1000}
-PRODUCER_KILLS = 4
+SUBMITTED = {"sqlite": 2000, "redis": 2000, "postgres": 1000}
+PRODUCER_KILLS = 2  # one anywhere in enqueue(), one inside the store step
 
 
 # -- the chord under killed workers --------------------------------------------------------
