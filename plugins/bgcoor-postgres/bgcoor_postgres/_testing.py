@@ -75,3 +75,9 @@ async def sweep_stale_schemas(dsn: str = SERVER_URL, older_than: float = STALE_A
 def _sweep_quietly() -> None:
     with contextlib.suppress(Exception):  # best effort: a test run must not fail on it
         asyncio.run(sweep_stale_schemas())
+
+
+def is_type_lookup(query: str) -> bool:
+    """Whether a statement is asyncpg's own: it looks up a statement's array types once
+    per new connection (tests counting a backend's statements leave these out)."""
+    return "typeinfo_tree" in query or "set_config('jit'" in query

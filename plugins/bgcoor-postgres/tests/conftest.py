@@ -15,8 +15,9 @@ from bgcoor_core import Settings, TaskManager
 from bgcoor_core.testing import make_test_codec
 
 try:
+    import asyncpg
     from bgcoor_postgres import PostgresBackend, parse_postgres_url
-    from bgcoor_postgres._testing import make_test_url
+    from bgcoor_postgres._testing import SERVER_URL, make_test_url
 except ImportError:  # a separate distribution: `pip install -e plugins/bgcoor-postgres`
     if os.environ.get("CI", "").lower() == "true":
         raise
@@ -58,3 +59,11 @@ async def manager(pg_url: Callable[..., str]) -> AsyncIterator[TaskManager]:
     manager = TaskManager(Settings(broker_url=url, storage_url=url, **FAST))
     yield manager
     await manager.close()
+
+
+@pytest.fixture
+async def raw() -> AsyncIterator[asyncpg.Connection[Any]]:
+    """A plain connection to the server, as an operator or another program has one."""
+    conn = await asyncpg.connect(SERVER_URL)
+    yield conn
+    await conn.close()

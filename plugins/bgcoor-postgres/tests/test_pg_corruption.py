@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -32,13 +31,6 @@ from bgcoor_core.testing import make_task, make_test_codec
 pytestmark = pytest.mark.server
 INT_MAX = 2**31 - 1
 Q = ["default"]
-
-
-@pytest.fixture
-async def raw() -> AsyncIterator[asyncpg.Connection[Any]]:
-    conn = await asyncpg.connect(SERVER_URL)
-    yield conn
-    await conn.close()
 
 
 async def enqueue(backend: PostgresBackend, count: int) -> list[Task]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -20,7 +20,7 @@ from bgcoor_postgres import (
     parse_postgres_url,
 )
 from bgcoor_postgres._schedules import HOLD_LIMIT_MS
-from bgcoor_postgres._testing import SERVER_URL, new_schema_name
+from bgcoor_postgres._testing import SERVER_URL, is_type_lookup, new_schema_name
 
 from bgcoor_core import (
     DuplicateTaskError,
@@ -67,18 +67,6 @@ async def message_ids(backend: PostgresBackend) -> list[str]:
         lambda c: c.fetch(f'SELECT id FROM "{backend.target.schema}".messages ORDER BY id')
     )
     return [row[0] for row in rows]
-
-
-def is_type_lookup(query: str) -> bool:
-    """asyncpg looks up a statement's array types once per new connection."""
-    return "typeinfo_tree" in query or "set_config('jit'" in query
-
-
-@pytest.fixture
-async def raw() -> AsyncIterator[asyncpg.Connection[Any]]:
-    conn = await asyncpg.connect(SERVER_URL)
-    yield conn
-    await conn.close()
 
 
 async def test_the_backend_is_its_own_schedule_store(backend: PostgresBackend) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import pytest
 from bgcoor_postgres import SCHEMA_VERSION, PostgresBackend, _schema, backend_of, parse_postgres_url
-from bgcoor_postgres._testing import SERVER_URL, new_schema_name
+from bgcoor_postgres._testing import SERVER_URL, is_type_lookup, new_schema_name
 
 from bgcoor_core import DuplicateTaskError, Task, TaskManager, TaskStatus
 from bgcoor_core._unique import UNIQUE_HEADER, UNIQUE_UNTIL_HEADER
@@ -45,18 +45,6 @@ async def enqueue(backend: PostgresBackend, *tasks: Task) -> list[str | None]:
     store = backend.unique_store(backend)
     assert store is not None
     return await store.enqueue_unique(tasks, [backend.to_message(t) for t in tasks])
-
-
-def is_type_lookup(query: str) -> bool:
-    """asyncpg looks up a statement's array types once per new connection."""
-    return "typeinfo_tree" in query or "set_config('jit'" in query
-
-
-@pytest.fixture
-async def raw() -> AsyncIterator[asyncpg.Connection[Any]]:
-    conn = await asyncpg.connect(SERVER_URL)
-    yield conn
-    await conn.close()
 
 
 def table(backend: PostgresBackend, name: str) -> str:

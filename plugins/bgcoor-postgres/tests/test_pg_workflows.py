@@ -10,7 +10,7 @@ import json
 import logging
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 from bgcoor_postgres import SCHEMA_VERSION, PostgresBackend, _schema, parse_postgres_url
 from bgcoor_postgres._schedules import HOLD_LIMIT_MS
-from bgcoor_postgres._testing import SERVER_URL, new_schema_name
+from bgcoor_postgres._testing import SERVER_URL, is_type_lookup, new_schema_name
 
 from bgcoor_core import (
     DuplicateTaskError,
@@ -140,18 +140,6 @@ async def complete(backend: PostgresBackend, reservation: Reservation, **kw: Any
 async def rows(backend: PostgresBackend, query: str, *args: Any) -> list[asyncpg.Record]:
     schema = f'"{backend.target.schema}"'
     return await backend._db.run(lambda c: c.fetch(query.format(s=schema), *args))
-
-
-def is_type_lookup(query: str) -> bool:
-    """asyncpg looks up a statement's array types once per new connection."""
-    return "typeinfo_tree" in query or "set_config('jit'" in query
-
-
-@pytest.fixture
-async def raw() -> AsyncIterator[asyncpg.Connection[Any]]:
-    conn = await asyncpg.connect(SERVER_URL)
-    yield conn
-    await conn.close()
 
 
 # -- the store -------------------------------------------------------------------------
