@@ -16,7 +16,7 @@ from .harness import Rig, Worker, wait_until
 from .outcome import QUEUE, Outcome, account, nothing_left, stop_cleanly
 
 
-async def _ready_victim(current: list[Worker], rng: random.Random) -> Worker:
+async def ready_victim(current: list[Worker], rng: random.Random) -> Worker:
     """A worker that is up and serving (so the kill lands mid-work, not mid-start-up)."""
     ready: list[Worker] = []
 
@@ -54,7 +54,7 @@ async def sigkill(
             await asyncio.sleep(kill_every * rng.uniform(0.5, 1.5))
             if await rig.count(TaskStatus.SUCCEEDED) >= tasks:
                 break
-            victim = await _ready_victim(current, rng)
+            victim = await ready_victim(current, rng)
             victim.send(signal.SIGKILL)
             await victim.exited(10)
             outcome.kills += 1

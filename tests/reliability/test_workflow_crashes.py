@@ -38,6 +38,7 @@ from bgcoor_core import Task, TaskStatus
 from bgcoor_core._workflows import WORKFLOW_HEADER
 
 from .backends import Backend
+from .crashes import ready_victim
 from .harness import Rig, Worker, open_rig, wait_until
 from .outcome import QUEUE
 from .workflow_app import CALLBACK, declare, value
@@ -73,18 +74,6 @@ def callback_runs(rig: Rig) -> list[dict[str, Any]]:
     return sorted(runs, key=lambda run: run["start"])
 
 
-async def _victim(current: list[Worker], rng: random.Random) -> Worker:
-    """A worker that is up and serving, so the kill lands mid-work, not mid-start-up."""
-    ready: list[Worker] = []
-
-    def some_ready() -> bool:
-        ready[:] = [w for w in current if w.alive() and "ready:" in w.output()]
-        return bool(ready)
-
-    await wait_until(some_ready, 30, "a worker ready to be killed")
-    return rng.choice(ready)
-
-
 async def _kill_during_members(
     rig: Rig, current: list[Worker], callback_id: str, rng: random.Random
 ) -> list[Kill]:
@@ -100,7 +89,7 @@ async def _kill_during_members(
 
         await wait_until(reached, 120, f"{point} member executions")
         record = await rig.producer.storage.get(callback_id)
-        victim = await _victim(current, rng)
+        victim = await ready_victim(current, rng)
         victim.send(signal.SIGKILL)
         await victim.exited(10)
         done = len(rig.ledger.executions())
