@@ -15,10 +15,11 @@ any of this: the producer's one extra cost is a header lookup.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from ._broker import Message
+from ._errors import DuplicateTaskError
 from ._task import Task, TaskStatus
 
 #: Headers of a unique task: its key, and the end of its window (Unix seconds), if any.
@@ -41,6 +42,29 @@ def holds(status: TaskStatus | None, until: float | None, now: float) -> bool:
     if until is not None and now < until:
         return True
     return status is not None and not status.is_final
+
+
+def take_keys(
+    tasks: Sequence[Task], holder: Callable[[str], str | None]
+) -> tuple[list[str | None], dict[str, Task]]:
+    """The batch rule every store applies inside its step: for each task, the id of its
+    key's holder (an earlier task of the batch, else ``holder(key)``: the stored one if it
+    still :func:`holds` it), or ``None`` (it is enqueued); and the keys the batch takes,
+    by the task taking each. A task holding its own key (the same call, tried again)
+    raises :class:`DuplicateTaskError`."""
+    holders: list[str | None] = []
+    taken: dict[str, Task] = {}
+    for task in tasks:
+        key = unique_key(task)
+        found = None
+        if key is not None:
+            found = taken[key].id if key in taken else holder(key)
+        if found == task.id:
+            raise DuplicateTaskError(f"task {task.id} already holds its unique key")
+        if found is None and key is not None:
+            taken[key] = task
+        holders.append(found)
+    return holders, taken
 
 
 @runtime_checkable

@@ -41,7 +41,14 @@ from ._task import (
     validate_task_name,
 )
 from ._text import escape_unprintable, printable
-from ._unique import UNIQUE_HEADER, UNIQUE_UNTIL_HEADER, holds, unique_key, unique_until
+from ._unique import (
+    UNIQUE_HEADER,
+    UNIQUE_UNTIL_HEADER,
+    holds,
+    take_keys,
+    unique_key,
+    unique_until,
+)
 from ._workflows import (
     NODE_HEADER,
     WORKFLOW_HEADER,
@@ -159,6 +166,7 @@ __all__ = [
     "redact",
     "reopen",
     "shielded_take",
+    "take_keys",
     "unique_key",
     "unique_until",
     "validate_queue_name",

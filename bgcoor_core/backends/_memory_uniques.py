@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from .._broker import Message
 from .._errors import DuplicateTaskError
 from .._task import Task
-from .._unique import holds, unique_key, unique_until
+from .._unique import holds, take_keys, unique_until
 
 if TYPE_CHECKING:
     from .memory import MemoryBroker, MemoryStorage
@@ -30,25 +30,16 @@ class MemoryUniques:
     ) -> list[str | None]:
         with self.broker._lock, self.storage._lock:
             now = time.time()
-            holders: list[str | None] = []
-            taken: dict[str, str] = {}  # keys this batch takes
-            for task in tasks:
-                key = unique_key(task)
-                holder = None if key is None else taken.get(key) or self._holder(key, now)
-                if holder == task.id:
-                    raise DuplicateTaskError(f"task {task.id} already holds its unique key")
+            holders, taken = take_keys(tasks, lambda key: self._holder(key, now))
+            for task, holder in zip(tasks, holders, strict=True):
                 if holder is None and self.storage._live(task.id) is not None:
                     raise DuplicateTaskError(f"task {task.id} already has a record")
-                if holder is None and key is not None:
-                    taken[key] = task.id
-                holders.append(holder)
             chosen = [i for i, holder in enumerate(holders) if holder is None]
             for i in chosen:
                 self.storage._insert(tasks[i])
             self.broker._push_locked([messages[i] for i in chosen])
-            for key, task_id in taken.items():
-                task = next(t for t in tasks if t.id == task_id)
-                self._keys[key] = (task_id, unique_until(task))
+            for key, task in taken.items():
+                self._keys[key] = (task.id, unique_until(task))
             return holders
 
     def _holder(self, key: str, now: float) -> str | None:

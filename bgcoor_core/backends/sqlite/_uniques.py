@@ -10,9 +10,8 @@ import time
 from collections.abc import Callable, Sequence
 
 from ..._broker import Message
-from ..._errors import DuplicateTaskError
 from ..._task import Task, TaskStatus, validate_queue_name
-from ..._unique import holds, unique_key, unique_until
+from ..._unique import holds, take_keys, unique_until
 from ._connection import Connection, transaction
 
 #: An enqueue's writes inside the caller's transaction (the atomic enqueue's own).
@@ -52,18 +51,7 @@ def enqueue_unique(
 ) -> list[str | None]:
     with transaction(conn):
         now = time.time()
-        holders: list[str | None] = []
-        taken: dict[str, Task] = {}
-        for task in tasks:
-            key = unique_key(task)
-            holder = None
-            if key is not None:
-                holder = taken[key].id if key in taken else _holder(conn, key, now)
-            if holder == task.id:
-                raise DuplicateTaskError(f"task {task.id} already holds its unique key")
-            if holder is None and key is not None:
-                taken[key] = task
-            holders.append(holder)
+        holders, taken = take_keys(tasks, lambda key: _holder(conn, key, now))
         chosen = [i for i, holder in enumerate(holders) if holder is None]
         store(conn, [tasks[i] for i in chosen], [messages[i] for i in chosen])
         conn.executemany(

@@ -30,8 +30,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
-from bgcoor_core import DuplicateTaskError, Message, Task, TaskStatus
-from bgcoor_core.kit import holds, unique_key, unique_until
+from bgcoor_core import Message, Task, TaskStatus
+from bgcoor_core.kit import holds, take_keys, unique_key, unique_until
 
 from . import _checks
 from ._database import Conn, Database
@@ -130,20 +130,14 @@ class PostgresUniques:
                 if task_id is not None:
                     held[key] = (task_id, until)
         now, statuses = await self._statuses(conn, [h[0] for h in held.values()])
-        holders: list[str | None] = []
-        taken: dict[str, Task] = {}  # keys this batch takes, by their first task
-        for task, key in zip(tasks, keys, strict=True):
-            holder = None
-            if key is not None and key in taken:
-                holder = taken[key].id
-            elif key is not None and key in held:
-                task_id, until = held[key]
-                holder = task_id if holds(statuses.get(task_id), until, now) else None
-            if holder == task.id:
-                raise DuplicateTaskError(f"task {task.id} already holds its unique key")
-            if holder is None and key is not None:
-                taken[key] = task
-            holders.append(holder)
+
+        def holder(key: str) -> str | None:
+            if key not in held:
+                return None
+            task_id, until = held[key]
+            return task_id if holds(statuses.get(task_id), until, now) else None
+
+        holders, taken = take_keys(tasks, holder)
         chosen = [i for i, holder in enumerate(holders) if holder is None]
         if chosen:
             extra = [
