@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 from ._arguments import CHECKS, checked
 from ._codec import Codec
 from ._errors import CapabilityError, DecodeError
+from ._gates import GATE_HEADER
 from ._task import Task, validate_queue_name
 
 if TYPE_CHECKING:
@@ -34,17 +35,23 @@ class Capability(enum.StrEnum):
     LEASE_EXTENSION = "lease_extension"
     DEAD_LETTER = "dead_letter"
     BATCH_RESERVE = "batch_reserve"
+    #: Enforces ``Message.gate`` (rate and concurrency limits) in its reserve step; see
+    #: :mod:`bgcoor_core._gates` for the rules.
+    LIMITS = "limits"
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """An encoded task as the broker stores it. ``eta`` is a Unix timestamp."""
+    """An encoded task as the broker stores it. ``eta`` is a Unix timestamp. ``gate``: the
+    task's rate and concurrency limits (:meth:`Gate.encode <bgcoor_core.kit.Gate.encode>`),
+    kept beside the body so that the reserve step can enforce them without decoding it."""
 
     id: str
     queue: str
     body: bytes
     priority: int = 0
     eta: float | None = None
+    gate: str | None = None
 
 
 @dataclass(slots=True)
@@ -136,7 +143,13 @@ class Broker(ABC):
         eta = task.eta.timestamp() if task.eta is not None else None
         if eta is not None and Capability.DELAYS not in self.capabilities:
             raise CapabilityError(f"{type(self).__name__} does not support delayed tasks")
-        return Message(task.id, task.queue, self.codec.encode(task), task.priority, eta)
+        gate = task.headers.get(GATE_HEADER) if task.headers else None
+        if gate is not None and Capability.LIMITS not in self.capabilities:
+            raise CapabilityError(
+                f"{type(self).__name__} cannot enforce rate or concurrency limits (task "
+                f"{task.name!r})"
+            )
+        return Message(task.id, task.queue, self.codec.encode(task), task.priority, eta, gate)
 
     @abstractmethod
     async def push_messages(self, messages: Sequence[Message]) -> None:

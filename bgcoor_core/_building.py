@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from ._errors import OutOfRangeError, PayloadError
+from ._gates import GATE_HEADER, Gate, gate_for, rate_of
 from ._handlers import FunctionHandler, split_payload
 from ._task import Task, TaskStatus
 from ._task_registry import RegisteredTask
@@ -47,6 +48,21 @@ def check_complete(
     task.handler.bind([None] * leading + list(args), {**(also or {}), **kwargs})
 
 
+def _gate(task: RegisteredTask, payload: Any) -> Gate:
+    opts = task.options
+    if opts.limit_key is None:
+        args: list[Any] = []
+        kwargs: dict[str, Any] = {}
+    elif isinstance(task.handler, FunctionHandler):
+        args, kwargs = split_payload(task.name, payload)
+    else:
+        args, kwargs = [payload], {}
+    rate = None if opts.rate_limit is None else rate_of(opts.rate_limit)
+    gate = gate_for(task.name, rate, opts.concurrency_limit, opts.limit_key, args, kwargs)
+    assert gate is not None  # the task has a limit
+    return gate
+
+
 def _first(*values: int | None) -> int:
     for value in values:
         if value is not None:
@@ -72,6 +88,8 @@ def build(task: RegisteredTask, payload: Any, call: dict[str, Any], settings: Se
             headers[UNIQUE_UNTIL_HEADER] = repr(now.timestamp() + call["unique_for"])
     elif "unique_for" in call:
         raise OutOfRangeError(f"task {task.name!r}: unique_for needs a unique_key")
+    if opts.rate_limit is not None or opts.concurrency_limit is not None:
+        headers[GATE_HEADER] = _gate(task, payload).encode()
     return Task(
         name=task.name,
         payload=payload,

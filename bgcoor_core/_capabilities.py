@@ -13,11 +13,19 @@ from ._task_registry import TaskRegistry
 
 def check_capabilities(broker: Broker, registry: TaskRegistry) -> None:
     """Refuse task options the broker cannot honour, instead of ignoring them."""
-    if Capability.PRIORITIES in broker.capabilities:
+    can = broker.capabilities
+    if Capability.PRIORITIES in can and Capability.LIMITS in can:
         return
     for name in registry.names():
-        if registry.get(name).options.priority:
+        options = registry.get(name).options
+        if options.priority and Capability.PRIORITIES not in can:
             raise CapabilityError(
                 f"task {name!r} has a priority but {type(broker).__name__} does not support "
                 "priorities"
+            )
+        limited = options.rate_limit is not None or options.concurrency_limit is not None
+        if limited and Capability.LIMITS not in can:
+            raise CapabilityError(
+                f"task {name!r} has a rate or concurrency limit but {type(broker).__name__} "
+                "cannot enforce limits"
             )

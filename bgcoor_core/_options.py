@@ -21,6 +21,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from . import _limits as limits
 from ._errors import OutOfRangeError
+from ._gates import parse_rate
 from ._task import validate_queue_name, validate_task_name
 
 
@@ -62,6 +63,17 @@ def _unique_for(option: str, value: Any) -> Any:
     return limits.TTL.check(option, seconds)
 
 
+def _rate_limit(option: str, value: Any) -> Any:
+    parse_rate(option, value)
+    return value
+
+
+def _limit_key(option: str, value: Any) -> Any:
+    if not callable(value):
+        raise OutOfRangeError(f"{option}: a callable taking the task's arguments is expected")
+    return value
+
+
 def _headers(option: str, value: Any) -> Any:
     for key, text in value.items():
         if not key or not key.isprintable() or not text.isprintable():
@@ -84,6 +96,8 @@ class CommonOptions(TypedDict, total=False):
 
 #: A process-isolated task's memory cap, in MB (1 MB to 1 TB).
 MEMORY_LIMIT = limits.Range(1, 1_048_576, "MB")
+#: Tasks of one limit key running at once.
+CONCURRENCY_LIMIT = limits.Range(1, limits.MAX_CONCURRENCY, "tasks")
 
 
 class TaskDefaults(CommonOptions, total=False):
@@ -104,6 +118,30 @@ class TaskDefaults(CommonOptions, total=False):
     ]
     memory_limit_mb: Annotated[
         int, Spec("Address space of a process-isolated task's child, in MB.", MEMORY_LIMIT)
+    ]
+    rate_limit: Annotated[
+        str,
+        Spec(
+            "At most this many starts, across all workers: 'N/s', 'N/m' or 'N/h' (per "
+            "limit_key value, with one).",
+            check=_rate_limit,
+        ),
+    ]
+    concurrency_limit: Annotated[
+        int,
+        Spec(
+            "At most this many running at once, across all workers (per limit_key value, "
+            "with one).",
+            CONCURRENCY_LIMIT,
+        ),
+    ]
+    limit_key: Annotated[
+        Callable[..., Any],
+        Spec(
+            "Called with a call's arguments; its value names the bucket rate_limit and "
+            "concurrency_limit apply to.",
+            check=_limit_key,
+        ),
     ]
     #: Options declared by plugins (``bgcoor_register_task_options``), for typed code;
     #: they may also be passed as keyword arguments of their own.

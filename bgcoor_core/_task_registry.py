@@ -37,12 +37,23 @@ class TaskOptions:
     #: ``None``: the default (sync functions in the worker's threads, async ones on its loop).
     isolation: str | None = None
     memory_limit_mb: int | None = None
+    rate_limit: str | None = None
+    concurrency_limit: int | None = None
+    limit_key: Callable[..., Any] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Refuse a value of the wrong type or out of its range when the task is declared."""
         given = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         check("task", given, where="task option ")
+        if (
+            self.limit_key is not None
+            and self.rate_limit is None
+            and self.concurrency_limit is None
+        ):
+            raise OutOfRangeError(
+                "task option limit_key needs a rate_limit or a concurrency_limit to key"
+            )
         if self.memory_limit_mb is not None and self.isolation != "process":
             raise OutOfRangeError(
                 "task option memory_limit_mb needs isolation='process': only a child "

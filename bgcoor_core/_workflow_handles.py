@@ -18,6 +18,7 @@ from ._errors import (
     UnknownTaskError,
     WorkflowFailedError,
 )
+from ._gates import GATE_HEADER
 from ._ids import new_task_id
 from ._options import check as check_options
 from ._task import Task, TaskStatus
@@ -69,6 +70,11 @@ def build_members(manager: TaskManager, graph: Graph, workflow_id: str) -> list[
         if "unique_key" in options:  # a member runs when its workflow says, never instead
             raise InvalidWorkflowError(f"{where}unique_key cannot be used on a workflow member")
         task = build(entry, node.payload, options, manager.settings)
+        if GATE_HEADER in task.headers:  # a member's message waits in the workflow's store
+            raise InvalidWorkflowError(
+                f"{where}a task with a rate_limit or concurrency_limit cannot be a workflow "
+                "member yet"
+            )
         task.id = ids[node.key]
         headers = {WORKFLOW_HEADER: workflow_id, NODE_HEADER: str(node.key)}
         if node.inputs:

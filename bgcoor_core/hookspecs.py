@@ -193,10 +193,10 @@ def bgcoor_register_services(services: ServiceRegistry) -> None:
 
 @hookspec
 def bgcoor_register_task_options(options: OptionRegistry) -> None:
-    """Declare extra task options a plugin reads (a rate limit, a tenant), accepted by
+    """Declare extra task options a plugin reads (a tenant, a cost centre), accepted by
     ``@manager.task(...)`` beside the core's and validated as strictly.
 
-    Call ``options.add("rate_limit", str | None, default=None, help="...")``. A task's
+    Call ``options.add("tenant", str | None, default=None, help="...")``. A task's
     values are in ``registered.options.extra`` (the plugin's options by name). An unknown
     option, or a value of the wrong type, is an error at decoration time naming the option.
 

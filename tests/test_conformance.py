@@ -18,6 +18,7 @@ from bgcoor_core import (
 )
 from bgcoor_core.testing import (
     BrokerContract,
+    GateContract,
     ScheduleContract,
     StorageContract,
     UniqueContract,
@@ -111,6 +112,10 @@ class TestScheduleConformance(_Paired, ScheduleContract):
 
 class TestUniqueConformance(_Paired, UniqueContract):
     """Every pair that takes unique keys."""
+
+
+class TestGateConformance(_Paired, GateContract):
+    """Every broker that enforces rate and concurrency limits."""
 
 
 class TestWorkflowConformance(_Paired, WorkflowContract):

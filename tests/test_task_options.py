@@ -80,31 +80,31 @@ def test_bad_call_options_are_refused_at_once(
         x.options(**given)
 
 
-class RateLimits:
+class Tenants:
     @hookimpl
     def bgcoor_register_task_options(self, options: OptionRegistry) -> None:
-        options.add("rate_limit", str | None, default=None, help="e.g. 10/s")
+        options.add("tenant", str | None, default=None, help="e.g. acme")
 
 
 def test_plugins_declare_task_options_validated_like_the_cores(fast: dict[str, Any]) -> None:
-    manager = TaskManager(plugins=[RateLimits()], **fast)
+    manager = TaskManager(plugins=[Tenants()], **fast)
 
-    @manager.task(rate_limit="10/s")  # type: ignore[call-overload]
+    @manager.task(tenant="acme")  # type: ignore[call-overload]
     def limited() -> None: ...
 
-    @manager.task(extra={"rate_limit": "5/m"})
+    @manager.task(extra={"tenant": "initech"})
     def typed() -> None: ...
 
-    assert limited.entry.options.extra == {"rate_limit": "10/s"}
-    assert typed.entry.options.extra == {"rate_limit": "5/m"}
-    with pytest.raises(TaskRegistrationError, match=r"option 'rate_limit' .*RateLimits"):
+    assert limited.entry.options.extra == {"tenant": "acme"}
+    assert typed.entry.options.extra == {"tenant": "initech"}
+    with pytest.raises(TaskRegistrationError, match=r"option 'tenant' .*Tenants"):
 
-        @manager.task(rate_limit=10)  # type: ignore[call-overload]
+        @manager.task(tenant=10)  # type: ignore[call-overload]
         def wrong() -> None: ...
 
-    with pytest.raises(TaskRegistrationError, match=r"unknown option 'rate_limt'.*'rate_limit'"):
+    with pytest.raises(TaskRegistrationError, match=r"unknown option 'tenat'.*'tenant'"):
 
-        @manager.task(rate_limt="1/s")  # type: ignore[call-overload]
+        @manager.task(tenat="acme")  # type: ignore[call-overload]
         def typo() -> None: ...
 
 

@@ -13,12 +13,13 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .._backend_registry import BackendContext, BrokerRegistry, StorageRegistry
 from .._broker import Broker, Capability, DeadLetter, Message, QueueStats, Reservation
 from .._codec import Codec
 from .._errors import DuplicateTaskError, ResultTimeoutError, StaleLeaseError
+from .._gates import Gate, admit
 from .._schedules import ScheduleEntry
 from .._storage import Storage, check_page, check_transition
 from .._task import Task, TaskStatus, validate_queue_name
@@ -28,7 +29,7 @@ from ._memory_uniques import MemoryUniques
 from ._memory_workflows import MemoryWorkflows, Running
 from ._waiters import Waiters, wait_for_wake
 
-READY, SCHEDULED, RESERVED = "ready", "scheduled", "reserved"
+READY, SCHEDULED, RESERVED, PARKED = "ready", "scheduled", "reserved", "parked"
 
 
 @dataclass(slots=True)
@@ -40,6 +41,23 @@ class _Entry:
     token: str | None = None
     deliveries: int = 0
     lost: int = 0
+    gate: Gate | None = None
+    admitted: bool = False  # given a rate slot that is now due: delivered without a check
+
+
+def _entry(message: Message, seq: int) -> _Entry:
+    gate = None if message.gate is None else Gate.decode(message.gate)
+    return _Entry(message, seq, gate=gate)
+
+
+@dataclass(slots=True)
+class _Limits:
+    """The state of every gate key: rate (``tat``), slot holders (message ids) and the
+    messages parked for a slot (a heap in ready order)."""
+
+    tat: dict[str, float] = field(default_factory=dict)
+    holders: dict[str, set[str]] = field(default_factory=dict)
+    parked: dict[str, list[tuple[int, int, str]]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -68,6 +86,7 @@ class MemoryBroker(Broker):
         self._schedule_table: dict[str, ScheduleEntry] = {}
         self._workflow_table: dict[str, Running] = {}
         self._unique_keys: dict[str, tuple[str, float | None]] = {}
+        self._limits = _Limits()
 
     # -- producing ---------------------------------------------------------------------
 
@@ -85,7 +104,7 @@ class MemoryBroker(Broker):
             seen.add(message.id)
         now = time.time()
         for message in messages:
-            entry = _Entry(message, next(self._seq))
+            entry = _entry(message, next(self._seq))
             self._entries[message.id] = entry
             self._known.add(message.queue)
             self._enqueue(entry, message.eta if message.eta and message.eta > now else None)
@@ -152,11 +171,63 @@ class MemoryBroker(Broker):
                 entry = self._entries.get(message_id)
                 if entry is None or entry.state != READY or entry.seq != seq:
                     continue
+                if entry.gate is not None and not self._passes(entry, entry.gate):
+                    continue
                 entry.state, entry.due, entry.token = RESERVED, deadline, os.urandom(12).hex()
                 entry.deliveries += 1
                 heapq.heappush(self._leases, (deadline, entry.seq, message_id))
                 taken.append(entry)
         return taken
+
+    def _passes(self, entry: _Entry, gate: Gate) -> bool:
+        """The gate's rules (:mod:`bgcoor_core._gates`) for a ready ``entry``: True when it
+        may be delivered now (its concurrency slot then taken), else it was parked or
+        scheduled for its rate slot."""
+        limits = self._limits
+        if gate.concurrency is not None:
+            holders = limits.holders.setdefault(gate.key, set())
+            if len(holders) >= gate.concurrency:
+                entry.state = PARKED
+                heapq.heappush(
+                    limits.parked.setdefault(gate.key, []),
+                    (-entry.message.priority, entry.seq, entry.message.id),
+                )
+                return False
+        if gate.interval is not None:
+            if entry.admitted:
+                entry.admitted = False
+            else:
+                now = time.time()
+                tat, start = admit(limits.tat.get(gate.key), now, gate.interval, gate.burst)
+                limits.tat[gate.key] = tat
+                if start > now:
+                    entry.admitted = True
+                    self._enqueue(entry, start)
+                    return False
+        if gate.concurrency is not None:
+            limits.holders[gate.key].add(entry.message.id)
+        return True
+
+    def _release(self, entry: _Entry) -> None:
+        """``entry`` stops holding its concurrency slot (settled, handed back or lost): the
+        key's oldest parked message, if any, is ready again."""
+        gate = entry.gate
+        if gate is None or gate.concurrency is None:
+            return
+        holders = self._limits.holders.get(gate.key)
+        if holders is None or entry.message.id not in holders:
+            return
+        holders.discard(entry.message.id)
+        parked = self._limits.parked.get(gate.key)
+        while parked:
+            _, seq, message_id = heapq.heappop(parked)
+            waiting = self._entries.get(message_id)
+            if waiting is not None and waiting.state == PARKED and waiting.seq == seq:
+                self._enqueue(waiting, None)
+                self._waiters.wake_all()
+                break
+        if not holders:
+            del self._limits.holders[gate.key]
 
     def _promote(self, wall: float, mono: float) -> None:
         """Make due scheduled tasks ready and expired leases ready again (counted as lost)."""
@@ -169,6 +240,7 @@ class MemoryBroker(Broker):
             due, seq, message_id = heapq.heappop(self._leases)
             entry = self._entries.get(message_id)
             if entry is not None and entry.state == RESERVED and entry.due == due:
+                self._release(entry)
                 entry.lost += 1
                 entry.seq = next(self._seq)
                 self._enqueue(entry, None)
@@ -203,7 +275,7 @@ class MemoryBroker(Broker):
 
     async def ack(self, reservation: Reservation) -> None:
         with self._lock:
-            self._held(reservation)
+            self._release(self._held(reservation))
             del self._entries[reservation.task.id]
 
     async def nack(
@@ -212,9 +284,10 @@ class MemoryBroker(Broker):
         body = self.codec.encode(task) if task is not None else None
         with self._lock:
             entry = self._held(reservation)
+            self._release(entry)
             if body is not None:
                 old = entry.message
-                entry.message = Message(old.id, old.queue, body, old.priority, old.eta)
+                entry.message = Message(old.id, old.queue, body, old.priority, old.eta, old.gate)
             entry.seq = next(self._seq)
             self._enqueue(entry, time.time() + delay if delay > 0 else None)
             self._waiters.wake_all()
@@ -231,9 +304,12 @@ class MemoryBroker(Broker):
         body = self.codec.encode(task) if task is not None else None
         with self._lock:
             entry = self._held(reservation)
+            self._release(entry)
             message = entry.message
             if body is not None:
-                message = Message(message.id, message.queue, body, message.priority)
+                message = Message(
+                    message.id, message.queue, body, message.priority, gate=message.gate
+                )
             del self._entries[message.id]
             dead = self._dead.setdefault(message.queue, {})
             dead[message.id] = _Dead(message, reason, time.time())
@@ -264,7 +340,7 @@ class MemoryBroker(Broker):
             ]
             for message_id in chosen:
                 message = dead.pop(message_id).message
-                entry = _Entry(message, next(self._seq))
+                entry = _entry(message, next(self._seq))
                 self._entries[message_id] = entry
                 self._enqueue(entry, None)
             self._waiters.wake_all()
@@ -279,10 +355,11 @@ class MemoryBroker(Broker):
     async def stats(self, queue: str) -> QueueStats:
         with self._lock:
             self._promote(time.time(), time.monotonic())
-            counts = {READY: 0, SCHEDULED: 0, RESERVED: 0}
+            counts = {READY: 0, SCHEDULED: 0, RESERVED: 0, PARKED: 0}
             for entry in self._entries.values():
                 if entry.message.queue == queue:
                     counts[entry.state] += 1
+            counts[SCHEDULED] += counts[PARKED]  # waiting for a concurrency slot
             dead = len(self._dead.get(queue, {}))
         return QueueStats(counts[READY], counts[SCHEDULED], counts[RESERVED], dead)
 

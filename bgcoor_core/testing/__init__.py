@@ -20,6 +20,7 @@ Importing this package needs pytest and pytest-asyncio (the ``test`` extra).
 
 from ._broker_contract import BrokerContract
 from ._fleet import Run, WorkerFleet, ledger_task
+from ._gate_contract import GateContract
 from ._helpers import EARLY, LEASE, LONG_LEASE, SLACK, make_task, make_test_codec
 from ._schedule_contract import ScheduleContract
 from ._storage_contract import StorageContract
@@ -32,6 +33,7 @@ __all__ = [
     "LONG_LEASE",
     "SLACK",
     "BrokerContract",
+    "GateContract",
     "Run",
     "ScheduleContract",
     "StorageContract",

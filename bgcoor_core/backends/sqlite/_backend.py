@@ -85,7 +85,7 @@ def parse_sqlite_url(url: str) -> tuple[str, SQLiteOptions]:
 class SQLiteBackend(Broker, Storage):
     """Broker and storage over one SQLite database file."""
 
-    capabilities = frozenset(Capability)
+    capabilities = frozenset(Capability) - {Capability.LIMITS}
 
     def __init__(self, path: str, codec: Codec, options: SQLiteOptions | None = None) -> None:
         Broker.__init__(self, codec)
