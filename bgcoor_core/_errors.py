@@ -215,3 +215,14 @@ class MemoryLimitError(BgcoorError, MemoryError):
 class ChildError(BgcoorError):
     """An exception from a child that could not be rebuilt here (its class does not
     pickle); it is re-raised as a subclass named like the original, with its message."""
+
+
+class QueueFullError(BgcoorError):
+    """An enqueue was refused: its queue holds its limit of waiting tasks
+    (``BGCOOR_QUEUE_LIMITS``), and the policy is ``reject`` or the wait timed out. Nothing
+    of the refused batch was enqueued."""
+
+    def __init__(self, queue: str, limit: int, *, waited: float | None = None) -> None:
+        self.queue, self.limit, self.waited = queue, limit, waited
+        after = "" if waited is None else f" after waiting {waited:g}s"
+        super().__init__(f"queue {queue!r} is full (limit {limit} waiting tasks){after}")

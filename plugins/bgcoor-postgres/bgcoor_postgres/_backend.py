@@ -85,7 +85,7 @@ TRUST_NOTIFY = 0.05
 class PostgresBackend(Broker, Storage):
     """Broker and storage over one PostgreSQL schema; see the package README."""
 
-    capabilities = frozenset(Capability)
+    capabilities = frozenset(Capability) - {Capability.LIMITS}
     #: After these (retries of :class:`Database` exhausted) an enqueue may or may not
     #: have committed; the manager tries it again with the same ids.
     transient_errors = (ConnectionError, TimeoutError, *CONNECTION_ERRORS)

@@ -44,7 +44,7 @@ log = logging.getLogger("bgcoor.redis")
 class RedisBrokerSide(RedisBase, Broker):
     """Every :class:`~bgcoor_core.Capability`; see the module docstring for the layout."""
 
-    capabilities = frozenset(Capability)
+    capabilities = frozenset(Capability) - {Capability.LIMITS}
 
     # -- producing ---------------------------------------------------------------------
 
