@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from ._arguments import CHECKS, checked
 from ._codec import Codec
-from ._errors import CapabilityError, DecodeError
+from ._errors import CapabilityError, DecodeError, QueueFullError
 from ._gates import GATE_HEADER
 from ._task import Task, validate_queue_name
 
@@ -35,6 +35,8 @@ class Capability(enum.StrEnum):
     LEASE_EXTENSION = "lease_extension"
     DEAD_LETTER = "dead_letter"
     BATCH_RESERVE = "batch_reserve"
+    #: Honours :attr:`Broker.queue_limits` in every enqueue step.
+    QUEUE_LIMITS = "queue_limits"
     #: Enforces ``Message.gate`` (rate and concurrency limits) in its reserve step; see
     #: :mod:`bgcoor_core._gates` for the rules.
     LIMITS = "limits"
@@ -112,6 +114,10 @@ class Broker(ABC):
 
     def __init__(self, codec: Codec | None = None) -> None:
         self.codec = codec or Codec.json()
+        #: Waiting messages a queue may hold (``BGCOOR_QUEUE_LIMITS``), set when the broker
+        #: is wired; a broker with :attr:`Capability.QUEUE_LIMITS` checks it with
+        #: :meth:`refuse_if_full` inside each producer's enqueue step.
+        self.queue_limits: dict[str, int] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Arguments are checked once, here, for every backend: each public method a
@@ -241,6 +247,14 @@ class Broker(ABC):
             return self
         return None
 
+    def atomic_enqueue(self, storage: Storage) -> AtomicEnqueue | None:
+        """What stores records into ``storage`` and pushes their messages in one step, or
+        ``None``. By default the broker itself, when it is an :class:`AtomicEnqueue` that
+        :meth:`~AtomicEnqueue.shares_store_with` ``storage``."""
+        if isinstance(self, AtomicEnqueue) and self.shares_store_with(storage):
+            return self
+        return None
+
     def workflow_store(self, storage: Storage) -> WorkflowStore | None:
         """Where this broker runs workflows whose records live in ``storage``, or
         ``None`` when it cannot step them atomically (then workflows are refused). None
@@ -262,6 +276,26 @@ class Broker(ABC):
         """Release connections. The broker must not be used afterwards."""
 
     # -- helpers for implementations ---------------------------------------------------
+
+    def refuse_if_full(self, messages: Sequence[Message], waiting: Callable[[str], int]) -> None:
+        """Raise :class:`~bgcoor_core.QueueFullError` when ``messages`` would take a
+        limited queue past its limit: all or nothing, so call it inside the enqueue step,
+        before anything is stored. ``waiting(queue)`` counts the messages the queue holds
+        that are not leased (ready, scheduled, parked by a limit); it is called only for
+        limited queues. Producers' enqueues are limited; retries, schedule ticks, workflow
+        steps and dead letters put back are not (the work was accepted already)."""
+        if not self.queue_limits:
+            return
+        adding: dict[str, int] = {}
+        for message in messages:
+            if message.queue in self.queue_limits:
+                adding[message.queue] = adding.get(message.queue, 0) + 1
+        for queue, count in adding.items():
+            limit = self.queue_limits[queue]
+            if count > limit:
+                raise QueueFullError(queue, limit, too_large=count)
+            if waiting(queue) + count > limit:
+                raise QueueFullError(queue, limit)
 
     def decode(self, message_id: str, queue: str, body: bytes) -> tuple[Task, str | None]:
         """Decode a body; on failure return a placeholder task and the reason.

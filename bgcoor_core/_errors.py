@@ -222,7 +222,13 @@ class QueueFullError(BgcoorError):
     (``BGCOOR_QUEUE_LIMITS``), and the policy is ``reject`` or the wait timed out. Nothing
     of the refused batch was enqueued."""
 
-    def __init__(self, queue: str, limit: int, *, waited: float | None = None) -> None:
-        self.queue, self.limit, self.waited = queue, limit, waited
+    def __init__(
+        self, queue: str, limit: int, *, waited: float | None = None, too_large: int = 0
+    ) -> None:
+        self.queue, self.limit, self.waited, self.too_large = queue, limit, waited, too_large
+        if too_large:
+            problem = f"a batch of {too_large} tasks for queue {queue!r} exceeds its limit"
+        else:
+            problem = f"queue {queue!r} is full"
         after = "" if waited is None else f" after waiting {waited:g}s"
-        super().__init__(f"queue {queue!r} is full (limit {limit} waiting tasks){after}")
+        super().__init__(f"{problem} (limit {limit} waiting tasks){after}")

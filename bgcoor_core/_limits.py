@@ -43,6 +43,7 @@ MAX_PREFETCH = 10_000
 MAX_WORKER_LOST = 10_000
 MAX_ENQUEUE_RETRIES = 10
 MIN_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES = 1024, 256 * 1024 * 1024
+MAX_QUEUE_LIMIT = 1_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +106,7 @@ PAYLOAD_BYTES = Range(MIN_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES, "bytes")
 WAIT = Range(0.0, MAX_DURATION, "seconds")
 #: Rows a listing (``bgcoor dlq list --limit``) asks a backend for.
 LISTING = Range(1, 1_000_000)
+QUEUE_LIMIT = Range(1, MAX_QUEUE_LIMIT, "tasks")
 
 
 def check_eta(option: str, eta: datetime) -> datetime:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import typing
 from collections.abc import Iterator
 from importlib.metadata import entry_points
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -82,6 +83,14 @@ class Settings(BaseSettings):
     #: The longest a scheduler waits between passes: how soon a schedule added, changed or
     #: removed by another process is seen (pause, resume and remove are honoured at once).
     scheduler_refresh_seconds: float = _bounded(5.0, limits.POLL)
+    #: Waiting tasks (ready, scheduled, or held back by a rate or concurrency limit) a queue
+    #: may hold, by queue name (``BGCOOR_QUEUE_LIMITS='{"emails": 100000}'``). An enqueue
+    #: that would pass it stores nothing and, by ``queue_full``, raises
+    #: :class:`~bgcoor_core.QueueFullError` or waits for room.
+    queue_limits: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
+    queue_full: Literal["reject", "wait"] = "reject"
+    #: How long an enqueue waits for room under ``queue_full="wait"``.
+    queue_full_timeout: float = _bounded(30.0, limits.TIMEOUT)
     serializer: str = JSON
     accept_content: CommaList = Field(default_factory=lambda: [JSON])
     disable_plugins: CommaList = Field(default_factory=list)
@@ -98,6 +107,27 @@ class Settings(BaseSettings):
     def _check_queues(cls, value: list[str]) -> list[str]:
         for name in value:
             validate_queue_name(name)
+        return value
+
+    @field_validator("queue_limits", mode="before")
+    @classmethod
+    def _parse_queue_limits(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError:
+                raise ValueError(
+                    f"{ENV_PREFIX}QUEUE_LIMITS must be a JSON object of queue names to limits, "
+                    """like '{"emails": 100000}'"""
+                ) from None
+        return value
+
+    @field_validator("queue_limits")
+    @classmethod
+    def _check_queue_limits(cls, value: dict[str, int]) -> dict[str, int]:
+        for name, limit in value.items():
+            validate_queue_name(name)
+            limits.QUEUE_LIMIT.check(f"queue limit of {name!r}", limit)
         return value
 
     @model_validator(mode="after")

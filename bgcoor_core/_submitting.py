@@ -4,15 +4,19 @@ enqueue steps tried again with the same ids when a connection breaks mid-call.""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 from ._broker import Message
-from ._errors import CapabilityError, DuplicateTaskError, EnqueueUncertainError
+from ._errors import CapabilityError, DuplicateTaskError, EnqueueUncertainError, QueueFullError
 from ._plugins import PluginHost
 from ._storage import Storage
 from ._task import Task, TaskStatus
 from ._unique import UNIQUE_HEADER, UniqueStore
 from ._wiring import Backends
+
+T = TypeVar("T")
 
 
 async def submit(
@@ -30,12 +34,15 @@ async def submit(
         return await _submit_unique(backends, host, tasks, messages, retries)
     atomic = backends.atomic_enqueue
     if atomic is not None:
-        await idempotent(
-            lambda: atomic.enqueue_atomically(tasks, messages),
-            tasks,
-            broker.transient_errors,
-            storage,
-            retries,
+        await when_room(
+            backends.queue_wait,
+            lambda: idempotent(
+                lambda: atomic.enqueue_atomically(tasks, messages),
+                tasks,
+                broker.transient_errors,
+                storage,
+                retries,
+            ),
         )
     else:
         stored = await idempotent(
@@ -70,13 +77,42 @@ async def _submit_unique(
             "cannot enforce unique_key (it needs a backend that takes the key in the step "
             "that enqueues: memory, SQLite, Redis or PostgreSQL)"
         )
-    holders = await _unique_steps(
-        store, backends.storage, tasks, messages, backends.broker.transient_errors, retries
+    holders = await when_room(
+        backends.queue_wait,
+        lambda: _unique_steps(
+            store, backends.storage, tasks, messages, backends.broker.transient_errors, retries
+        ),
     )
     for task, holder in zip(tasks, holders, strict=True):
         if holder is None:
             host.task_enqueued(task)
     return holders
+
+
+#: How often a producer waiting for room in a full queue tries again, at most.
+ROOM_POLL_MAX = 0.5
+
+
+async def when_room(wait: float | None, step: Callable[[], Awaitable[T]]) -> T:
+    """Run an enqueue ``step``; when it finds its queue full (:class:`QueueFullError`:
+    nothing was stored) and ``wait`` is set, try it again, backing off from 10 ms to
+    :data:`ROOM_POLL_MAX`, until ``wait`` seconds have passed. A batch larger than the
+    limit itself can never fit and is refused at once."""
+    if wait is None:
+        return await step()
+    give_up = time.monotonic() + wait
+    pause = 0.01
+    while True:
+        try:
+            return await step()
+        except QueueFullError as exc:
+            left = give_up - time.monotonic()
+            if exc.too_large:
+                raise
+            if left <= 0:
+                raise QueueFullError(exc.queue, exc.limit, waited=wait) from None
+            await asyncio.sleep(min(pause, left))
+            pause = min(pause * 2, ROOM_POLL_MAX)
 
 
 async def _unique_steps(

@@ -19,6 +19,7 @@ from bgcoor_core import (
 from bgcoor_core.testing import (
     BrokerContract,
     GateContract,
+    QueueLimitContract,
     ScheduleContract,
     StorageContract,
     UniqueContract,
@@ -116,6 +117,10 @@ class TestUniqueConformance(_Paired, UniqueContract):
 
 class TestGateConformance(_Paired, GateContract):
     """Every broker that enforces rate and concurrency limits."""
+
+
+class TestQueueLimitConformance(_Paired, QueueLimitContract):
+    """Every pair that enforces queue limits."""
 
 
 class TestWorkflowConformance(_Paired, WorkflowContract):

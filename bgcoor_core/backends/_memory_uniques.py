@@ -13,17 +13,31 @@ from .._task import Task
 from .._unique import holds, take_keys, unique_until
 
 if TYPE_CHECKING:
+    from .._storage import Storage
     from .memory import MemoryBroker, MemoryStorage
 
 
 class MemoryUniques:
-    """The :class:`~bgcoor_core.UniqueStore` of a memory broker and storage pair."""
+    """The :class:`~bgcoor_core.UniqueStore` and :class:`~bgcoor_core.AtomicEnqueue` of a
+    memory broker and storage pair: both locks held for the whole step."""
 
     def __init__(self, broker: MemoryBroker, storage: MemoryStorage) -> None:
         self.broker = broker
         self.storage = storage
         #: key -> (holder's task id, end of its window or None)
         self._keys = broker._unique_keys
+
+    def shares_store_with(self, storage: Storage) -> bool:
+        return storage is self.storage
+
+    async def enqueue_atomically(self, tasks: Sequence[Task], messages: Sequence[Message]) -> None:
+        with self.broker._lock, self.storage._lock:
+            for task in tasks:
+                if self.storage._live(task.id) is not None:
+                    raise DuplicateTaskError(f"task {task.id} already has a record")
+            self.broker._push_locked(messages, limited=True)  # refused whole, before a record
+            for task in tasks:
+                self.storage._insert(task)
 
     async def enqueue_unique(
         self, tasks: Sequence[Task], messages: Sequence[Message]
@@ -35,9 +49,9 @@ class MemoryUniques:
                 if holder is None and self.storage._live(task.id) is not None:
                     raise DuplicateTaskError(f"task {task.id} already has a record")
             chosen = [i for i, holder in enumerate(holders) if holder is None]
+            self.broker._push_locked([messages[i] for i in chosen], limited=True)
             for i in chosen:
                 self.storage._insert(tasks[i])
-            self.broker._push_locked([messages[i] for i in chosen])
             for key, task in taken.items():
                 self._keys[key] = (task.id, unique_until(task))
             return holders

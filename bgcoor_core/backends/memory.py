@@ -94,14 +94,18 @@ class MemoryBroker(Broker):
         for message in messages:
             validate_queue_name(message.queue)
         with self._lock:
-            self._push_locked(messages)
+            self._push_locked(messages, limited=True)
 
-    def _push_locked(self, messages: Sequence[Message]) -> None:
+    def _push_locked(self, messages: Sequence[Message], *, limited: bool = False) -> None:
+        """Push ``messages`` (the lock held); ``limited``: a producer's enqueue, refused
+        whole when it would pass a queue limit."""
         seen: set[str] = set()
         for message in messages:
             if message.id in self._entries or message.id in seen:
                 raise DuplicateTaskError(f"task {message.id} is already in the broker")
             seen.add(message.id)
+        if limited:
+            self.refuse_if_full(messages, self._waiting)
         now = time.time()
         for message in messages:
             entry = _entry(message, next(self._seq))
@@ -109,6 +113,15 @@ class MemoryBroker(Broker):
             self._known.add(message.queue)
             self._enqueue(entry, message.eta if message.eta and message.eta > now else None)
         self._waiters.wake_all()
+
+    def _waiting(self, queue: str) -> int:
+        return sum(
+            1 for e in self._entries.values() if e.message.queue == queue and e.state != RESERVED
+        )
+
+    def atomic_enqueue(self, storage: Storage) -> MemoryUniques | None:
+        """Records into ``storage`` (a memory one) and messages here, in one step."""
+        return self.unique_store(storage)
 
     def workflow_store(self, storage: Storage) -> MemoryWorkflows | None:
         """Workflows on this broker, stepping records in ``storage`` if it is a memory one."""

@@ -22,6 +22,7 @@ from ._broker_contract import BrokerContract
 from ._fleet import Run, WorkerFleet, ledger_task
 from ._gate_contract import GateContract
 from ._helpers import EARLY, LEASE, LONG_LEASE, SLACK, make_task, make_test_codec
+from ._queue_limit_contract import QueueLimitContract
 from ._schedule_contract import ScheduleContract
 from ._storage_contract import StorageContract
 from ._unique_contract import UniqueContract
@@ -34,6 +35,7 @@ __all__ = [
     "SLACK",
     "BrokerContract",
     "GateContract",
+    "QueueLimitContract",
     "Run",
     "ScheduleContract",
     "StorageContract",
