@@ -2,9 +2,11 @@
 
 Per queue ``q`` (keys under the prefix): ``q:<q>:ready`` (score: priority, then push
 order), ``q:<q>:later`` (score: eta), ``q:<q>:leased`` (score: lease deadline),
-``q:<q>:dead`` (score: when) and the list ``q:<q>:wake`` that idle consumers block on.
-Each message is a hash ``m:<id>``. Deadlines use the server's clock (``TIME``), so hosts
-with skewed clocks agree on when a lease expires.
+``q:<q>:dead`` (score: when), ``q:<q>:parked`` (messages waiting for a concurrency slot)
+and the list ``q:<q>:wake`` that idle consumers block on. Each message is a hash
+``m:<id>``. Deadlines use the server's clock (``TIME``), so hosts with skewed clocks agree
+on when a lease expires. Rate and concurrency limits keep their state per gate key under
+``gate:<key>:`` (see ``lua/common.lua``).
 """
 
 from __future__ import annotations
@@ -42,9 +44,22 @@ log = logging.getLogger("bgcoor.redis")
 
 
 class RedisBrokerSide(RedisBase, Broker):
-    """Every :class:`~bgcoor_core.Capability`; see the module docstring for the layout."""
+    """The capabilities listed; see the module docstring for the layout, and
+    ``lua/common.lua`` ("Rate and concurrency limits") for how the reserve enforces
+    ``Message.gate``."""
 
-    capabilities = frozenset(Capability) - {Capability.LIMITS}
+    # Listed rather than "all of them": a capability added to the core is not claimed
+    # before this backend implements it.
+    capabilities = frozenset(
+        {
+            Capability.PRIORITIES,
+            Capability.DELAYS,
+            Capability.LEASE_EXTENSION,
+            Capability.DEAD_LETTER,
+            Capability.BATCH_RESERVE,
+            Capability.LIMITS,
+        }
+    )
 
     # -- producing ---------------------------------------------------------------------
 

@@ -36,8 +36,16 @@ def record_args(task: Task) -> list[Any]:
     return [task.id, task.status.value, token, task.name, task.queue, task.model_dump_json()]
 
 
+#: Script arguments per message (:func:`message_args`).
+MESSAGE_FIELDS = 6
+
+
 def message_args(message: Message) -> list[Any]:
-    """id, queue, body, priority, eta: a message as the enqueue script takes it."""
+    """id, queue, body, priority, eta, gate: a message as the enqueue script takes it.
+
+    The gate (``Message.gate``, rate and concurrency limits) is passed as it is, ``""`` for
+    none: the reserve script reads it, and hands a message whose gate it cannot read to a
+    worker as a defect, which dead-letters it."""
     validate_queue_name(message.queue)
     if not MIN_PRIORITY <= message.priority <= MAX_PRIORITY:
         raise CapabilityError(
@@ -45,7 +53,8 @@ def message_args(message: Message) -> list[Any]:
             f"priorities from {MIN_PRIORITY} to {MAX_PRIORITY}"
         )
     eta = "" if message.eta is None else repr(float(message.eta))
-    return [message.id, message.queue, message.body, message.priority, eta]
+    gate = "" if message.gate is None else message.gate
+    return [message.id, message.queue, message.body, message.priority, eta, gate]
 
 
 def ttl_arg(ttl: float | None) -> float:

@@ -37,11 +37,11 @@ log = logging.getLogger("bgcoor.redis")
 FIRE_CHUNK = CHUNK // 2
 #: Definitions per upsert script call.
 PUT_CHUNK = 1000
-_NO_TASK = [""] * 11
+_NO_TASK = [""] * 12
 
 
 def fire_args(request: Fire) -> list[Any]:
-    """The 16 script arguments of one request (see ``lua/fire.lua``)."""
+    """The 17 script arguments of one request (see ``lua/fire.lua``)."""
     if (request.task is None) != (request.message is None):
         raise ValueError(f"schedule {request.schedule_id}: a fire needs both task and message")
     if request.release and request.task is None:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from bgcoor_core import (
+    CapabilityError,
     CorruptRecordError,
     DuplicateTaskError,
     Message,
@@ -110,11 +111,22 @@ def submit_args(
         if message is None:
             raise ValueError(f"workflow {state.id}: member {task.id} has no message")
         if task.status is TaskStatus.WAITING:
-            parked += [int(task.headers[kit.NODE_HEADER]), *message_args(message)]
+            parked += [int(task.headers[kit.NODE_HEADER]), *_member_args(message)]
         else:
-            roots += message_args(message)
+            roots += _member_args(message)
     counts = [len(fields) // 2, len(records) // 6, len(roots) // 5, len(parked) // 6]
     return [state.id, *counts, *fields, *records, *roots, *parked]
+
+
+def _member_args(message: Message) -> list[Any]:
+    """A member's message as ``lua/wf_submit.lua`` takes it: :func:`message_args` without
+    the gate, which the core refuses on a member (its message waits in the workflow's
+    hash, whose release would not keep it)."""
+    if message.gate is not None:
+        raise CapabilityError(
+            f"task {message.id}: a workflow member cannot have a rate or concurrency limit"
+        )
+    return message_args(message)[:-1]
 
 
 class RedisWorkflows:

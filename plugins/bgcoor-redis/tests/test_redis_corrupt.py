@@ -96,6 +96,8 @@ MESSAGE_DAMAGE: dict[str, tuple[Callable[[aredis.Redis, str], Awaitable[object]]
     "queue-other": (lambda r, k: r.hset(k, "q", "elsewhere"), "queue"),
     "queue-missing": (lambda r, k: r.hdel(k, "q"), "queue"),
     "not-a-hash": (lambda r, k: _replace(r, k, "junk"), "not a hash"),
+    "gate-junk": (lambda r, k: r.hset(k, "g", "junk"), 'gate g "junk"'),
+    "gate-no-key": (lambda r, k: r.hset(k, "g", "0.5 1 -"), "gate g"),
 }
 
 
@@ -408,7 +410,9 @@ async def test_a_record_of_the_wrong_type_refuses_its_id(
 # -- end to end, in process ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("damage", ["no-hash", "no-body", "deliveries-text", "zombie-status"])
+@pytest.mark.parametrize(
+    "damage", ["no-hash", "no-body", "deliveries-text", "gate-junk", "zombie-status"]
+)
 async def test_a_worker_dead_letters_the_victim_and_runs_the_rest(
     redis_url: str, raw: aredis.Redis, damage: str
 ) -> None:
@@ -445,7 +449,7 @@ async def test_a_worker_dead_letters_the_victim_and_runs_the_rest(
 
 # -- any value in any field ------------------------------------------------------------------
 
-FIELDS = ["q", "b", "d", "l", "p", "o", "t", "r", "x"]
+FIELDS = ["q", "b", "d", "l", "p", "o", "t", "r", "x", "g", "a"]
 
 
 @settings(

@@ -24,6 +24,7 @@ local function mkey(id) return P .. ":m:" .. id end
 local function tkey(id) return P .. ":t:" .. id end
 local function ikey(kind, value) return P .. ":i:" .. kind .. ":" .. value end
 local function ukey(name) return P .. ":uniq:" .. name end
+local function gkey(name, kind) return P .. ":gate:" .. name .. ":" .. kind end
 
 local function now()
   local t = redis.call("TIME")
@@ -121,36 +122,40 @@ local function wake(queue)
   if n == 0 then redis.call("RPUSH", w, "1") end
 end
 
--- Give a message a new place behind everything of its priority; returns its ready score.
+-- Give a message a new place behind everything of its priority; returns its ready score
+-- and its gate (field g, nil for none: see "Rate and concurrency limits"), read with it.
 -- A message whose priority cannot be read goes to the front (score 0), where the next
 -- reserve finds what is wrong with it and hands it out as a defect.
 local function rescore(id)
   local key = mkey(id)
   local seq = next_seq(1)
-  local p = redis.pcall("HGET", key, "p")
-  if type(p) == "table" then return 0 end -- not a hash
-  p = priority(p)
-  if not p then return 0 end
+  local m = redis.pcall("HMGET", key, "p", "g")
+  if m.err then return 0 end -- not a hash
+  local p = priority(m[1])
+  if not p then return 0, m[2] end
   local score = (MAX_PRIORITY - p) * SPAN + seq
   redis.call("HSET", key, "o", score)
-  return score
+  return score, m[2]
 end
 
--- Put a message back in its ready set, behind everything of its priority.
+-- Put a message back in its ready set, behind everything of its priority; returns its gate.
 local function requeue(queue, id)
   local ready = qkey(queue, "ready")
-  fixed(ready, "ZADD", ready, rescore(id), id)
+  local score, g = rescore(id)
+  fixed(ready, "ZADD", ready, score, id)
+  return g
 end
 
--- The queue of message `id` if `token` holds its lease at time `t`, else nil.
+-- The queue of message `id` if `token` holds its lease at time `t`, else nil; and its
+-- gate (field g, nil for none), so that a settle can free the slot it holds.
 local function held(id, token, t)
-  local m = redis.pcall("HMGET", mkey(id), "q", "t")
+  local m = redis.pcall("HMGET", mkey(id), "q", "t", "g")
   if m.err or not m[1] or m[2] ~= token then return nil end
   local leased = qkey(m[1], "leased")
   local deadline = redis.pcall("ZSCORE", leased, id)
   if type(deadline) == "table" then deadline = readable(false, "ZSCORE", leased, id) end
   if not deadline or tonumber(deadline) <= t then return nil end
-  return m[1]
+  return m[1], m[3]
 end
 
 -- Release a held message's lease and remove it from the leased set.
@@ -374,10 +379,91 @@ local function unstart_record(id, token)
   redis.call("HDEL", key, "r")
 end
 
+-- Rate and concurrency limits ------------------------------------------------------------
+-- A message with limits has a field g, its gate as bgcoor_core's Gate.encode writes it:
+-- "<interval> <burst> <concurrency> <key>", "-" for a limit not set (the rules are in
+-- bgcoor_core._gates; the reserve applies them, see reserve.lua), and a field a ("1")
+-- while it holds a rate slot given when the reserve deferred it. A message without g costs
+-- nothing: every script reads g with fields it reads anyway. Per gate key k:
+--   gate:<k>:tat     string, the key's theoretical arrival time (the rate), expiring once
+--                    it is past (an idle key then reads as none: nothing accumulates);
+--   gate:<k>:held    sorted set of the ids holding a concurrency slot, scored by their
+--                    lease deadline (live holders: score after now; extend moves it);
+--   gate:<k>:parked  sorted set of the ids waiting for a slot, scored by ready score;
+-- and per queue q:<queue>:parked, the same ids by queue (stats count them as scheduled,
+-- purge deletes them). A parked id is in both sets or in neither.
+
+-- A whole number from 1 to 2**31 - 1, or nil.
+local function positive(v)
+  local n = tonumber(v)
+  if n and n >= 1 and n < 2147483648 and n % 1 == 0 then return n end
+  return nil
+end
+
+-- Gate text g as {key = k, interval = seconds or nil, burst = n, concurrency = n or nil},
+-- or nil if it cannot be read (the reserve hands such a message out as a defect).
+local function gate_of(g)
+  local i, b, c, name = string.match(g, "^(%S+) (%S+) (%S+) (.+)$")
+  if not name then return nil end
+  local gate = {key = name, burst = positive(b)}
+  if not gate.burst then return nil end
+  if i ~= "-" then
+    local interval = tonumber(i) -- (NaN fails both comparisons)
+    if not (interval and interval > 0 and interval < 1e9) then return nil end
+    gate.interval = interval
+  end
+  if c ~= "-" then
+    gate.concurrency = positive(c)
+    if not gate.concurrency then return nil end
+  end
+  return gate
+end
+
+-- One GCRA admission on key `name` (bgcoor_core._gates.admit) at time `t`: stores the key's
+-- new theoretical arrival time, expiring when it is past, and returns when the message may
+-- start (after `t`: the slot it was given). A stored time that is not a finite number
+-- (written by something else) counts as none, and is replaced.
+local function admit(name, interval, burst, t)
+  local k = gkey(name, "tat")
+  local tat = tonumber(readable(false, "GET", k))
+  local base = t
+  if tat and tat > t and tat < math.huge then base = tat end
+  local new = base + interval
+  local ms = math.max(1, math.min(math.ceil((new - t) * 1000), 2 ^ 50))
+  redis.call("SET", k, string.format("%.17g", new), "PX", string.format("%d", ms))
+  return base - (burst - 1) * interval
+end
+
+-- The first message parked for a slot of key `name` goes back to its ready set, in its
+-- old place (ids no longer parked, e.g. purged, are skipped).
+local function unpark(name)
+  local k = gkey(name, "parked")
+  while true do
+    local id = readable({}, "ZPOPMIN", k)[1]
+    if not id then return end
+    local m = redis.pcall("HMGET", mkey(id), "q", "o")
+    if not m.err and m[1] and readable(0, "ZREM", qkey(m[1], "parked"), id) == 1 then
+      local ready = qkey(m[1], "ready")
+      fixed(ready, "ZADD", ready, order(m[2]) or 0, id)
+      wake(m[1])
+      return
+    end
+  end
+end
+
+-- Message `id`, whose gate text is `g`, stops holding its key's concurrency slot (acked,
+-- handed back, dead-lettered, completed or lost), if it held one: the key's first parked
+-- message is ready again. Safe to call twice: only the first finds it holding.
+local function unhold(id, g)
+  local gate = gate_of(g)
+  if not (gate and gate.concurrency) then return end
+  if readable(0, "ZREM", gkey(gate.key, "held"), id) == 1 then unpark(gate.key) end
+end
+
 -- New tasks (enqueue.lua, enqueue_unique.lua) ---------------------------------------------
 -- `recs` and `msgs` list the ARGV positions of the records (6 fields: id, status, token,
--- name, queue, json) and of the messages (5: id, queue, body, priority, eta, "" for none)
--- to store. Everything is checked (refuse_new) before the first write (store_new), and
+-- name, queue, json) and of the messages (6: id, queue, body, priority, eta, gate; "" for
+-- none) to store. Everything is checked (refuse_new) before the first write (store_new), and
 -- every write succeeds (see `fixed`), so a refusal or an error leaves nothing behind.
 
 -- The status of the record a new id would reuse, or nil when there is none.
@@ -423,7 +509,12 @@ local function store_new(recs, msgs, t)
     local id, queue, prio, eta = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 3]), ARGV[a + 4]
     local score = (MAX_PRIORITY - prio) * SPAN + seq + i
     local m = mkey(id)
-    redis.call("HSET", m, "q", queue, "b", ARGV[a + 2], "p", prio, "o", score, "d", 0, "l", 0)
+    if ARGV[a + 5] == "" then
+      redis.call("HSET", m, "q", queue, "b", ARGV[a + 2], "p", prio, "o", score, "d", 0, "l", 0)
+    else
+      redis.call("HSET", m, "q", queue, "b", ARGV[a + 2], "p", prio, "o", score, "d", 0, "l", 0,
+        "g", ARGV[a + 5])
+    end
     if not listed[queue] then
       if type(redis.pcall("SADD", QUEUES, queue)) == "table" then
         fixed(QUEUES, "SADD", QUEUES, queue)

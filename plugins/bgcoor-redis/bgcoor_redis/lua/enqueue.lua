@@ -1,12 +1,12 @@
 -- Store new records and push new messages, all or nothing.
 -- ARGV: prefix, #records, #messages, then 6 per record: id, status, token, name, queue, json;
--- then 5 per message: id, queue, body, priority, eta ("" for none).
+-- then 6 per message: id, queue, body, priority, eta, gate ("" for none).
 -- Returns 0 (done), or refuse_new's {"DUPLICATE", id} / {"DUPLICATE", id, status} and
 -- writes nothing (see "New tasks" in common.lua).
 local nrec, nmsg = tonumber(ARGV[2]), tonumber(ARGV[3])
 local recs, msgs = {}, {}
 for i = 1, nrec do recs[i] = 4 + 6 * (i - 1) end
-for i = 1, nmsg do msgs[i] = 4 + 6 * nrec + 5 * (i - 1) end
+for i = 1, nmsg do msgs[i] = 4 + 6 * nrec + 6 * (i - 1) end
 local refused = refuse_new(recs, msgs)
 if refused then return refused end
 store_new(recs, msgs, now())

@@ -2,13 +2,13 @@
 -- or by an earlier task of this call (see "Unique keys" in common.lua); those who enqueue
 -- take their keys. One step: every enqueued task's record, message and key, or nothing.
 -- ARGV: prefix, n, then n records (6 fields each, as enqueue.lua takes them), n messages
--- (5 each), then 2 per task: its unique key ("" for none) and its window's end ("" for
+-- (6 each), then 2 per task: its unique key ("" for none) and its window's end ("" for
 -- none). The i-th record, message and key are one task's.
 -- Returns 0 (each task enqueued), {"HELD", i, holder, ...} (task i, from 0, was not: the
 -- task `holder` holds its key; the others were), {"SELF", id} (task `id` already holds its
 -- key: this call, tried again) or refuse_new's {"DUPLICATE", ...}; a refusal writes nothing.
 local n = tonumber(ARGV[2])
-local r0, m0, k0 = 3, 3 + 6 * n, 3 + 11 * n
+local r0, m0, k0 = 3, 3 + 6 * n, 3 + 12 * n
 local t = now()
 local recs, msgs, held, taken = {}, {}, {"HELD"}, {}
 for i = 0, n - 1 do
@@ -21,7 +21,7 @@ for i = 0, n - 1 do
     held[#held + 1] = holder
   else
     if key ~= "" then taken[key] = id end
-    recs[#recs + 1], msgs[#msgs + 1] = r0 + 6 * i, m0 + 5 * i
+    recs[#recs + 1], msgs[#msgs + 1] = r0 + 6 * i, m0 + 6 * i
   end
 end
 local refused = refuse_new(recs, msgs)

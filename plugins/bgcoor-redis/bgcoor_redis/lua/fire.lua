@@ -1,9 +1,9 @@
 -- Fire (or give up) schedule ticks: the rule of bgcoor_core._schedules, steps 1-6, for
 -- each request in order, each one whole before the next.
--- ARGV: prefix, then 16 per request: schedule id, tick (ms), overlap (allow, skip or
+-- ARGV: prefix, then 17 per request: schedule id, tick (ms), overlap (allow, skip or
 -- buffer_one), missed, release ("1" or ""), then the task's record as enqueue.lua takes it
 -- (id, status, token, name, queue, json; id "" when there is no task), then its message
--- (id, queue, body, priority, eta ("" for none)).
+-- (id, queue, body, priority, eta, gate; "" for none).
 -- Returns one outcome per request ("fired", "skipped", ...), or for a request whose task
 -- or message id is taken {"DUPLICATE", id} / {"DUPLICATE", id, status} as enqueue.lua
 -- does; such a request changes nothing, and the others still apply.
@@ -51,6 +51,7 @@ local function enqueue(a)
   local id, queue, prio, eta = ARGV[m], ARGV[m + 1], tonumber(ARGV[m + 3]), ARGV[m + 4]
   local score = (MAX_PRIORITY - prio) * SPAN + next_seq(1)
   redis.call("HSET", mkey(id), "q", queue, "b", ARGV[m + 2], "p", prio, "o", score, "d", 0, "l", 0)
+  if ARGV[m + 5] ~= "" then redis.call("HSET", mkey(id), "g", ARGV[m + 5]) end
   if type(redis.pcall("SADD", QUEUES, queue)) == "table" then fixed(QUEUES, "SADD", QUEUES, queue) end
   local key = qkey(queue, "ready")
   if eta ~= "" and tonumber(eta) > t then
@@ -113,6 +114,6 @@ local function fire(a)
 end
 
 local out = {}
-for a = 2, #ARGV, 16 do out[#out + 1] = fire(a) end
+for a = 2, #ARGV, 17 do out[#out + 1] = fire(a) end
 for queue in pairs(woken) do wake(queue) end
 return out

@@ -14,7 +14,7 @@ for _, id in ipairs(ids) do
   local kind = redis.call("TYPE", mkey(id))["ok"]
   if (kind == "hash" or kind == "none") and readable(0, "ZREM", dead, id) == 1 then
     redis.call("HSET", mkey(id), "d", 0, "l", 0)
-    redis.call("HDEL", mkey(id), "r", "x")
+    redis.call("HDEL", mkey(id), "r", "x", "a") -- its gate (g) stays: it is limited again
     requeue(queue, id)
     moved[#moved + 1] = id
   end
