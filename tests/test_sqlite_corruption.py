@@ -34,6 +34,7 @@ from bgcoor_core import (
 from bgcoor_core.backends.sqlite import SQLiteBackend
 from bgcoor_core.backends.sqlite._backend import _insert, _take_rows
 from bgcoor_core.backends.sqlite._defects import decode_text, sweep
+from bgcoor_core.backends.sqlite._gates import free_stranded
 from bgcoor_core.backends.sqlite._records import insert_new
 from bgcoor_core.backends.sqlite._schema import migrate
 from bgcoor_core.testing import make_task, make_test_codec
@@ -92,6 +93,9 @@ MESSAGE_DAMAGE = [
     ("id-blob", "id = CAST(id AS BLOB)", "column id holds a blob"),
     ("id-null", "id = NULL", "column id holds NULL, not text"),
     ("state-unknown", "state = 'paused'", "column state holds text 'paused', not ready or"),
+    ("gate-no-gate", "gate = 'fast please'", "column gate holds text 'fast please', which is no"),
+    ("gate-blob", "gate = x'00'", "column gate holds a blob of 1 bytes, not null or text"),
+    ("gate-not-utf8", f"gate = {NOT_UTF8}", "column gate holds text that is not UTF-8"),
 ]
 
 
@@ -401,6 +405,7 @@ COLUMNS = [
     *(("messages", c) for c in ("id", "body", "priority", "seq", "available_at", "deliveries")),
     *(("messages", c) for c in ("state", "queue")),
     *(("messages", c) for c in ("lost", "token", "reason", "dead_at")),
+    *(("messages", c) for c in ("gate", "slot_key", "slot_wait", "admitted")),
     *(("tasks", c) for c in ("id", "name", "queue", "status", "lease_token", "expires_at")),
     *(("tasks", c) for c in ("record", "before_start")),
 ]
@@ -459,7 +464,9 @@ def test_garbage_in_any_column_costs_at_most_its_own_task(
     rows = _take_rows(conn, Q, 30.0, 10, _read_body)  # never raises
     conn.execute("BEGIN IMMEDIATE")
     swept = sweep(conn, _read_body)  # what an idle reserve does for rows it cannot see
+    free_stranded(conn, time.time())  # and for a row parked where no lease will free it
     conn.execute("COMMIT")
+    rows += _take_rows(conn, Q, 30.0, 10, _read_body)
     defects = {row[0]: row[7] for row in rows}
     for task in tasks:
         if task.id != target:

@@ -1,9 +1,11 @@
 """SQLiteBackend: broker and storage in one SQLite file (WAL), safe across processes.
 
 Every change runs in a ``BEGIN IMMEDIATE`` transaction, so reserving is atomic across
-processes: two workers can never hold the same task while its lease is current. Idle
-consumers poll cheaply (a read without the write lock) every ``poll_interval`` seconds;
-pushes made through the same backend object wake local consumers at once.
+processes: two workers can never hold the same task while its lease is current, nor both
+take a rate or concurrency limit's last slot (decided in the take's transaction, see
+:mod:`._gates`). Idle consumers poll cheaply (a read without the write lock) every
+``poll_interval`` seconds; pushes made through the same backend object wake local
+consumers at once, as do settles that free a limit's slot for a parked message.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from ..._storage import Storage, check_page
 from ..._task import Task, TaskStatus, validate_queue_name
 from ...kit import placeholder, shielded_take
 from .._waiters import Waiters, wait_for_wake
-from . import _defects, _records, _schedules
+from . import _defects, _gates, _records, _schedules
 from ._connection import Connection, transaction
 from ._schema import SCHEMA_VERSION
 from ._uniques import SQLiteUniques
@@ -85,7 +87,7 @@ def parse_sqlite_url(url: str) -> tuple[str, SQLiteOptions]:
 class SQLiteBackend(Broker, Storage):
     """Broker and storage over one SQLite database file."""
 
-    capabilities = frozenset(Capability) - {Capability.LIMITS}
+    capabilities = frozenset(Capability) - {Capability.QUEUE_LIMITS}
 
     def __init__(self, path: str, codec: Codec, options: SQLiteOptions | None = None) -> None:
         Broker.__init__(self, codec)
@@ -164,16 +166,20 @@ class SQLiteBackend(Broker, Storage):
 
     async def _sweep_when_due(self) -> None:
         """While idle, now and then: dead-letter messages that sit in a queue no worker
-        can name (see :func:`_defects.sweep`). Never on a reserve that found work."""
+        can name (see :func:`_defects.sweep`), and make ready the parked messages whose
+        key no live lease holds (:func:`_gates.free_stranded`). Never on a reserve that
+        found work."""
         if time.monotonic() < self._next_sweep:
             return
         self._next_sweep = time.monotonic() + _defects.SWEEP_SECONDS
         await self.db.run(_sweep, self._read_body)
 
     async def ack(self, reservation: Reservation) -> None:
-        await self.db.run(
+        freed = await self.db.run(
             _settle, reservation.task.id, reservation.token, "DELETE FROM messages", ()
         )
+        if freed:
+            self._wake_consumers()
 
     async def nack(
         self, reservation: Reservation, *, delay: float = 0.0, task: Task | None = None
@@ -187,14 +193,10 @@ class SQLiteBackend(Broker, Storage):
         await self.db.run(
             _settle, reservation.task.id, reservation.token, sql, params, _records.unstart
         )
-        with self._waiters_lock:
-            self._waiters.wake_all()
+        self._wake_consumers()
 
     async def extend(self, reservation: Reservation, lease: float) -> None:
-        sql = "UPDATE messages SET available_at = ?"
-        await self.db.run(
-            _settle, reservation.task.id, reservation.token, sql, (time.time() + lease,)
-        )
+        await self.db.run(_extend, reservation.task.id, reservation.token, time.time() + lease)
 
     async def dead_letter(
         self, reservation: Reservation, reason: str, task: Task | None = None
@@ -204,9 +206,11 @@ class SQLiteBackend(Broker, Storage):
             "UPDATE messages SET state = 'dead', token = NULL, reason = ?, dead_at = ?, "
             "body = coalesce(?, body)"
         )
-        await self.db.run(
+        freed = await self.db.run(
             _settle, reservation.task.id, reservation.token, sql, (reason, time.time(), body)
         )
+        if freed:
+            self._wake_consumers()
 
     async def dead_letters(
         self, queue: str, *, limit: int = 100, offset: int = 0
@@ -243,8 +247,9 @@ class SQLiteBackend(Broker, Storage):
             _fetch,
             (
                 "SELECT "
-                "coalesce(sum(state != 'dead' AND available_at <= ?), 0), "
-                "coalesce(sum(state = 'ready' AND available_at > ?), 0), "
+                "coalesce(sum(state != 'dead' AND slot_wait = 0 AND available_at <= ?), 0), "
+                # parked for a concurrency slot: scheduled, as a limit holds it back
+                "coalesce(sum(state = 'ready' AND (slot_wait != 0 OR available_at > ?)), 0), "
                 "coalesce(sum(state = 'reserved' AND available_at > ?), 0), "
                 "coalesce(sum(state = 'dead'), 0) "
                 "FROM messages WHERE queue = ?"
@@ -255,6 +260,7 @@ class SQLiteBackend(Broker, Storage):
         return QueueStats(ready, scheduled, reserved, dead)
 
     async def purge(self, queue: str) -> int:
+        """Every message not leased, parked ones included (they are ``ready`` rows)."""
         return await self.db.run(
             _change, "DELETE FROM messages WHERE queue = ? AND state = 'ready'", (queue,)
         )
@@ -312,7 +318,8 @@ class SQLiteBackend(Broker, Storage):
         await self.db.run(_records.save_many, tasks)
 
     async def complete(self, reservation: Reservation, task: Task, *, ttl: float | None) -> None:
-        await self.db.run(_complete, reservation.task.id, reservation.token, task, ttl)
+        if await self.db.run(_complete, reservation.task.id, reservation.token, task, ttl):
+            self._wake_consumers()
 
     # -- schedules (periodic tasks): fired in the enqueue's own transaction ------------
 
@@ -390,12 +397,13 @@ def _store_new(
 def _insert(conn: sqlite3.Connection, messages: Sequence[Message]) -> None:
     seq = time.time_ns()
     rows = [
-        (m.id, m.queue, m.priority, seq + i, m.body, m.eta or 0.0) for i, m in enumerate(messages)
+        (m.id, m.queue, m.priority, seq + i, m.body, m.eta or 0.0, m.gate)
+        for i, m in enumerate(messages)
     ]
     try:
         conn.executemany(
-            "INSERT INTO messages (id, queue, priority, seq, body, state, available_at) "
-            "VALUES (?, ?, ?, ?, ?, 'ready', ?)",
+            "INSERT INTO messages (id, queue, priority, seq, body, state, available_at, gate) "
+            "VALUES (?, ?, ?, ?, ?, 'ready', ?, ?)",
             rows,
         )
     except sqlite3.IntegrityError:
@@ -431,11 +439,14 @@ _DEAD_LETTERS = (
     "FROM messages WHERE queue = ? AND state = 'dead' ORDER BY dead_at, id LIMIT ? OFFSET ?"
 )
 _WHERE = (
-    "WHERE queue = ? AND state != 'dead' AND available_at <= ? "
+    "WHERE queue = ? AND state != 'dead' AND slot_wait = 0 AND available_at <= ? "
     "ORDER BY priority DESC, seq, id LIMIT ?"
 )
 _ANY_CANDIDATE = f"SELECT 1 FROM messages {_WHERE}"
-_CANDIDATES = f"SELECT rowid, id, body, deliveries, lost, state, {_defects.SOUND} FROM messages "
+_CANDIDATES = (
+    f"SELECT rowid, id, body, deliveries, lost, state, {_defects.SOUND}, gate, admitted != 0 "
+    "FROM messages "
+)
 _CANDIDATE_IDS = f"SELECT rowid FROM messages {_WHERE}"
 
 
@@ -454,10 +465,14 @@ def _take_rows(
     with transaction(conn):
         now = time.time()
         for queue in queues:
-            if len(taken) >= limit:
-                break
-            for candidate in _candidates(conn, queue, now, limit - len(taken)):
-                taken.append(_take_one(conn, candidate, queue, now + lease, now, read_body))
+            while len(taken) < limit:
+                wanted = limit - len(taken)
+                candidates = _candidates(conn, queue, now, wanted)
+                rows = [_take_one(conn, c, queue, now + lease, now, read_body) for c in candidates]
+                taken += [row for row in rows if row is not None]
+                # a message held back by its gate left the candidates: look past it
+                if len(candidates) < wanted or None not in rows:
+                    break
     return taken
 
 
@@ -471,7 +486,7 @@ def _candidates(conn: sqlite3.Connection, queue: str, now: float, limit: int) ->
         try:
             rows.extend(conn.execute(_CANDIDATES + "WHERE rowid = ?", (rowid,)).fetchall())
         except sqlite3.OperationalError:
-            rows.append((rowid, None, None, 0, 0, None, 0))  # unsound: read as bytes
+            rows.append((rowid, None, None, 0, 0, None, 0, None, 0))  # unsound: read as bytes
     return rows
 
 
@@ -482,18 +497,27 @@ def _take_one(
     until: float,
     now: float,
     read_body: _defects.ReadBody | None,
-) -> Row:
-    """Reserve one candidate row; the reservation row (see ``_reservation``)."""
-    rowid, message_id, body, deliveries, lost, state, sound = candidate
+) -> Row | None:
+    """Reserve one candidate row; the reservation row (see ``_reservation``), or ``None``
+    when its gate held it back (parked or scheduled for its rate slot, see ``_gates``)."""
+    rowid, message_id, body, deliveries, lost, state, sound, gate_text, admitted = candidate
+    gate = None if gate_text is None or not sound else _gates.parse(gate_text)
+    if gate_text is not None and gate is None:
+        sound = False  # a gate it cannot enforce: a defect, like any damaged column
     token = os.urandom(12).hex()
     if not sound:
         message_id, defect = _defects.take(conn, rowid, queue, token, until, read_body)
         return (message_id, queue, b"", 1, 0, token, False, defect)
-    lost += state == "reserved"  # its lease ran out: the worker was lost
+    was_lost = state == "reserved"  # its lease ran out: the worker was lost
+    lost += was_lost
+    if gate is not None and not _gates.passes(
+        conn, rowid, gate, lost=was_lost, lost_count=lost, admitted=bool(admitted), now=now
+    ):
+        return None
     conn.execute(
         "UPDATE messages SET state = 'reserved', token = ?, available_at = ?, "
-        "deliveries = deliveries + 1, lost = ? WHERE rowid = ?",
-        (token, until, lost, rowid),
+        "deliveries = deliveries + 1, lost = ?, slot_key = ?, admitted = 0 WHERE rowid = ?",
+        (token, until, lost, _gates.slot_of(gate), rowid),
     )
     try:
         started = _records.start(conn, message_id, token, now)
@@ -504,15 +528,18 @@ def _take_one(
 
 
 def _release_rows(conn: sqlite3.Connection, rows: list[Row]) -> None:
-    # a damaged row's counters were not counted up by the reserve (see _take_one)
-    undo = "deliveries = deliveries - (? IS NULL)"
+    # a damaged row's counters were not counted up by the reserve (see _take_one); a gated
+    # one keeps the rate slot it was charged for (admitted) and frees its concurrency slot
+    undo = "deliveries = deliveries - (? IS NULL), admitted = gate IS NOT NULL"
     with transaction(conn):
-        conn.executemany(
-            f"UPDATE messages SET state = 'ready', token = NULL, available_at = 0, {undo} "
-            "WHERE id = ? AND token = ?",
-            [(row[7] if len(row) > 7 else None, row[0], row[5]) for row in rows],
-        )
         for row in rows:
+            held = conn.execute(
+                f"UPDATE messages SET state = 'ready', token = NULL, available_at = 0, {undo} "
+                "WHERE id = ? AND token = ? RETURNING CAST(slot_key AS BLOB)",
+                (row[7] if len(row) > 7 else None, row[0], row[5]),
+            ).fetchall()
+            if held:
+                _gates.release(conn, held[0][0])
             if row[6]:
                 _records.unstart(conn, row[0], row[5])
 
@@ -524,22 +551,37 @@ def _settle(
     sql: str,
     params: tuple[Any, ...],
     then: Callable[[sqlite3.Connection, str, str], None] | None = None,
-) -> None:
+    releases: bool = True,
+) -> bool:
     """Apply ``sql`` to the message only while ``token`` holds its lease, and ``then``
-    (in the same transaction) if it did."""
-    where = " WHERE id = ? AND token = ? AND state = 'reserved' AND available_at > ?"
+    (in the same transaction) if it did. ``releases``: the message stops holding its
+    concurrency slot (every settle but a lease extension); True if that made a parked
+    message ready."""
+    where = (
+        " WHERE id = ? AND token = ? AND state = 'reserved' AND available_at > ? "
+        "RETURNING CAST(slot_key AS BLOB)"
+    )
     with transaction(conn):
-        changed = conn.execute(sql + where, (*params, message_id, token, time.time())).rowcount
-        if changed and then is not None:
+        held = conn.execute(sql + where, (*params, message_id, token, time.time())).fetchall()
+        if held and then is not None:
             then(conn, message_id, token)
-    if not changed:
+        freed = bool(held) and releases and _gates.release(conn, held[0][0])
+    if not held:
         raise StaleLeaseError(f"task {message_id}: lease {token[:8]} is no longer held")
+    return freed
+
+
+def _extend(conn: sqlite3.Connection, message_id: str, token: str, until: float) -> None:
+    """A longer lease while ``token`` holds it: the message keeps its concurrency slot."""
+    sql = "UPDATE messages SET available_at = ?"
+    _settle(conn, message_id, token, sql, (until,), releases=False)
 
 
 def _requeue_dead(conn: sqlite3.Connection, queue: str, ids: list[str] | None) -> list[str]:
     sql = (
         "UPDATE messages SET state = 'ready', available_at = 0, seq = ?, lost = 0, "
-        "deliveries = 0, reason = NULL, dead_at = NULL WHERE queue = ? AND state = 'dead'"
+        "deliveries = 0, reason = NULL, dead_at = NULL, slot_wait = 0, admitted = 0 "
+        "WHERE queue = ? AND state = 'dead'"
     )
     params: list[Any] = [time.time_ns(), queue]
     if ids is not None:
@@ -554,16 +596,17 @@ def _requeue_dead(conn: sqlite3.Connection, queue: str, ids: list[str] | None) -
 
 def _complete(
     conn: sqlite3.Connection, message_id: str, token: str, task: Task, ttl: float | None
-) -> None:
+) -> bool:
     with transaction(conn):
-        _complete_held(conn, message_id, token, task, ttl)
+        return _complete_held(conn, message_id, token, task, ttl)
 
 
 def _complete_held(
     conn: sqlite3.Connection, message_id: str, token: str, task: Task, ttl: float | None
-) -> None:
+) -> bool:
     """Store the outcome and ack, inside the caller's transaction, while ``token`` holds
-    the lease; :class:`StaleLeaseError` before any change otherwise."""
+    the lease; :class:`StaleLeaseError` before any change otherwise. True if the freed
+    concurrency slot made a parked message ready."""
     held = conn.execute(
         "SELECT 1 FROM messages WHERE id = ? AND token = ? AND state = 'reserved' "
         "AND available_at > ?",
@@ -572,14 +615,25 @@ def _complete_held(
     if held is None:
         raise StaleLeaseError(f"task {message_id}: lease {token[:8]} is no longer held")
     _records.write(conn, task, ttl)
-    conn.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+    [(key,)] = conn.execute(
+        "DELETE FROM messages WHERE id = ? RETURNING CAST(slot_key AS BLOB)", (message_id,)
+    ).fetchall()
+    return _gates.release(conn, key)
 
 
 def _sweep(conn: sqlite3.Connection, read_body: _defects.ReadBody) -> int:
-    if conn.execute(_defects.ANY_STRAY).fetchone() is None:  # the usual case: no write lock
+    """Dead-letter stray messages (see :func:`_defects.sweep`) and make ready the parked
+    ones no settle will free (:func:`_gates.free_stranded`); the usual case, neither, is
+    found by two reads without the write lock."""
+    now = time.time()
+    stray = conn.execute(_defects.ANY_STRAY).fetchone() is not None
+    stranded = conn.execute(_gates.ANY_STRANDED, (now,)).fetchone() is not None
+    if not stray and not stranded:
         return 0
     with transaction(conn):
-        return _defects.sweep(conn, read_body)
+        if stranded:
+            _gates.free_stranded(conn, time.time())
+        return _defects.sweep(conn, read_body) if stray else 0
 
 
 def _fetch(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> list[Row]:
@@ -587,13 +641,15 @@ def _fetch(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> list[
 
 
 def _delete_expired(conn: sqlite3.Connection, now: float) -> int:
-    """Expired records, and ended workflows past their expiry with their rows."""
+    """Expired records, ended workflows past their expiry with their rows, and the rate
+    state of idle keys."""
     with transaction(conn):
         ended = "SELECT id FROM workflows WHERE expires_at <= ?"
         for table in ("workflow_nodes", "parked"):
             conn.execute(f"DELETE FROM {table} WHERE workflow_id IN ({ended})", (now,))
         conn.execute(f"DELETE FROM workflow_graphs WHERE id IN ({ended})", (now,))
         conn.execute("DELETE FROM workflows WHERE expires_at <= ?", (now,))
+        _gates.forget_idle(conn, now)
         return conn.execute("DELETE FROM tasks WHERE expires_at <= ?", (now,)).rowcount
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from ..._codec import printable
 from ..._errors import BgcoorError
 from ..._task import Task, validate_queue_name
+from ._gates import parse as parse_gate
 
 log = logging.getLogger("bgcoor.sqlite")
 
@@ -34,6 +35,7 @@ MESSAGE_COLUMNS: dict[str, tuple[str, ...]] = {
     "seq": ("integer",),
     "available_at": ("integer", "real"),
     "state": ("text",),
+    "gate": ("null", "text"),  # checked for a gate it can enforce too (_gates.parse)
 }
 _COUNTERS = ("deliveries", "lost")
 
@@ -94,6 +96,8 @@ def column_problem(column: str, kind: str, raw: bytes | None) -> str | None:
         return f"column {column} holds {int(raw)}, outside 0..{COUNTER_MAX}"
     if column == "state" and raw not in (b"ready", b"reserved"):
         return f"column state holds {describe(kind, raw)}, not ready or reserved"
+    if column == "gate" and kind == "text" and parse_gate(decode_text(raw)) is None:
+        return f"column gate holds {describe(kind, raw)}, which is no rate or concurrency limit"
     return None
 
 

@@ -133,6 +133,27 @@ MIGRATIONS: list[str] = [
         until REAL
     ) WITHOUT ROWID;
     """,
+    # version 7: rate and concurrency limits (bgcoor_core._gates). A message keeps its
+    # encoded gate; slot_key names the key whose concurrency slot it takes (NULL without a
+    # concurrency limit), so a leased row with one is a holder of that key. slot_wait is 1
+    # while it waits for a slot (parked: out of the take index, still a 'ready' row, so
+    # purge and stats see it), admitted 1 while it holds a rate slot that is due at its
+    # available_at. gate_rates keeps each key's theoretical arrival time (epoch seconds).
+    """
+    ALTER TABLE messages ADD COLUMN gate TEXT;
+    ALTER TABLE messages ADD COLUMN slot_key TEXT;
+    ALTER TABLE messages ADD COLUMN slot_wait INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN admitted INTEGER NOT NULL DEFAULT 0;
+    DROP INDEX messages_take;
+    CREATE INDEX messages_take ON messages (queue, priority DESC, seq, id)
+        WHERE state != 'dead' AND slot_wait = 0;
+    CREATE INDEX messages_holders ON messages (slot_key, available_at)
+        WHERE slot_key IS NOT NULL AND state = 'reserved';
+    CREATE INDEX messages_waiting ON messages (slot_key, priority DESC, seq, id)
+        WHERE slot_wait != 0;
+    CREATE TABLE gate_rates (key TEXT PRIMARY KEY, tat REAL NOT NULL) WITHOUT ROWID;
+    ALTER TABLE parked ADD COLUMN gate TEXT;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -49,16 +49,18 @@ log = logging.getLogger("bgcoor.sqlite")
 #: Inserts ready messages inside the caller's transaction (the enqueue's own insert).
 Push = Callable[[sqlite3.Connection, Sequence[Message]], None]
 #: Stores a final record and acks its message while the lease holds, inside the caller's
-#: transaction; :class:`StaleLeaseError` before any change otherwise.
-Complete = Callable[[sqlite3.Connection, str, str, Task, float | None], None]
+#: transaction; :class:`StaleLeaseError` before any change otherwise. True if the freed
+#: concurrency slot made a parked message ready (consumers are woken).
+Complete = Callable[[sqlite3.Connection, str, str, Task, float | None], bool]
 
 CANCELLED_ERROR = "cancelled: its workflow ended"
 _PARK = (
-    "INSERT INTO parked (workflow_id, node, id, queue, priority, body, eta) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO parked (workflow_id, node, id, queue, priority, body, eta, gate) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UNPARK = (
-    "DELETE FROM parked WHERE workflow_id = ? AND node = ? RETURNING id, queue, priority, body, eta"
+    "DELETE FROM parked WHERE workflow_id = ? AND node = ? "
+    "RETURNING id, queue, priority, body, eta, gate"
 )
 
 
@@ -142,8 +144,8 @@ def submit(
         )
 
 
-def _columns(m: Message) -> tuple[str, str, int, bytes, float | None]:
-    return (m.id, m.queue, m.priority, m.body, m.eta)
+def _columns(m: Message) -> tuple[str, str, int, bytes, float | None, str | None]:
+    return (m.id, m.queue, m.priority, m.body, m.eta, m.gate)
 
 
 def save_member(conn: sqlite3.Connection, task: Task, parsed: Parsed, push: Push) -> bool:
@@ -162,10 +164,11 @@ def complete_member(
     parsed: Parsed,
     push: Push,
 ) -> bool:
-    """``complete`` (a stale lease changes nothing), then the workflow's step."""
+    """``complete`` (a stale lease changes nothing), then the workflow's step; True if
+    messages were pushed or made ready."""
     with transaction(conn):
-        complete(conn, message_id, token, task, None)
-        return _advance(conn, task, parsed, push)
+        freed = complete(conn, message_id, token, task, None)
+        return _advance(conn, task, parsed, push) or freed
 
 
 def reopen_member(conn: sqlite3.Connection, task: Task, parsed: Parsed, push: Push) -> bool:
@@ -278,8 +281,8 @@ def _unpark(conn: sqlite3.Connection, workflow_id: str, key: int) -> Message | N
     if row is None:
         log.warning("workflow %s: node %d had no parked message", workflow_id, key)
         return None
-    message_id, queue, priority, body, eta = row
-    return Message(message_id, queue, body, priority, eta)
+    message_id, queue, priority, body, eta, gate = row
+    return Message(message_id, queue, body, priority, eta, gate)
 
 
 def _set_status(conn: sqlite3.Connection, task_id: str, status: TaskStatus) -> None:
