@@ -26,6 +26,7 @@ from ._backend_registry import redact
 from ._codec import _summarise
 from ._composition import Graph, Node, OnFailure
 from ._errors import CorruptRecordError, DuplicateTaskError, StaleLeaseError
+from ._gates import GATE_HEADER, Gate, admit
 from ._limits import MAX_DELAY, MAX_LEASE
 from ._schedules import ACTIVE as SCHEDULE_ACTIVE
 from ._schedules import WAITING as SCHEDULE_WAITING
@@ -130,6 +131,7 @@ def _give_back(done: asyncio.Future[T], give_back: Callable[[T], Any]) -> None:
 
 __all__ = [
     "FROM_UNKNOWN_STATUS",
+    "GATE_HEADER",
     "MAX_DELAY",
     "MAX_LEASE",
     "NODE_HEADER",
@@ -142,6 +144,7 @@ __all__ = [
     "CorruptRecordError",
     "DuplicateTaskError",
     "Effects",
+    "Gate",
     "Graph",
     "Node",
     "OnFailure",
@@ -149,6 +152,7 @@ __all__ = [
     "StaleLeaseError",
     "WorkflowState",
     "WorkflowStatus",
+    "admit",
     "apply_fire",
     "apply_outcome",
     "cancel_all",
