@@ -131,6 +131,8 @@ class RedisBase:
         self._scripts = scripts()
         #: Queue lists whose last reserve left nothing ready (see the broker's reserve).
         self._drained: dict[tuple[str, ...], bool] = {}
+        #: Monotonic time the last reserve of these queues said a task falls due.
+        self._falls_due: dict[tuple[str, ...], float] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.target.safe_url!r})"

@@ -39,6 +39,10 @@ from ._encoding import text
 
 #: Longest first blocking wait of a reserve, before it knows when something falls due.
 FIRST_WAIT = 0.05
+#: The server ends a blocking command's timeout on its clock ticks (``hz``, 10 a second by
+#: default), so a ``BLPOP`` of 50 ms may last 100: a task falling due (a delay, a retry, a
+#: rate limit's slot) sooner than this is waited for here, with a plain reserve after it.
+BLOCK_PRECISION = 0.1
 
 log = logging.getLogger("bgcoor.redis")
 
@@ -81,8 +85,15 @@ class RedisBrokerSide(RedisBase, Broker):
             # leaves one), so this returns at once then, and saves a round trip otherwise.
             # Only a wake-up lost with a connection, or a task falling due meanwhile, waits
             # for this short first timeout.
+            # A scheduled task falling due (a delay, a retry, a rate limit's slot) wakes no
+            # one: the last look said when the first would, so the wait ends then.
+            falls_due = self._falls_due.get(tuple(names), math.inf) - time.monotonic()
             wait = min(timeout, FIRST_WAIT)
-            taken, due = await self._wait_and_take(names, lease, limit, wait)
+            if falls_due < wait:
+                await asyncio.sleep(max(falls_due, 0.0))
+                taken, due = await self._take(names, lease, limit)
+            else:
+                taken, due = await self._wait_and_take(names, lease, limit, wait)
         else:
             taken, due = await self._take(names, lease, limit)
         while not taken:
@@ -90,7 +101,9 @@ class RedisBrokerSide(RedisBase, Broker):
             if remaining <= 0:
                 break
             wait = min(remaining, due, self.options.max_block)
-            if wait < 0.001:  # falls due right now: look again at once
+            if due < BLOCK_PRECISION and wait == due:
+                # Falls due sooner than the server would end a blocking wait: sleep here.
+                await asyncio.sleep(max(wait, 0.0))
                 taken, due = await self._take(names, lease, limit)
             else:
                 taken, due = await self._wait_and_take(names, lease, limit, wait)
@@ -187,6 +200,9 @@ class RedisBrokerSide(RedisBase, Broker):
         """The reserve script's reply: reservations, and seconds until one could be due."""
         nonce, queues = args[2], args[3:]
         self._drained[tuple(queues)] = reply[2] == 0
+        self._falls_due[tuple(queues)] = (
+            time.monotonic() + float(reply[1]) if reply[1] else math.inf
+        )
         taken = []
         for n, at in enumerate(range(3, len(reply), 2), start=1):
             raw_id, index, deliveries, lost, started = reply[at].rsplit(b" ", 4)

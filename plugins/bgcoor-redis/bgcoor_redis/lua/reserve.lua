@@ -1,7 +1,7 @@
 -- Lease up to `limit` messages from the queues, earlier queues first.
 -- ARGV: prefix, lease seconds, limit, token nonce, queue...
--- Returns {count, seconds until something falls due ("" if nothing will or something was
--- taken), how many stay ready, then per message
+-- Returns {count, seconds until something falls due ("" if nothing will, or if something
+-- was taken and more stays ready), how many stay ready, then per message
 -- "<id> <queue index> <deliveries> <lost> <started>" and the body}. The n-th message's
 -- lease token is the nonce followed by n; <started> is 1 when the task's record was marked
 -- running here (Reservation.started), and "!" for a message or record that cannot be read:
@@ -165,10 +165,10 @@ for q = 5, #ARGV do
   end
 end
 out[1] = taken
-if taken == 0 then
+if taken == 0 or out[3] == 0 then -- the consumer waits next: tell it when to look again
   for q = 5, #ARGV do
-    due_in(qkey(ARGV[q], "later"))
-    due_in(qkey(ARGV[q], "leased"))
+    due_in(qkey(ARGV[q], "later")) -- a scheduled task falling due wakes no one
+    if taken == 0 then due_in(qkey(ARGV[q], "leased")) end
   end
   if next_due then out[2] = fmt(math.max(next_due, 0)) end
 end
