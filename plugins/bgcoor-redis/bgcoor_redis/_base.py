@@ -13,7 +13,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from bgcoor_core import Codec, ConfigurationError, Message, Task
 
 from ._channel import BlockingPool, CommandChannel
-from ._encoding import chunks, raise_for, text
+from ._encoding import chunks, limit_args, raise_for, text
 from ._options import RedisTarget
 from ._scripts import Script, scripts
 
@@ -133,6 +133,9 @@ class RedisBase:
         self._drained: dict[tuple[str, ...], bool] = {}
         #: Monotonic time the last reserve of these queues said a task falls due.
         self._falls_due: dict[tuple[str, ...], float] = {}
+        #: ``Broker.queue_limits`` (this __init__ stands in for the Broker's): checked by the
+        #: enqueue scripts, set when the backend is wired with ``BGCOOR_QUEUE_LIMITS``.
+        self.queue_limits: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.target.safe_url!r})"
@@ -175,10 +178,13 @@ class RedisBase:
         """Store records and push messages, each chunk in one atomic script call.
 
         Everything is validated and encoded before anything is sent. A batch larger than
-        one chunk is stored chunk by chunk; an error stops at its chunk.
+        one chunk is stored chunk by chunk; an error stops at its chunk. A batch with a
+        message for a limited queue (:attr:`queue_limits`) is one call, whatever its size,
+        which checks the limits before it writes: all of it is stored, or it raises
+        :class:`~bgcoor_core.QueueFullError` and nothing is.
         """
         status = {task.id: task.status.value for task in tasks}
-        for args in chunks(tasks, messages):
+        for args in chunks(tasks, messages, limit_args(messages, self.queue_limits)):
             reply = await self.run("enqueue", *args)
             if reply != 0:
                 task_id = text(reply[1])

@@ -6,7 +6,8 @@ order), ``q:<q>:later`` (score: eta), ``q:<q>:leased`` (score: lease deadline),
 and the list ``q:<q>:wake`` that idle consumers block on. Each message is a hash
 ``m:<id>``. Deadlines use the server's clock (``TIME``), so hosts with skewed clocks agree
 on when a lease expires. Rate and concurrency limits keep their state per gate key under
-``gate:<key>:`` (see ``lua/common.lua``).
+``gate:<key>:`` (see ``lua/common.lua``); a queue limit counts a queue's ready, scheduled
+and parked sets, in the enqueue scripts (``lua/common.lua``, "Queue limits").
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class RedisBrokerSide(RedisBase, Broker):
             Capability.DEAD_LETTER,
             Capability.BATCH_RESERVE,
             Capability.LIMITS,
+            Capability.QUEUE_LIMITS,
         }
     )
 

@@ -12,6 +12,7 @@ from bgcoor_core import (
     DuplicateTaskError,
     InvalidTransitionError,
     Message,
+    QueueFullError,
     StaleLeaseError,
     Task,
     TaskStatus,
@@ -22,7 +23,7 @@ from bgcoor_core.kit import validate_queue_name
 from ._scripts import MAX_PRIORITY, MIN_PRIORITY
 
 #: Records plus messages per enqueue script call. A script blocks the server while it runs;
-#: a chunk of this size takes a few milliseconds.
+#: a chunk of this size takes a few milliseconds. A batch into a limited queue is not split.
 CHUNK = 500
 
 
@@ -57,6 +58,26 @@ def message_args(message: Message) -> list[Any]:
     return [message.id, message.queue, message.body, message.priority, eta, gate]
 
 
+def limit_args(messages: Sequence[Message], queue_limits: dict[str, int]) -> list[Any]:
+    """The arguments an enqueue script checks queue limits by (``refuse_full`` in
+    ``lua/common.lua``): the number of limited queues ``messages`` go to, then each one's
+    name and limit, in the order they first appear. ``[]`` when none is limited: the script
+    then runs exactly as it does without limits (no argument, no command more)."""
+    if not queue_limits:
+        return []
+    found: dict[str, int] = {}
+    for message in messages:
+        limit = queue_limits.get(message.queue)
+        if limit is not None and message.queue not in found:
+            found[message.queue] = limit
+    if not found:
+        return []
+    args: list[Any] = [len(found)]
+    for queue, limit in found.items():
+        args += [queue, limit]
+    return args
+
+
 def ttl_arg(ttl: float | None) -> float:
     """0 for no expiry; a TTL of zero or less expires the record at once."""
     if ttl is None:
@@ -75,9 +96,13 @@ def raise_for(reply: Any, task_id: str, status: str = "") -> None:
     A refusal is ``"STALE"``, ``"TRANSITION <old status>"``, ``"CORRUPT <what>"`` or
     ``"DUPLICATE"``, or a list of one of those, the id concerned and, for a duplicate of a
     stored record, that record's status; ``status`` is the status the refused write wanted.
+    An enqueue past a queue limit is ``["FULL", queue, limit, adding]``.
     """
     if reply == 0:
         return
+    if isinstance(reply, list) and reply[0] == b"FULL":
+        queue, limit, adding = text(reply[1]), int(reply[2]), int(reply[3])
+        raise QueueFullError(queue, limit, too_large=adding if adding > limit else 0)
     if isinstance(reply, list):
         if len(reply) > 2:
             raise DuplicateTaskError(
@@ -152,21 +177,26 @@ def _shown(value: bytes) -> str:
     return repr(value[:40].decode("utf-8", "backslashreplace")) + ("..." if len(value) > 40 else "")
 
 
-def chunks(tasks: Sequence[Task], messages: Sequence[Message]) -> list[list[Any]]:
+def chunks(
+    tasks: Sequence[Task], messages: Sequence[Message], limits: Sequence[Any] = ()
+) -> list[list[Any]]:
     """Enqueue script arguments (after the prefix), at most :data:`CHUNK` items each.
 
     Records and messages at the same positions share a chunk, so a task's record and its
-    message are stored in the same atomic step.
+    message are stored in the same atomic step. With ``limits`` (:func:`limit_args`, the
+    batch goes to a limited queue) the batch is one chunk, whatever its size, with the
+    limits after it: it is accepted or refused whole.
     """
-    half = CHUNK // 2
+    size = max(len(tasks), len(messages), 1) if limits else CHUNK // 2
     out = []
-    for start in range(0, max(len(tasks), len(messages)), half):
-        records = tasks[start : start + half]
-        pushed = messages[start : start + half]
+    for start in range(0, max(len(tasks), len(messages)), size):
+        records = tasks[start : start + size]
+        pushed = messages[start : start + size]
         args: list[Any] = [len(records), len(pushed)]
         for task in records:
             args += record_args(task)
         for message in pushed:
             args += message_args(message)
+        args += limits
         out.append(args)
     return out

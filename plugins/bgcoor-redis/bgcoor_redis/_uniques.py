@@ -9,7 +9,8 @@ everything checked before the first write, so a refusal leaves nothing behind. N
 releases a key: the next enqueue takes it over once its holder is final (or its record
 gone) and its window over. An entry expires with its holder's record (when that gets a
 TTL, at its expiry or the window's end, whichever is later), so entries do not outlive
-the records they point at.
+the records they point at. A batch into a limited queue is refused whole (``QueueFullError``)
+when the tasks it would enqueue, those whose keys are free, do not fit.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from bgcoor_core import DuplicateTaskError, Message, Task
 from bgcoor_core.kit import unique_key, unique_until
 
-from ._encoding import message_args, raise_for, record_args, text
+from ._encoding import limit_args, message_args, raise_for, record_args, text
 
 if TYPE_CHECKING:
     from ._base import RedisBase
@@ -40,7 +41,9 @@ class RedisUniques:
             raise ValueError(f"{len(tasks)} tasks with {len(messages)} messages")
         if not tasks:
             return []
-        reply = await self.backend.run("enqueue_unique", *unique_args(tasks, messages))
+        args = unique_args(tasks, messages)
+        args += limit_args(messages, self.backend.queue_limits)  # those enqueued count
+        reply = await self.backend.run("enqueue_unique", *args)
         return holders(reply, tasks)
 
 

@@ -460,6 +460,41 @@ local function unhold(id, g)
   if readable(0, "ZREM", gkey(gate.key, "held"), id) == 1 then unpark(gate.key) end
 end
 
+-- Queue limits -----------------------------------------------------------------------------
+-- A producer's enqueue (enqueue.lua, enqueue_unique.lua) into a queue with a limit
+-- (BGCOOR_QUEUE_LIMITS) gets the limits of the batch's limited queues as arguments after
+-- its own: a count, then a queue and its limit each; an enqueue into no limited queue gets
+-- none and runs no command for them. A queue's waiting messages are those not leased: its
+-- ready, scheduled and parked sets (a ZCARD each). Retries, schedule ticks, workflow
+-- releases and requeued dead letters pass no limits: that work was accepted already.
+
+-- nil if the messages at `msgs` (ARGV positions, as for refuse_new) fit the limits listed
+-- from ARGV[at] on (none there: no limits), else {"FULL", queue, limit, adding}: `adding`
+-- of them are for `queue`, which would hold more than `limit` waiting messages.
+-- bgcoor_core's Broker.refuse_if_full, in the enqueue's own step.
+local function refuse_full(msgs, at)
+  local n = tonumber(ARGV[at])
+  if not n then return nil end
+  local adding = {}
+  for _, a in ipairs(msgs) do
+    local queue = ARGV[a + 1]
+    adding[queue] = (adding[queue] or 0) + 1
+  end
+  for i = at + 1, at + 2 * n, 2 do
+    local queue, limit = ARGV[i], tonumber(ARGV[i + 1])
+    local count = adding[queue]
+    if count then
+      -- (a set holding a value of the wrong type counts as empty: the write replaces it)
+      if count > limit or count + readable(0, "ZCARD", qkey(queue, "ready"))
+          + readable(0, "ZCARD", qkey(queue, "later"))
+          + readable(0, "ZCARD", qkey(queue, "parked")) > limit then
+        return {"FULL", queue, limit, count}
+      end
+    end
+  end
+  return nil
+end
+
 -- New tasks (enqueue.lua, enqueue_unique.lua) ---------------------------------------------
 -- `recs` and `msgs` list the ARGV positions of the records (6 fields: id, status, token,
 -- name, queue, json) and of the messages (6: id, queue, body, priority, eta, gate; "" for

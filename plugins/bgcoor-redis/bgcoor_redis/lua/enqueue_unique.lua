@@ -3,12 +3,15 @@
 -- take their keys. One step: every enqueued task's record, message and key, or nothing.
 -- ARGV: prefix, n, then n records (6 fields each, as enqueue.lua takes them), n messages
 -- (6 each), then 2 per task: its unique key ("" for none) and its window's end ("" for
--- none). The i-th record, message and key are one task's.
+-- none); then, only when a message goes to a queue with a limit, the limits (see "Queue
+-- limits" in common.lua), which only the tasks enqueued count against. The i-th record,
+-- message and key are one task's.
 -- Returns 0 (each task enqueued), {"HELD", i, holder, ...} (task i, from 0, was not: the
 -- task `holder` holds its key; the others were), {"SELF", id} (task `id` already holds its
--- key: this call, tried again) or refuse_new's {"DUPLICATE", ...}; a refusal writes nothing.
+-- key: this call, tried again), refuse_new's {"DUPLICATE", ...} or refuse_full's {"FULL",
+-- queue, limit, adding}; a refusal writes nothing.
 local n = tonumber(ARGV[2])
-local r0, m0, k0 = 3, 3 + 6 * n, 3 + 12 * n
+local r0, m0, k0, l0 = 3, 3 + 6 * n, 3 + 12 * n, 3 + 14 * n
 local t = now()
 local recs, msgs, held, taken = {}, {}, {"HELD"}, {}
 for i = 0, n - 1 do
@@ -26,6 +29,10 @@ for i = 0, n - 1 do
 end
 local refused = refuse_new(recs, msgs)
 if refused then return refused end
+if ARGV[l0] then
+  refused = refuse_full(msgs, l0)
+  if refused then return refused end
+end
 store_new(recs, msgs, t)
 for _, a in ipairs(recs) do
   local k = k0 + 2 * ((a - r0) / 6)
