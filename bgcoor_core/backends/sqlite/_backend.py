@@ -3,9 +3,11 @@
 Every change runs in a ``BEGIN IMMEDIATE`` transaction, so reserving is atomic across
 processes: two workers can never hold the same task while its lease is current, nor both
 take a rate or concurrency limit's last slot (decided in the take's transaction, see
-:mod:`._gates`). Idle consumers poll cheaply (a read without the write lock) every
-``poll_interval`` seconds; pushes made through the same backend object wake local
-consumers at once, as do settles that free a limit's slot for a parked message.
+:mod:`._gates`), and two producers never both take a limited queue's last place (counted
+in the enqueue's transaction, see :mod:`._queue_limits`). Idle consumers poll cheaply (a
+read without the write lock) every ``poll_interval`` seconds; pushes made through the same
+backend object wake local consumers at once, as do settles that free a limit's slot for a
+parked message.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from ..._storage import Storage, check_page
 from ..._task import Task, TaskStatus, validate_queue_name
 from ...kit import placeholder, shielded_take
 from .._waiters import Waiters, wait_for_wake
-from . import _defects, _gates, _records, _schedules
+from . import _defects, _gates, _queue_limits, _records, _schedules
 from ._connection import Connection, transaction
 from ._schema import SCHEMA_VERSION
 from ._uniques import SQLiteUniques
@@ -87,7 +89,7 @@ def parse_sqlite_url(url: str) -> tuple[str, SQLiteOptions]:
 class SQLiteBackend(Broker, Storage):
     """Broker and storage over one SQLite database file."""
 
-    capabilities = frozenset(Capability) - {Capability.QUEUE_LIMITS}
+    capabilities = frozenset(Capability)
 
     def __init__(self, path: str, codec: Codec, options: SQLiteOptions | None = None) -> None:
         Broker.__init__(self, codec)
@@ -108,7 +110,7 @@ class SQLiteBackend(Broker, Storage):
     async def push_messages(self, messages: Sequence[Message]) -> None:
         for message in messages:
             validate_queue_name(message.queue)
-        await self.db.run(_insert_messages, messages)
+        await self.db.run(self._push_limited, messages)
         with self._waiters_lock:
             self._waiters.wake_all()
 
@@ -310,7 +312,7 @@ class SQLiteBackend(Broker, Storage):
     async def enqueue_atomically(self, tasks: Sequence[Task], messages: Sequence[Message]) -> None:
         for message in messages:
             validate_queue_name(message.queue)
-        await self.db.run(_enqueue, tasks, messages)
+        await self.db.run(self._enqueue_limited, tasks, messages)
         with self._waiters_lock:
             self._waiters.wake_all()
 
@@ -351,13 +353,37 @@ class SQLiteBackend(Broker, Storage):
         """Unique keys on this file, when ``storage`` is this backend too."""
         if not self.shares_store_with(storage):
             return None
-        return SQLiteUniques(self.db, _store_new, self._wake_consumers)
+        return SQLiteUniques(self.db, self._store_limited, self._wake_consumers)
 
     def workflow_store(self, storage: Storage) -> SQLiteWorkflows | None:
         """Workflows on this file, when ``storage`` is this backend too."""
         if not self.shares_store_with(storage):
             return None
         return SQLiteWorkflows(self.db, _insert, _complete_held, self._wake_consumers)
+
+    # -- a producer's enqueue: refused whole past a queue limit (see _queue_limits) ----
+
+    def _push_limited(self, conn: sqlite3.Connection, messages: Sequence[Message]) -> None:
+        """``push_messages``' step, on the connection's thread."""
+        with transaction(conn):
+            _insert(conn, messages)
+            _queue_limits.refuse_if_full(self, conn, messages)
+
+    def _enqueue_limited(
+        self, conn: sqlite3.Connection, tasks: Sequence[Task], messages: Sequence[Message]
+    ) -> None:
+        """``enqueue_atomically``'s step, on the connection's thread."""
+        with transaction(conn):
+            self._store_limited(conn, tasks, messages)
+
+    def _store_limited(
+        self, conn: sqlite3.Connection, tasks: Sequence[Task], messages: Sequence[Message]
+    ) -> None:
+        """A producer's writes (the atomic and the unique-key enqueue: only the tasks it
+        enqueues), inside its transaction, then the queue limits: a refusal rolls the
+        transaction back, and a duplicate id was refused as that first."""
+        _store_new(conn, tasks, messages)
+        _queue_limits.refuse_if_full(self, conn, messages)
 
     def _wake_consumers(self) -> None:
         with self._waiters_lock:
@@ -376,20 +402,11 @@ class SQLiteBackend(Broker, Storage):
 # -- statements, run on the connection's thread ----------------------------------------
 
 
-def _insert_messages(conn: sqlite3.Connection, messages: Sequence[Message]) -> None:
-    with transaction(conn):
-        _insert(conn, messages)
-
-
-def _enqueue(conn: sqlite3.Connection, tasks: Sequence[Task], messages: Sequence[Message]) -> None:
-    with transaction(conn):
-        _store_new(conn, tasks, messages)
-
-
 def _store_new(
     conn: sqlite3.Connection, tasks: Sequence[Task], messages: Sequence[Message]
 ) -> None:
-    """An enqueue's writes, inside the caller's transaction (also a fired schedule's)."""
+    """An enqueue's writes, inside the caller's transaction (also a fired schedule's,
+    which no queue limit refuses: see :meth:`SQLiteBackend._store_limited`)."""
     _insert(conn, messages)  # first: a duplicate id is that, whatever its record says
     _records.insert_new(conn, tasks)  # any record refuses the batch (rolled back)
 

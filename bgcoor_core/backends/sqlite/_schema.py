@@ -154,6 +154,12 @@ MIGRATIONS: list[str] = [
     CREATE TABLE gate_rates (key TEXT PRIMARY KEY, tat REAL NOT NULL) WITHOUT ROWID;
     ALTER TABLE parked ADD COLUMN gate TEXT;
     """,
+    # version 8: queue limits (._queue_limits) count a queue's waiting messages, every
+    # 'ready' row (parked and scheduled ones too); this index answers that count alone,
+    # without reading a row (state is a column too, so it covers the count's WHERE)
+    """
+    CREATE INDEX messages_ready ON messages (queue, state) WHERE state = 'ready';
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
