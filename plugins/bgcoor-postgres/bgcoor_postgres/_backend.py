@@ -2,6 +2,8 @@
 
 Round trips per task (see the README): enqueue 1 per batch, reserve 1 per batch (it also
 marks the records running), outcome + ack 1, coalesced across tasks that finish together.
+Tasks with a rate or concurrency limit add a gate step per reserve that meets them
+(``_gates.py``); the others pay nothing for it.
 """
 
 from __future__ import annotations
@@ -44,12 +46,13 @@ from bgcoor_core.kit import (
 
 from . import _checks, _records
 from ._coalesce import Coalescer
-from ._database import CONNECTION_ERRORS, Conn, Database
+from ._database import CONNECTION_ERRORS, Conn, Database, Operation
+from ._gates import PostgresGates
 from ._listener import Listener
 from ._options import PostgresTarget
 from ._records import Write
 from ._schedules import PostgresSchedules
-from ._sql import Statements, numbers
+from ._sql import Statements, gated, numbers
 from ._uniques import PostgresUniques
 from ._workflows import PostgresWorkflows
 
@@ -71,8 +74,10 @@ class _LoopState:
     writes: Coalescer[Write, None]
     extensions: Coalescer[Extension, None]
     background: set[asyncio.Task[Any]] = field(default_factory=set)
-    #: (queues, listener generation before the take, when) of the last take that left
-    #: fewer rows than it could have taken: those queues were empty then.
+    #: (queues, listener generation before the take, until when to trust NOTIFY) of the
+    #: last take that left fewer rows than it could have taken: those queues were empty
+    #: then (until: :data:`TRUST_NOTIFY` later, or sooner if that take said when its next
+    #: message falls due: a rate-limit slot, an eta).
     drained: tuple[tuple[str, ...], int, float] | None = None
 
 
@@ -85,7 +90,7 @@ TRUST_NOTIFY = 0.05
 class PostgresBackend(Broker, Storage):
     """Broker and storage over one PostgreSQL schema; see the package README."""
 
-    capabilities = frozenset(Capability) - {Capability.LIMITS}
+    capabilities = frozenset(Capability) - {Capability.QUEUE_LIMITS}
     #: After these (retries of :class:`Database` exhausted) an enqueue may or may not
     #: have committed; the manager tries it again with the same ids.
     transient_errors = (ConnectionError, TimeoutError, *CONNECTION_ERRORS)
@@ -100,6 +105,7 @@ class PostgresBackend(Broker, Storage):
         self._schedules = PostgresSchedules(self._db, target.schema, self._enqueue_on)
         self._workflows = PostgresWorkflows(self._db, self.sql, self._enqueue_on, self._wake)
         self._uniques = PostgresUniques(self._db, self.sql, self._enqueue_on, self._wake)
+        self._gates = PostgresGates(self._db, self.sql)
 
     def __repr__(self) -> str:
         return f"PostgresBackend({self.target.safe_dsn!r}, schema={self.target.schema!r})"
@@ -122,14 +128,16 @@ class PostgresBackend(Broker, Storage):
     async def push_messages(self, messages: Sequence[Message]) -> None:
         _check_messages(messages)
         if messages:
-            await self._db.run(_retrying_insert(self.sql.push, _message_columns(messages)))
+            statement = self.sql.push_gated if gated(messages) else self.sql.push
+            args = [*_message_columns(messages), *_gate_column(messages)]
+            await self._db.run(_retrying_insert(statement, args))
             self._state().listener.wake(m.queue for m in messages)
 
     async def enqueue_atomically(self, tasks: Sequence[Task], messages: Sequence[Message]) -> None:
         """Store the records and push the messages in one statement (all or nothing)."""
         _check_messages(messages)
         args = self._enqueue_args(tasks, messages)
-        await self._db.run(_retrying_insert(self.sql.enqueue, args))
+        await self._db.run(_retrying_insert(self._enqueue_statement(messages), args))
         self._state().listener.wake(m.queue for m in messages)
 
     async def enqueue_in(self, conn: Conn, tasks: Sequence[Task]) -> list[str | None]:
@@ -145,7 +153,8 @@ class PostgresBackend(Broker, Storage):
         messages = [self.to_message(t) for t in tasks]
         _check_messages(messages)
         if not any(UNIQUE_HEADER in t.headers for t in tasks):
-            await _insert(conn, self.sql.enqueue, self._enqueue_args(tasks, messages))
+            statement = self._enqueue_statement(messages)
+            await _insert(conn, statement, self._enqueue_args(tasks, messages))
             return [None] * len(tasks)
         if conn.is_in_transaction():
             return await self._uniques.take(conn, tasks, messages)
@@ -153,7 +162,12 @@ class PostgresBackend(Broker, Storage):
             return await self._uniques.take(conn, tasks, messages)
 
     def _enqueue_args(self, tasks: Sequence[Task], messages: Sequence[Message]) -> list[Any]:
-        return [*_message_columns(messages), *_new_record_columns(tasks)]
+        """The enqueue's parameters: messages, records and (only if one has a gate) the
+        messages' gates, for :meth:`_enqueue_statement`."""
+        return [*_message_columns(messages), *_new_record_columns(tasks), *_gate_column(messages)]
+
+    def _enqueue_statement(self, messages: Sequence[Message]) -> str:
+        return self.sql.enqueue_gated if gated(messages) else self.sql.enqueue
 
     async def _enqueue_on(
         self,
@@ -165,10 +179,11 @@ class PostgresBackend(Broker, Storage):
         extra: Sequence[Any] = (),
     ) -> None:
         """``enqueue_atomically``'s statement on the caller's connection (a fire), or
-        ``statement``: that one with more CTEs, whose parameters ``extra`` follow."""
+        ``statement``: that one (or its ``_gated`` twin, for ``messages`` with a gate)
+        with more CTEs, whose parameters ``extra`` follow."""
         _check_messages(messages)
         args = [*self._enqueue_args(tasks, messages), *extra]
-        await _insert(conn, statement or self.sql.enqueue, args)
+        await _insert(conn, statement or self._enqueue_statement(messages), args)
 
     # -- broker: consuming -------------------------------------------------------------
 
@@ -191,7 +206,9 @@ class PostgresBackend(Broker, Storage):
                 rows, due = await self._take(state, names, lease, limit)
                 now = loop.time()
                 drained = len(rows) < limit
-                state.drained = (tuple(names), generation, now) if drained else None
+                # (a due time already past: rows another reserve holds locked right now)
+                trust = TRUST_NOTIFY if due is None or due <= 0 else min(TRUST_NOTIFY, due)
+                state.drained = (tuple(names), generation, now + trust) if drained else None
                 if rows or give_up <= now:
                     return [self._reservation(row) for row in rows]
                 await _wait(woken, self._pause(state, give_up - now, due))
@@ -204,11 +221,11 @@ class PostgresBackend(Broker, Storage):
         drained = state.drained
         if drained is None or not state.listener.connected:
             return 0.0
-        names, generation, when = drained
+        names, generation, until = drained
         now = asyncio.get_running_loop().time()
         if names != tuple(queues) or generation != state.listener.generation:
             return 0.0
-        return min(when + TRUST_NOTIFY, give_up) - now
+        return min(until, give_up) - now
 
     def _pause(self, state: _LoopState, remaining: float, due: float | None) -> float:
         """Sleep until woken, the next eta or lease deadline, or the safety-net poll."""
@@ -223,15 +240,49 @@ class PostgresBackend(Broker, Storage):
         self, state: _LoopState, queues: list[str], lease: float, limit: int
     ) -> tuple[Records, float | None]:
         """One statement leases up to ``limit`` messages. If our caller is cancelled
-        meanwhile (pool shutdown), what it leased is handed straight back."""
+        meanwhile (pool shutdown), what it leased is handed straight back.
 
-        async def take(conn: Conn) -> Records:
-            return await conn.fetch(self.sql.reserve, queues, max(limit, 1), lease)
+        When it returns gated candidates (left untouched), the gate step decides them,
+        and while that parked or deferred some, so that fewer were leased than asked for,
+        the reserve goes on with the next ones (as many rounds as :data:`GATE_ROUNDS`):
+        waiting messages never make a reserve return fewer than are deliverable. Also
+        returns how long until the next message falls due, when the last statement found
+        nothing more to take (``None`` otherwise)."""
+        wanted = max(limit, 1)
+        due: float | None = None
 
-        rows = await shielded_take(self._db.run(take), lambda got: self._release(state, got))
-        taken = sorted((r for r in rows if r["id"] is not None), key=lambda r: (r[6], -r[7], r[8]))
-        due = rows[0]["due"] if rows and not taken else None
-        return taken, due
+        async def take() -> Records:
+            nonlocal due
+            got: Records = []
+            for _ in range(GATE_ROUNDS):
+                rows = await self._db.run(self._reserving(queues, wanted - len(got), lease))
+                got += [r for r in rows if r["token"] is not None]
+                candidates = sorted((r for r in rows if r["gate"] is not None), key=_in_order)
+                if not candidates:
+                    due = rows[0]["due"] if rows and rows[0]["id"] is None else None
+                    return got
+                try:
+                    got += await self._db.run(
+                        partial(self._gates.step, candidates=candidates, queues=queues, lease=lease)
+                    )
+                except BaseException:
+                    self._release(state, got)  # nothing is leased by a reserve that failed
+                    raise
+                if len(got) >= wanted:
+                    return got
+            due = 0.0  # rounds left over: go on soon
+            return got
+
+        rows = await shielded_take(take(), lambda got: self._release(state, got))
+        return sorted(rows, key=_in_order), due
+
+    def _reserving(self, queues: list[str], limit: int, lease: float) -> Operation[Records]:
+        """The reserve statement as an operation for :meth:`Database.run`."""
+
+        async def reserve(conn: Conn) -> Records:
+            return await conn.fetch(self.sql.reserve, queues, limit, lease)
+
+        return reserve
 
     def _release(self, state: _LoopState, taken: Records) -> None:
         """Hand back what a cancelled reserve took."""
@@ -403,6 +454,7 @@ class PostgresBackend(Broker, Storage):
                 break
         await self._workflows.delete_expired()
         await self._uniques.delete_expired()
+        await self._gates.delete_expired()
         return deleted
 
     # -- both: outcome + ack in one statement ------------------------------------------
@@ -497,6 +549,16 @@ class PostgresBackend(Broker, Storage):
 CORRUPT = "bgcoor.corrupt"
 
 
+#: Rounds of reserve statement and gate step one take runs at most while gated messages
+#: are parked or deferred instead of leased (the next take goes on from there).
+GATE_ROUNDS = 16
+
+
+def _in_order(row: asyncpg.Record) -> tuple[int, int, int]:
+    """The reserve's order of a row: queue (as asked), higher priority, FIFO."""
+    return row["ord"], -row["priority"], row["seq"]
+
+
 def _row_defect(row: asyncpg.Record) -> str | None:
     """What the reserve found wrong with a taken row's bookkeeping, or ``None``."""
     odd, status = row["odd"], row["odd_status"]
@@ -523,6 +585,7 @@ def _check_messages(messages: Sequence[Message]) -> None:
         validate_queue_name(message.queue)
         _checks.eta(message.id, message.eta)
     _checks.text("task id", (m.id for m in messages))
+    _checks.text("gate", (m.gate for m in messages if m.gate is not None))
     if len({m.id for m in messages}) != len(messages):
         raise DuplicateTaskError("the same task id appears twice in one batch")
 
@@ -550,6 +613,11 @@ def _message_columns(messages: Sequence[Message]) -> list[list[Any]]:
         [m.body for m in messages],
         numbers(m.eta for m in messages),
     ]
+
+
+def _gate_column(messages: Sequence[Message]) -> list[list[str | None]]:
+    """The gates' parameter of a ``_gated`` statement, none for a batch without gates."""
+    return [[m.gate for m in messages]] if gated(messages) else []
 
 
 def _retrying_insert(statement: str, args: list[Any]) -> Any:

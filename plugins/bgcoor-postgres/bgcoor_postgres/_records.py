@@ -91,7 +91,8 @@ async def _run(
         rows = await conn.fetch(sql.save_running if running else sql.save, *columns)
     by_id = {w.task.id: w for w in writes}
     verdicts: dict[str, BaseException | None] = {}
-    for task_id, saved, held, old_status, old_token in rows:
+    for row in rows:  # (complete has a sixth column: the slots it freed)
+        task_id, saved, held, old_status, old_token = row[:5]
         task = by_id[task_id].task
         if saved:
             verdicts[task_id] = None

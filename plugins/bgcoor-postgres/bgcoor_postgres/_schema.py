@@ -193,6 +193,70 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "rate and concurrency limits: gates, slot holders, parked messages, key rows",
+        """
+        -- (see bgcoor_postgres._gates) gate: the message's encoded gate (Message.gate),
+        -- NULL for almost every message; slot_key: the key whose concurrency slot it
+        -- takes, set by the reserve's gate step only, so a 'reserved' row with one and a
+        -- live lease holds a slot of that key; 'parked': waiting for a slot of slot_key,
+        -- out of the reserve's indexes; admitted: given a rate slot, due at available_at
+        ALTER TABLE {s}.messages DROP CONSTRAINT IF EXISTS messages_state_check,
+            ADD CONSTRAINT messages_state_check
+                CHECK (state IN ('ready', 'reserved', 'dead', 'parked')),
+            ADD COLUMN gate text, ADD COLUMN slot_key text COLLATE "C",
+            ADD COLUMN admitted boolean NOT NULL DEFAULT false;
+        -- the reserve's indexes leave parked rows out (a parked backlog at the head of a
+        -- queue must cost the reserves of that queue nothing)
+        DROP INDEX {s}.messages_take;
+        CREATE INDEX messages_take ON {s}.messages (queue, priority DESC, seq)
+            WHERE state IN ('ready', 'reserved');
+        DROP INDEX {s}.messages_due;
+        CREATE INDEX messages_due ON {s}.messages (queue, available_at)
+            WHERE state IN ('ready', 'reserved');
+        -- a key's slot holders, and its parked messages in ready order
+        CREATE INDEX messages_holders ON {s}.messages (slot_key, available_at)
+            WHERE state = 'reserved' AND slot_key IS NOT NULL;
+        CREATE INDEX messages_parked ON {s}.messages (slot_key, priority DESC, seq)
+            WHERE state = 'parked';
+        -- gated messages not decided yet, by queue and gate: what waits behind a key a
+        -- gate step found saturated
+        CREATE INDEX messages_gated ON {s}.messages (queue, gate, priority DESC, seq)
+            WHERE state = 'ready' AND gate IS NOT NULL AND NOT admitted;
+        -- a row per gate key: what every decision on the key locks (FOR UPDATE, keys in
+        -- sorted order), and the key's rate state (GCRA theoretical arrival time, Unix
+        -- seconds; NULL or past: idle, deleted by delete_expired)
+        CREATE TABLE {s}.gate_keys (key text COLLATE "C" PRIMARY KEY, tat float8);
+        -- frees one slot per entry of keys (a holder settled): under each key's lock, in
+        -- key order, moves the key's first parked message back to ready and notifies its
+        -- queue. PL/pgSQL on purpose: each statement inside takes a new snapshot, so the
+        -- one after the lock sees a message parked by the reserve it waited for. STRICT:
+        -- a settle without a slot (NULL keys) never calls it.
+        CREATE FUNCTION {s}.free_slots(keys text[], channel text) RETURNS integer
+        LANGUAGE plpgsql STRICT AS $$
+        DECLARE
+            k text;
+            n integer;
+            q text;
+            moved integer := 0;
+        BEGIN
+            FOR k, n IN SELECT u.key, count(*)::integer FROM unnest(keys) AS u(key)
+                    WHERE u.key IS NOT NULL GROUP BY u.key ORDER BY u.key LOOP
+                INSERT INTO {s}.gate_keys AS g (key) VALUES (k)
+                    ON CONFLICT (key) DO UPDATE SET tat = g.tat;
+                FOR q IN WITH first_parked AS (SELECT p.id FROM {s}.messages p
+                        WHERE p.slot_key = k AND p.state = 'parked'
+                        ORDER BY p.priority DESC, p.seq LIMIT n FOR UPDATE SKIP LOCKED)
+                    UPDATE {s}.messages m SET state = 'ready' FROM first_parked
+                    WHERE m.id = first_parked.id RETURNING m.queue LOOP
+                    PERFORM pg_notify(channel, q);
+                    moved := moved + 1;
+                END LOOP;
+            END LOOP;
+            RETURN moved;
+        END $$;
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from bgcoor_core import ALLOWED_TRANSITIONS, FROM_UNKNOWN_STATUS, TaskStatus
+from bgcoor_core import ALLOWED_TRANSITIONS, FROM_UNKNOWN_STATUS, Message, TaskStatus
 
 from ._checks import INT_MAX
 
@@ -17,6 +17,11 @@ from ._checks import INT_MAX
 def numbers(values: Iterable[float | None]) -> list[str | None]:
     """Floats as text for a ``text[]`` parameter (``repr`` round-trips exactly)."""
     return [None if v is None else repr(float(v)) for v in values]
+
+
+def gated(messages: Iterable[Message]) -> bool:
+    """Whether a message of the batch has a gate: its enqueue is the ``_gated`` twin."""
+    return any(m.gate is not None for m in messages)
 
 
 def quote_ident(name: str) -> str:
@@ -64,6 +69,9 @@ LIVE = "(t.expires_at IS NULL OR t.expires_at > clock_timestamp())"
 #: outcomes always wait for the WAL flush.
 RELAX = "(SELECT set_config('synchronous_commit', 'off', true)) AS relax"
 HELD = "m.state = 'reserved' AND m.available_at > clock_timestamp()"
+#: Messages the reserve looks at: the predicate of its indexes, which leave out dead
+#: letters and messages parked for a concurrency slot.
+QUEUED = "state IN ('ready', 'reserved')"
 SECONDS = "* interval '1 second'"
 #: No time we write reaches this: etas end with year 9999, leases are at most a day. A
 #: message due later (up to 'infinity') was written by something else; the reserve takes
@@ -101,6 +109,61 @@ _RECORD_UPSERT = (
 )
 
 
+_RUNNING = TaskStatus.RUNNING.value
+#: The statuses a record may become running from, as an SQL list.
+_TO_RUNNING = ", ".join(
+    f"'{old.value}'" for old, news in ALLOWED_TRANSITIONS.items() if TaskStatus.RUNNING in news
+)
+
+
+def taking(schema: str, source: str, *, lease: str, where: str = "", also: str = "") -> str:
+    """The CTEs that lease messages: ``taken``, the rows named by ``source`` (a CTE or
+    alias with ``id``, ``ord`` and ``odd``; ``where``: more conditions), each given a
+    fresh token, the lease deadline ``lease`` seconds from now, one more delivery and one
+    more lost delivery if its previous lease had expired (``also``: more assignments);
+    and ``marked``, their records marked running. Shared by the reserve and the gate
+    step (``schema`` quoted)."""
+    m, t = f"{schema}.messages", f"{schema}.tasks"
+    return (
+        f"taken AS (UPDATE {m} m SET state = 'reserved', token = gen_random_uuid()::text, "
+        f"available_at = clock_timestamp() + {lease} {SECONDS}, "
+        f"deliveries = least(m.deliveries, {INT_MAX - 1}) + 1, "
+        f"lost = least(m.lost, {INT_MAX - 1}) + (m.state = 'reserved')::int{also} "
+        f"FROM {source} WHERE m.id = {source}.id{where} "
+        f"RETURNING m.id, m.queue, m.body, m.deliveries, m.lost, m.token, {source}.ord, "
+        f"m.priority, m.seq, {source}.odd), "
+        # the taken tasks' records are marked running here (Reservation.started), saving
+        # the executor's own write; a record in a status that may not become running,
+        # or an absent one, is left to the executor. The JSON is not touched (jsonb would
+        # refuse a \u0000 in it, and reprint numbers): reads apply started_at (see
+        # _records.decode). After a start whose worker was lost, the before_* columns
+        # keep what the record was before that one.
+        f"marked AS (UPDATE {t} t SET status = '{_RUNNING}', lease_token = k.token, "
+        "expires_at = NULL, started_at = clock_timestamp(), "
+        "before_status = CASE WHEN t.started_at IS NULL THEN t.status "
+        "ELSE t.before_status END, "
+        "before_token = CASE WHEN t.started_at IS NULL THEN t.lease_token "
+        "ELSE t.before_token END FROM taken k "
+        f"WHERE t.id = k.id AND {LIVE} AND t.status IN ({_TO_RUNNING}) RETURNING t.id)"
+    )
+
+
+def taken_rows(schema: str) -> str:
+    """The ``SELECT`` of what :func:`taking` leased, a row per message as
+    ``PostgresBackend._reservation`` reads it (``schema`` quoted)."""
+    return (
+        "SELECT k.id, k.queue, k.body, k.deliveries, k.lost, k.token, k.ord, k.priority, "
+        "k.seq, NULL::float8 AS due, "
+        "marked.id IS NOT NULL AS started, k.odd, "
+        # only a record the reserve did not mark running is looked up again (a
+        # correlated lookup by id, skipped by the CASE for every marked one)
+        "CASE WHEN marked.id IS NULL THEN (SELECT r.status FROM "
+        f"{schema}.tasks r WHERE r.id = k.id AND r.status NOT IN {KNOWN} "
+        "AND (r.expires_at IS NULL OR r.expires_at > clock_timestamp())) END AS odd_status, "
+        "NULL::text AS gate FROM taken k LEFT JOIN marked USING (id)"
+    )
+
+
 class Statements:
     """SQL for one schema, e.g. ``Statements("bgcoor").reserve``."""
 
@@ -113,88 +176,81 @@ class Statements:
         m, t, q = f"{s}.messages", f"{s}.tasks", f"{s}.queues"
         upsert = _RECORD_UPSERT.format(allowed=write_allowed("t", "excluded"))
         notify = f"SELECT count(*) FROM (SELECT pg_notify('{self.channel}', d.queue) FROM "
-        running = TaskStatus.RUNNING.value
-        to_running = ", ".join(
-            f"'{old.value}'"
-            for old, news in ALLOWED_TRANSITIONS.items()
-            if TaskStatus.RUNNING in news
-        )
 
         # -- producing -----------------------------------------------------------------
-        messages = (
-            f"new_m AS (SELECT * FROM unnest({_MESSAGE_COLUMNS}) WITH ORDINALITY "
-            "AS n(id, queue, priority, body, eta, ord)), "
-            f"ins AS (INSERT INTO {m} (id, queue, priority, body, available_at) "
-            "SELECT id, queue, priority, body, "
-            "coalesce(to_timestamp(eta::float8), clock_timestamp()) "
-            "FROM new_m ORDER BY ord RETURNING queue), "
-            f"named AS (INSERT INTO {q} (name) SELECT DISTINCT queue FROM new_m "
-            "ON CONFLICT DO NOTHING) "
-        )
-        self.push = f"WITH {messages}{notify}(SELECT DISTINCT queue FROM ins) d) x"
-        # records $6..$11 beside the messages $1..$5; a refused record aborts everything
-        self.enqueue = (
-            f"WITH {_new_records(t, 6)}, {messages}"
+        # Every enqueue has a twin for batches in which a message has a gate (a rate or
+        # concurrency limit): the same statement with the gates as its last parameter.
+        # A batch without one runs the statement as it was before gates existed.
+        def messages(gates: int | None) -> str:
+            gate = "" if gates is None else f", ${gates}::text[]"
+            column = "" if gates is None else ", gate"
+            return (
+                f"new_m AS (SELECT * FROM unnest({_MESSAGE_COLUMNS}{gate}) WITH ORDINALITY "
+                f"AS n(id, queue, priority, body, eta{column}, ord)), "
+                f"ins AS (INSERT INTO {m} (id, queue, priority, body, available_at{column}) "
+                "SELECT id, queue, priority, body, "
+                f"coalesce(to_timestamp(eta::float8), clock_timestamp()){column} "
+                "FROM new_m ORDER BY ord RETURNING queue), "
+                f"named AS (INSERT INTO {q} (name) SELECT DISTINCT queue FROM new_m "
+                "ON CONFLICT DO NOTHING) "
+            )
+
+        self.push = f"WITH {messages(None)}{notify}(SELECT DISTINCT queue FROM ins) d) x"
+        self.push_gated = f"WITH {messages(6)}{notify}(SELECT DISTINCT queue FROM ins) d) x"
+        # records $6..$11 beside the messages $1..$5 (and their gates, $12); a refused
+        # record aborts everything
+        enqueue = (
+            f"WITH {_new_records(t, 6)}, {{messages}}"
             # messages first: a duplicate id is DuplicateTaskError before any refusal
             f"SELECT ({notify}(SELECT DISTINCT queue FROM ins) d) x), "
             f"({_refuse_existing(s, t)})"
         )
+        self.enqueue = enqueue.replace("{messages}", messages(None))
+        self.enqueue_gated = enqueue.replace("{messages}", messages(12))
         # save_many: the same for records alone, $1..$6
         self.save_new = f"WITH {_new_records(t, 1)} SELECT ({_refuse_existing(s, t)})"
 
         # -- consuming -----------------------------------------------------------------
         # A row that cannot be trusted is taken like any other and returned with what is
         # wrong (odd, or the unknown status of its record): the executor dead-letters it,
-        # and one bad row never fails the statement that carries the good ones.
+        # and one bad row never fails the statement that carries the good ones. A row
+        # with a gate (a rate or concurrency limit) is neither taken nor touched: it comes
+        # back as a candidate (its gate in the last column) for the gate step, which
+        # decides it under its key's lock (see _gates.py). Ungated rows pay an IS NULL.
         self.reserve = (
-            "WITH cand AS (SELECT c.id, w.ord, c.odd FROM unnest($1::text[]) WITH ORDINALITY "
-            "AS w(name, ord) CROSS JOIN LATERAL ("
-            f"SELECT id, priority, seq, {ODD_MESSAGE} AS odd FROM {m} "
-            "WHERE queue = w.name AND state <> 'dead' "
+            "WITH cand AS (SELECT c.id, w.ord, c.priority, c.seq, c.odd, c.gate "
+            "FROM unnest($1::text[]) WITH ORDINALITY AS w(name, ord) CROSS JOIN LATERAL ("
+            f"SELECT id, priority, seq, {ODD_MESSAGE} AS odd, gate FROM {m} "
+            f"WHERE queue = w.name AND {QUEUED} "
             f"AND (available_at <= clock_timestamp() OR available_at >= {BEYOND}) "
             "ORDER BY priority DESC, seq LIMIT $2 "
             "FOR UPDATE SKIP LOCKED) c ORDER BY w.ord, c.priority DESC, c.seq LIMIT $2), "
-            f"taken AS (UPDATE {m} m SET state = 'reserved', token = gen_random_uuid()::text, "
-            f"available_at = clock_timestamp() + $3 {SECONDS}, "
-            f"deliveries = least(m.deliveries, {INT_MAX - 1}) + 1, "
-            f"lost = least(m.lost, {INT_MAX - 1}) + (m.state = 'reserved')::int "
-            "FROM cand WHERE m.id = cand.id "
-            "RETURNING m.id, m.queue, m.body, m.deliveries, m.lost, m.token, cand.ord, "
-            "m.priority, m.seq, cand.odd), "
-            # the taken tasks' records are marked running here (Reservation.started), saving
-            # the executor's own write; a record in a status that may not become running,
-            # or an absent one, is left to the executor. The JSON is not touched (jsonb would
-            # refuse a \u0000 in it, and reprint numbers): reads apply started_at (see
-            # _records.decode). After a start whose worker was lost, the before_* columns
-            # keep what the record was before that one.
-            f"marked AS (UPDATE {t} t SET status = '{running}', lease_token = k.token, "
-            "expires_at = NULL, started_at = clock_timestamp(), "
-            "before_status = CASE WHEN t.started_at IS NULL THEN t.status "
-            "ELSE t.before_status END, "
-            "before_token = CASE WHEN t.started_at IS NULL THEN t.lease_token "
-            "ELSE t.before_token END FROM taken k "
-            f"WHERE t.id = k.id AND {LIVE} AND t.status IN ({to_running}) RETURNING t.id) "
-            "SELECT k.id, k.queue, k.body, k.deliveries, k.lost, k.token, k.ord, k.priority, "
-            "k.seq, NULL::float8 AS due, "
-            "marked.id IS NOT NULL AS started, k.odd, "
-            # only a record the reserve did not mark running is looked up again (a
-            # correlated lookup by id, skipped by the CASE for every marked one)
-            "CASE WHEN marked.id IS NULL THEN (SELECT r.status FROM "
-            f"{t} r WHERE r.id = k.id AND r.status NOT IN {KNOWN} "
-            "AND (r.expires_at IS NULL OR r.expires_at > clock_timestamp())) END AS odd_status "
-            "FROM taken k LEFT JOIN marked USING (id)"
-            f"{relax} UNION ALL "
-            # nothing taken: how long until the earliest eta or lease deadline (clamped to
+            f"{taking(s, 'cand', lease='$3', where=' AND cand.gate IS NULL')} "
+            f"{taken_rows(s)}{relax} UNION ALL "
+            # the gated candidates, untouched
+            "SELECT c.id, NULL, NULL, NULL, NULL, NULL, c.ord, c.priority, c.seq, NULL, NULL, "
+            "c.odd, NULL, c.gate FROM cand c WHERE c.gate IS NOT NULL UNION ALL "
+            # no candidate: how long until the earliest eta or lease deadline (clamped to
             # a day either way: an infinite timestamp cannot be subtracted)
             "SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
             "(SELECT extract(epoch FROM min(greatest(least(f.at, "
             "clock_timestamp() + interval '1 day'), clock_timestamp() - interval '1 day')) "
             "- clock_timestamp())::float8 "
             "FROM unnest($1::text[]) AS w(name) CROSS JOIN LATERAL ("
-            f"SELECT available_at AS at FROM {m} WHERE queue = w.name AND state <> 'dead' "
-            "ORDER BY available_at LIMIT 1) f), NULL, NULL, NULL "
-            "WHERE NOT EXISTS (SELECT 1 FROM taken)"
+            f"SELECT available_at AS at FROM {m} WHERE queue = w.name AND {QUEUED} "
+            "ORDER BY available_at LIMIT 1) f), NULL, NULL, NULL, NULL "
+            "WHERE NOT EXISTS (SELECT 1 FROM cand)"
         )
+
+        def free(settled: str) -> str:
+            """Frees the slots the ``settled`` rows held (those with a ``slot_key``): a
+            call only when one of them had a concurrency limit (STRICT on NULL), and
+            once per statement (an uncorrelated sub-select), not once per row."""
+            return (
+                f"(SELECT {s}.free_slots((SELECT array_agg(x.slot_key) FROM {settled} x "
+                f"WHERE x.slot_key IS NOT NULL), '{self.channel}'))"
+            )
+
         # a hand-back (release, or nack) restores a record the reserve marked running
         unstart = (
             # (a before_status that went missing: the status the JSON shows, which is what
@@ -203,23 +259,28 @@ class Statements:
             "status = coalesce(t.before_status, t.record->>'status', t.status), "
             "lease_token = t.before_token, started_at = NULL, before_status = NULL, "
             "before_token = NULL FROM back WHERE t.id = back.id AND t.lease_token = back.token "
-            f"AND t.status = '{running}' AND t.started_at IS NOT NULL) "
+            f"AND t.status = '{_RUNNING}' AND t.started_at IS NOT NULL) "
         )
         self.release = (
             f"WITH back AS (UPDATE {m} m SET state = 'ready', token = NULL, "
             "available_at = clock_timestamp(), deliveries = m.deliveries - 1 "
             "FROM unnest($1::text[], $2::text[]) AS r(id, token) "
-            "WHERE m.id = r.id AND m.token = r.token RETURNING m.id, m.queue, r.token), "
-            f"{unstart}{notify}(SELECT DISTINCT queue FROM back) d) x"
+            "WHERE m.id = r.id AND m.token = r.token "
+            "RETURNING m.id, m.queue, r.token, m.slot_key), "
+            f"{unstart}SELECT ({notify}(SELECT DISTINCT queue FROM back) d) x), {free('back')}"
         )
-        self.ack = f"DELETE FROM {m} m WHERE id = $1 AND token = $2 AND {HELD} RETURNING 1"
+        self.ack = (
+            f"WITH gone AS (DELETE FROM {m} m WHERE id = $1 AND token = $2 AND {HELD} "
+            f"RETURNING m.slot_key) SELECT (SELECT count(*) FROM gone), {free('gone')}"
+        )
         self.nack = (
             f"WITH back AS (UPDATE {m} m SET state = 'ready', token = NULL, "
             f"available_at = clock_timestamp() + $3 {SECONDS}, "
             f"seq = nextval('{s}.message_seq'), body = coalesce($4, m.body) "
-            f"WHERE id = $1 AND token = $2 AND {HELD} RETURNING m.id, m.queue, $2 AS token), "
+            f"WHERE id = $1 AND token = $2 AND {HELD} "
+            "RETURNING m.id, m.queue, $2 AS token, m.slot_key), "
             f"{unstart}SELECT (SELECT count(*) FROM back), "
-            f"({notify}(SELECT DISTINCT queue FROM back) d) x)"
+            f"({notify}(SELECT DISTINCT queue FROM back) d) x), {free('back')}"
         )
         self.extend = (
             f"UPDATE {m} m SET available_at = clock_timestamp() + r.lease::float8 {SECONDS} "
@@ -227,9 +288,10 @@ class Statements:
             f"WHERE m.id = r.id AND m.token = r.token AND {HELD} RETURNING m.id"
         )
         self.dead_letter = (
-            f"UPDATE {m} m SET state = 'dead', token = NULL, reason = $3, "
+            f"WITH dead AS (UPDATE {m} m SET state = 'dead', token = NULL, reason = $3, "
             "dead_at = clock_timestamp(), body = coalesce($4, m.body) "
-            f"WHERE id = $1 AND token = $2 AND {HELD} RETURNING 1"
+            f"WHERE id = $1 AND token = $2 AND {HELD} RETURNING m.slot_key) "
+            f"SELECT (SELECT count(*) FROM dead), {free('dead')}"
         )
         self.dead_letters = (
             # a dead letter written by something else may lack its reason or time
@@ -241,16 +303,19 @@ class Statements:
         self.requeue_dead = (
             f"WITH back AS (UPDATE {m} SET state = 'ready', available_at = clock_timestamp(), "
             f"seq = nextval('{s}.message_seq'), lost = 0, deliveries = 0, reason = NULL, "
-            "dead_at = NULL WHERE queue = $1 AND state = 'dead' "
+            "dead_at = NULL, admitted = false WHERE queue = $1 AND state = 'dead' "
             "AND ($2::text[] IS NULL OR id = ANY($2::text[])) RETURNING id, queue) "
             "SELECT id, NULL::bigint FROM back UNION ALL "
             f"SELECT NULL, ({notify}(SELECT DISTINCT queue FROM back) d) x)"
         )
         self.purge_dead = f"DELETE FROM {m} WHERE queue = $1 AND state = 'dead'"
-        self.purge = f"DELETE FROM {m} WHERE queue = $1 AND state = 'ready'"
+        # parked messages (waiting for a concurrency slot) are waiting: purged, and
+        # counted as scheduled
+        self.purge = f"DELETE FROM {m} WHERE queue = $1 AND state IN ('ready', 'parked')"
         self.stats = (
-            "SELECT count(*) FILTER (WHERE state <> 'dead' AND available_at <= c.now), "
-            "count(*) FILTER (WHERE state = 'ready' AND available_at > c.now), "
+            f"SELECT count(*) FILTER (WHERE {QUEUED} AND available_at <= c.now), "
+            "count(*) FILTER (WHERE (state = 'ready' AND available_at > c.now) "
+            "OR state = 'parked'), "
             "count(*) FILTER (WHERE state = 'reserved' AND available_at > c.now), "
             "count(*) FILTER (WHERE state = 'dead') "
             f"FROM {m}, (SELECT clock_timestamp() AS now) c WHERE queue = $1"
@@ -289,9 +354,11 @@ class Statements:
             f"WHERE {HELD} ORDER BY m.id FOR UPDATE OF m), {old}, "
             f"up AS ({insert} FROM new_t n JOIN held USING (id) ORDER BY n.id {upsert} "
             "RETURNING t.id), "
-            f"gone AS (DELETE FROM {m} m USING up WHERE m.id = up.id RETURNING m.id) "
+            f"gone AS (DELETE FROM {m} m USING up WHERE m.id = up.id RETURNING m.id, "
+            "m.slot_key) "
             "SELECT n.id, gone.id IS NOT NULL AS saved, held.id IS NOT NULL AS held, "
-            "old.status, old.lease_token FROM new_t n LEFT JOIN held USING (id) "
+            f"old.status, old.lease_token, {free('gone')} AS freed "
+            "FROM new_t n LEFT JOIN held USING (id) "
             "LEFT JOIN gone USING (id) LEFT JOIN old USING (id)"
         )
         # started_at travels as epoch seconds: a timestamp the driver cannot represent as

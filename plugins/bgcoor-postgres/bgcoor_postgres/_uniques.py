@@ -35,7 +35,7 @@ from bgcoor_core.kit import holds, take_keys, unique_key, unique_until
 
 from . import _checks
 from ._database import Conn, Database
-from ._sql import LIVE, Statements, numbers, quote_ident
+from ._sql import LIVE, Statements, gated, numbers, quote_ident
 
 #: Wakes this process's consumers of these queues (NOTIFY reaches the others).
 Wake = Callable[[Iterable[str]], None]
@@ -75,14 +75,20 @@ class UniqueStatements:
             "array_agg(t.id), array_agg(t.status) "
             f"FROM {t} t WHERE t.id = ANY($1::text[]) AND {LIVE}"
         )
-        # the enqueue statement ($1-$11), and the keys taken ($12 key, $13 task, $14 until)
-        assert sql.enqueue.startswith("WITH ")
-        self.enqueue = (
-            f"WITH taken_keys AS (UPDATE {k} k SET task_id = u.task_id, "
-            "until = u.until::float8 "
-            "FROM unnest($12::text[], $13::text[], $14::text[]) AS u(key, task_id, until) "
-            "WHERE k.key = u.key), " + sql.enqueue.removeprefix("WITH ")
-        )
+
+        # the enqueue statement ($1-$11), and the keys taken ($12 key, $13 task, $14 until);
+        # for a batch with gates, the enqueue's twin ($1-$12) and the keys ($13-$15)
+        def enqueue(statement: str, first: int) -> str:
+            assert statement.startswith("WITH ")
+            params = ", ".join(f"${first + n}::text[]" for n in range(3))
+            return (
+                f"WITH taken_keys AS (UPDATE {k} k SET task_id = u.task_id, "
+                f"until = u.until::float8 FROM unnest({params}) AS u(key, task_id, until) "
+                "WHERE k.key = u.key), " + statement.removeprefix("WITH ")
+            )
+
+        self.enqueue = enqueue(sql.enqueue, 12)
+        self.enqueue_gated = enqueue(sql.enqueue_gated, 13)
         # the sweep: candidates locked (a row an enqueue holds is skipped), then deleted
         # by a statement of its own, whose snapshot shows any holder committed meanwhile
         over = "(k.until IS NULL OR k.until <= extract(epoch FROM clock_timestamp()))"
@@ -145,11 +151,12 @@ class PostgresUniques:
                 [t.id for t in taken.values()],
                 numbers(unique_until(t) for t in taken.values()),
             ]
+            kept = [messages[i] for i in chosen]
             await self._enqueue(
                 conn,
                 [tasks[i] for i in chosen],
-                [messages[i] for i in chosen],
-                statement=self.sql.enqueue,
+                kept,
+                statement=self.sql.enqueue_gated if gated(kept) else self.sql.enqueue,
                 extra=extra,
             )
         return holders
