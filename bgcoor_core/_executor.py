@@ -4,6 +4,12 @@ The order of a task's life is fixed: mark running (unless the broker's reserve a
 did, see ``Reservation.started``), run the handler, store the outcome, *then* ack (or nack
 for a retry, or dead-letter). A worker that dies anywhere before the
 ack leaves the task to be delivered again when its lease expires.
+
+A process-isolated task whose child is killed by a signal bg-coor did not send (a
+segfault, the out-of-memory killer) is handed back like a lost delivery rather than
+failed: the kill counts toward ``max_worker_lost`` (in the task's :data:`KILLED_HEADER`,
+which travels with the redelivery) and uses no retry attempt, and past the limit the task
+is dead-lettered, its error naming the signal.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import signal
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +36,7 @@ from ._errors import (
     Retry,
     StaleLeaseError,
     UnknownTaskError,
+    WorkerLostError,
 )
 from ._invoke import Invoker
 from ._plugins import PluginHost
@@ -43,6 +51,23 @@ from ._workflows import ERROR_OF_HEADER, INPUTS_HEADER, WORKFLOW_HEADER
 log = logging.getLogger("bgcoor.executor")
 #: The name on the placeholder that replaces a record nobody can read.
 _CORRUPT = "bgcoor.corrupt"
+#: How many times a signal killed the child running this task (see the module's doc).
+KILLED_HEADER = "bgcoor-killed"
+
+
+def child_kills(task: Task) -> int:
+    """How many earlier attempts of ``task`` lost their child process to a signal (0
+    when the header is absent or is not a count)."""
+    value = task.headers.get(KILLED_HEADER) if task.headers else None
+    if value is None or not value.isdigit():
+        return 0
+    return int(value)
+
+
+def retries_used(task: Task) -> int:
+    """The attempts that count against ``max_retries``: those whose child was killed
+    by a signal do not."""
+    return task.attempts - child_kills(task)
 
 
 def backoff_delay(attempt: int, base: float, cap: float) -> float:
@@ -60,6 +85,22 @@ def _as_message(task: Task) -> Task:
     still fits after a failure (the error text is clipped for the same reason)."""
     error = task.error if task.error is None or len(task.error) <= 500 else task.error[:500] + "..."
     return task.model_copy(update={"traceback": None, "error": error})
+
+
+def _killer(exc: WorkerLostError) -> signal.Signals | None:
+    """The signal a child process died of, when bg-coor did not send it (a timeout's or
+    a cancel's kill raise other errors); ``None`` for a child that exited by itself."""
+    from ._isolation import ChildKilledError  # loaded already: its child pool raised this
+
+    return exc.signal if isinstance(exc, ChildKilledError) else None
+
+
+def _without_kills(task: Task) -> Task:
+    """``task`` without its count of killed children, as it is dead-lettered: requeued
+    by hand it gets a fresh count, as a fresh message gets a fresh count of lost leases."""
+    if KILLED_HEADER in task.headers:
+        task.headers = {k: v for k, v in task.headers.items() if k != KILLED_HEADER}
+    return task
 
 
 def _clipped(error: str | None, limit: int = 300) -> str:
@@ -141,12 +182,13 @@ class Executor:
         except UnknownTaskError as exc:
             await self._dead(reservation, task, str(exc))
             return None
-        if reservation.lost > self.settings.max_worker_lost:
+        lost = reservation.lost + child_kills(task)  # dead workers, and killed children
+        if lost > self.settings.max_worker_lost:
             reason = (
-                f"worker_lost: the worker died {reservation.lost} times while running it "
+                f"worker_lost: the worker died {lost} times while running it "
                 f"(limit {self.settings.max_worker_lost})"
             )
-            await self._dead(reservation, task, reason)
+            await self._dead(reservation, _without_kills(task), reason)
             return None
         if task.expires is not None and datetime.now(UTC) >= task.expires:
             await self._expire(reservation, task)
@@ -220,7 +262,9 @@ class Executor:
         task.traceback = "".join(traceback.format_exception(exc))
         if isinstance(exc, PayloadError):
             await self._dead(reservation, task, f"bad payload: {exc}", owned=True)
-        elif isinstance(exc, Retry) and task.attempts <= task.max_retries:
+        elif isinstance(exc, WorkerLostError) and (killer := _killer(exc)) is not None:
+            await self._child_killed(reservation, task, entry, exc, killer)
+        elif isinstance(exc, Retry) and retries_used(task) <= task.max_retries:
             await self._retry(reservation, task, entry, exc.after)
         elif isinstance(exc, NonRetryableError) or not isinstance(exc, entry.options.retry_on):
             task.status = TaskStatus.FAILED
@@ -230,11 +274,36 @@ class Executor:
             log.warning("task %s (%s) failed: %s", task.id, task.name, _clipped(task.error))
             if self.host:
                 self.host.task_failed(task)
-        elif task.attempts <= task.max_retries:
+        elif retries_used(task) <= task.max_retries:
             await self._retry(reservation, task, entry)
         else:
             reason = f"max_retries exceeded ({task.max_retries})"
             await self._dead(reservation, task, reason, owned=True)
+
+    async def _child_killed(
+        self,
+        reservation: Reservation,
+        task: Task,
+        entry: RegisteredTask,
+        exc: WorkerLostError,
+        killer: signal.Signals,
+    ) -> None:
+        """Its child process was killed by a signal bg-coor did not send: counted in
+        the task's :data:`KILLED_HEADER` (with any lost deliveries) against
+        ``max_worker_lost``, without using a retry attempt; dead past the limit."""
+        kills = child_kills(task) + 1
+        task.error = f"WorkerLostError: {exc}"  # the public type; the text names the signal
+        lost = reservation.lost + kills
+        limit = self.settings.max_worker_lost
+        if lost > limit:
+            reason = (
+                f"worker_lost: its process died {lost} times while running it, the last "
+                f"killed by {killer.name} (limit {limit})"
+            )
+            await self._dead(reservation, _without_kills(task), reason, owned=True)
+            return
+        task.headers = {**task.headers, KILLED_HEADER: str(kills)}
+        await self._retry(reservation, task, entry, self._backoff(entry, kills))
 
     async def _retry(
         self,
@@ -246,14 +315,7 @@ class Executor:
         """Store ``retrying`` and give the message back, due after ``delay`` seconds (by
         default the backoff)."""
         if delay is None:
-            opts = entry.options
-            delay = backoff_delay(
-                task.attempts,
-                self.settings.retry_backoff if opts.retry_backoff is None else opts.retry_backoff,
-                self.settings.retry_backoff_max
-                if opts.retry_backoff_max is None
-                else opts.retry_backoff_max,
-            )
+            delay = self._backoff(entry, retries_used(task))
         task.status = TaskStatus.RETRYING
         try:
             await self.storage.save(task)
@@ -274,6 +336,17 @@ class Executor:
         )
         if self.host:
             self.host.task_retrying(task, delay)
+
+    def _backoff(self, entry: RegisteredTask, attempt: int) -> float:
+        """The delay before the try after ``attempt``, per the task's retry backoff."""
+        opts = entry.options
+        return backoff_delay(
+            attempt,
+            self.settings.retry_backoff if opts.retry_backoff is None else opts.retry_backoff,
+            self.settings.retry_backoff_max
+            if opts.retry_backoff_max is None
+            else opts.retry_backoff_max,
+        )
 
     async def _dead(
         self, reservation: Reservation, task: Task, reason: str, *, owned: bool = False

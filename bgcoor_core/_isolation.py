@@ -9,6 +9,9 @@ SIGKILL after ``process_kill_grace`` seconds, whatever the task is doing (sleepi
 in ``recv``, looping in C code). The worker records the outcome only once the child is
 dead, and it never reads a killed child's answer: a killed attempt cannot store anything.
 A memory cap (``memory_limit_mb``) is the child's ``RLIMIT_AS`` while the task runs.
+A child that dies of a signal nobody here sent (a segfault, the out-of-memory killer) raises
+:class:`ChildKilledError`: the executor counts it toward ``max_worker_lost`` like a lost
+lease, not as the task's failure.
 
 The child's side of the conversation is :mod:`bgcoor_core._child_main`.
 """
@@ -51,6 +54,17 @@ START_TIMEOUT = 60.0
 #: How long a child that is told to go (its socket closed) may take to exit.
 EXIT_TIMEOUT = 5.0
 _POLL = 0.01
+
+
+class ChildKilledError(WorkerLostError):
+    """The child running a task was killed by ``signal``, which bg-coor did not send (its
+    own kills are a timeout's or a cancel's): a segfault, the out-of-memory killer,
+    another process. Not the task's failure as such, so it uses no retry attempt; it
+    counts toward ``max_worker_lost``, so a task that keeps killing its child ends dead."""
+
+    def __init__(self, message: str, signal: signal.Signals) -> None:
+        super().__init__(message)
+        self.signal = signal
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,16 +246,18 @@ class ChildPool:
         if not exited:
             await child.wait_exit(EXIT_TIMEOUT)
         status = child.reap()
-        if status < 0:
-            cause = f"killed by {signal.Signals(-status).name}"
-            if request.memory_limit_mb is not None:
-                cause += f" (it ran under a memory limit of {request.memory_limit_mb} MB)"
-            elif -status == signal.SIGKILL:
-                cause += " (the out-of-memory killer, or another process)"
-        else:
+        if status >= 0:
             cause = f"exited with status {status} without answering"
+            log.warning("task %r: its child process %d %s", name, child.pid, cause)
+            return WorkerLostError(f"task {name!r}: child process {child.pid} {cause}")
+        killer = signal.Signals(-status)
+        cause = f"killed by {killer.name}"
+        if request.memory_limit_mb is not None:
+            cause += f" (it ran under a memory limit of {request.memory_limit_mb} MB)"
+        elif killer is signal.SIGKILL:
+            cause += " (the out-of-memory killer, or another process)"
         log.warning("task %r: its child process %d was %s", name, child.pid, cause)
-        return WorkerLostError(f"task {name!r}: child process {child.pid} {cause}")
+        return ChildKilledError(f"task {name!r}: child process {child.pid} {cause}", killer)
 
     async def _checkout(self) -> _Child:
         while self._idle:

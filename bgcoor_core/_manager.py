@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -12,6 +13,7 @@ from typing import Any, ParamSpec, TypeVar, Unpack, overload
 from ._admin import requeue_dead
 from ._broker import Broker
 from ._building import build, payload_of
+from ._cancels import CancelSignals
 from ._capabilities import check_capabilities
 from ._composition import Graph
 from ._errors import ResultTimeoutError, TaskFailedError, TaskNotFoundError
@@ -45,6 +47,8 @@ from ._workflow_handles import WorkflowHandle
 from ._workflow_handles import submit as submit_graph
 from ._workflows import WORKFLOW_HEADER
 
+log = logging.getLogger("bgcoor.manager")
+
 P = ParamSpec("P")
 TASK_OPTION_NAMES = frozenset(declared_options("task")) - {"name"}
 R = TypeVar("R")
@@ -75,6 +79,8 @@ class TaskManager:
         #: Pools started by :meth:`worker`, each with its event loop: :meth:`cancel`
         #: reaches a task one of them is running.
         self._pools: dict[WorkerPool, asyncio.AbstractEventLoop] = {}
+        #: The cancel channel of the backends in use (looked up once per backends).
+        self._signals: tuple[Backends, CancelSignals | None] | None = None
 
     # -- wiring ------------------------------------------------------------------------
 
@@ -337,7 +343,14 @@ class TaskManager:
         return task
 
     async def cancel(self, task_id: str) -> bool:
-        """Cancel a task that has not finished. A running task's outcome will be dropped."""
+        """Cancel a task that has not finished; False if it already had.
+
+        The record is stored ``cancelled`` (final: the task never runs again), then the
+        workers are told: a running async task gets ``CancelledError`` within a second,
+        whichever process runs it; a sync task's ``current_task().cancel_requested``
+        becomes True (a thread cannot be stopped); a process-isolated task's child is
+        killed. Whatever the task still returns is dropped.
+        """
         task = await self.get(task_id)
         if task.status.is_final:
             return False
@@ -352,12 +365,33 @@ class TaskManager:
             await self.storage.save(task, ttl=self.settings.result_ttl)
         self.host.task_cancelled(task)
         self._stop_in_pools(task_id)
+        await self._signal_cancel(task_id)
         return True
 
+    async def _signal_cancel(self, task_id: str) -> None:
+        """Publish the cancel on the backends' channel, for workers in other processes.
+        Best effort: a worker that misses it still refuses the outcome (the record is
+        final), and a backend without a channel is polled by its workers."""
+        backends = self.backends
+        if self._signals is None or self._signals[0] is not backends:
+            self._signals = (backends, self.host.cancel_signals(backends.broker, backends.storage))
+        signals = self._signals[1]
+        if signals is None:
+            return
+        try:
+            await signals.publish(task_id)
+        except Exception as exc:
+            log.warning(
+                "task %s: cancelled, but the cancel signal was not sent (%s: %s); a worker "
+                "running it drops its outcome when it settles",
+                task_id,
+                type(exc).__name__,
+                exc,
+            )
+
     def _stop_in_pools(self, task_id: str) -> None:
-        """Interrupt ``task_id`` in this process's pools, each on its own loop. Another
-        process's worker finds the record cancelled when it settles (issue 14 brings the
-        cross-process signal)."""
+        """Interrupt ``task_id`` in this process's pools at once, each on its own loop
+        (workers elsewhere hear of it through :meth:`_signal_cancel`)."""
         here = asyncio.get_running_loop()
         for pool, loop in list(self._pools.items()):
             if loop is here:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import typer
 
     from ._broker import Broker
+    from ._cancels import CancelSignals
     from ._context import CurrentTask
     from ._settings import Settings
     from ._storage import Storage
@@ -174,6 +175,19 @@ class PluginHost:
             "broker %s, storage %s", redact(settings.broker_url), redact(settings.storage_url)
         )
         return broker, storage
+
+    def cancel_signals(self, broker: Broker, storage: Storage) -> CancelSignals | None:
+        """The channel a plugin offers to carry cancel signals between the processes using
+        these backends (``bgcoor_cancel_signals``); ``None``: pools poll their running
+        tasks' records instead. A plugin that raises here is logged, and polling used."""
+        try:
+            found: CancelSignals | None = self.pm.hook.bgcoor_cancel_signals(
+                broker=broker, storage=storage
+            )
+        except Exception:
+            log.exception("hook bgcoor_cancel_signals raised; cancels are found by polling")
+            return None
+        return found
 
     # -- lifecycle events --------------------------------------------------------------
 

@@ -5,7 +5,9 @@ One fetch loop reserves in batches up to the free capacity (``concurrency`` plus
 ``concurrency`` of them run at once, each in its own asyncio task (async handlers on the
 event loop, sync handlers in a thread pool), the rest wait in arrival order for a free
 slot. One task can therefore be cancelled (:meth:`WorkerPool.cancel`) or handed back
-without touching the others. A heartbeat loop extends the leases of everything held. It
+without touching the others; a cancel from another process reaches it through the
+backend's cancel channel, or a poll of the running tasks' records (see
+:mod:`bgcoor_core._cancels`). A heartbeat loop extends the leases of everything held. It
 runs on the event loop, which a CPU-bound *sync* task cannot starve: it runs in a thread
 and the interpreter switches threads every few milliseconds.
 """
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ParamSpec, Self, TypeVar
 
 from ._broker import Broker, Capability, Reservation
+from ._cancels import CancelWatch
 from ._capabilities import check_capabilities
 from ._context import _CURRENT, CancelFlag
 from ._errors import StaleLeaseError
@@ -155,6 +158,7 @@ class WorkerPool:
         self._heartbeat: asyncio.Task[None] | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         self._services: list[asyncio.Task[None]] = []
+        self._cancels: CancelWatch | None = None
         self._burst = False
         self._wake = asyncio.Event()  # run(): a signal, or a burst found the queues empty
         self._signals = 0
@@ -199,6 +203,9 @@ class WorkerPool:
             self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="bgcoor-heartbeat")
         if self.settings.cleanup_seconds is not None:
             self._housekeeping = asyncio.create_task(self._cleanup_loop(), name="bgcoor-cleanup")
+        signals = self.host.cancel_signals(self.broker, self.storage) if self.host else None
+        self._cancels = CancelWatch(self, self.storage, signals)
+        self._cancels.start()
         if self.host is not None:
             self._services = [
                 asyncio.create_task(self._serve(service), name=f"bgcoor-service-{service.name}")
@@ -223,7 +230,8 @@ class WorkerPool:
         the flag, but its outcome is settled at once either way. A task waiting for a
         slot never runs its handler. The record is stored ``cancelled`` and the message
         acknowledged; a task whose handler already returned keeps its outcome. Call it on
-        the pool's event loop.
+        the pool's event loop. (``TaskManager.cancel()`` from any process reaches it: see
+        :mod:`bgcoor_core._cancels`.)
         """
         found = False
         for entry in [e for e in self._held.values() if e.reservation.task.id == task_id]:
@@ -237,6 +245,15 @@ class WorkerPool:
             elif entry.in_handler():  # else the executor sees the flag before the handler
                 self._interrupt(entry)
         return found
+
+    def running_ids(self) -> list[str]:
+        """The ids of the tasks started and not being cancelled (what a cancel from
+        another process can still interrupt)."""
+        return [
+            entry.reservation.task.id
+            for entry in self._held.values()
+            if entry.task is not None and not entry.cancel.is_set()
+        ]
 
     def _remove_waiting(self, entry: _Held) -> None:
         with contextlib.suppress(ValueError):  # held outside the queue (a suspect)
@@ -289,6 +306,7 @@ class WorkerPool:
             self._held[entry.reservation.token] = entry
         suspect = self._quarantine.suspect_in(batch, self._held_reservations)
         if suspect is not None:
+            self._cancel_signalled(batch)
             await self._quarantine.run_alone(suspect, batch, self)
             return
         for entry in entries:
@@ -296,6 +314,12 @@ class WorkerPool:
                 self._launch(entry)
             else:
                 self._waiting.append(entry)
+        self._cancel_signalled(batch)
+
+    def _cancel_signalled(self, batch: list[Reservation]) -> None:
+        """Cancel what was cancelled elsewhere while its reservation was on the way."""
+        if self._cancels is not None:
+            self._cancels.accepted(reservation.task.id for reservation in batch)
 
     def _held_reservations(self) -> Iterator[Reservation]:
         return (entry.reservation for entry in self._held.values())
@@ -309,6 +333,8 @@ class WorkerPool:
         self._busy += 1
         entry.context = self._base_context.copy()
         entry.task = asyncio.create_task(self._run(entry), context=entry.context)
+        if self._cancels is not None:
+            self._cancels.launched()
 
     async def _run(self, entry: _Held) -> None:
         reservation = entry.reservation
@@ -443,6 +469,8 @@ class WorkerPool:
             if loop_task is not None:
                 loop_task.cancel()
                 await asyncio.gather(loop_task, return_exceptions=True)
+        if self._cancels is not None:  # listened until the last task settled
+            await self._cancels.stop()
         self._threads.shutdown(wait=False, cancel_futures=True)
         if self._threads.children is not None:
             await self._threads.children.close()

@@ -28,8 +28,11 @@ if TYPE_CHECKING:
     import typer
 
     from ._backend_registry import BrokerRegistry, SerializerRegistry, StorageRegistry
+    from ._broker import Broker
+    from ._cancels import CancelSignals
     from ._context import CurrentTask
     from ._extensions import OptionRegistry, ServiceRegistry, WorkerOptionRegistry
+    from ._storage import Storage
     from ._task import Task
     from ._task_registry import TaskRegistry
 
@@ -227,4 +230,25 @@ def bgcoor_register_worker_options(options: WorkerOptionRegistry) -> None:
     add options: the command line is parsed before the application is loaded.
 
     :param options: The registry of ``bgcoor worker`` options.
+    """
+
+
+@hookspec(firstresult=True)
+def bgcoor_cancel_signals(broker: Broker, storage: Storage) -> CancelSignals | None:
+    """Offer a channel that carries cancel signals between processes for these backends:
+    return a :class:`~bgcoor_core._cancels.CancelSignals` (``publish(task_id)`` and
+    ``subscribe(on_cancel, on_gap)``), or ``None`` for backends the plugin does not serve.
+
+    ``TaskManager.cancel()`` stores the record ``cancelled``, then publishes; every worker
+    pool subscribes while it runs and interrupts the task if it holds it, so a running task
+    is stopped within a second of a cancel from any process. The first implementation that
+    returns a channel wins. Without one (SQLite, say) a pool reads its running tasks'
+    records every half second instead. The signal need only be fast, not reliable: the
+    stored ``cancelled`` record is the truth, so a task whose signal is lost runs on but
+    its outcome is refused when it settles, and the pool reads its running tasks' records
+    each time the subscription calls ``on_gap`` (on every (re)connection). Called once per
+    pool and once per manager's backends.
+
+    :param broker: The broker the pool or manager works with.
+    :param storage: Its storage (possibly the same object).
     """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -13,6 +14,7 @@ from executor_support import (
     Q,
     assert_broker_empty,
     executor_for,
+    raise_,
     record,
     reserve_one,
     run_to_end,
@@ -26,8 +28,11 @@ from bgcoor_core import (
     Task,
     TaskRegistry,
     TaskStatus,
+    WorkerLostError,
     hookimpl,
 )
+from bgcoor_core._executor import KILLED_HEADER
+from bgcoor_core._isolation import ChildKilledError
 
 # -- lost workers, zombies, redeliveries -----------------------------------------------
 
@@ -83,6 +88,121 @@ async def test_up_to_max_worker_lost_the_task_still_runs(
     )
     assert counter.calls == 1
     assert (await record(storage, task)).status is TaskStatus.SUCCEEDED
+
+
+# -- children killed by a signal (isolation="process") -----------------------------------
+
+
+def killed(signal_: signal.Signals = signal.SIGSEGV) -> ChildKilledError:
+    """What the child pool raises when a task's child process dies of ``signal_``."""
+    return ChildKilledError(f"task 'k': child process 4242 killed by {signal_.name}", signal_)
+
+
+async def test_a_killed_child_uses_no_retry_attempt_and_counts_toward_worker_lost(
+    broker: MemoryBroker,
+    storage: MemoryStorage,
+    registry: TaskRegistry,
+    fast_settings: Callable[..., Settings],
+) -> None:
+    counter = Counter(raise_(killed()))
+    registry.register("k", counter)
+    task = Task.new("k", None, 0)  # no retries at all
+    await storage.save(task)
+    await broker.push(task)
+    executor = executor_for(broker, storage, registry, fast_settings(max_worker_lost=2))
+    await executor.execute(await reserve_one(broker))
+    first = await record(storage, task)
+    assert (first.status, first.attempts) == (TaskStatus.RETRYING, 1)
+    assert first.headers[KILLED_HEADER] == "1"
+    assert first.error == "WorkerLostError: task 'k': child process 4242 killed by SIGSEGV"
+    again = await reserve_one(broker)
+    assert again.task.headers[KILLED_HEADER] == "1"  # the count travels with the message
+    await executor.execute(again)
+    assert await run_to_end(broker, executor) == 1
+    assert counter.calls == 3  # max_worker_lost + 1
+    stored = await record(storage, task)
+    assert (stored.status, stored.attempts) == (TaskStatus.DEAD, 3)
+    assert stored.error == "WorkerLostError: task 'k': child process 4242 killed by SIGSEGV"
+    assert KILLED_HEADER not in stored.headers  # a requeue by hand starts a fresh count
+    [letter] = await broker.dead_letters("default")
+    assert letter.reason == (
+        "worker_lost: its process died 3 times while running it, the last killed by "
+        "SIGSEGV (limit 2)"
+    )
+    await assert_broker_empty(broker, dead=1)
+
+
+async def test_killed_children_leave_the_retries_to_real_failures(
+    broker: MemoryBroker,
+    storage: MemoryStorage,
+    registry: TaskRegistry,
+    fast_settings: Callable[..., Settings],
+) -> None:
+    """Killed twice, then failing: its one retry is still there for the failure."""
+
+    def outcome(call: int) -> Any:
+        raise killed(signal.SIGKILL) if call <= 2 else ValueError(f"bad {call}")
+
+    counter = Counter(outcome)
+    registry.register("k", counter)
+    task = Task.new("k", None, 1)
+    await storage.save(task)
+    await broker.push(task)
+    executor = executor_for(broker, storage, registry, fast_settings(max_worker_lost=3))
+    assert await run_to_end(broker, executor) == 4
+    stored = await record(storage, task)
+    assert (stored.status, stored.attempts, stored.error) == (
+        TaskStatus.DEAD,
+        4,
+        "ValueError: bad 4",
+    )
+    [letter] = await broker.dead_letters("default")
+    assert letter.reason == "max_retries exceeded (1)"
+
+
+async def test_a_child_that_exits_without_answering_is_a_failure(
+    broker: MemoryBroker,
+    storage: MemoryStorage,
+    registry: TaskRegistry,
+    fast_settings: Callable[..., Settings],
+) -> None:
+    """No signal (``sys.exit`` in the task, say): the task's own doing, retried as one."""
+    lost = WorkerLostError("task 'k': child process 4242 exited with status 3 without answering")
+    counter = Counter(raise_(lost))
+    registry.register("k", counter)
+    task = Task.new("k", None, 1)
+    await storage.save(task)
+    await broker.push(task)
+    executor = executor_for(broker, storage, registry, fast_settings(max_worker_lost=5))
+    assert await run_to_end(broker, executor) == 2
+    stored = await record(storage, task)
+    assert stored.status is TaskStatus.DEAD
+    assert KILLED_HEADER not in stored.headers
+    [letter] = await broker.dead_letters("default")
+    assert letter.reason == "max_retries exceeded (1)"
+
+
+async def test_lost_leases_and_killed_children_add_up(
+    broker: MemoryBroker,
+    storage: MemoryStorage,
+    registry: TaskRegistry,
+    fast_settings: Callable[..., Settings],
+) -> None:
+    counter = Counter(raise_(killed()))
+    registry.register("k", counter)
+    task = Task.new("k", None, 5)
+    await storage.save(task)
+    await broker.push(task)
+    executor = executor_for(broker, storage, registry, fast_settings(max_worker_lost=2))
+    await executor.execute(await reserve_one(broker))  # one killed child
+    await lose(broker, 2)  # two dead workers
+    last = await reserve_one(broker)
+    assert (last.lost, last.task.headers[KILLED_HEADER]) == (2, "1")
+    await executor.execute(last)
+    assert counter.calls == 1  # dead before running again
+    [letter] = await broker.dead_letters("default")
+    assert letter.reason == "worker_lost: the worker died 3 times while running it (limit 2)"
+    assert KILLED_HEADER not in (await record(storage, task)).headers
 
 
 @pytest.mark.parametrize("zombie_outcome", ["returns", "raises"])

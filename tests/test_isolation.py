@@ -260,16 +260,22 @@ async def test_a_memory_cap_is_enforced_and_recorded(manager: TaskManager) -> No
 async def test_a_segfault_is_recorded_with_its_signal_and_ends_dead(
     manager: TaskManager, marks: str
 ) -> None:
+    """A child killed by a signal counts toward max_worker_lost (3 by default), not as a
+    failure: it uses no retry attempt (max_retries=2 here, yet it runs 4 times)."""
     crash = manager.task(name="iso.segfault", isolation="process", max_retries=2)(iso.segfault)
     double = manager.task(name="iso.double", isolation="process")(iso.double)
     async with manager.worker(1):
         record = await _settled(manager, (await crash.enqueue(marks)).id)
         assert await (await double.enqueue(4)).result(timeout=30) == 8  # a new child
-    assert (record.status, record.attempts) == (TaskStatus.DEAD, 3)
+        [letter] = await manager.broker.dead_letters("default")
+    assert manager.settings.max_worker_lost == 3
+    assert (record.status, record.attempts) == (TaskStatus.DEAD, 4)
     assert record.error is not None
     assert record.error.startswith("WorkerLostError: ")
     assert "killed by SIGSEGV" in record.error
-    assert len(_lines(marks, "start")) == 3  # three attempts, then no more
+    assert letter.reason.startswith("worker_lost: ")
+    assert "killed by SIGSEGV" in letter.reason
+    assert len(_lines(marks, "start")) == 4  # max_worker_lost + 1 runs, then no more
 
 
 async def test_a_child_killed_by_sigkill_says_so(memory_manager: TaskManager, marks: str) -> None:
@@ -300,6 +306,30 @@ async def test_cancel_kills_the_process_group_and_is_final(
         await asyncio.sleep(0.5)  # a retry, were there one, would start by now
     assert record.status is TaskStatus.CANCELLED
     assert (await handle.info()).status is TaskStatus.CANCELLED
+    assert len(_lines(marks, "start")) == 1
+
+
+async def test_a_cancel_from_another_manager_kills_the_child_within_a_second(
+    manager: TaskManager, marks: str, wait_until: Any
+) -> None:
+    """The other manager (standing for another process) holds none of the pools: the
+    pool finds the cancel by reading its running task's record (memory, SQLite)."""
+    sleeper = manager.task(name="iso.sleeper", isolation="process", max_retries=3)(iso.sleeper)
+    other = TaskManager(broker_url="memory://", storage_url="memory://", **FAST)
+    other.use_backends(manager.backends)
+    async with manager.worker(1):
+        handle = await sleeper.enqueue(marks)
+        await wait_until(lambda: bool(_lines(marks, "start")), timeout=30, what="started")
+        [start] = _lines(marks, "start")
+        began = time.monotonic()
+        assert await other.cancel(handle.id)
+        assert await _gone(int(start[1]), within=1.5)
+        killed_after = time.monotonic() - began
+        await asyncio.sleep(0.5)  # a retry, were there one, would start by now
+        record = await handle.info()
+    other.use_backends(None)
+    assert killed_after < 1.5  # found within a poll (0.5 s), then SIGTERM
+    assert record.status is TaskStatus.CANCELLED
     assert len(_lines(marks, "start")) == 1
 
 

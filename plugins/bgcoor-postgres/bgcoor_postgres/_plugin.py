@@ -7,13 +7,15 @@ opened.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bgcoor_core import BackendContext, BrokerRegistry, StorageRegistry, hookimpl
+from bgcoor_core import BackendContext, Broker, BrokerRegistry, StorageRegistry, hookimpl
 
 if TYPE_CHECKING:
     from ._backend import PostgresBackend
+    from ._cancels import PostgresCancelSignals
 
 
 def _open(url: str, context: BackendContext) -> PostgresBackend:
@@ -39,3 +41,14 @@ def bgcoor_register_brokers(brokers: BrokerRegistry) -> None:
 def bgcoor_register_storages(storages: StorageRegistry) -> None:
     storages.add("postgresql", _open, test_url=_test_url)
     storages.add("postgres", _open)
+
+
+@hookimpl
+def bgcoor_cancel_signals(broker: Broker) -> PostgresCancelSignals | None:
+    """NOTIFY/LISTEN on the broker's own database and schema, when it is ours."""
+    module = sys.modules.get(f"{__package__}._backend")
+    if module is None or not isinstance(broker, module.PostgresBackend):
+        return None  # never imported: no broker of ours exists in this process
+    from ._cancels import PostgresCancelSignals
+
+    return PostgresCancelSignals(broker._db, broker.target.schema)
