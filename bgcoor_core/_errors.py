@@ -204,8 +204,9 @@ class EnqueueUncertainError(BgcoorError, ConnectionError):
 
 class WorkerLostError(BgcoorError):
     """The child process running a task died: killed by a signal (a segfault, the
-    out-of-memory killer) or exited without answering. Retried like any failure, so a task
-    that kills its child every time ends dead-lettered after its retries."""
+    out-of-memory killer) or exited without answering. A kill counts toward
+    ``BGCOOR_MAX_WORKER_LOST`` like a lost worker (no retry used), an exit is retried like
+    any failure; either way a task that kills its child every time ends dead-lettered."""
 
 
 class MemoryLimitError(BgcoorError, MemoryError):

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from ._backend_registry import redact
+from ._cancels import CancelSignals, OnCancel, OnGap
 from ._codec import _summarise
 from ._composition import Graph, Node, OnFailure
 from ._errors import CorruptRecordError, DuplicateTaskError, StaleLeaseError
@@ -140,6 +141,7 @@ __all__ = [
     "UNIQUE_HEADER",
     "UNIQUE_UNTIL_HEADER",
     "WORKFLOW_HEADER",
+    "CancelSignals",
     "Cells",
     "CorruptRecordError",
     "DuplicateTaskError",
@@ -147,7 +149,9 @@ __all__ = [
     "Gate",
     "Graph",
     "Node",
+    "OnCancel",
     "OnFailure",
+    "OnGap",
     "Progress",
     "StaleLeaseError",
     "WorkflowState",

@@ -21,7 +21,7 @@ import asyncpg
 from ._database import Conn, Database, is_connection_error
 
 if TYPE_CHECKING:
-    from bgcoor_core._cancels import OnCancel, OnGap
+    from bgcoor_core.kit import OnCancel, OnGap
 
 log = logging.getLogger("bgcoor.postgres")
 

@@ -27,7 +27,7 @@ from ._encoding import text
 from ._resp import pack
 
 if TYPE_CHECKING:
-    from bgcoor_core._cancels import OnCancel, OnGap
+    from bgcoor_core.kit import OnCancel, OnGap
 
     from ._base import RedisBase
 
