@@ -1,8 +1,12 @@
 """Rate and concurrency limits across real worker processes (issue 14, items 1 and 2).
 
 * ``rate_limit="20/s"``, a backlog of 600 tasks, three workers of concurrency 4, 15 s:
-  no one-second window (sliding, over every start) holds more than 20 starts plus the
-  burst allowance of one, and at least 18 a second start on average.
+  no one-second window (sliding) holds more than 20 starts plus the burst allowance of
+  one, and at least 18 a second start on average. A start is the moment the backend
+  hands the task to a worker, as its record says (``started_at``, written in the reserve
+  step): that is what the limit governs; the function itself begins a few milliseconds
+  later, after the worker's dispatch, whose jitter no broker controls (the ledger's
+  times, printed too, show it).
 * ``concurrency_limit=2`` per tenant, three workers, one SIGKILLed every 3 s (and
   replaced): the ledger of runs, including those cut short by a kill (they count until
   the kill), never shows three runs of one tenant overlapping. Tenant A holds 60 tasks, B
@@ -51,11 +55,16 @@ async def test_a_global_rate_limit_holds_across_workers(backend: Backend, tmp_pa
             first = _rated(rig)[0]
             await wait_until(lambda: time.time() > first + WINDOW + 0.5, WINDOW + 30, "the window")
         await rig.workers.stop()
-        starts = [at for at in _rated(rig) if at < first + WINDOW]
         records = await rig.producer.storage.list(limit=1000)
+    began = sorted(r.started_at.timestamp() for r in records if r.started_at is not None)
+    starts = [at for at in began if at < began[0] + WINDOW]
     most = max_in_window(starts)
     rate = len(starts) / WINDOW
-    print(f"\n{backend.name}: {rate:.1f} starts/s over {WINDOW:.0f}s, at most {most} in 1s")
+    ran = [at for at in _rated(rig) if at < first + WINDOW]
+    print(
+        f"\n{backend.name}: {rate:.1f} starts/s over {WINDOW:.0f}s, at most {most} in 1s "
+        f"(functions: {len(ran) / WINDOW:.1f}/s, at most {max_in_window(ran)} in 1s)"
+    )
     assert most <= RATE + 1, f"{most} starts in one second (limit {RATE}/s + burst 1)"
     assert rate >= 0.9 * RATE, f"only {rate:.1f} starts/s under a {RATE}/s limit"
     assert len(records) == 600
