@@ -126,6 +126,19 @@ MESSAGE_CORRUPTIONS = [
         _update("messages", "state = 'dead'"),
     ),
     _pg(
+        "state-parked",
+        "messages.state: 'parked' without a slot key (no settle would ever free it; the "
+        "worker's sweep puts it back to ready)",
+        _update("messages", "state = 'parked'"),
+        runs=True,
+    ),
+    _pg(
+        "state-parked-orphan-key",
+        "messages.state: 'parked' for a slot of a key nobody holds (the sweep frees the slot)",
+        _update("messages", "state = 'parked', slot_key = 'orphan-key'"),
+        runs=True,
+    ),
+    _pg(
         "available-at-infinity",
         "messages.available_at: 'infinity' (it would never be due)",
         _update("messages", "available_at = 'infinity'"),
@@ -157,6 +170,41 @@ MESSAGE_CORRUPTIONS = [
         "dead-at-infinity",
         "messages.dead_at: 'infinity' on a ready message",
         _update("messages", "dead_at = 'infinity'"),
+        runs=True,
+    ),
+    _pg(
+        "gate-garbage",
+        "messages.gate: text that is no gate",
+        _update("messages", "gate = 'not a gate'"),
+    ),
+    _pg(
+        "gate-zero-concurrency",
+        "messages.gate: a gate of concurrency 0 (well formed, but it could never run)",
+        _update("messages", "gate = '- 1 0 some-key'"),
+    ),
+    _pg(
+        "gate-infinite-interval",
+        "messages.gate: a rate of one per infinite interval",
+        _update("messages", "gate = 'inf 1 - some-key'"),
+    ),
+    _pg(
+        "gate-on-ungated",
+        "messages.gate: a valid concurrency limit of 1 on a task that had none (it still "
+        "runs: nobody else holds the key)",
+        _update("messages", "gate = '- 1 1 foreign-key'"),
+        runs=True,
+    ),
+    _pg(
+        "slot-key-on-ready",
+        "messages.slot_key: a key on a ready message (no slot is held by it; its settle "
+        "frees nothing)",
+        _update("messages", "slot_key = 'stray-key'"),
+        runs=True,
+    ),
+    _pg(
+        "admitted-on-ungated",
+        "messages.admitted: true on a message without a gate",
+        _update("messages", "admitted = true"),
         runs=True,
     ),
 ]

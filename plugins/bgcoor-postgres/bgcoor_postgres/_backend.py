@@ -3,14 +3,16 @@
 Round trips per task (see the README): enqueue 1 per batch, reserve 1 per batch (it also
 marks the records running), outcome + ack 1, coalesced across tasks that finish together.
 Tasks with a rate or concurrency limit add a gate step per reserve that meets them
-(``_gates.py``); the others pay nothing for it.
+(``_gates.py``); the others pay nothing for it. An enqueue into a queue with a queue limit
+is a transaction that locks and counts the queue first (``_queue_limits.py``); the others
+are the one statement they always were.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -50,6 +52,7 @@ from ._database import CONNECTION_ERRORS, Conn, Database, Operation
 from ._gates import PostgresGates
 from ._listener import Listener
 from ._options import PostgresTarget
+from ._queue_limits import PostgresQueueLimits
 from ._records import Write
 from ._schedules import PostgresSchedules
 from ._sql import Statements, gated, numbers
@@ -64,6 +67,8 @@ Verdicts = list[BaseException | None]
 Entries = list[ScheduleEntry]
 Outcomes = list[FireOutcome]
 Extension = tuple[str, str, float]  # message id, token, lease seconds
+#: A step run on the enqueue's connection, in its transaction, before the insert.
+Check = Callable[[Conn], Awaitable[None]]
 
 
 @dataclass
@@ -90,7 +95,7 @@ TRUST_NOTIFY = 0.05
 class PostgresBackend(Broker, Storage):
     """Broker and storage over one PostgreSQL schema; see the package README."""
 
-    capabilities = frozenset(Capability) - {Capability.QUEUE_LIMITS}
+    capabilities = frozenset(Capability)
     #: After these (retries of :class:`Database` exhausted) an enqueue may or may not
     #: have committed; the manager tries it again with the same ids.
     transient_errors = (ConnectionError, TimeoutError, *CONNECTION_ERRORS)
@@ -104,7 +109,10 @@ class PostgresBackend(Broker, Storage):
         self._states: dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self._schedules = PostgresSchedules(self._db, target.schema, self._enqueue_on)
         self._workflows = PostgresWorkflows(self._db, self.sql, self._enqueue_on, self._wake)
-        self._uniques = PostgresUniques(self._db, self.sql, self._enqueue_on, self._wake)
+        self._limits = PostgresQueueLimits(self, self.sql)
+        self._uniques = PostgresUniques(
+            self._db, self.sql, self._enqueue_on, self._wake, self._limits.limited
+        )
         self._gates = PostgresGates(self._db, self.sql)
 
     def __repr__(self) -> str:
@@ -130,14 +138,16 @@ class PostgresBackend(Broker, Storage):
         if messages:
             statement = self.sql.push_gated if gated(messages) else self.sql.push
             args = [*_message_columns(messages), *_gate_column(messages)]
-            await self._db.run(_retrying_insert(statement, args))
+            check = self._limit_check(messages, records=False)
+            await self._db.run(_retrying_insert(statement, args, check))
             self._state().listener.wake(m.queue for m in messages)
 
     async def enqueue_atomically(self, tasks: Sequence[Task], messages: Sequence[Message]) -> None:
         """Store the records and push the messages in one statement (all or nothing)."""
         _check_messages(messages)
         args = self._enqueue_args(tasks, messages)
-        await self._db.run(_retrying_insert(self._enqueue_statement(messages), args))
+        check = self._limit_check(messages, records=True)
+        await self._db.run(_retrying_insert(self._enqueue_statement(messages), args, check))
         self._state().listener.wake(m.queue for m in messages)
 
     async def enqueue_in(self, conn: Conn, tasks: Sequence[Task]) -> list[str | None]:
@@ -149,16 +159,32 @@ class PostgresBackend(Broker, Storage):
         producers of those keys wait for it to end, and a rollback leaves the keys as
         they were. For each task, the id of the task holding its key (it was not
         enqueued), or ``None``.
+
+        Into a queue with a queue limit, the enqueue locks the queue in that transaction
+        too (see ``_queue_limits.py``): other producers of the queue wait for it to end.
+        A refusal (:class:`~bgcoor_core.QueueFullError`) writes nothing and leaves the
+        transaction usable.
         """
         messages = [self.to_message(t) for t in tasks]
         _check_messages(messages)
         if not any(UNIQUE_HEADER in t.headers for t in tasks):
             statement = self._enqueue_statement(messages)
-            await _insert(conn, statement, self._enqueue_args(tasks, messages))
+            args = self._enqueue_args(tasks, messages)
+            check = self._limit_check(messages, records=True)
+            if check is None:
+                await _insert(conn, statement, args)
+            elif conn.is_in_transaction():
+                await check(conn)
+                await _insert(conn, statement, args)
+            else:
+                async with conn.transaction(isolation="read_committed"):
+                    await check(conn)
+                    await _insert(conn, statement, args)
             return [None] * len(tasks)
         if conn.is_in_transaction():
             return await self._uniques.take(conn, tasks, messages)
-        async with conn.transaction():  # the keys stay locked until the enqueue is in
+        # the keys (and limited queues) stay locked until the enqueue is in
+        async with conn.transaction(isolation=self._uniques.isolation(messages)):
             return await self._uniques.take(conn, tasks, messages)
 
     def _enqueue_args(self, tasks: Sequence[Task], messages: Sequence[Message]) -> list[Any]:
@@ -169,6 +195,14 @@ class PostgresBackend(Broker, Storage):
     def _enqueue_statement(self, messages: Sequence[Message]) -> str:
         return self.sql.enqueue_gated if gated(messages) else self.sql.enqueue
 
+    def _limit_check(self, messages: Sequence[Message], *, records: bool) -> Check | None:
+        """The queue limit check of a producer's enqueue of ``messages``, to run in its
+        transaction before the insert; ``None`` (no transaction, no statement more) when
+        no queue of the batch has a limit."""
+        if not self._limits.limited(messages):
+            return None
+        return partial(self._limits.refuse_if_full, messages=messages, records=records)
+
     async def _enqueue_on(
         self,
         conn: Conn,
@@ -177,12 +211,18 @@ class PostgresBackend(Broker, Storage):
         *,
         statement: str | None = None,
         extra: Sequence[Any] = (),
+        limited: bool = False,
     ) -> None:
         """``enqueue_atomically``'s statement on the caller's connection (a fire), or
         ``statement``: that one (or its ``_gated`` twin, for ``messages`` with a gate)
-        with more CTEs, whose parameters ``extra`` follow."""
+        with more CTEs, whose parameters ``extra`` follow. ``limited``: a producer's
+        enqueue (the unique-key one), checked against the queue limits first, in the
+        connection's transaction."""
         _check_messages(messages)
         args = [*self._enqueue_args(tasks, messages), *extra]
+        check = self._limit_check(messages, records=True) if limited else None
+        if check is not None:
+            await check(conn)
         await _insert(conn, statement or self._enqueue_statement(messages), args)
 
     # -- broker: consuming -------------------------------------------------------------
@@ -620,16 +660,22 @@ def _gate_column(messages: Sequence[Message]) -> list[list[str | None]]:
     return [[m.gate for m in messages]] if gated(messages) else []
 
 
-def _retrying_insert(statement: str, args: list[Any]) -> Any:
+def _retrying_insert(statement: str, args: list[Any], check: Check | None = None) -> Any:
     """An insert operation for :meth:`Database.run`. Retried after a lost connection, it
-    may find its own rows from the attempt that committed unseen: that is success."""
+    may find its own rows from the attempt that committed unseen: that is success.
+    ``check``: the queue limit check, run first in the insert's own transaction."""
     attempts = 0
 
     async def operation(conn: Conn) -> None:
         nonlocal attempts
         attempts += 1
         try:
-            await _insert(conn, statement, args)
+            if check is None:
+                await _insert(conn, statement, args)
+            else:
+                async with conn.transaction(isolation="read_committed"):
+                    await check(conn)
+                    await _insert(conn, statement, args)
         except DuplicateTaskError:
             if attempts == 1:
                 raise

@@ -257,6 +257,18 @@ MIGRATIONS: list[tuple[str, str]] = [
         END $$;
         """,
     ),
+    (
+        "queue limits: an index of each queue's waiting messages",
+        """
+        -- (see bgcoor_postgres._queue_limits) a producer's enqueue into a queue with a
+        -- limit counts the queue's waiting messages, ready (scheduled too) and parked,
+        -- from this index alone (an index-only scan: no table page is read once vacuum
+        -- has marked them visible). Leased and dead rows are not in it, so a reserve's
+        -- lease adds no entry; only a message becoming ready or parked does.
+        CREATE INDEX messages_waiting ON {s}.messages (queue)
+            WHERE state IN ('ready', 'parked');
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

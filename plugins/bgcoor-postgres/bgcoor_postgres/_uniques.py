@@ -15,7 +15,10 @@ however many tasks it carries:
    are enqueued (a key held, by a stored task or by an earlier task of the batch, returns
    its holder);
 4. the backend's enqueue statement for the chosen tasks, with one more CTE writing the
-   keys they took (skipped when every task was deduplicated).
+   keys they took (skipped when every task was deduplicated). When a chosen task goes to
+   a queue with a queue limit, the backend locks and counts that queue first (see
+   ``_queue_limits.py``: the tasks deduplicated do not count), and the transaction is
+   ``READ COMMITTED`` whatever the server's default.
 
 So: BEGIN, lock, read, enqueue, COMMIT. :meth:`PostgresUniques.take` runs the same
 statements inside a caller's transaction (``enqueue_in``): the keys are locked until it
@@ -28,7 +31,7 @@ whose window is over (the backend's sweep of expired records).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from bgcoor_core import Message, Task, TaskStatus
 from bgcoor_core.kit import holds, take_keys, unique_key, unique_until
@@ -39,6 +42,8 @@ from ._sql import LIVE, Statements, gated, numbers, quote_ident
 
 #: Wakes this process's consumers of these queues (NOTIFY reaches the others).
 Wake = Callable[[Iterable[str]], None]
+#: The queues of a batch that have a queue limit (none: the batch is not limited).
+Limited = Callable[[Sequence[Message]], Sequence[str]]
 _STATUSES = {s.value: s for s in TaskStatus}
 
 
@@ -53,6 +58,7 @@ class Enqueue(Protocol):
         *,
         statement: str,
         extra: Sequence[Any],
+        limited: bool,
     ) -> Awaitable[None]: ...
 
 
@@ -103,11 +109,20 @@ class UniqueStatements:
 class PostgresUniques:
     """The :class:`~bgcoor_core.UniqueStore` of a :class:`PostgresBackend` pair."""
 
-    def __init__(self, db: Database, sql: Statements, enqueue: Enqueue, wake: Wake) -> None:
+    def __init__(
+        self, db: Database, sql: Statements, enqueue: Enqueue, wake: Wake, limited: Limited
+    ) -> None:
         self._db = db
         self._enqueue = enqueue
         self._wake = wake
+        self._limited = limited
         self.sql = UniqueStatements(sql)
+
+    def isolation(self, messages: Sequence[Message]) -> Literal["read_committed"] | None:
+        """The isolation level of an enqueue transaction of ours for ``messages``: the
+        server's default (``None``: a plain ``BEGIN``, as always) unless one goes to a
+        queue with a queue limit, whose count needs ``READ COMMITTED``."""
+        return "read_committed" if self._limited(messages) else None
 
     async def enqueue_unique(
         self, tasks: Sequence[Task], messages: Sequence[Message]
@@ -116,7 +131,7 @@ class PostgresUniques:
             raise ValueError(f"{len(tasks)} tasks with {len(messages)} messages")
 
         async def operation(conn: Conn) -> list[str | None]:
-            async with conn.transaction():
+            async with conn.transaction(isolation=self.isolation(messages)):
                 return await self.take(conn, tasks, messages)
 
         holders = await self._db.run(operation)
@@ -158,6 +173,7 @@ class PostgresUniques:
                 kept,
                 statement=self.sql.enqueue_gated if gated(kept) else self.sql.enqueue,
                 extra=extra,
+                limited=True,
             )
         return holders
 
