@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from ._backend_registry import redact
+from ._background import running_in_background
 from ._cancels import CancelSignals, OnCancel, OnGap
 from ._codec import _summarise
 from ._composition import Graph, Node, OnFailure
@@ -173,6 +174,7 @@ __all__ = [
     "printable",
     "redact",
     "reopen",
+    "running_in_background",
     "shielded_take",
     "take_keys",
     "unique_key",

@@ -11,12 +11,15 @@ truth, the signal only makes it fast).
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
+
+from bgcoor_core import kit
 
 from ._database import Conn, Database, is_connection_error
 
@@ -44,17 +47,10 @@ class PostgresCancelSignals:
 
         await self._db.run(notify)
 
-    @contextlib.asynccontextmanager
-    async def subscribe(self, on_cancel: OnCancel, on_gap: OnGap) -> AsyncIterator[None]:
-        listening = asyncio.create_task(
-            self._listen(on_cancel, on_gap), name="bgcoor-postgres-cancels"
+    def subscribe(self, on_cancel: OnCancel, on_gap: OnGap) -> AbstractAsyncContextManager[None]:
+        return kit.running_in_background(
+            functools.partial(self._listen, on_cancel, on_gap), name="bgcoor-postgres-cancels"
         )
-        try:
-            yield
-        finally:
-            listening.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listening
 
     async def _listen(self, on_cancel: OnCancel, on_gap: OnGap) -> None:
         def relay(conn: object, pid: int, channel: str, payload: object) -> None:

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
+
+from bgcoor_core import kit
 
 from ._encoding import text
 from ._resp import pack
@@ -52,17 +55,10 @@ class RedisCancelSignals:
     async def publish(self, task_id: str) -> None:
         await self._backend.command("PUBLISH", self.channel, task_id)
 
-    @contextlib.asynccontextmanager
-    async def subscribe(self, on_cancel: OnCancel, on_gap: OnGap) -> AsyncIterator[None]:
-        listening = asyncio.create_task(
-            self._listen(on_cancel, on_gap), name="bgcoor-redis-cancels"
+    def subscribe(self, on_cancel: OnCancel, on_gap: OnGap) -> AbstractAsyncContextManager[None]:
+        return kit.running_in_background(
+            functools.partial(self._listen, on_cancel, on_gap), name="bgcoor-redis-cancels"
         )
-        try:
-            yield
-        finally:
-            listening.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listening
 
     async def _listen(self, on_cancel: OnCancel, on_gap: OnGap) -> None:
         delay = 0.05
