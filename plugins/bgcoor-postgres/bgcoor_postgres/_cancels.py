@@ -4,8 +4,8 @@
 every worker pool on the schema LISTENs on a dedicated connection while it runs, the way
 the wake-up listener does (``_listener.py``). A notification is delivered only to
 connections listening when it commits, so each (re)connection calls ``on_gap`` and the pool
-reads its running tasks' records once (see :mod:`bgcoor_core._cancels`: the record is the
-truth, the signal only makes it fast).
+reads its running tasks' records once (see :class:`bgcoor_core.kit.CancelSignals`: the
+record is the truth, the signal only makes it fast).
 """
 
 from __future__ import annotations

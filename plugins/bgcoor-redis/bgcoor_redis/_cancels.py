@@ -5,7 +5,8 @@ command on the backend's pipelined connection); every worker pool of the same da
 prefix subscribes on a connection of its own while it runs. Pub/sub is fire-and-forget: a
 subscriber that is reconnecting misses what is published meanwhile, so each (re)connection
 calls ``on_gap`` and the pool reads its running tasks' records once (see
-:mod:`bgcoor_core._cancels`: the record is the truth, the signal only makes it fast).
+:class:`bgcoor_core.kit.CancelSignals`: the record is the truth, the signal only makes it
+fast).
 
 A subscribed connection only speaks when a message comes, so it is pinged after
 :data:`PING_AFTER` quiet seconds: a server that no longer answers (a dead link that TCP
