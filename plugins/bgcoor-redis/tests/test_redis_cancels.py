@@ -7,12 +7,8 @@ Across real OS processes: ``tests/reliability/test_cancel_across_processes.py``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -20,38 +16,15 @@ from bgcoor_redis import RedisBackend
 from bgcoor_redis._cancels import RedisCancelSignals
 from bgcoor_redis._testing import server_url, test_url
 
-from bgcoor_core import MemoryBroker, MemoryStorage, TaskManager, TaskStatus, build_plugin_host
+from bgcoor_core import MemoryBroker, MemoryStorage, build_plugin_host
 from bgcoor_core.testing import make_test_codec
+from bgcoor_core.testing.cancel_channel import (
+    check_a_pool_interrupts_a_task_cancelled_elsewhere,
+    check_a_signal_reaches_its_channel_only,
+    listening,
+)
 
 pytestmark = pytest.mark.server
-
-
-class Heard:
-    """What one subscription reported."""
-
-    def __init__(self) -> None:
-        self.ids: list[str] = []
-        self.gaps = 0
-
-    def cancel(self, task_id: str) -> None:
-        self.ids.append(task_id)
-
-    def gap(self) -> None:
-        self.gaps += 1
-
-    async def until(self, what: str, count: int, timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.ids) < count if what == "ids" else self.gaps < count:
-            assert time.monotonic() < deadline, f"{what} never reached {count}"
-            await asyncio.sleep(0.005)
-
-
-@contextlib.asynccontextmanager
-async def listening(signals: RedisCancelSignals) -> AsyncIterator[Heard]:
-    heard = Heard()
-    async with signals.subscribe(heard.cancel, heard.gap):
-        await heard.until("gaps", 1)  # subscribed
-        yield heard
 
 
 async def test_the_plugin_offers_pubsub_for_its_own_brokers_only(backend: RedisBackend) -> None:
@@ -69,15 +42,11 @@ async def test_a_published_id_reaches_every_subscriber_of_the_prefix_only(
     elsewhere = RedisBackend(backend.target.url, make_test_codec())  # another process's
     other_prefix = RedisBackend(test_url(tmp_path / "other"), make_test_codec())
     try:
-        async with (
-            listening(RedisCancelSignals(elsewhere)) as there,
-            listening(RedisCancelSignals(other_prefix)) as unrelated,
-        ):
-            await RedisCancelSignals(backend).publish("task-1")
-            await there.until("ids", 1)
-            await asyncio.sleep(0.1)
-        assert there.ids == ["task-1"]
-        assert unrelated.ids == []
+        await check_a_signal_reaches_its_channel_only(
+            RedisCancelSignals(backend),
+            RedisCancelSignals(elsewhere),
+            RedisCancelSignals(other_prefix),
+        )
     finally:
         await elsewhere.close()
         await other_prefix.close()
@@ -106,39 +75,7 @@ async def test_a_subscription_comes_back_after_its_connection_is_killed(
 
 
 async def test_a_pool_interrupts_a_task_cancelled_by_another_manager(redis_url: str) -> None:
-    settings: dict[str, Any] = {
-        "broker_url": redis_url,
-        "storage_url": redis_url,
-        "shutdown_grace": 2.0,
-    }
-    worker, other = TaskManager(**settings), TaskManager(**settings)
-    told: list[float] = []
-    started, interrupted = asyncio.Event(), asyncio.Event()
-
-    async def waits() -> None:
-        started.set()
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            told.append(time.monotonic())
-            interrupted.set()
-            raise
-
-    task = worker.task(name="waits")(waits)
-    try:
-        async with worker.worker(2):
-            handle = await task.enqueue()
-            await asyncio.wait_for(started.wait(), 10)
-            began = time.monotonic()
-            assert await other.cancel(handle.id)  # not one of its pools: only the signal
-            record = await worker.storage.wait(handle.id, timeout=5)
-            await asyncio.wait_for(interrupted.wait(), 5)
-    finally:
-        await other.close()
-        await worker.close()
-    assert record.status is TaskStatus.CANCELLED
-    assert len(told) == 1
-    assert told[0] - began < 0.5
+    await check_a_pool_interrupts_a_task_cancelled_elsewhere(redis_url)
 
 
 async def test_a_quiet_subscription_is_pinged_and_kept(
