@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import sys
 import textwrap
 import time
 from collections import Counter
@@ -23,6 +22,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from sqlite_support import race_processes
 
 from bgcoor_core import Task, TaskManager, TaskStatus
 from bgcoor_core._gates import GATE_HEADER, Gate
@@ -430,36 +430,10 @@ async def test_processes_sharing_the_file_never_hold_more_slots_than_the_limit(
     backend: SQLiteBackend, tmp_path: Path
 ) -> None:
     tasks = await _enqueue(backend, Gate("race", concurrency=LIMIT), TASKS)
-    script, go = tmp_path / "racer.py", tmp_path / "go"
-    script.write_text(_RACER)
-    racers = [
-        await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(script),
-            backend.db.path,
-            str(go),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        for _ in range(PROCESSES)
-    ]
-    try:
-        for racer in racers:
-            assert racer.stdout is not None
-            assert (await racer.stdout.readline()).strip() == b"ready"
-        go.write_text("")
-        results = await asyncio.wait_for(
-            asyncio.gather(*(racer.communicate() for racer in racers)), 60
-        )
-    finally:
-        for racer in racers:
-            if racer.returncode is None:
-                racer.kill()
-                await racer.wait()
-    assert [racer.returncode for racer in racers] == [0] * PROCESSES, [e for _, e in results]
-    lines = [line.split() for out, _ in results for line in out.decode().splitlines()]
+    outs = await race_processes(_RACER, backend.db.path, tmp_path, [[]] * PROCESSES)
+    lines = [line.split() for out in outs for line in out.splitlines()]
     assert sorted(line[0] for line in lines) == sorted(t.id for t in tasks)  # each once
-    assert sum(1 for out, _ in results if out.strip()) > 1  # more than one took part
+    assert sum(1 for out in outs if out.strip()) > 1  # more than one took part
     # at no moment were more than LIMIT holdings under way
     edges = sorted(
         [(float(taken), 1) for _, taken, _ in lines] + [(float(acked), -1) for *_, acked in lines]

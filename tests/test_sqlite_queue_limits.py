@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
-import sys
 import textwrap
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from sqlite_support import race_processes
 
 from bgcoor_core import DuplicateTaskError, QueueFullError, Task, TaskManager, TaskStatus
 from bgcoor_core._gates import GATE_HEADER, Gate
@@ -362,39 +362,11 @@ async def test_processes_sharing_the_file_never_pass_the_limit(
     backend: SQLiteBackend, tmp_path: Path
 ) -> None:
     await backend.stats(Q)
-    script, go = tmp_path / "producer.py", tmp_path / "go"
-    script.write_text(_PRODUCER)
-    args = [backend.db.path, str(go)]
-    producers = [
-        await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(script),
-            *args,
-            str(seed),
-            str(PROCESS_LIMIT),
-            "3",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        for seed in range(PROCESSES)
-    ]
-    try:
-        for producer in producers:
-            assert producer.stdout is not None
-            assert (await producer.stdout.readline()).strip() == b"ready"
-        go.write_text("")
-        results = await asyncio.wait_for(
-            asyncio.gather(*(producer.communicate() for producer in producers)), 60
-        )
-    finally:
-        for producer in producers:
-            if producer.returncode is None:
-                producer.kill()
-                await producer.wait()
-    assert [p.returncode for p in producers] == [0] * PROCESSES, [e for _, e in results]
-    lines = [line.split() for out, _ in results for line in out.decode().splitlines()]
+    extras = [[str(seed), str(PROCESS_LIMIT), "3"] for seed in range(PROCESSES)]
+    outs = await race_processes(_PRODUCER, backend.db.path, tmp_path, extras)
+    lines = [line.split() for out in outs for line in out.splitlines()]
     accepted = {task_id for sign, task_id in lines if sign == "+"}
-    assert sum(1 for out, _ in results if b"+" in out) > 1  # more than one got in
+    assert sum(1 for out in outs if "+" in out) > 1  # more than one got in
     assert await _waiting(backend) == len(accepted) <= PROCESS_LIMIT
     path = backend.db.path
     ids = {row[0] for row in _sql(path, "SELECT id FROM messages")}
