@@ -1,8 +1,9 @@
 """Fixtures for the Redis plugin's own tests.
 
 ``redis_url`` is a fresh key namespace on the local test Redis (127.0.0.1:6379, db 15),
-skipped when that server is down (failed under CI=true); ``private_server`` starts
-redis-servers of the test's own, for tests that stop or reconfigure a server.
+skipped when that server is down (failed under CI=true); ``raw`` is a plain client on that
+database, for reading and damaging keys the way another program would; ``private_server``
+starts redis-servers of the test's own, for tests that stop or reconfigure a server.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aredis
 from bgcoor_redis import RedisBackend
 from bgcoor_redis._testing import test_url
 from redis_servers import RedisServer
@@ -29,6 +31,14 @@ async def backend(redis_url: str) -> AsyncIterator[RedisBackend]:
     backend = RedisBackend(redis_url, make_test_codec())
     yield backend
     await backend.close()
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> AsyncIterator[aredis.Redis]:
+    """A client on ``redis_url``'s database, without the backend's options (the prefix)."""
+    client = aredis.Redis.from_url(redis_url.split("?", 1)[0])
+    yield client
+    await client.aclose()
 
 
 @pytest.fixture

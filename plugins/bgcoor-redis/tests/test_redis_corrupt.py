@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 import redis.asyncio as aredis
@@ -36,13 +36,6 @@ pytestmark = pytest.mark.server
 
 Q = "default"
 LEASE = 30.0
-
-
-@pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[aredis.Redis]:
-    client = aredis.Redis.from_url(redis_url.split("?", 1)[0])
-    yield client
-    await client.aclose()
 
 
 def key(backend: RedisBackend, *parts: str) -> str:

@@ -13,7 +13,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -50,13 +50,6 @@ class TestRedisGateContract(GateContract):
     @pytest.fixture
     def broker(self, backend: RedisBackend) -> RedisBackend:
         return backend
-
-
-@pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[aredis.Redis]:
-    client = aredis.Redis.from_url(redis_url.split("?", 1)[0])
-    yield client
-    await client.aclose()
 
 
 def gated(gate: Gate | None, **fields: Any) -> Task:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -39,13 +39,6 @@ class TestRedisQueueLimitContract(QueueLimitContract):
     @pytest.fixture
     def completion_storage(self, backend: RedisBackend) -> RedisBackend:
         return backend
-
-
-@pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[aredis.Redis]:
-    client = aredis.Redis.from_url(redis_url.split("?", 1)[0])
-    yield client
-    await client.aclose()
 
 
 def limit(backend: RedisBackend, limits: dict[str, int]) -> RedisBackend:
