@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -21,6 +21,7 @@ from executor_support import (
 )
 
 from bgcoor_core import (
+    Executor,
     MemoryBroker,
     MemoryStorage,
     Settings,
@@ -98,18 +99,38 @@ def killed(signal_: signal.Signals = signal.SIGSEGV) -> ChildKilledError:
     return ChildKilledError(f"task 'k': child process 4242 killed by {signal_.name}", signal_)
 
 
-async def test_a_killed_child_uses_no_retry_attempt_and_counts_toward_worker_lost(
+#: ``await queued_k(outcome, retries=r, max_worker_lost=m)``: task ``k``, whose n-th run
+#: ends as ``outcome(n)`` does, stored and queued with ``r`` retries; its counter, and an
+#: executor with that ``max_worker_lost``.
+QueuedK = Callable[..., Awaitable[tuple[Task, Counter, Executor]]]
+
+
+@pytest.fixture
+def queued_k(
     broker: MemoryBroker,
     storage: MemoryStorage,
     registry: TaskRegistry,
     fast_settings: Callable[..., Settings],
+) -> QueuedK:
+    async def queue(
+        outcome: Callable[[int], Any], *, retries: int, max_worker_lost: int
+    ) -> tuple[Task, Counter, Executor]:
+        counter = Counter(outcome)
+        registry.register("k", counter)
+        task = Task.new("k", None, retries)
+        await storage.save(task)
+        await broker.push(task)
+        settings = fast_settings(max_worker_lost=max_worker_lost)
+        return task, counter, executor_for(broker, storage, registry, settings)
+
+    return queue
+
+
+async def test_a_killed_child_uses_no_retry_attempt_and_counts_toward_worker_lost(
+    broker: MemoryBroker, storage: MemoryStorage, queued_k: QueuedK
 ) -> None:
-    counter = Counter(raise_(killed()))
-    registry.register("k", counter)
-    task = Task.new("k", None, 0)  # no retries at all
-    await storage.save(task)
-    await broker.push(task)
-    executor = executor_for(broker, storage, registry, fast_settings(max_worker_lost=2))
+    # no retries at all
+    task, counter, executor = await queued_k(raise_(killed()), retries=0, max_worker_lost=2)
     await executor.execute(await reserve_one(broker))
     first = await record(storage, task)
     assert (first.status, first.attempts) == (TaskStatus.RETRYING, 1)
@@ -133,22 +154,14 @@ async def test_a_killed_child_uses_no_retry_attempt_and_counts_toward_worker_los
 
 
 async def test_killed_children_leave_the_retries_to_real_failures(
-    broker: MemoryBroker,
-    storage: MemoryStorage,
-    registry: TaskRegistry,
-    fast_settings: Callable[..., Settings],
+    broker: MemoryBroker, storage: MemoryStorage, queued_k: QueuedK
 ) -> None:
     """Killed twice, then failing: its one retry is still there for the failure."""
 
     def outcome(call: int) -> Any:
         raise killed(signal.SIGKILL) if call <= 2 else ValueError(f"bad {call}")
 
-    counter = Counter(outcome)
-    registry.register("k", counter)
-    task = Task.new("k", None, 1)
-    await storage.save(task)
-    await broker.push(task)
-    executor = executor_for(broker, storage, registry, fast_settings(max_worker_lost=3))
+    task, _, executor = await queued_k(outcome, retries=1, max_worker_lost=3)
     assert await run_to_end(broker, executor) == 4
     stored = await record(storage, task)
     assert (stored.status, stored.attempts, stored.error) == (
@@ -161,19 +174,11 @@ async def test_killed_children_leave_the_retries_to_real_failures(
 
 
 async def test_a_child_that_exits_without_answering_is_a_failure(
-    broker: MemoryBroker,
-    storage: MemoryStorage,
-    registry: TaskRegistry,
-    fast_settings: Callable[..., Settings],
+    broker: MemoryBroker, storage: MemoryStorage, queued_k: QueuedK
 ) -> None:
     """No signal (``sys.exit`` in the task, say): the task's own doing, retried as one."""
     lost = WorkerLostError("task 'k': child process 4242 exited with status 3 without answering")
-    counter = Counter(raise_(lost))
-    registry.register("k", counter)
-    task = Task.new("k", None, 1)
-    await storage.save(task)
-    await broker.push(task)
-    executor = executor_for(broker, storage, registry, fast_settings(max_worker_lost=5))
+    task, _, executor = await queued_k(raise_(lost), retries=1, max_worker_lost=5)
     assert await run_to_end(broker, executor) == 2
     stored = await record(storage, task)
     assert stored.status is TaskStatus.DEAD
@@ -183,17 +188,9 @@ async def test_a_child_that_exits_without_answering_is_a_failure(
 
 
 async def test_lost_leases_and_killed_children_add_up(
-    broker: MemoryBroker,
-    storage: MemoryStorage,
-    registry: TaskRegistry,
-    fast_settings: Callable[..., Settings],
+    broker: MemoryBroker, storage: MemoryStorage, queued_k: QueuedK
 ) -> None:
-    counter = Counter(raise_(killed()))
-    registry.register("k", counter)
-    task = Task.new("k", None, 5)
-    await storage.save(task)
-    await broker.push(task)
-    executor = executor_for(broker, storage, registry, fast_settings(max_worker_lost=2))
+    task, counter, executor = await queued_k(raise_(killed()), retries=5, max_worker_lost=2)
     await executor.execute(await reserve_one(broker))  # one killed child
     await lose(broker, 2)  # two dead workers
     last = await reserve_one(broker)
