@@ -15,6 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -158,10 +159,32 @@ def register(manager: TaskManager, marks: Marks) -> tuple[Any, Any]:
     return manager.task(name="waits")(waits), manager.task(name="polls")(polls)
 
 
-async def cancel_from_elsewhere(other: TaskManager, task_id: str) -> float:
+#: What each task of :func:`register` reports on starting, and on being told to stop.
+MARKS = {"waits": ("start", "cancelled"), "polls": ("sync start", "requested")}
+
+
+@dataclass
+class Told:
+    """A running task cancelled from elsewhere: seconds from ``cancel()`` until the task
+    was told, and its record once final."""
+
+    after: float
+    record: Task
+
+
+async def cancel_while_running(
+    worker: TaskManager, other: TaskManager, marks: Marks, task: Any, *, timeout: float = 5.0
+) -> Told:
+    """Enqueue ``task`` (``waits`` or ``polls`` of :func:`register`) into ``worker``'s running
+    pool, cancel it through ``other`` once it started, wait up to ``timeout`` seconds for
+    it to be told, then for its final record."""
+    started, told = MARKS[task.name]
+    handle = await task.enqueue()
+    await marks.wait(started)
     began = time.monotonic()
-    assert await other.cancel(task_id)
-    return began
+    assert await other.cancel(handle.id)
+    after = await marks.wait(told, timeout=timeout) - began
+    return Told(after, await worker.storage.wait(handle.id, timeout=5))
 
 
 # -- a channel ------------------------------------------------------------------------
@@ -187,15 +210,11 @@ async def test_a_signal_interrupts_a_running_async_task_at_once(
         bus.storage = other.storage
         waits, _ = register(worker, marks)
         async with worker.worker(2):
-            handle = await waits.enqueue()
-            await marks.wait("start")
-            began = await cancel_from_elsewhere(other, handle.id)
-            told = await marks.wait("cancelled")
-            record = await worker.storage.wait(handle.id, timeout=5)
-    assert told - began < 0.2  # the signal, not a poll
-    assert bus.published == [handle.id]
+            told = await cancel_while_running(worker, other, marks, waits)
+    assert told.after < 0.2  # the signal, not a poll
+    assert bus.published == [told.record.id]
     assert bus.status_when_published == [TaskStatus.CANCELLED]  # stored first, then told
-    assert record.status is TaskStatus.CANCELLED
+    assert told.record.status is TaskStatus.CANCELLED
 
 
 async def test_a_signal_sets_cancel_requested_for_a_sync_task(
@@ -204,15 +223,11 @@ async def test_a_signal_sets_cancel_requested_for_a_sync_task(
     async with pair(fast, BusPlugin(bus)) as (worker, other):
         _, polls = register(worker, marks)
         async with worker.worker(2):
-            handle = await polls.enqueue()
-            await marks.wait("sync start")
-            began = await cancel_from_elsewhere(other, handle.id)
-            told = await marks.wait("requested")
-            record = await worker.storage.wait(handle.id, timeout=5)
+            told = await cancel_while_running(worker, other, marks, polls)
             await asyncio.sleep(0.1)  # the thread returns "stopped": dropped
-            again = await worker.storage.get(handle.id)
-    assert told - began < 0.2
-    assert record.status is TaskStatus.CANCELLED
+            again = await worker.storage.get(told.record.id)
+    assert told.after < 0.2
+    assert told.record.status is TaskStatus.CANCELLED
     assert again is not None
     assert (again.status, again.result) == (TaskStatus.CANCELLED, None)
 
@@ -293,33 +308,19 @@ async def test_a_subscription_that_fails_is_tried_again(
 # -- no channel: the pool reads its running tasks' records --------------------------------
 
 
-async def test_without_a_channel_an_async_task_is_cancelled_within_a_second(
-    fast: dict[str, Any], marks: Marks
+@pytest.mark.parametrize("task_name", ["waits", "polls"])
+async def test_without_a_channel_a_running_task_is_told_within_a_second(
+    fast: dict[str, Any], marks: Marks, task_name: str
 ) -> None:
+    """An async task is interrupted, a sync one sees ``cancel_requested``."""
     async with pair(fast) as (worker, other):
         assert worker.host.cancel_signals(worker.broker, worker.storage) is None  # memory
-        waits, _ = register(worker, marks)
+        waits, polls = register(worker, marks)
+        task = waits if task_name == "waits" else polls
         async with worker.worker(2):
-            handle = await waits.enqueue()
-            await marks.wait("start")
-            began = await cancel_from_elsewhere(other, handle.id)
-            told = await marks.wait("cancelled", timeout=2.0)
-    assert told - began < BOUND
-
-
-async def test_without_a_channel_a_sync_task_sees_cancel_requested_within_a_second(
-    fast: dict[str, Any], marks: Marks
-) -> None:
-    async with pair(fast) as (worker, other):
-        _, polls = register(worker, marks)
-        async with worker.worker(2):
-            handle = await polls.enqueue()
-            await marks.wait("sync start")
-            began = await cancel_from_elsewhere(other, handle.id)
-            told = await marks.wait("requested", timeout=2.0)
-            record = await worker.storage.wait(handle.id, timeout=5)
-    assert told - began < BOUND
-    assert record.status is TaskStatus.CANCELLED
+            told = await cancel_while_running(worker, other, marks, task, timeout=2.0)
+    assert told.after < BOUND
+    assert told.record.status is TaskStatus.CANCELLED
 
 
 class CountedGets:
@@ -370,9 +371,6 @@ async def test_a_plugin_whose_hook_raises_leaves_the_pool_polling(
         waits, _ = register(worker, marks)
         with caplog.at_level(logging.ERROR, "bgcoor.plugins"):
             async with worker.worker(2):
-                handle = await waits.enqueue()
-                await marks.wait("start")
-                began = await cancel_from_elsewhere(other, handle.id)
-                told = await marks.wait("cancelled", timeout=2.0)
-    assert told - began < BOUND
+                told = await cancel_while_running(worker, other, marks, waits, timeout=2.0)
+    assert told.after < BOUND
     assert "hook bgcoor_cancel_signals raised; cancels are found by polling" in caplog.text
