@@ -3,9 +3,10 @@
 Round trips per task (see the README): enqueue 1 per batch, reserve 1 per batch (it also
 marks the records running), outcome + ack 1, coalesced across tasks that finish together.
 Tasks with a rate or concurrency limit add a gate step per reserve that meets them
-(``_gates.py``); the others pay nothing for it. An enqueue into a queue with a queue limit
-is a transaction that locks and counts the queue first (``_queue_limits.py``); the others
-are the one statement they always were.
+(``_gates.py``), but for a task the rate deferred to its slot, without a concurrency
+limit, which the reserve statement takes alone once due; the others pay nothing for it.
+An enqueue into a queue with a queue limit is a transaction that locks and counts the
+queue first (``_queue_limits.py``); the others are the one statement they always were.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from bgcoor_core.kit import (
 from . import _checks, _records
 from ._coalesce import Coalescer
 from ._database import CONNECTION_ERRORS, Conn, Database, Operation
-from ._gates import PostgresGates
+from ._gates import PostgresGates, parse_gate
 from ._listener import Listener
 from ._options import PostgresTarget
 from ._queue_limits import PostgresQueueLimits
@@ -243,9 +244,9 @@ class PostgresBackend(Broker, Storage):
                     await _wait(woken, quiet)
                     continue
                 generation = state.listener.generation
-                rows, due = await self._take(state, names, lease, limit)
+                rows, due, left = await self._take(state, names, lease, limit)
                 now = loop.time()
-                drained = len(rows) < limit
+                drained = len(rows) < limit and not left
                 # (a due time already past: rows another reserve holds locked right now)
                 trust = TRUST_NOTIFY if due is None or due <= 0 else min(TRUST_NOTIFY, due)
                 state.drained = (tuple(names), generation, now + trust) if drained else None
@@ -278,43 +279,57 @@ class PostgresBackend(Broker, Storage):
 
     async def _take(
         self, state: _LoopState, queues: list[str], lease: float, limit: int
-    ) -> tuple[Records, float | None]:
+    ) -> tuple[Records, float | None, bool]:
         """One statement leases up to ``limit`` messages. If our caller is cancelled
         meanwhile (pool shutdown), what it leased is handed straight back.
 
         When it returns gated candidates (left untouched), the gate step decides them,
         and while that parked or deferred some, so that fewer were leased than asked for,
         the reserve goes on with the next ones (as many rounds as :data:`GATE_ROUNDS`):
-        waiting messages never make a reserve return fewer than are deliverable. Also
-        returns how long until the next message falls due, when the last statement found
-        nothing more to take (``None`` otherwise)."""
+        waiting messages never make a reserve return fewer than are deliverable. Except
+        the backlog of a key found saturated: once something is leased, a round whose
+        statement leased nothing and found only candidates of keys this take saw
+        saturated ends the take, and what it leased goes to its worker now rather than
+        after the backlog's decisions (which would most likely wait too; the next take,
+        at once, decides them). Also returns how long until the next message falls due,
+        when the last statement found nothing more to take (``None`` otherwise), and
+        whether the take stopped with messages left to decide (the next one should not
+        wait)."""
         wanted = max(limit, 1)
         due: float | None = None
+        left = False
 
         async def take() -> Records:
-            nonlocal due
+            nonlocal due, left
             got: Records = []
+            saturated: set[str] = set()
             for _ in range(GATE_ROUNDS):
                 rows = await self._db.run(self._reserving(queues, wanted - len(got), lease))
-                got += [r for r in rows if r["token"] is not None]
-                candidates = sorted((r for r in rows if r["gate"] is not None), key=_in_order)
+                leased = [r for r in rows if r["token"] is not None]
+                got += leased
+                candidates = sorted((r for r in rows if _is_candidate(r)), key=_in_order)
                 if not candidates:
                     due = rows[0]["due"] if rows and rows[0]["id"] is None else None
                     return got
+                if got and not leased and _behind_saturated(candidates, saturated):
+                    left = True
+                    return got
                 try:
-                    got += await self._db.run(
+                    stepped = await self._db.run(
                         partial(self._gates.step, candidates=candidates, queues=queues, lease=lease)
                     )
                 except BaseException:
                     self._release(state, got)  # nothing is leased by a reserve that failed
                     raise
+                got += stepped.rows
+                saturated |= stepped.saturated
                 if len(got) >= wanted:
                     return got
-            due = 0.0  # rounds left over: go on soon
+            due, left = 0.0, True  # rounds left over: go on soon
             return got
 
         rows = await shielded_take(take(), lambda got: self._release(state, got))
-        return sorted(rows, key=_in_order), due
+        return sorted(rows, key=_in_order), due, left
 
     def _reserving(self, queues: list[str], limit: int, lease: float) -> Operation[Records]:
         """The reserve statement as an operation for :meth:`Database.run`."""
@@ -599,9 +614,30 @@ def _in_order(row: asyncpg.Record) -> tuple[int, int, int]:
     return row["ord"], -row["priority"], row["seq"]
 
 
+def _behind_saturated(candidates: Sequence[asyncpg.Record], saturated: set[str]) -> bool:
+    """Whether every candidate is of a key in ``saturated`` (its gate readable)."""
+    for row in candidates:
+        gate = parse_gate(row["gate"])
+        if isinstance(gate, str) or gate.key not in saturated:
+            return False
+    return True
+
+
+def _is_candidate(row: asyncpg.Record) -> bool:
+    """A gated row the reserve returned untouched, for the gate step (one it leased
+    has a token)."""
+    return row["token"] is None and row["gate"] is not None
+
+
 def _row_defect(row: asyncpg.Record) -> str | None:
-    """What the reserve found wrong with a taken row's bookkeeping, or ``None``."""
-    odd, status = row["odd"], row["odd_status"]
+    """What the reserve found wrong with a taken row's bookkeeping, or ``None``. A gate
+    that cannot be read is one too (the gate step takes such a row as a defect; the
+    reserve, which leases an admitted row without a concurrency limit itself, finds it
+    here)."""
+    odd, status, gate = row["odd"], row["odd_status"], row["gate"]
+    if odd is None and gate is not None:
+        parsed = parse_gate(gate)
+        odd = parsed if isinstance(parsed, str) else None
     if odd is not None:
         return f"corrupt message {row[0]}: {printable(odd, 80)} is out of range"
     if status is not None:

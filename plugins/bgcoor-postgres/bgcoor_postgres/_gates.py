@@ -1,12 +1,15 @@
 """Rate and concurrency limits (gates, :mod:`bgcoor_core._gates`) in PostgreSQL.
 
 A message keeps its encoded gate in ``messages.gate``. The reserve statement never takes
-or touches a gated row: it returns it as a *candidate* (its record is not marked running),
-beside the ungated rows it took as always, so a queue without limits pays nothing for
-them. (The reserve is one statement outside any transaction, which commits on its own:
-deciding the gated rows inside its transaction would cost every reserve a BEGIN and a
-COMMIT.) For the candidates, :meth:`PostgresGates.step` runs one transaction on the same
-connection:
+or touches a gated row it would have to decide: it returns it as a *candidate* (its record
+is not marked running), beside the ungated rows it took as always, so a queue without
+limits pays nothing for them. (The reserve is one statement outside any transaction,
+which commits on its own: deciding the gated rows inside its transaction would cost every
+reserve a BEGIN and a COMMIT.) A row the rate already deferred to its slot (``admitted``)
+whose gate has no concurrency limit is no candidate: it needs no decision (its slot was
+charged when it was deferred) and takes no slot, so the reserve statement takes it once it
+is due, as an ungated row, and clears the mark. For the candidates,
+:meth:`PostgresGates.step` runs one transaction on the same connection:
 
 1. BEGIN; lock the candidates' key rows (``gate_keys``, inserting the absent ones) in key
    order, so two reservers of overlapping keys never deadlock, and read each key's rate
@@ -20,9 +23,12 @@ connection:
    with the core's :func:`~bgcoor_core.kit.admit` and the server's clock; when a key
    turns out saturated (a candidate parked or deferred), one more statement locks the
    messages of the same gate waiting behind the candidates, which are decided too (a
-   backlog waits a few hundred at a time, not a reserve's worth per round);
+   backlog waits a few hundred at a time, not a reserve's worth per round), all at the
+   clock that statement reads last (the decisions are made again at it: the later the
+   moment a slot counts from, the less its task waits for the write that delivers it);
 4. one statement writes the outcome: the passed rows are leased (and their records marked
-   running) as the reserve would, each holder with its ``slot_key``; parked ones become
+   running) as the reserve would, started (record and lease) at the moment of their
+   decision, each holder with its ``slot_key``; parked ones become
    ``parked`` (out of the reserve's indexes); deferred ones are ready again at their rate
    slot, marked ``admitted`` (neither record is touched); the keys' new ``tat``;
 5. COMMIT.
@@ -101,14 +107,16 @@ class GateStatements:
         )
         # $1 lease; taken $2 id, $3 ord, $4 slot key, $5 defect; parked $6 id, $7 key;
         # deferred $8 id, $9 start; $10 lapsed holders; tat $11 key, $12 value;
-        # unparked $13 key, $14 how many. The last row (id NULL) notifies the queues of
-        # the unparked messages.
+        # unparked $13 key, $14 how many; $15 the clock the decisions used (epoch
+        # seconds): the taken rows' start and the start of their leases, so the records
+        # show the moment the rate admitted them (not the apply's later clock). The last
+        # row (id NULL) notifies the queues of the unparked messages.
         lost = f"lost = least(m.lost, {INT_MAX - 1}) + (m.state = 'reserved')::int"
         holds = ", slot_key = cand.slot_key, admitted = false"
         self.apply = (
             "WITH cand AS (SELECT * FROM unnest($2::text[], $3::int[], $4::text[], "
             "$5::text[]) AS c(id, ord, slot_key, odd)), "
-            f"{taking(s, 'cand', lease='$1', also=holds)}, "
+            f"{taking(s, 'cand', lease='$1', also=holds, start='to_timestamp($15::float8)')}, "
             f"parked AS (UPDATE {m} m SET state = 'parked', token = NULL, slot_key = p.key, "
             f"{lost} FROM unnest($6::text[], $7::text[]) AS p(id, key) WHERE m.id = p.id), "
             f"deferred AS (UPDATE {m} m SET state = 'ready', token = NULL, slot_key = NULL, "
@@ -130,15 +138,20 @@ class GateStatements:
         )
         # the messages waiting behind the candidates: per (queue $1, gate $2, queue's
         # place $3), the ready ones not yet given a rate slot, but the candidates ($4), in
-        # ready order, $5 at most each (locked: another reserver leaves them alone)
+        # ready order, $5 at most each (locked: another reserver leaves them alone); then
+        # a row (id NULL) with the clock, read once they are all locked (the count needs
+        # them all first): the step's decisions use it (see PostgresGates.step)
         self.behind = (
-            "SELECT f.id, u.gate FROM unnest($1::text[], $2::text[], $3::int[]) "
-            "AS u(queue, gate, ord) CROSS JOIN LATERAL ("
-            f"SELECT m.id, m.priority, m.seq FROM {m} m WHERE m.queue = u.queue "
-            "AND m.gate = u.gate AND m.state = 'ready' AND NOT m.admitted "
-            "AND m.available_at <= clock_timestamp() AND m.id <> ALL($4::text[]) "
-            "ORDER BY m.priority DESC, m.seq LIMIT $5 FOR UPDATE SKIP LOCKED) f "
-            "ORDER BY u.ord, f.priority DESC, f.seq"
+            "WITH b AS MATERIALIZED (SELECT f.id, u.gate, u.ord, f.priority, f.seq "
+            "FROM unnest($1::text[], $2::text[], $3::int[]) AS u(queue, gate, ord) "
+            f"CROSS JOIN LATERAL (SELECT m.id, m.priority, m.seq FROM {m} m "
+            "WHERE m.queue = u.queue AND m.gate = u.gate AND m.state = 'ready' "
+            "AND NOT m.admitted AND m.available_at <= clock_timestamp() "
+            "AND m.id <> ALL($4::text[]) "
+            "ORDER BY m.priority DESC, m.seq LIMIT $5 FOR UPDATE SKIP LOCKED) f) "
+            "SELECT b.id, b.gate, b.ord, b.priority, b.seq, NULL::float8 AS now FROM b "
+            "UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, "
+            "extract(epoch FROM clock_timestamp())::float8 FROM (SELECT count(*) FROM b) n"
         )
         # idle keys' rows (no rate state in the future), a chunk at a time ($1); a row
         # a reserver holds is skipped
@@ -346,15 +359,23 @@ class PostgresGates:
 
     async def step(
         self, conn: Conn, candidates: Sequence[asyncpg.Record], queues: Sequence[str], lease: float
-    ) -> Records:
+    ) -> Stepped:
         """Decide the gated ``candidates`` (reserve rows of ``queues``, in reserve order)
-        in one transaction; the rows it leased, as the reserve returns them.
+        in one transaction; the rows it leased, as the reserve returns them, and the keys
+        it found saturated.
 
         When a key turned out saturated (a candidate parked or deferred), the messages of
         the same gate waiting behind the candidates in their queues are decided too, up
         to :data:`BEHIND` each, in the same transaction (one more statement): a backlog
         behind a limit is parked or scheduled a few hundred at a time, instead of a
-        reserve's worth per round."""
+        reserve's worth per round.
+
+        The decisions use the server's clock as late as the step reads it: the load's,
+        or, when the backlog is fetched, the clock that statement reads once it has
+        locked the backlog (the candidates are judged again at it). A rate slot is
+        counted from the moment of its decision, and the apply (which writes that moment
+        as the leased rows' start) and the commit follow it at once: what a task admitted
+        at once waits between its decision and its delivery is only that."""
         gates = {row["id"]: parse_gate(row["gate"]) for row in candidates}
         keys = sorted({g.key for g in gates.values() if isinstance(g, Gate)})
         slotted = sorted(
@@ -369,30 +390,32 @@ class PostgresGates:
             found = [_candidate(row, loaded, keys) for row in candidates]
             chosen = [c for c in found if c is not None]
             if not chosen and not loaded.lapsed:
-                return []  # all decided by another reserver meanwhile
-            decisions = Decisions(loaded.held, tats, loaded.now, loaded.lapsed)
-            for candidate in chosen:
-                decisions.judge(candidate)
+                return Stepped([], set())  # all decided by another reserver meanwhile
+            decisions = _judged(loaded, tats, chosen, loaded.now)
             if decisions.saturated:
-                await self._behind(conn, decisions, chosen, queues, ids)
+                decisions = await self._behind(conn, decisions, loaded, tats, chosen, queues, ids)
             plan = decisions.plan()
-            rows = await conn.fetch(self.sql.apply, lease, *_apply_columns(plan))
-        return [row for row in rows if row["id"] is not None]
+            rows = await conn.fetch(self.sql.apply, lease, *_apply_columns(plan), decisions.now)
+        return Stepped([row for row in rows if row["id"] is not None], decisions.saturated)
 
     async def _behind(
         self,
         conn: Conn,
-        decisions: Decisions,
+        first: Decisions,
+        loaded: _Loaded,
+        tats: dict[str, float | None],
         chosen: Sequence[Candidate],
         queues: Sequence[str],
         ids: Sequence[str],
-    ) -> None:
-        """Decide the messages waiting behind the candidates of saturated keys, per key
-        until one would pass."""
+    ) -> Decisions:
+        """Lock the messages waiting behind the candidates of the keys that ``first``
+        (the candidates judged at the load's clock) found saturated, and decide all again
+        at the clock read after them: the candidates, then those, per key until one
+        would pass."""
         gates = {
             c.encoded: c.gate
             for c in chosen
-            if c.gate is not None and c.encoded is not None and c.gate.key in decisions.saturated
+            if c.gate is not None and c.encoded is not None and c.gate.key in first.saturated
         }
         pairs = sorted({(c.ord, c.encoded) for c in chosen if c.encoded in gates})
         rows = await conn.fetch(
@@ -403,11 +426,15 @@ class PostgresGates:
             list(ids),
             BEHIND,
         )
+        now = max([loaded.now, *(row["now"] for row in rows if row["id"] is None)])
+        decisions = _judged(loaded, tats, chosen, now)
+        waiting = sorted((row for row in rows if row["id"] is not None), key=_in_queue_order)
         stopped: set[str] = set()
-        for row in rows:
+        for row in waiting:
             gate = gates[row["gate"]]
             if gate.key not in stopped and not decisions.wait(row["id"], gate):
                 stopped.add(gate.key)
+        return decisions
 
     async def delete_expired(self) -> int:
         """Release holders whose leases ran out that no step released, and parked
@@ -425,6 +452,30 @@ class PostgresGates:
             deleted += count
             if count < 1000:
                 return deleted
+
+
+@dataclass(frozen=True, slots=True)
+class Stepped:
+    """What a gate step did: the rows it leased (as the reserve returns them), and the
+    keys it found saturated (a candidate parked or deferred)."""
+
+    rows: Records
+    saturated: set[str]
+
+
+def _judged(
+    loaded: _Loaded, tats: dict[str, float | None], chosen: Sequence[Candidate], now: float
+) -> Decisions:
+    """The candidates decided in reserve order at the clock ``now``."""
+    decisions = Decisions(loaded.held, tats, now, loaded.lapsed)
+    for candidate in chosen:
+        decisions.judge(candidate)
+    return decisions
+
+
+def _in_queue_order(row: asyncpg.Record) -> tuple[int, int, int]:
+    """A waiting message's place: its queue's place in the reserve, priority, FIFO."""
+    return row["ord"], -row["priority"], row["seq"]
 
 
 def _candidate(row: asyncpg.Record, loaded: _Loaded, keys: Sequence[str]) -> Candidate | None:

@@ -116,22 +116,31 @@ _TO_RUNNING = ", ".join(
 )
 
 
-def taking(schema: str, source: str, *, lease: str, where: str = "", also: str = "") -> str:
+def taking(
+    schema: str,
+    source: str,
+    *,
+    lease: str,
+    where: str = "",
+    also: str = "",
+    start: str = "clock_timestamp()",
+) -> str:
     """The CTEs that lease messages: ``taken``, the rows named by ``source`` (a CTE or
     alias with ``id``, ``ord`` and ``odd``; ``where``: more conditions), each given a
-    fresh token, the lease deadline ``lease`` seconds from now, one more delivery and one
-    more lost delivery if its previous lease had expired (``also``: more assignments);
-    and ``marked``, their records marked running. Shared by the reserve and the gate
-    step (``schema`` quoted)."""
+    fresh token, the lease deadline ``lease`` seconds after ``start`` (the moment of the
+    delivery: now, or the gate step's admission moment), one more delivery and one more
+    lost delivery if its previous lease had expired (``also``: more assignments); and
+    ``marked``, their records marked running, started at ``start``. Shared by the reserve
+    and the gate step (``schema`` quoted)."""
     m, t = f"{schema}.messages", f"{schema}.tasks"
     return (
         f"taken AS (UPDATE {m} m SET state = 'reserved', token = gen_random_uuid()::text, "
-        f"available_at = clock_timestamp() + {lease} {SECONDS}, "
+        f"available_at = {start} + {lease} {SECONDS}, "
         f"deliveries = least(m.deliveries, {INT_MAX - 1}) + 1, "
         f"lost = least(m.lost, {INT_MAX - 1}) + (m.state = 'reserved')::int{also} "
         f"FROM {source} WHERE m.id = {source}.id{where} "
         f"RETURNING m.id, m.queue, m.body, m.deliveries, m.lost, m.token, {source}.ord, "
-        f"m.priority, m.seq, {source}.odd), "
+        f"m.priority, m.seq, {source}.odd, m.gate), "
         # the taken tasks' records are marked running here (Reservation.started), saving
         # the executor's own write; a record in a status that may not become running,
         # or an absent one, is left to the executor. The JSON is not touched (jsonb would
@@ -139,7 +148,7 @@ def taking(schema: str, source: str, *, lease: str, where: str = "", also: str =
         # _records.decode). After a start whose worker was lost, the before_* columns
         # keep what the record was before that one.
         f"marked AS (UPDATE {t} t SET status = '{_RUNNING}', lease_token = k.token, "
-        "expires_at = NULL, started_at = clock_timestamp(), "
+        f"expires_at = NULL, started_at = {start}, "
         "before_status = CASE WHEN t.started_at IS NULL THEN t.status "
         "ELSE t.before_status END, "
         "before_token = CASE WHEN t.started_at IS NULL THEN t.lease_token "
@@ -150,7 +159,9 @@ def taking(schema: str, source: str, *, lease: str, where: str = "", also: str =
 
 def taken_rows(schema: str) -> str:
     """The ``SELECT`` of what :func:`taking` leased, a row per message as
-    ``PostgresBackend._reservation`` reads it (``schema`` quoted)."""
+    ``PostgresBackend._reservation`` reads it (``schema`` quoted). A leased row's gate
+    comes back with it (a token beside it: not a candidate), so a gate that cannot be
+    read makes it a defect wherever it was leased."""
     return (
         "SELECT k.id, k.queue, k.body, k.deliveries, k.lost, k.token, k.ord, k.priority, "
         "k.seq, NULL::float8 AS due, "
@@ -160,7 +171,7 @@ def taken_rows(schema: str) -> str:
         "CASE WHEN marked.id IS NULL THEN (SELECT r.status FROM "
         f"{schema}.tasks r WHERE r.id = k.id AND r.status NOT IN {KNOWN} "
         "AND (r.expires_at IS NULL OR r.expires_at > clock_timestamp())) END AS odd_status, "
-        "NULL::text AS gate FROM taken k LEFT JOIN marked USING (id)"
+        "k.gate FROM taken k LEFT JOIN marked USING (id)"
     )
 
 
@@ -216,20 +227,29 @@ class Statements:
         # and one bad row never fails the statement that carries the good ones. A row
         # with a gate (a rate or concurrency limit) is neither taken nor touched: it comes
         # back as a candidate (its gate in the last column) for the gate step, which
-        # decides it under its key's lock (see _gates.py). Ungated rows pay an IS NULL.
+        # decides it under its key's lock (see _gates.py). But for one that the rate
+        # admitted already (deferred to its slot, now due), whose gate has no concurrency
+        # limit (the third field, '-'): it needs neither the key's lock nor a slot (its
+        # rate slot was charged when it was deferred), and is taken here as it falls due,
+        # its mark cleared (a retry is charged again). Ungated rows pay an IS NULL.
+        passes = " AND (cand.gate IS NULL OR cand.passes)"
+        # (what the reserve leases holds no concurrency slot: a slot_key there was
+        # written by something else)
+        cleared = ", admitted = false, slot_key = NULL"
         self.reserve = (
-            "WITH cand AS (SELECT c.id, w.ord, c.priority, c.seq, c.odd, c.gate "
+            "WITH cand AS (SELECT c.id, w.ord, c.priority, c.seq, c.odd, c.gate, "
+            "c.gate IS NOT NULL AND c.admitted AND split_part(c.gate, ' ', 3) = '-' AS passes "
             "FROM unnest($1::text[]) WITH ORDINALITY AS w(name, ord) CROSS JOIN LATERAL ("
-            f"SELECT id, priority, seq, {ODD_MESSAGE} AS odd, gate FROM {m} "
+            f"SELECT id, priority, seq, {ODD_MESSAGE} AS odd, gate, admitted FROM {m} "
             f"WHERE queue = w.name AND {QUEUED} "
             f"AND (available_at <= clock_timestamp() OR available_at >= {BEYOND}) "
             "ORDER BY priority DESC, seq LIMIT $2 "
             "FOR UPDATE SKIP LOCKED) c ORDER BY w.ord, c.priority DESC, c.seq LIMIT $2), "
-            f"{taking(s, 'cand', lease='$3', where=' AND cand.gate IS NULL')} "
+            f"{taking(s, 'cand', lease='$3', where=passes, also=cleared)} "
             f"{taken_rows(s)}{relax} UNION ALL "
             # the gated candidates, untouched
             "SELECT c.id, NULL, NULL, NULL, NULL, NULL, c.ord, c.priority, c.seq, NULL, NULL, "
-            "c.odd, NULL, c.gate FROM cand c WHERE c.gate IS NOT NULL UNION ALL "
+            "c.odd, NULL, c.gate FROM cand c WHERE c.gate IS NOT NULL AND NOT c.passes UNION ALL "
             # no candidate: how long until the earliest eta or lease deadline (clamped to
             # a day either way: an infinite timestamp cannot be subtracted)
             "SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
