@@ -2,11 +2,10 @@
 
 * ``rate_limit="20/s"``, a backlog of 600 tasks, three workers of concurrency 4, 15 s:
   no one-second window (sliding) holds more than 20 starts plus the burst allowance of
-  one, and at least 18 a second start on average. A start is the moment the backend
-  hands the task to a worker, as its record says (``started_at``, written in the reserve
-  step): that is what the limit governs; the function itself begins a few milliseconds
-  later, after the worker's dispatch, whose jitter no broker controls (the ledger's
-  times, printed too, show it).
+  one, and at least 18 a second start on average. A start is the moment the task reached
+  its worker's executor, as its record says (``started_at``, stamped there as it starts
+  running); the function itself begins a little later, after the dispatch to a thread
+  (the ledger's times, printed too, show that).
 * ``concurrency_limit=2`` per tenant, three workers, one SIGKILLed every 3 s (and
   replaced): the ledger of runs, including those cut short by a kill (they count until
   the kill), never shows three runs of one tenant overlapping. Tenant A holds 60 tasks, B

@@ -1,4 +1,4 @@
-"""Rate and concurrency limits (gates, :mod:`bgcoor_core._gates`) in PostgreSQL.
+"""Rate and concurrency limits (gates: the rules of :class:`bgcoor_core.kit.Gate`) in PostgreSQL.
 
 A message keeps its encoded gate in ``messages.gate``. The reserve statement never takes
 or touches a gated row it would have to decide: it returns it as a *candidate* (its record
@@ -225,7 +225,7 @@ class Plan:
 
 
 class Decisions:
-    """The rules of :mod:`bgcoor_core._gates` applied by one gate step, in reserve order,
+    """The gate rules (see :class:`bgcoor_core.kit.Gate`) applied by one gate step, in reserve order,
     on the keys' live holder counts ``held``, rate states ``tats`` and the clock ``now``,
     which its decisions change as they go.
 
