@@ -225,9 +225,9 @@ class Plan:
 
 
 class Decisions:
-    """The gate rules (see :class:`bgcoor_core.kit.Gate`) applied by one gate step, in reserve order,
-    on the keys' live holder counts ``held``, rate states ``tats`` and the clock ``now``,
-    which its decisions change as they go.
+    """The gate rules (see :class:`bgcoor_core.kit.Gate`) applied by one gate step, in
+    reserve order, on the keys' live holder counts ``held``, rate states ``tats`` and the
+    clock ``now``, which its decisions change as they go.
 
     ``lapsed``: (id, key) of holders whose leases ran out (not candidates). Each such
     slot, and each candidate's own lapsed one, is released by :meth:`plan`: a parked
