@@ -110,9 +110,7 @@ async def measure(
 ) -> Row:
     backend = BACKENDS[name]
     url = backend.url(workdir, base)
-    manager = TaskManager(
-        broker_url=url, storage_url=url, scheduler=False, concurrency=concurrency
-    )
+    manager = TaskManager(broker_url=url, storage_url=url, scheduler=False, concurrency=concurrency)
 
     @manager.task(name="bench.limited", **_options(kind, rate))
     async def limited(i: int) -> None:
@@ -178,7 +176,12 @@ async def main(args: argparse.Namespace, names: list[str], urls: dict[str, str])
                 for kind in KINDS:
                     runs[kind].append(
                         await measure(
-                            name, base, kind, args.n, args.concurrency, args.saturated_rate,
+                            name,
+                            base,
+                            kind,
+                            args.n,
+                            args.concurrency,
+                            args.saturated_rate,
                             workdir,
                         )
                     )
@@ -186,8 +189,13 @@ async def main(args: argparse.Namespace, names: list[str], urls: dict[str, str])
             saturated_n = max(args.saturated_rate * 2, args.n // 5)
             rows.append(
                 await measure(
-                    name, base, "saturated", saturated_n, args.concurrency,
-                    args.saturated_rate, workdir,
+                    name,
+                    base,
+                    "saturated",
+                    saturated_n,
+                    args.concurrency,
+                    args.saturated_rate,
+                    workdir,
                 )
             )
             show(name, rows, args.saturated_rate)
