@@ -37,6 +37,11 @@ CANCEL_POLL = 0.5
 #: the reservation arrives instead of running it to the end.
 SIGNAL_MEMORY = 10.0
 
+#: Seconds a pool starting waits for its subscription before it reserves anything: then
+#: the first subscription holds no task whose records it would have to read. Past it, the
+#: pool starts anyway and reads what it holds once the subscription is up.
+SUBSCRIBE_WAIT = 1.0
+
 #: Called with the id of each task cancelled anywhere (on the subscriber's event loop).
 OnCancel = Callable[[str], None]
 #: Called when the subscription (re)connects: signals sent before may have been missed.
@@ -95,10 +100,19 @@ class CancelWatch:
         self._launched = asyncio.Event()  # a task was started since the poll last slept
         self._recent: dict[str, float] = {}  # signalled ids not held, by arrival time
         self._checks: set[asyncio.Task[None]] = set()
+        self._listening = asyncio.Event()  # subscribed (or polling) at least once
 
-    def start(self) -> None:
+    async def start(self, *, wait: float = SUBSCRIBE_WAIT) -> None:
+        """Start watching; with a channel, wait up to ``wait`` seconds for the first
+        subscription, so that the pool holds nothing yet whose records it must read."""
         watch = self._subscribed() if self.signals is not None else self._polling()
         self._task = asyncio.create_task(watch, name="bgcoor-cancel-watch")
+        if self.signals is None:
+            return
+        try:
+            await asyncio.wait_for(self._listening.wait(), wait)
+        except TimeoutError:
+            log.warning("cancel signals: not subscribed within %.1fs; starting anyway", wait)
 
     async def stop(self) -> None:
         for task in (self._task, *self._checks):
@@ -132,7 +146,11 @@ class CancelWatch:
             del self._recent[oldest[0]]
 
     def _gap(self) -> None:
-        """Signals may have been missed: read the running tasks' records once."""
+        """Signals may have been missed: read the running tasks' records once (none
+        when the pool holds nothing, as at its start)."""
+        self._listening.set()
+        if not self._pool.running_ids():
+            return
         check = asyncio.get_running_loop().create_task(self._check_quietly())
         self._checks.add(check)
         check.add_done_callback(self._checks.discard)

@@ -198,14 +198,14 @@ class WorkerPool:
         # Each task runs in a fresh copy of the caller's context: a contextvar one task
         # sets never leaks into the next (a long-lived slot loop used to share one).
         self._base_context = contextvars.copy_context()
+        signals = self.host.cancel_signals(self.broker, self.storage) if self.host else None
+        self._cancels = CancelWatch(self, self.storage, signals)
+        await self._cancels.start()  # subscribed before the first reserve
         self._fetcher = asyncio.create_task(self._fetch_loop(), name="bgcoor-fetch")
         if Capability.LEASE_EXTENSION in self.broker.capabilities:
             self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="bgcoor-heartbeat")
         if self.settings.cleanup_seconds is not None:
             self._housekeeping = asyncio.create_task(self._cleanup_loop(), name="bgcoor-cleanup")
-        signals = self.host.cancel_signals(self.broker, self.storage) if self.host else None
-        self._cancels = CancelWatch(self, self.storage, signals)
-        self._cancels.start()
         if self.host is not None:
             self._services = [
                 asyncio.create_task(self._serve(service), name=f"bgcoor-service-{service.name}")
