@@ -22,7 +22,7 @@ from ._broker_contract import BrokerContract
 from ._fleet import Run, WorkerFleet, ledger_task
 from ._gate_contract import GateContract
 from ._helpers import EARLY, LEASE, LONG_LEASE, SLACK, make_task, make_test_codec
-from ._queue_limit_contract import QueueLimitContract
+from ._queue_limit_contract import QueueLimitContract, check_a_manager_rejects_or_waits_for_room
 from ._schedule_contract import ScheduleContract
 from ._storage_contract import StorageContract
 from ._unique_contract import UniqueContract
@@ -42,6 +42,7 @@ __all__ = [
     "UniqueContract",
     "WorkerFleet",
     "WorkflowContract",
+    "check_a_manager_rejects_or_waits_for_room",
     "ledger_task",
     "make_task",
     "make_test_codec",

@@ -7,13 +7,17 @@ Needs ``broker`` and ``completion_storage`` fixtures, like :class:`UniqueContrac
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
 from .._broker import Broker, Capability
 from .._errors import QueueFullError
 from .._gates import GATE_HEADER, Gate
+from .._manager import TaskManager
 from .._storage import Storage
-from .._task import Task
+from .._task import Task, TaskStatus
 from .._unique import UNIQUE_HEADER
 from .._wiring import Backends
 from ._helpers import ASYNC, DEFAULT, LONG_LEASE, make_task, require
@@ -117,3 +121,39 @@ class QueueLimitContract:
         assert await store.enqueue_unique(keyed[:1], [limited.broker.to_message(keyed[0])]) == [
             None
         ]
+
+
+async def check_a_manager_rejects_or_waits_for_room(url: str) -> None:
+    """Through a :class:`~bgcoor_core.TaskManager` on ``url`` (broker and storage both),
+    with ``queue_full="wait"``: a batch that can never fit is refused at once, and an
+    enqueue into a full queue waits until a drain makes room, then is stored."""
+    manager = TaskManager(
+        broker_url=url,
+        storage_url=url,
+        queue_limits={"emails": 3},
+        queue_full="wait",
+        queue_full_timeout=10.0,
+    )
+
+    @manager.task(name="limits.mail", queue="emails")
+    def mail(n: int) -> None: ...
+
+    try:
+        with pytest.raises(QueueFullError, match="a batch of 4 tasks for queue 'emails'"):
+            await manager.submit_many([mail.build((n,), {}) for n in range(4)])  # never fits
+        await manager.submit_many([mail.build((n,), {}) for n in range(3)])
+
+        async def consume_later() -> None:
+            await asyncio.sleep(0.3)
+            await manager.drain(queues=["emails"])
+
+        started = time.monotonic()
+        consumer = asyncio.create_task(consume_later())
+        handle = await mail.enqueue(3)  # waits until the drain makes room
+        waited = time.monotonic() - started
+        await consumer
+        assert 0.25 <= waited < 5.0
+        assert (await manager.get(handle.id)).status is TaskStatus.PENDING
+        assert (await manager.storage.counts())[TaskStatus.SUCCEEDED] == 3
+    finally:
+        await manager.close()

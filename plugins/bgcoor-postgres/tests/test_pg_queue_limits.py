@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -32,11 +31,15 @@ from bgcoor_core import (
     QueueFullError,
     ScheduleDefinition,
     Task,
-    TaskManager,
-    TaskStatus,
 )
 from bgcoor_core.kit import GATE_HEADER, UNIQUE_HEADER, Gate
-from bgcoor_core.testing import LONG_LEASE, QueueLimitContract, make_task, make_test_codec
+from bgcoor_core.testing import (
+    LONG_LEASE,
+    QueueLimitContract,
+    check_a_manager_rejects_or_waits_for_room,
+    make_task,
+    make_test_codec,
+)
 
 pytestmark = pytest.mark.server
 URL = Callable[..., str]
@@ -510,34 +513,4 @@ async def test_a_version_7_schema_gains_the_index_and_its_queues_are_limited(
 
 
 async def test_a_manager_on_postgres_rejects_or_waits_for_room(pg_url: URL) -> None:
-    url = pg_url()
-    manager = TaskManager(
-        broker_url=url,
-        storage_url=url,
-        queue_limits={"emails": 3},
-        queue_full="wait",
-        queue_full_timeout=10.0,
-    )
-
-    @manager.task(name="limits.mail", queue="emails")
-    def mail(n: int) -> None: ...
-
-    try:
-        with pytest.raises(QueueFullError, match="a batch of 4 tasks for queue 'emails'"):
-            await manager.submit_many([mail.build((n,), {}) for n in range(4)])  # never fits
-        await manager.submit_many([mail.build((n,), {}) for n in range(3)])
-
-        async def consume_later() -> None:
-            await asyncio.sleep(0.3)
-            await manager.drain(queues=["emails"])
-
-        started = time.monotonic()
-        consumer = asyncio.create_task(consume_later())
-        handle = await mail.enqueue(3)  # waits until the drain makes room
-        waited = time.monotonic() - started
-        await consumer
-        assert 0.25 <= waited < 5.0
-        assert (await manager.get(handle.id)).status is TaskStatus.PENDING
-        assert (await manager.storage.counts())[TaskStatus.SUCCEEDED] == 3
-    finally:
-        await manager.close()
+    await check_a_manager_rejects_or_waits_for_room(pg_url())

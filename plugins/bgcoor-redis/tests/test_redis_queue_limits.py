@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -19,9 +18,14 @@ import redis.asyncio as aredis
 from bgcoor_redis import RedisBackend
 from redis_servers import RedisServer
 
-from bgcoor_core import Backends, QueueFullError, Task, TaskManager, TaskStatus
+from bgcoor_core import Backends, QueueFullError, Task, TaskStatus
 from bgcoor_core.kit import UNIQUE_HEADER
-from bgcoor_core.testing import QueueLimitContract, make_task, make_test_codec
+from bgcoor_core.testing import (
+    QueueLimitContract,
+    check_a_manager_rejects_or_waits_for_room,
+    make_task,
+    make_test_codec,
+)
 
 pytestmark = pytest.mark.server
 
@@ -336,33 +340,4 @@ async def test_queues_without_a_limit_cost_the_server_what_they_did_before(
 
 
 async def test_a_manager_on_redis_rejects_or_waits_for_room(redis_url: str) -> None:
-    manager = TaskManager(
-        broker_url=redis_url,
-        storage_url=redis_url,
-        queue_limits={"emails": 3},
-        queue_full="wait",
-        queue_full_timeout=10.0,
-    )
-
-    @manager.task(name="limits.mail", queue="emails")
-    def mail(n: int) -> None: ...
-
-    try:
-        with pytest.raises(QueueFullError, match="a batch of 4 tasks for queue 'emails'"):
-            await manager.submit_many([mail.build((n,), {}) for n in range(4)])  # never fits
-        await manager.submit_many([mail.build((n,), {}) for n in range(3)])
-
-        async def consume_later() -> None:
-            await asyncio.sleep(0.3)
-            await manager.drain(queues=["emails"])
-
-        started = time.monotonic()
-        consumer = asyncio.create_task(consume_later())
-        handle = await mail.enqueue(3)  # waits until the drain makes room
-        waited = time.monotonic() - started
-        await consumer
-        assert 0.25 <= waited < 5.0
-        assert (await manager.get(handle.id)).status is TaskStatus.PENDING
-        assert (await manager.storage.counts())[TaskStatus.SUCCEEDED] == 3
-    finally:
-        await manager.close()
+    await check_a_manager_rejects_or_waits_for_room(redis_url)
