@@ -113,7 +113,13 @@ async def test_a_child_killed_by_sigsegv_counts_as_a_lost_worker(
         async with rig.workers.supervised(1, 2):
             handle = await tasks.segfaults.enqueue(marks)
             record = await rig.producer.storage.wait(handle.id, timeout=60)
-            letters = await rig.producer.broker.dead_letters("default")
+            broker = rig.producer.broker
+
+            async def dead_lettered() -> bool:  # the message moves just after the record
+                return any(d.id == handle.id for d in await broker.dead_letters("default"))
+
+            await wait_until(dead_lettered, 10, "the dead letter")
+            letters = await broker.dead_letters("default")
         await rig.workers.stop()
         rig.workers.check()
     runs = marked(marks, "start")
