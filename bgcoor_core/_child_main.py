@@ -4,10 +4,10 @@
 in a session of its own, so that killing the child's process group also takes whatever
 the task spawned. Over its socket (``fd``) it says it is ready, then reads one request at
 a time, runs the task's handler (``handler.run(payload)``, as a worker thread would) and
-writes back the JSON-ready result or the exception. It never writes a record: the worker
-does, so a child killed mid-task cannot store anything. It exits when the socket closes
-(the worker went away) or on SIGTERM, which interrupts the task with ``SystemExit`` so its
-``finally`` blocks run.
+writes back the result or the exception (pickled: the channel is the worker's own). It
+never writes a record: the worker does, so a child killed mid-task cannot store anything.
+It exits when the socket closes (the worker went away) or on SIGTERM, which interrupts the
+task with ``SystemExit`` so its ``finally`` blocks run.
 """
 
 from __future__ import annotations
@@ -25,7 +25,10 @@ import struct
 import sys
 import traceback
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._task import Task
 
 #: Every frame: its length, then a pickle.
 HEADER = struct.Struct(">Q")
@@ -39,13 +42,13 @@ BOOT = (
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """One task for the child: where its function lives and the task itself (JSON)."""
+    """One task for the child: where its function lives and the task itself."""
 
     module: str
     qualname: str
     #: The worker's main script, when the function is defined in ``__main__``.
     main_path: str | None
-    task_json: str
+    task: Task
     memory_limit_mb: int | None
 
 
@@ -100,11 +103,10 @@ def _die_with_parent(parent: int) -> None:
 
 def _run(request: Request, handlers: dict[tuple[str, str], Any]) -> tuple[str, Any]:
     from ._context import _CURRENT, CurrentTask
-    from ._task import Task
 
     limit = request.memory_limit_mb
     try:
-        task = Task.from_json(request.task_json)
+        task = request.task
         handler = _handler(request, task.name, handlers)
         token = _CURRENT.set(CurrentTask(task))
         try:
@@ -112,7 +114,7 @@ def _run(request: Request, handlers: dict[tuple[str, str], Any]) -> tuple[str, A
                 result = handler.run(task.payload)
         finally:
             _CURRENT.reset(token)
-        return "ok", _jsonable(task.name, result)
+        return "ok", _portable(task.name, result)
     except _Stop:
         raise
     except (Exception, SystemExit) as exc:
@@ -171,18 +173,21 @@ def _memory_limit(mb: int | None) -> Any:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
-def _jsonable(name: str, result: Any) -> Any:
-    """The result as JSON-ready values (the worker checks their size)."""
+def _portable(name: str, result: Any) -> Any:
+    """The result, checked to cross back to the worker, which decides whether its format
+    carries it and checks its size: refused here, where the error is the task's."""
     if result is None:
         return None
-    from pydantic_core import PydanticSerializationError, to_jsonable_python
-
     from ._errors import PayloadError
 
     try:
-        return to_jsonable_python(result)
-    except PydanticSerializationError as exc:
-        raise PayloadError(f"task {name!r} returned an unserialisable result: {exc}") from None
+        pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        problem = f"{type(exc).__name__}: {exc}"[:300]
+        raise PayloadError(
+            f"task {name!r} returned a result that cannot leave its child process: {problem}"
+        ) from None
+    return result
 
 
 def _failure(exc: BaseException, limit: int | None) -> Failure:

@@ -24,6 +24,7 @@ from typing_extensions import TypeAliasType
 
 from ._errors import InvalidWorkflowError
 from ._signature import Signature
+from ._values import Value
 
 #: A node's key, or a list of shapes: where an argument's value comes from.
 Shape = TypeAliasType("Shape", "int | list[Shape]")
@@ -45,7 +46,7 @@ class Node(BaseModel):
 
     key: int
     task: str
-    payload: Any = None
+    payload: Value = None
     options: dict[str, Any] = Field(default_factory=dict)
     #: Keys of the nodes this one waits for, ascending.
     parents: list[int] = Field(default_factory=list)

@@ -132,7 +132,7 @@ class Executor:
         self._completion = backends.atomic_completion
         self._workflows = backends.workflows
         self._atomic = self._completion is not None
-        self._invoker = Invoker(settings, threads, host)
+        self._invoker = Invoker(settings, threads, host, broker.codec)
         self._final_ttl = settings.result_ttl
 
     async def execute(self, reservation: Reservation, *, cancel: CancelFlag | None = None) -> None:

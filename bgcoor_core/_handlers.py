@@ -104,8 +104,10 @@ class FunctionHandler:
     def encode_arguments(
         self, args: Sequence[Any], kwargs: Mapping[str, Any], *, partial: bool = False
     ) -> dict[str, Any]:
-        """Check arguments in the caller and turn them into a JSON payload. ``partial``:
-        some may be missing (a workflow's signature, whose parents' results come first)."""
+        """Check arguments in the caller and make the payload: annotated ones validated
+        (``"5"`` for an ``int`` becomes ``5``), kept as Python values for the codec to
+        carry (see :mod:`bgcoor_core._values`). ``partial``: some may be missing (a
+        workflow's signature, whose parents' results come first)."""
         bound = self.bind_partial(args, kwargs) if partial else self.bind(args, kwargs)
         for key, value in bound.arguments.items():
             adapter = self._adapters.get(key)
@@ -113,7 +115,7 @@ class FunctionHandler:
                 checked = self._validate(adapter, key, value)
                 if key in self._secret_params:
                     refuse_secrets(self.name, checked, f"argument {key!r}")
-                bound.arguments[key] = adapter.dump_python(checked, mode="json")
+                bound.arguments[key] = checked
         return {"args": list(bound.args), "kwargs": dict(bound.kwargs)}
 
     def _validate(self, adapter: TypeAdapter[Any], key: str, value: Any) -> Any:

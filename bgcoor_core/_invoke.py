@@ -12,14 +12,14 @@ import contextvars
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from pydantic_core import PydanticSerializationError, to_json, to_jsonable_python
-
 from ._context import _CURRENT, CurrentTask
-from ._errors import PayloadError, PayloadTooLargeError, TaskTimeoutError
+from ._errors import DecodeError, PayloadError, TaskTimeoutError
+from ._values import Opaque
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from ._codec import Codec
     from ._isolation import ChildPool
     from ._plugins import PluginHost
     from ._settings import Settings
@@ -31,9 +31,14 @@ class Invoker:
     """Runs handlers for an executor; holds what every call needs."""
 
     def __init__(
-        self, settings: Settings, threads: ThreadPoolExecutor | None, host: PluginHost | None
+        self,
+        settings: Settings,
+        threads: ThreadPoolExecutor | None,
+        host: PluginHost | None,
+        codec: Codec,
     ) -> None:
         self.settings = settings
+        self.codec = codec
         self.threads = threads
         self.host = host
         # A worker pool's threads carry its child processes (see WorkerPool), which it
@@ -43,7 +48,7 @@ class Invoker:
         self._children: ChildPool | None = None
 
     async def invoke(self, entry: RegisteredTask, current: CurrentTask) -> Any:
-        """The handler's JSON-ready result; raises what it raised (or a timeout)."""
+        """The handler's result (checked to fit its record); raises what it raised."""
         token = _CURRENT.set(current)
         try:
             if self.host is not None and self.host.wraps_execution:
@@ -88,16 +93,29 @@ class Invoker:
         return self._checked_result(task.name, result)
 
     async def _run(self, entry: RegisteredTask, task: Task) -> Any:
+        payload = task.payload
+        if type(payload) is Opaque:
+            payload = self._opened(task)
         if entry.is_async:
-            return await entry.handler.run(task.payload)
+            return await entry.handler.run(payload)
         # The thread runs in a copy of this context: current_task() works there too.
         context = contextvars.copy_context()
         return await asyncio.get_running_loop().run_in_executor(
-            self.threads, context.run, entry.handler.run, task.payload
+            self.threads, context.run, entry.handler.run, payload
         )
+
+    def _opened(self, task: Task) -> Any:
+        """A sealed payload's content; a type this worker does not accept is the task's
+        bad payload (it is dead-lettered, never loaded)."""
+        try:
+            return self.codec.open(task.payload)
+        except DecodeError as exc:
+            raise PayloadError(f"task {task.name!r}: {exc}") from None
 
     async def _isolated(self, entry: RegisteredTask, task: Task, timeout: float | None) -> Any:
         assert entry.process_target is not None
+        if type(task.payload) is Opaque:  # the child is handed the content
+            task = task.model_copy(update={"payload": self._opened(task)})
         children = self._children
         if children is None:
             from ._isolation import ChildPool
@@ -115,14 +133,4 @@ class Invoker:
     def _checked_result(self, name: str, result: Any) -> Any:
         if result is None:  # most tasks: nothing to encode or measure
             return None
-        try:
-            size = len(to_json(result))  # a few microseconds, in Rust: checked for every task
-            jsonable = to_jsonable_python(result)
-        except PydanticSerializationError as exc:
-            raise PayloadError(f"task {name!r} returned an unserialisable result: {exc}") from None
-        if size > self.settings.max_result_bytes:
-            raise PayloadTooLargeError(
-                f"task {name!r} returned a result of {size} bytes encoded, above the "
-                f"limit of {self.settings.max_result_bytes} bytes (BGCOOR_MAX_RESULT_BYTES)"
-            )
-        return jsonable
+        return self.codec.check_result(name, result, self.settings.max_result_bytes)

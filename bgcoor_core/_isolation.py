@@ -197,7 +197,7 @@ class ChildPool:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.size)
         request = Request(
-            target.module, target.qualname, target.main_path, task.to_json(), memory_limit_mb
+            target.module, target.qualname, target.main_path, task, memory_limit_mb
         )
         async with self._slots:
             child = await self._checkout()

@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ._broker import Message
 from ._task import Task, TaskStatus
+from ._values import Value
 
 #: Statuses of a schedule's last task that count as "still going" for ``overlap``.
 ACTIVE = frozenset(
@@ -71,7 +72,7 @@ class ScheduleDefinition(BaseModel):
     id: str
     task: str
     #: The task's encoded arguments, as its handler takes them.
-    payload: Any = None
+    payload: Value = None
     #: Call options (queue, priority, headers, max_retries, ...), JSON-ready.
     options: dict[str, Any] = Field(default_factory=dict)
     cron: str | None = None

@@ -91,8 +91,12 @@ class Settings(BaseSettings):
     queue_full: Literal["reject", "wait"] = "reject"
     #: How long an enqueue waits for room under ``queue_full="wait"``.
     queue_full_timeout: float = _bounded(30.0, limits.TIMEOUT)
+    #: The format of new messages: a content type or a serializer's short name
+    #: (``json``, ``msgpack``, ``cbor``, ``pickle``).
     serializer: str = JSON
-    accept_content: CommaList = Field(default_factory=lambda: [JSON])
+    #: The content types (or short names) workers decode; unset: every installed format
+    #: but pickle. A message of another type is dead-lettered unread.
+    accept_content: CommaList | None = None
     disable_plugins: CommaList = Field(default_factory=list)
 
     @field_validator("queues", "accept_content", "disable_plugins", mode="before")

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ._errors import InvalidNameError
 from ._ids import new_task_id
+from ._values import Value
 
 QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,199}")
@@ -136,7 +137,8 @@ MESSAGE_FORMAT = 1
 class Task(BaseModel):
     """One unit of work and everything known about it.
 
-    ``payload`` is any JSON value. Tasks registered from functions use the shape
+    ``payload`` and ``result`` are any values :mod:`bgcoor_core._values` carries (in JSON,
+    rich ones tagged). Tasks registered from functions use the shape
     ``{"args": [...], "kwargs": {...}}``; handler objects receive the payload as is.
     """
 
@@ -150,7 +152,7 @@ class Task(BaseModel):
     format: int = MESSAGE_FORMAT
     id: str = Field(default_factory=new_task_id)
     name: str
-    payload: Any = None
+    payload: Value = None
     status: TaskStatus = TaskStatus.PENDING
     attempts: int = Field(default=0, ge=0)
     max_retries: int = Field(default=3, ge=0)
@@ -164,7 +166,7 @@ class Task(BaseModel):
     finished_at: datetime | None = None
     error: str | None = None
     traceback: str | None = None
-    result: Any = None
+    result: Value = None
     #: Token of the lease under which the current attempt runs; outcome writes carrying
     #: another token are refused by the storage.
     lease_token: str | None = None

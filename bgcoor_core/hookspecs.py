@@ -81,10 +81,14 @@ def bgcoor_register_tasks(tasks: TaskRegistry) -> None:
 
 @hookspec
 def bgcoor_register_serializers(serializers: SerializerRegistry) -> None:
-    """Provide serializers (objects with ``content_type``, ``dumps`` and ``loads``).
+    """Provide serializers: message formats (see the ``Serializer`` protocol in
+    ``bgcoor_core._codec`` for what ``dumps`` receives and ``loads`` returns, and
+    ``bgcoor_core.testing.values.SerializerContract`` for the round trips they must pass).
 
-    Which content type is used to encode is ``BGCOOR_SERIALIZER``; which are accepted when
-    decoding is ``BGCOOR_ACCEPT_CONTENT``. Providing a serializer does not make it accepted.
+    Which format encodes new messages is ``BGCOOR_SERIALIZER`` (a content type or the
+    serializer's ``name``). Workers decode every installed format unless
+    ``BGCOOR_ACCEPT_CONTENT`` lists them, except a serializer marked ``trusted_only``
+    (pickle), which is accepted only when named there.
 
     :param serializers: The registry to add serializers to.
     """

@@ -1,8 +1,8 @@
 """Built-in serializers, registered as an ordinary plugin (entry point ``json``).
 
-JSON is the default. Pickle is registered too, but a codec only decodes content types
-listed in ``BGCOOR_ACCEPT_CONTENT``, so pickle payloads are refused unless a user
-enables it explicitly.
+JSON is the default. Pickle is registered too, but it is ``trusted_only``: a codec
+accepts it only when ``BGCOOR_SERIALIZER`` or ``BGCOOR_ACCEPT_CONTENT`` names it, so
+pickle payloads are refused unless a user enables it explicitly.
 """
 
 from __future__ import annotations
@@ -16,9 +16,13 @@ from .hookspecs import hookimpl
 
 
 class PickleSerializer:
-    """Only for trusted producers: unpickling runs arbitrary code."""
+    """Only for trusted producers: unpickling runs arbitrary code. Carries any object
+    that pickles; records (JSON) hold such a value sealed (:class:`~bgcoor_core.kit.Opaque`)."""
 
     content_type = "application/x-python-pickle"
+    name = "pickle"
+    trusted_only = True
+    carries_objects = True
 
     def dumps(self, data: Any) -> bytes:
         return pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)

@@ -34,6 +34,7 @@ from bgcoor_core import (
     UnknownSchemeError,
     build_plugin_host,
     hookimpl,
+    kit,
     load_settings,
 )
 from bgcoor_core._codec import JsonSerializer
@@ -333,15 +334,15 @@ def test_hook_with_wrong_argument_name_is_rejected() -> None:
 
 
 class ReversedJson:
-    """A toy serializer: JSON, bytes reversed."""
+    """A toy serializer: JSON, bytes reversed; rich values as ``kit.pack`` tags them."""
 
     content_type = "application/x-reversed-json"
 
     def dumps(self, data: Any) -> bytes:
-        return json.dumps(data).encode()[::-1]
+        return json.dumps(kit.pack(data)).encode()[::-1]
 
     def loads(self, raw: bytes) -> Any:
-        return json.loads(raw[::-1])
+        return kit.unpack(json.loads(raw[::-1]))
 
 
 def reversed_json_plugin() -> types.ModuleType:
@@ -374,13 +375,28 @@ async def test_a_plugin_serializer_carries_tasks_end_to_end(fast: dict[str, Any]
 def test_a_serializer_not_accepted_is_refused_when_decoding() -> None:
     host = build_plugin_host(plugins=[reversed_json_plugin()])
     producer = host.make_codec(load_settings(serializer=ReversedJson.content_type))
-    consumer = host.make_codec(load_settings())  # accepts JSON only
+    consumer = host.make_codec(load_settings(accept_content="json"))  # accepts JSON only
     body = producer.encode(Task.new("t"))
     with pytest.raises(DecodeError, match="refused message with content type"):
         consumer.decode(body)
-    pickled = host.make_codec(load_settings(serializer="application/x-python-pickle"))
+    pickled = host.make_codec(load_settings(serializer="pickle"))
     with pytest.raises(DecodeError, match="x-python-pickle"):
         consumer.decode(pickled.encode(Task.new("t")))
+
+
+def test_by_default_every_installed_format_but_pickle_is_accepted() -> None:
+    host = build_plugin_host(plugins=[reversed_json_plugin()])
+    consumer = host.make_codec(load_settings())
+    assert consumer.accepted == {"application/json", ReversedJson.content_type}
+    producer = host.make_codec(load_settings(serializer="application/x-reversed-json"))
+    assert consumer.decode(producer.encode(Task.new("t", {"n": 1}))).payload == {"n": 1}
+    pickled = host.make_codec(load_settings(serializer="pickle"))
+    with pytest.raises(DecodeError, match=r"x-python-pickle.*not accepted"):
+        consumer.decode(pickled.encode(Task.new("t")))
+    # Named, pickle is accepted; the producer's own format always is.
+    assert "application/x-python-pickle" in pickled.accepted
+    both = host.make_codec(load_settings(accept_content="json,pickle"))
+    assert both.accepted == {"application/json", "application/x-python-pickle"}
 
 
 def test_two_plugins_providing_one_content_type_are_named() -> None:
@@ -396,8 +412,13 @@ def test_two_plugins_providing_one_content_type_are_named() -> None:
 
 def test_an_unknown_serializer_setting_lists_what_exists() -> None:
     host = build_plugin_host()
-    with pytest.raises(PayloadError, match=r"no serializer for content type.*application/json"):
-        host.make_codec(load_settings(serializer="application/msgpack"))
+    wanted = (
+        r"no serializer for 'application/x-nothing' \(BGCOOR_SERIALIZER.*json \(application/json\)"
+    )
+    with pytest.raises(PayloadError, match=wanted):
+        host.make_codec(load_settings(serializer="application/x-nothing"))
+    with pytest.raises(PayloadError, match="no serializer for 'yaml'"):
+        host.make_codec(load_settings(accept_content="json,yaml"))
 
 
 # -- task handlers from plugins --------------------------------------------------------

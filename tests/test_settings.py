@@ -27,7 +27,7 @@ def test_defaults() -> None:
     assert settings.timeout is None
     assert settings.max_payload_bytes == 1024 * 1024
     assert settings.serializer == "application/json"
-    assert settings.accept_content == ["application/json"]
+    assert settings.accept_content is None  # every installed format but pickle
     assert settings.disable_plugins == []
     assert Settings() == settings
 

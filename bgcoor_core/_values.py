@@ -1,0 +1,265 @@
+"""Rich Python values as data every format carries: the tagged JSON form.
+
+Task arguments and results may hold ``datetime``, ``date``, ``time``, ``timedelta``,
+``UUID``, ``Decimal``, ``bytes``, ``set``/``frozenset``, non-string dict keys and floats
+JSON has no literal for (``nan``, ``inf``), beside enums, dataclasses and pydantic models.
+Records are JSON whatever the message format, so a record written by any producer stays
+readable by any process after a deploy; in them such a value is a *tag*, a two-key object
+``{"$type": "<kind>", "value": <data>}`` (after MongoDB's extended JSON), which
+:func:`pack` writes and :func:`unpack` reads back into the same Python value.
+
+Enums travel as their values, dataclasses and models as dicts of their fields: the
+function's type hints rebuild them (a parameter annotated ``Order`` receives an
+``Order``). A user dict that has a ``"$type"`` key is itself tagged (``"dict"``), so no
+user value is ever mistaken for a tag.
+
+A value only pickle can carry (an object of a class of its own) is *sealed* into an
+:class:`Opaque` by a codec that accepts pickle: its bytes and content type, never loaded
+except by a codec that accepts that content type (see :mod:`bgcoor_core._codec`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import datetime as dt
+import decimal
+import enum
+import math
+import pathlib
+import uuid
+from collections.abc import Callable
+from typing import Annotated, Any, Final
+
+from pydantic import AfterValidator, BaseModel, PlainSerializer, ValidationInfo
+
+TYPE: Final = "$type"
+VALUE: Final = "value"
+
+_PLAIN = (str, int, bool, type(None))
+
+
+class UnrepresentableError(TypeError):
+    """A value of a type no tag describes (pickle alone could carry it)."""
+
+    def __init__(self, value: object) -> None:
+        kind = type(value)
+        self.type_name = f"{kind.__module__}.{kind.__qualname__}"
+        super().__init__(f"a value of type {self.type_name} has no representation")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Opaque:
+    """A value held as ``data``, serialised in ``content_type`` and then passed through
+    the payload codecs ``codecs`` names (``"zstd,aesgcm:k2"``; empty: none), not loaded:
+    only a codec that accepts that content type (and holds the keys) opens it
+    (:meth:`Codec.open`)."""
+
+    content_type: str
+    data: bytes
+    codecs: str = ""
+
+    def __repr__(self) -> str:
+        through = f" through {self.codecs}" if self.codecs else ""
+        return f"<{self.content_type} value{through}, {len(self.data)} bytes>"
+
+
+def _tag(kind: str, data: Any) -> dict[str, Any]:
+    return {TYPE: kind, VALUE: data}
+
+
+def _float(value: float) -> Any:
+    return value if math.isfinite(value) else _tag("float", repr(value))
+
+
+def _dict(value: dict[Any, Any]) -> Any:
+    for key in value:
+        if type(key) is not str:
+            return _tag("map", [[pack(k), pack(v)] for k, v in value.items()])
+    packed = {key: pack(item) for key, item in value.items()}
+    return _tag("dict", packed) if TYPE in value else packed
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+#: Exact types to their packers; subclasses are looked up through ``_BY_BASE``.
+_PACKERS: dict[type, Callable[[Any], Any]] = {
+    float: _float,
+    list: lambda v: [pack(x) for x in v],
+    tuple: lambda v: [pack(x) for x in v],
+    dict: _dict,
+    dt.datetime: lambda v: _tag("datetime", v.isoformat()),
+    dt.date: lambda v: _tag("date", v.isoformat()),
+    dt.time: lambda v: _tag("time", v.isoformat()),
+    dt.timedelta: lambda v: _tag("timedelta", [v.days, v.seconds, v.microseconds]),
+    uuid.UUID: lambda v: _tag("uuid", str(v)),
+    decimal.Decimal: lambda v: _tag("decimal", str(v)),
+    bytes: lambda v: _tag("bytes", _b64(v)),
+    bytearray: lambda v: _tag("bytes", _b64(bytes(v))),
+    memoryview: lambda v: _tag("bytes", _b64(v.tobytes())),
+    set: lambda v: _tag("set", [pack(x) for x in v]),
+    frozenset: lambda v: _tag("frozenset", [pack(x) for x in v]),
+    Opaque: lambda v: _tag("opaque", [v.content_type, _b64(v.data), v.codecs]),
+}
+
+#: Checked in order for a type not in ``_PACKERS`` (a subclass, an enum, a model).
+_BY_BASE: tuple[tuple[type, Callable[[Any], Any]], ...] = (
+    (enum.Enum, lambda v: pack(v.value)),
+    (BaseModel, lambda v: pack(v.model_dump(mode="python"))),
+    (bool, lambda v: bool(v)),
+    (str, lambda v: str(v)),
+    (int, lambda v: int(v)),
+    (dt.datetime, _PACKERS[dt.datetime]),
+    (dt.date, _PACKERS[dt.date]),
+    (dt.time, _PACKERS[dt.time]),
+    (dt.timedelta, _PACKERS[dt.timedelta]),
+    (float, lambda v: _float(float(v))),
+    (decimal.Decimal, _PACKERS[decimal.Decimal]),
+    (uuid.UUID, _PACKERS[uuid.UUID]),
+    (bytes, _PACKERS[bytes]),
+    (tuple, _PACKERS[tuple]),  # a NamedTuple
+    (list, _PACKERS[list]),
+    (dict, _dict),
+    (set, _PACKERS[set]),
+    (frozenset, _PACKERS[frozenset]),
+    (pathlib.PurePath, lambda v: str(v)),
+)
+
+
+def reduce(value: Any) -> Any:
+    """What a format without a native form for ``value`` carries instead: an enum's value,
+    a model's or dataclass's fields (a dict), a path's text. Raises
+    :class:`UnrepresentableError` for anything else. For serializer plugins (``default``
+    hooks): ``pack`` and the msgpack and CBOR plugins all reduce the same way."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="python")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, pathlib.PurePath):
+        return str(value)
+    raise UnrepresentableError(value)
+
+
+def pack(value: Any) -> Any:
+    """``value`` as JSON-ready data, rich values tagged; raises
+    :class:`UnrepresentableError` for a value no tag describes."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    packer = _PACKERS.get(kind)
+    if packer is not None:
+        return packer(value)
+    for base, packer in _BY_BASE:
+        if isinstance(value, base):
+            return packer(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return pack(reduce(value))
+    raise UnrepresentableError(value)
+
+
+# -- reading tags back ----------------------------------------------------------------------
+
+
+def _bytes(data: Any) -> bytes:
+    if not isinstance(data, str):
+        raise ValueError("not base64 text")
+    return base64.b64decode(data, validate=True)
+
+
+def _timedelta(data: Any) -> dt.timedelta:
+    days, seconds, micros = data
+    return dt.timedelta(days=days, seconds=seconds, microseconds=micros)
+
+
+def _map(data: Any) -> dict[Any, Any]:
+    return {_hashable(unpack(k)): unpack(v) for k, v in data}
+
+
+def _hashable(key: Any) -> Any:
+    return tuple(_hashable(k) for k in key) if isinstance(key, list) else key
+
+
+def _float_tag(data: Any) -> float:
+    value = float(data)
+    if math.isfinite(value):
+        raise ValueError("a finite float is not tagged")
+    return value
+
+
+def _opaque(data: Any) -> Opaque:
+    content_type, encoded, codecs = data
+    if not isinstance(content_type, str) or not isinstance(codecs, str):
+        raise ValueError("content type or codecs not text")
+    return Opaque(content_type, _bytes(encoded), codecs)
+
+
+_UNPACKERS: dict[str, Callable[[Any], Any]] = {
+    "datetime": dt.datetime.fromisoformat,
+    "date": dt.date.fromisoformat,
+    "time": dt.time.fromisoformat,
+    "timedelta": _timedelta,
+    "uuid": uuid.UUID,
+    "decimal": decimal.Decimal,
+    "bytes": _bytes,
+    "set": lambda data: {_hashable(unpack(x)) for x in data},
+    "frozenset": lambda data: frozenset(_hashable(unpack(x)) for x in data),
+    "float": _float_tag,
+    "map": _map,
+    "dict": lambda data: {k: unpack(v) for k, v in data.items()},
+    "opaque": _opaque,
+}
+
+
+def _untag(value: dict[str, Any]) -> Any:
+    kind = value[TYPE]
+    unpacker = _UNPACKERS.get(kind) if type(kind) is str else None
+    if unpacker is None or len(value) != 2 or VALUE not in value:
+        raise ValueError(f"malformed value: unknown tag {str(kind)[:40]!r}")
+    try:
+        return unpacker(value[VALUE])
+    except (TypeError, ValueError, KeyError, AttributeError, binascii.Error) as exc:
+        if str(exc).startswith("malformed "):
+            raise
+        raise ValueError(f"malformed {kind} value: {str(exc)[:120]}") from None
+
+
+def unpack(value: Any) -> Any:
+    """Data written by :func:`pack` as the Python value it was (containers rebuilt in
+    place: the data is fresh from a parser). Raises ``ValueError`` for a bad tag (in a
+    model field: a ``ValidationError``, as for any malformed field)."""
+    kind = type(value)
+    if kind is dict:
+        if TYPE in value:
+            return _untag(value)
+        for key, item in value.items():
+            if type(item) is dict or type(item) is list:
+                value[key] = unpack(item)
+    elif kind is list:
+        for index, item in enumerate(value):
+            if type(item) is dict or type(item) is list:
+                value[index] = unpack(item)
+    return value
+
+
+def _pack_field(value: Any) -> Any:
+    return None if value is None else pack(value)
+
+
+def _unpack_field(value: Any, info: ValidationInfo) -> Any:
+    if info.mode == "json" and (type(value) is dict or type(value) is list):
+        return unpack(value)
+    return value
+
+
+#: A model field holding a task's value (payload, result): tagged in JSON, as it is in
+#: Python (``model_dump()``, the formats that carry rich values natively).
+Value = Annotated[
+    Any,
+    PlainSerializer(_pack_field, when_used="json"),
+    AfterValidator(_unpack_field),
+]
