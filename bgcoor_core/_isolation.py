@@ -196,9 +196,7 @@ class ChildPool:
         here), :class:`TaskTimeoutError` or :class:`WorkerLostError`."""
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.size)
-        request = Request(
-            target.module, target.qualname, target.main_path, task, memory_limit_mb
-        )
+        request = Request(target.module, target.qualname, target.main_path, task, memory_limit_mb)
         async with self._slots:
             child = await self._checkout()
             kind, value = await self._call(child, request, task.name, timeout)
