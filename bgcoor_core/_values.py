@@ -29,7 +29,7 @@ import enum
 import math
 import pathlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Annotated, Any, Final
 
 from pydantic import AfterValidator, BaseModel, PlainSerializer, ValidationInfo
@@ -73,12 +73,21 @@ def _float(value: float) -> Any:
     return value if math.isfinite(value) else _tag("float", repr(value))
 
 
+#: Types left as they are, checked inline by the container packers (most values are these).
+_AS_IS = frozenset({str, int, bool, type(None)})
+
+
+def _list(value: list[Any] | tuple[Any, ...]) -> list[Any]:
+    return [item if type(item) in _AS_IS else pack(item) for item in value]
+
+
 def _dict(value: dict[Any, Any]) -> Any:
-    for key in value:
+    packed = {}
+    for key, item in value.items():
         if type(key) is not str:
             return _tag("map", [[pack(k), pack(v)] for k, v in value.items()])
-    packed = {key: pack(item) for key, item in value.items()}
-    return _tag("dict", packed) if TYPE in value else packed
+        packed[key] = item if type(item) in _AS_IS else pack(item)
+    return _tag("dict", packed) if TYPE in packed else packed
 
 
 def _b64(data: bytes) -> str:
@@ -88,8 +97,8 @@ def _b64(data: bytes) -> str:
 #: Exact types to their packers; subclasses are looked up through ``_BY_BASE``.
 _PACKERS: dict[type, Callable[[Any], Any]] = {
     float: _float,
-    list: lambda v: [pack(x) for x in v],
-    tuple: lambda v: [pack(x) for x in v],
+    list: _list,
+    tuple: _list,
     dict: _dict,
     dt.datetime: lambda v: _tag("datetime", v.isoformat()),
     dt.date: lambda v: _tag("date", v.isoformat()),
@@ -237,17 +246,73 @@ def unpack(value: Any) -> Any:
         if TYPE in value:
             return _untag(value)
         for key, item in value.items():
-            if type(item) is dict or type(item) is list:
+            inner = type(item)
+            if (inner is dict or inner is list) and item:
                 value[key] = unpack(item)
     elif kind is list:
         for index, item in enumerate(value):
-            if type(item) is dict or type(item) is list:
+            inner = type(item)
+            if (inner is dict or inner is list) and item:
                 value[index] = unpack(item)
     return value
 
 
+def _plain(value: Any) -> bool:
+    """Whether ``value`` (a dict or a list) holds only text, integers, booleans, ``None``
+    and lists or text-keyed dicts of those, without a ``"$type"`` key: a payload of
+    ordinary arguments, decided in plain loops (no call per value)."""
+    if type(value) is not dict:
+        return _plain_items(value)
+    for key in value:
+        if type(key) is not str or key == TYPE:
+            return False
+    return _plain_items(value.values())
+
+
+def _plain_items(items: Iterable[Any]) -> bool:
+    for item in items:
+        kind = type(item)
+        if kind in _AS_IS:
+            continue
+        if kind is list:
+            for inner in item:
+                if type(inner) not in _AS_IS:
+                    return False
+        elif kind is dict:
+            for key, inner in item.items():
+                if type(key) is not str or key == TYPE or type(inner) not in _AS_IS:
+                    return False
+        else:
+            return False
+    return True
+
+
 def _pack_field(value: Any) -> Any:
-    return None if value is None else pack(value)
+    kind = type(value)
+    if kind in _AS_IS or ((kind is dict or kind is list) and _plain(value)):
+        return value  # most payloads: pydantic's own encoder writes them
+    return pack(value)
+
+
+#: Where :func:`packed_once` keeps a model's packed value, in its ``__dict__`` (pydantic
+#: neither serialises nor compares such a key; ``model_copy`` carries it).
+PACKED_SLOT: Final = "_bgcoor_packed"
+
+
+def packed_once(owner: Any, value: Any) -> Any:
+    """:func:`pack` for a value ``owner`` (a model) dumps again and again: a task's payload
+    goes into its message and into each record written over its life. Packed once and
+    kept beside the value it was made from; a value replaced is packed anew."""
+    kind = type(value)
+    if kind in _AS_IS or ((kind is dict or kind is list) and _plain(value)):
+        return value
+    slots = owner.__dict__
+    kept = slots.get(PACKED_SLOT)
+    if kept is not None and kept[0] is value:
+        return kept[1]
+    packed = pack(value)
+    slots[PACKED_SLOT] = (value, packed)
+    return packed
 
 
 def _unpack_field(value: Any, info: ValidationInfo) -> Any:
@@ -256,8 +321,13 @@ def _unpack_field(value: Any, info: ValidationInfo) -> Any:
     return value
 
 
-#: A model field holding a task's value (payload, result): tagged in JSON, as it is in
-#: Python (``model_dump()``, the formats that carry rich values natively).
+#: A model field holding a value read from JSON tagged (``model_validate_json``), as it
+#: is from Python (``model_validate``); the model packs it (see :func:`packed_once`).
+Unpacked = Annotated[Any, AfterValidator(_unpack_field)]
+
+#: A model field holding a task's value (payload, result): tagged when dumped to JSON and
+#: read back from it (``model_dump_json``, ``model_validate_json``), as it is in Python
+#: (``model_dump``, ``model_validate``: the formats that carry rich values natively).
 Value = Annotated[
     Any,
     PlainSerializer(_pack_field, when_used="json"),
