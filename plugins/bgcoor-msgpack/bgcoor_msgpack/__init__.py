@@ -2,13 +2,13 @@
 
 Installed as its own distribution (``pip install bgcoor-msgpack``); bg-coor finds it
 through the ``bgcoor`` entry-point group (``bgcoor_msgpack._plugin``). The extension
-types rich values travel as are listed in :mod:`bgcoor_msgpack._wire` and the README.
+types rich values travel as are listed in :mod:`bgcoor_msgpack._codes` and the README.
+Importing this package imports no msgpack; the first ``dumps`` or ``loads`` does.
 """
 
 from __future__ import annotations
 
-from ._serializer import CONTENT_TYPE, MsgpackSerializer
-from ._wire import (
+from ._codes import (
     BIGINT,
     DATE,
     DATETIME,
@@ -20,9 +20,8 @@ from ._wire import (
     TIME,
     TIMEDELTA,
     UUID,
-    dumps,
-    loads,
 )
+from ._serializer import CONTENT_TYPE, MsgpackSerializer, dumps, loads
 
 __all__ = [
     "BIGINT",

@@ -3,8 +3,9 @@
 msgpack itself carries ``None``, booleans, integers from -2**63 to 2**64-1, floats
 (``nan``, ``inf`` and ``-0.0`` included), text, bytes, arrays (lists and tuples) and maps
 with keys of any type. Every other value of bg-coor's value table travels as an
-extension type whose code and data are listed below; they are a stable wire format (the
-README documents them), read by any version of this plugin and writable by any language.
+extension type whose code (:mod:`._codes`) and data are below; they are a stable wire
+format (the README documents them), read by any version of this plugin and writable by
+any language.
 Enums, dataclasses and pydantic models travel as :func:`bgcoor_core.kit.reduce` makes
 them (their values, dicts of their fields).
 
@@ -27,21 +28,19 @@ import msgpack  # type: ignore[import-untyped]  # msgpack ships no type informat
 
 from bgcoor_core.kit import Opaque, reduce
 
-#: Extension type codes (msgpack's application range is 0..127).
-DATETIME: Final = 1  # ISO 8601 text (ASCII), datetime.isoformat(); naive: no offset
-DATE: Final = 2  # ISO 8601 text, YYYY-MM-DD
-TIME: Final = 3  # ISO 8601 text, time.isoformat(); with the offset when it has one
-TIMEDELTA: Final = 4  # 12 bytes: int32 days, uint32 seconds, uint32 microseconds (big-endian)
-UUID: Final = 5  # the 16 bytes of the UUID (RFC 9562 order)
-DECIMAL: Final = 6  # text as str(Decimal) writes it: "1.10", "-0", "1E+3", "-Infinity"
-BIGINT: Final = 7  # an integer outside msgpack's range: big-endian two's complement
-SET: Final = 8  # a msgpack array of the elements (tuples among them as arrays)
-FROZENSET: Final = 9  # the same, for a frozenset
-OPAQUE: Final = 10  # a msgpack array [content type: str, data: bin, codecs: str]
-
-#: How many sets may nest in one another (a frozenset in a set in ...): each level is an
-#: extension inside an extension, decoded by a call of its own. Refused beyond, both ways.
-MAX_NESTING: Final = 32
+from ._codes import (
+    BIGINT,
+    DATE,
+    DATETIME,
+    DECIMAL,
+    FROZENSET,
+    MAX_NESTING,
+    OPAQUE,
+    SET,
+    TIME,
+    TIMEDELTA,
+    UUID,
+)
 
 _TIMEDELTA = struct.Struct(">iII")
 _INT_MIN: Final = -(2**63)

@@ -4,6 +4,8 @@ accept msgpack dead-letters its messages unrun."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -26,6 +28,21 @@ def test_the_plugin_is_found_through_the_entry_point_group() -> None:
     assert info.distribution == "bgcoor-msgpack"
     assert info.provides == [f"serializer {CT}"]
     assert isinstance(host.serializers.serializers[CT], MsgpackSerializer)
+
+
+def test_registering_imports_no_msgpack_until_a_task_is_encoded() -> None:
+    """Every installed plugin's hooks load in every process: msgpack must not, until used."""
+    probe = (
+        "import sys, bgcoor_core\n"
+        "host = bgcoor_core.build_plugin_host()\n"
+        "codec = host.make_codec(bgcoor_core.load_settings(serializer='msgpack'))\n"
+        "print('msgpack' in sys.modules)\n"
+        "codec.decode(codec.encode(bgcoor_core.Task.new('t')))\n"
+        "print('msgpack' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True"]
 
 
 def test_the_short_name_and_the_content_type_both_select_it() -> None:
