@@ -4,13 +4,18 @@ A body is ``<content type> b"\\n" <serialised task>``. The content type names th
 serializer; a body whose content type is not accepted is refused *before* it is parsed,
 which is what keeps a pickle payload from ever being unpickled unless pickle was
 explicitly enabled.
+
+With payload codecs configured (``BGCOOR_PAYLOAD_CODECS``), a task's payload and result are
+sealed: serialised, passed through the codecs (compressed, encrypted) and carried as an
+:class:`~bgcoor_core.kit.Opaque` in messages and records alike, opened only by
+:meth:`Codec.open` (see :mod:`bgcoor_core._payload_codecs`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pydantic import ValidationError
 from pydantic_core import from_json, to_json
@@ -19,12 +24,17 @@ from ._errors import DecodeError, PayloadError, PayloadTooLargeError
 from ._handlers import SECRET_MASK, refuse_secrets_in_payload
 from ._task import MESSAGE_FORMAT, Task
 from ._text import printable as printable  # re-exported: backends import it from here
-from ._values import Opaque, UnrepresentableError, pack, unpack
+from ._values import PACKED_SLOT, Opaque, UnrepresentableError, pack, unpack
+
+if TYPE_CHECKING:
+    from ._payload_codecs import Openers, PayloadCodec
 
 JSON = "application/json"
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 _MASK = SECRET_MASK.encode()
 DEFAULT_MAX_RESULT_BYTES = 10 * 1024 * 1024
+#: Why a value that payload codecs would shrink is still measured before them.
+_BEFORE = "; it bounds a value before its payload codecs too: what a reader expands it to"
 
 
 @runtime_checkable
@@ -40,7 +50,10 @@ class Serializer(Protocol):
     enums, dataclasses and pydantic models to be carried as :func:`~bgcoor_core.kit.reduce`
     makes them. ``loads`` returns that dict with the rich values rebuilt: every one of them
     must round-trip (``SerializerContract`` checks it). Raise ``TypeError`` or
-    ``ValueError`` naming what cannot be carried.
+    ``ValueError`` naming what cannot be carried. ``dumps`` and ``loads`` also serve one
+    value alone (a payload or a result, as they are), when it is sealed: into an
+    :class:`~bgcoor_core.kit.Opaque`, for payload codecs or for a value only this format
+    carries.
 
     Optional attributes: ``name``, the short name ``BGCOOR_SERIALIZER`` may use
     (``"msgpack"``); ``trusted_only = True`` for a format whose loading runs code
@@ -74,6 +87,7 @@ class JsonSerializer:
 def fields_of(task: Task) -> dict[str, Any]:
     """The task's fields as they are (no copy of its values): what a serializer dumps."""
     data = dict(task.__dict__)
+    data.pop(PACKED_SLOT, None)
     if task.__pydantic_extra__:
         data.update(task.__pydantic_extra__)
     return data
@@ -94,15 +108,29 @@ class Codec:
         content_type: str = JSON,
         accept: Iterable[str] | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+        payload_codecs: Sequence[PayloadCodec] = (),
+        openers: Openers | None = None,
     ) -> None:
+        """``payload_codecs``: what new payloads and results pass through, in order;
+        ``openers``: the codecs sealed values are opened with (default: those)."""
         content_type = resolve_content_type(serializers, content_type)
         if accept is None:  # every format installed but those whose loading runs code
             accept = [ct for ct, s in serializers.items() if not getattr(s, "trusted_only", False)]
         accepted = frozenset(resolve_content_type(serializers, ct) for ct in accept)
         self.content_type = content_type
         self.max_payload_bytes = max_payload_bytes
+        self.max_result_bytes = max_result_bytes
         self._serializer = serializers[content_type]
-        self._seals = bool(getattr(self._serializer, "carries_objects", False))
+        self._objects = bool(getattr(self._serializer, "carries_objects", False))
+        self._chain = tuple(payload_codecs)
+        if openers is None:
+            from ._payload_codecs import Openers
+
+            openers = Openers({}, None, {c.name: c for c in self._chain})
+        self._openers = openers
+        #: Whether values are ever sealed: the one check the hot path makes.
+        self._seals = self._objects or bool(self._chain)
         self._accepted = {ct: serializers[ct] for ct in accepted | {content_type}}
         self._prefix = content_type.encode() + b"\n"
 
@@ -116,15 +144,22 @@ class Codec:
         """The content types this codec decodes."""
         return frozenset(self._accepted)
 
+    @property
+    def payload_codecs(self) -> tuple[PayloadCodec, ...]:
+        """What new payloads and results pass through, in order."""
+        return self._chain
+
     def encode(self, task: Task) -> bytes:
         """Serialise ``task``; raises :class:`PayloadError` naming what cannot be encoded."""
         try:
+            if self._seals:
+                task.payload = self._sealed_payload(task)
             if self.content_type == JSON:
                 body = task.model_dump_json().encode()
             else:
-                if self._seals:
-                    task.payload = self.seal(task.payload)
                 body = self._serializer.dumps(fields_of(task))
+        except PayloadError:
+            raise
         except (TypeError, ValueError) as exc:
             refuse_secrets_in_payload(task.name, task.payload)  # the clearer error, if so
             raise PayloadError(
@@ -184,21 +219,63 @@ class Codec:
             )
         return task
 
-    def seal(self, value: Any) -> Any:
-        """``value``, or when no tag describes it and this codec's format carries any
-        object (pickle), the value sealed whole into an :class:`Opaque` of that format:
-        what a record (always JSON) holds in its place."""
-        if value is None or not self._seals:
-            return value
+    def _sealed_payload(self, task: Task) -> Any:
         try:
-            pack(value)
-        except UnrepresentableError:
-            return Opaque(self.content_type, self._serializer.dumps(value))
+            return self.seal(task.payload, name=task.name)
+        except PayloadTooLargeError as exc:
+            raise PayloadTooLargeError(
+                f"task {task.name!r} has a payload of {exc} (max_payload_bytes{_BEFORE})"
+            ) from None
+
+    def seal(self, value: Any, limit: int | None = None, *, name: str | None = None) -> Any:
+        """``value`` as messages and records carry it: with payload codecs, serialised,
+        passed through them and sealed into an :class:`Opaque` (left as it is when none
+        applied, a value below the compression threshold); without, a value no tag
+        describes sealed whole when this codec's format carries any object (pickle).
+
+        A value already sealed is left as it is. ``limit`` (default ``max_payload_bytes``)
+        bounds the value serialised, before the codecs: what :meth:`open` expands a value
+        to at most. Raises :class:`PayloadTooLargeError` past it; ``name``, the task's,
+        lets a masked secret be refused by name (as :meth:`encode` does)."""
+        if value is None or not self._seals or type(value) is Opaque:
+            return value
+        if not self._chain:
+            try:
+                pack(value)
+            except UnrepresentableError:
+                return Opaque(self.content_type, self._serializer.dumps(value))
+            return value
+        data = self._serializer.dumps(value)
+        if name is not None and _MASK in data:
+            refuse_secrets_in_payload(name, value)
+        limit = self.max_payload_bytes if limit is None else limit
+        if len(data) > limit:
+            raise PayloadTooLargeError(f"{len(data)} bytes serialised, above the limit of {limit}")
+        data, specs = self._through_chain(data)
+        if specs:
+            return Opaque(self.content_type, data, specs)
+        if self._objects:  # left unsealed only if records (JSON) can hold it as it is
+            try:
+                pack(value)
+            except UnrepresentableError:
+                return Opaque(self.content_type, data)
         return value
 
-    def open(self, value: Any) -> Any:
-        """A sealed value's content, loaded only if its content type is accepted; any
-        other value as it is. Raises :class:`DecodeError` naming a refused type."""
+    def _through_chain(self, data: bytes) -> tuple[bytes, str]:
+        """``data`` through the payload codecs, and the specs of those that applied."""
+        specs = []
+        for codec in self._chain:
+            data, spec = codec.encode(data)
+            if spec:
+                specs.append(spec)
+        return data, ",".join(specs)
+
+    def open(self, value: Any, limit: int | None = None) -> Any:
+        """A sealed value's content, loaded only if its content type is accepted, after
+        its payload codecs are reversed (newest first; each at most ``limit`` bytes, by
+        default ``max_payload_bytes``); any other value as it is. Raises
+        :class:`DecodeError` saying why a value is refused: its type, a key this process
+        does not hold, tampering, a decompression bomb."""
         if type(value) is not Opaque:
             return value
         serializer = self._accepted.get(value.content_type)
@@ -207,11 +284,33 @@ class Codec:
                 f"refused value of content type {printable(value.content_type, 60)!r}: not "
                 f"accepted (BGCOOR_ACCEPT_CONTENT: {', '.join(sorted(self._accepted))})"
             )
+        data = value.data
+        if value.codecs:
+            data = self._unsealed(value, self.max_payload_bytes if limit is None else limit)
         try:
-            return serializer.loads(value.data)
+            return serializer.loads(data)
         except Exception as exc:
             problem = printable(f"{type(exc).__name__}: {exc}", 300)
             raise DecodeError(f"malformed {value.content_type} value: {problem}") from None
+
+    def open_result(self, value: Any) -> Any:
+        """:meth:`open` for a task's result (bounded by ``max_result_bytes``)."""
+        if type(value) is not Opaque:
+            return value
+        return self.open(value, self.max_result_bytes)
+
+    def _unsealed(self, value: Opaque, limit: int) -> bytes:
+        data = value.data
+        try:
+            for spec in reversed(value.codecs.split(",")):
+                data = self._openers.get(spec.partition(":")[0]).decode(data, spec, limit)
+        except Exception as exc:  # a codec's refusal (ValueError), or its own failure
+            problem = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+            raise DecodeError(
+                f"refused value sealed with {printable(value.codecs, 80)}: "
+                f"{printable(problem, 300)}"
+            ) from None
+        return data
 
     def check_result(self, name: str, result: Any, limit: int) -> Any:
         """A handler's result as its record will hold it (sealed if need be), refused with
@@ -219,9 +318,13 @@ class Codec:
         ``limit`` bytes in the record."""
         if result is None:
             return None
-        result = self.seal(result)
         try:
+            result = self.seal(result, limit)
             size = len(to_json(pack(result)))
+        except PayloadTooLargeError as exc:
+            raise PayloadTooLargeError(
+                f"task {name!r} returned a result of {exc} (BGCOOR_MAX_RESULT_BYTES{_BEFORE})"
+            ) from None
         except (TypeError, ValueError) as exc:
             raise PayloadError(
                 f"task {name!r} returned an unserialisable result: {_problem_of(exc)}"

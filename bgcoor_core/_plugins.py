@@ -21,6 +21,8 @@ from ._backend_registry import (
 from ._codec import Codec
 from ._errors import BgcoorError, PluginError, PluginLoadError
 from ._extensions import OptionRegistry, ServiceRegistry, WorkerOptionRegistry
+from ._payload_codecs import BUILT_IN as BUILT_IN_PAYLOAD_CODECS
+from ._payload_codecs import PayloadCodecRegistry
 from ._task_registry import CORE_OPTION_NAMES
 
 if TYPE_CHECKING:
@@ -68,6 +70,7 @@ class PluginHost:
         self._brokers: BrokerRegistry | None = None
         self._storages: StorageRegistry | None = None
         self._serializers: SerializerRegistry | None = None
+        self._payload_codecs: PayloadCodecRegistry | None = None
         self._options: OptionRegistry | None = None
         self._refresh_observers()
 
@@ -80,6 +83,7 @@ class PluginHost:
             self.pm.unregister(plugin)  # a rejected plugin must not fail every later register
             raise
         self._brokers = self._storages = self._serializers = None
+        self._payload_codecs = None
         self._options = None
         self._refresh_observers()
 
@@ -105,6 +109,18 @@ class PluginHost:
             self._serializers = SerializerRegistry()
             self._collect("bgcoor_register_serializers", self._serializers)
         return self._serializers
+
+    @property
+    def payload_codecs(self) -> PayloadCodecRegistry:
+        """The core's payload codecs (``zstd``, ``aesgcm``) and the plugins'."""
+        if self._payload_codecs is None:
+            registry = PayloadCodecRegistry()
+            registry.current_plugin = "bgcoor"
+            for name, factory in BUILT_IN_PAYLOAD_CODECS:
+                registry.add(name, factory)
+            self._collect("bgcoor_register_payload_codecs", registry)
+            self._payload_codecs = registry
+        return self._payload_codecs
 
     def register_tasks(self, tasks: TaskRegistry) -> None:
         self._collect("bgcoor_register_tasks", tasks)
@@ -153,11 +169,18 @@ class PluginHost:
     # -- assembling backends -----------------------------------------------------------
 
     def make_codec(self, settings: Settings) -> Codec:
+        """The codec of the settings: their serializer, accepted types, limits and
+        payload codecs (a codec the settings name that cannot work here, an unknown one,
+        one whose library is missing, is a :class:`SettingsError` now)."""
+        chain, openers = self.payload_codecs.build(settings)
         return Codec(
             self.serializers.serializers,
             content_type=settings.serializer,
             accept=settings.accept_content,
             max_payload_bytes=settings.max_payload_bytes,
+            max_result_bytes=settings.max_result_bytes,
+            payload_codecs=chain,
+            openers=openers,
         )
 
     def make_backends(self, settings: Settings) -> tuple[Broker, Storage]:
@@ -252,6 +275,9 @@ class PluginHost:
         for ct, owner in self.serializers.owners.items():
             if owner in infos:
                 infos[owner].provides.append(f"serializer {ct}")
+        for codec, owner in self.payload_codecs.owners.items():
+            if owner in infos:
+                infos[owner].provides.append(f"payload codec {codec}")
         return list(infos.values())
 
 
@@ -263,6 +289,7 @@ _REGISTER_ARGS = {
     "bgcoor_register_brokers": "brokers",
     "bgcoor_register_storages": "storages",
     "bgcoor_register_serializers": "serializers",
+    "bgcoor_register_payload_codecs": "codecs",
     "bgcoor_register_tasks": "tasks",
     "bgcoor_register_services": "services",
     "bgcoor_register_task_options": "options",

@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from . import _limits as limits
 from ._codec import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_RESULT_BYTES, JSON
 from ._errors import SettingsError
+from ._payload_codecs import KEY_ID, EncryptionKeys
 from ._task import validate_queue_name
 
 ENV_PREFIX = "BGCOOR_"
@@ -24,6 +25,10 @@ CommaList = Annotated[list[str], NoDecode]
 TASKS_PER_CHILD = limits.Range(1, 1_000_000)
 #: Between SIGTERM and SIGKILL to a child process: short, as a timeout waits for it.
 KILL_GRACE = limits.Range(0.0, 60.0, "seconds")
+#: Values smaller than this (serialised) are not compressed.
+COMPRESSION_THRESHOLD = limits.Range(0, limits.MAX_PAYLOAD_BYTES, "bytes")
+#: zstd's levels: 1 is fastest, 22 smallest.
+ZSTD_LEVEL = limits.Range(1, 22)
 
 
 def _bounded(default: Any, bounds: limits.Range) -> Any:
@@ -44,8 +49,13 @@ class Settings(BaseSettings):
     plugin that owns the scheme.
     """
 
+    # Inputs stay out of a ValidationError's text: a URL's password, an encryption key.
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, env_parse_none_str="none"
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        frozen=True,
+        env_parse_none_str="none",
+        hide_input_in_errors=True,
     )
 
     broker_url: str = "sqlite:///bgcoor.db"
@@ -97,9 +107,20 @@ class Settings(BaseSettings):
     #: The content types (or short names) workers decode; unset: every installed format
     #: but pickle. A message of another type is dead-lettered unread.
     accept_content: CommaList | None = None
+    #: Payload codecs new payloads and results pass through, in order (``zstd,aesgcm``:
+    #: compressed, then encrypted); see :mod:`bgcoor_core._payload_codecs`.
+    payload_codecs: CommaList = Field(default_factory=list)
+    #: Serialised values smaller than this are not compressed.
+    compression_threshold: int = _bounded(1024, COMPRESSION_THRESHOLD)
+    zstd_level: int = _bounded(3, ZSTD_LEVEL)
+    #: Keys of ``aesgcm`` by id, oldest first (``k1:<base64>,k2:<base64>`` or a JSON
+    #: object); shown nowhere: ``repr`` and JSON dumps name the ids only.
+    encryption_keys: Annotated[EncryptionKeys | None, NoDecode] = None
+    #: The key new values are encrypted with (default: the last listed).
+    encryption_key_id: str | None = None
     disable_plugins: CommaList = Field(default_factory=list)
 
-    @field_validator("queues", "accept_content", "disable_plugins", mode="before")
+    @field_validator("queues", "accept_content", "payload_codecs", "disable_plugins", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -133,6 +154,30 @@ class Settings(BaseSettings):
             validate_queue_name(name)
             limits.QUEUE_LIMIT.check(f"queue limit of {name!r}", limit)
         return value
+
+    @field_validator("payload_codecs")
+    @classmethod
+    def _check_payload_codecs(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("a payload codec is listed twice")
+        return value
+
+    @model_validator(mode="after")
+    def _check_encryption(self) -> Settings:
+        keys, key_id = self.encryption_keys, self.encryption_key_id
+        if "aesgcm" in self.payload_codecs and keys is None:
+            raise ValueError(
+                f"{ENV_PREFIX}PAYLOAD_CODECS names aesgcm, but {ENV_PREFIX}ENCRYPTION_KEYS is "
+                "not set (id:<base64 of 32 bytes>, comma-separated)"
+            )
+        if key_id is not None and (keys is None or key_id not in keys.ids):
+            held = ", ".join(keys.ids) if keys is not None else "none"
+            shown = repr(key_id) if KEY_ID.fullmatch(key_id) else "given"
+            raise ValueError(
+                f"{ENV_PREFIX}ENCRYPTION_KEY_ID: key {shown} is not in "
+                f"{ENV_PREFIX}ENCRYPTION_KEYS (ids: {held})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_heartbeat(self) -> Settings:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from ._cancels import CancelSignals
     from ._context import CurrentTask
     from ._extensions import OptionRegistry, ServiceRegistry, WorkerOptionRegistry
+    from ._payload_codecs import PayloadCodecRegistry
     from ._storage import Storage
     from ._task import Task
     from ._task_registry import TaskRegistry
@@ -91,6 +92,23 @@ def bgcoor_register_serializers(serializers: SerializerRegistry) -> None:
     (pickle), which is accepted only when named there.
 
     :param serializers: The registry to add serializers to.
+    """
+
+
+@hookspec
+def bgcoor_register_payload_codecs(codecs: PayloadCodecRegistry) -> None:
+    """Provide payload codecs: steps task values pass through once serialised
+    (compression, encryption; see the ``PayloadCodec`` protocol in
+    ``bgcoor_core._payload_codecs``). The core provides ``zstd`` and ``aesgcm``.
+
+    Call ``codecs.add("name", factory)``, where ``factory(settings)`` returns the codec
+    (``name``, ``encode(data) -> (bytes, spec)``, ``decode(data, spec, limit) -> bytes``)
+    or raises saying why it cannot work here. ``BGCOOR_PAYLOAD_CODECS`` lists the codecs
+    new payloads and results pass through, in order; a value names the codecs it went
+    through (``"zstd,aesgcm:k2"``), and a process opens it with any registered codec,
+    built when first needed. Two plugins adding the same name is an error.
+
+    :param codecs: The registry to add payload codec factories to.
     """
 
 
