@@ -54,6 +54,7 @@ from ._errors import (
 )
 from ._executor import Executor
 from ._extensions import OptionRegistry, ServiceRegistry, WorkerOptionRegistry
+from ._failures import Failure, FailureCause
 from ._handlers import Handler
 from ._manager import TaskCall, TaskFunction, TaskHandle, TaskManager
 from ._periodic import ScheduleInfo
@@ -109,6 +110,8 @@ __all__ = [
     "DuplicateTaskError",
     "EnqueueUncertainError",
     "Executor",
+    "Failure",
+    "FailureCause",
     "Fire",
     "FireOutcome",
     "Handler",

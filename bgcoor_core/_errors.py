@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._failures import Failure
 
 
 class BgcoorError(Exception):
@@ -126,14 +130,38 @@ class StaleLeaseError(BgcoorError):
 
 
 class TaskFailedError(BgcoorError):
-    """Raised by ``TaskHandle.result()`` when the task ended in ``failed`` or ``dead``."""
+    """Raised by ``TaskHandle.result()`` when the task ended in ``failed`` or ``dead``.
 
-    def __init__(self, task_id: str, status: str, error: str | None, traceback: str | None):
+    ``error`` is ``"Type: message"``, ``traceback`` the worker's formatted traceback, and
+    ``failure`` the structured :class:`~bgcoor_core.Failure` (type, module, message,
+    traceback, causes; ``None`` for a record without one). When the original exception's
+    class can be found, the error raised is also an instance of it (see
+    ``bgcoor_core._failures.failed_error``): ``except ValueError`` catches it too.
+    """
+
+    def __init__(
+        self,
+        task_id: str,
+        status: str,
+        error: str | None,
+        traceback: str | None,
+        failure: Failure | None = None,
+    ) -> None:
         self.task_id = task_id
         self.status = status
         self.error = error
         self.traceback = traceback
-        super().__init__(f"task {task_id} ended {status}: {error}")
+        self.failure = failure
+        super().__init__(failed_message(task_id, status, error))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        fields = (self.task_id, self.status, self.error, self.traceback, self.failure)
+        return type(self), fields, self.__dict__
+
+
+def failed_message(task_id: str, status: str, error: str | None) -> str:
+    """A :class:`TaskFailedError`'s text: ``task ID ended STATUS: ERROR``."""
+    return f"task {task_id} ended {status}: {error}"
 
 
 class WorkflowFailedError(TaskFailedError):
@@ -146,6 +174,9 @@ class WorkflowFailedError(TaskFailedError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.task_id, self.error), self.__dict__
 
 
 class TaskCancelledError(BgcoorError):
