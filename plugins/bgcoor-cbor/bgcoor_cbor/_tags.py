@@ -32,8 +32,6 @@ DATE_TEXT: Final = 1004
 EPOCH_DATETIME: Final = 1
 #: RFC 8943: days since 1970-01-01.
 EPOCH_DATE: Final = 100
-#: RFC 8949 3.4.6: the self-described CBOR marker, a no-op wrapper.
-SELF_DESCRIBED: Final = 55799
 
 # -- this plugin's own tags -----------------------------------------------------------------
 
