@@ -23,11 +23,11 @@ import signal
 import socket
 import struct
 import sys
-import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._failures import Failure as Described
     from ._task import Task
 
 #: Every frame: its length, then a pickle.
@@ -63,6 +63,9 @@ class Failure:
     traceback: str
     #: The memory limit it ran under, when it ran out of memory under one.
     memory_limit_mb: int | None = None
+    #: The exception as the record keeps it (:class:`bgcoor_core._failures.Failure`:
+    #: type, module, message, traceback, causes), described here, where its chain is.
+    described: Described | None = None
 
 
 def serve(fd: int, parent: int) -> None:
@@ -191,7 +194,10 @@ def _portable(name: str, result: Any) -> Any:
 
 
 def _failure(exc: BaseException, limit: int | None) -> Failure:
-    text = "".join(traceback.format_exception(exc))
+    from ._failures import Failure as Described
+    from ._failures import format_traceback, message_of
+
+    text = format_traceback(exc)
     out_of_memory = limit is not None and _is_memory_error(exc)
     pickled: bytes | None = None
     with contextlib.suppress(Exception):
@@ -201,9 +207,10 @@ def _failure(exc: BaseException, limit: int | None) -> Failure:
     return Failure(
         pickled,
         type(exc).__name__,
-        str(exc),
+        message_of(exc),
         text,
         limit if out_of_memory else None,
+        Described.of(exc, text),
     )
 
 

@@ -19,7 +19,6 @@ import logging
 import random
 import signal
 import time
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -38,6 +37,7 @@ from ._errors import (
     UnknownTaskError,
     WorkerLostError,
 )
+from ._failures import Failure, format_traceback, message_of, utf8_safe
 from ._invoke import Invoker
 from ._plugins import PluginHost
 from ._settings import Settings
@@ -81,10 +81,11 @@ def backoff_delay(attempt: int, base: float, cap: float) -> float:
 
 def _as_message(task: Task) -> Task:
     """``task`` as a retry or dead letter carries it in its message: without the
-    traceback, which the record keeps, so a payload that fitted ``max_payload_bytes``
-    still fits after a failure (the error text is clipped for the same reason)."""
+    traceback and the structured failure, which the record keeps, so a payload that
+    fitted ``max_payload_bytes`` still fits after a failure (the error text is clipped for
+    the same reason)."""
     error = task.error if task.error is None or len(task.error) <= 500 else task.error[:500] + "..."
-    return task.model_copy(update={"traceback": None, "error": error})
+    return task.model_copy(update={"traceback": None, "failure": None, "error": error})
 
 
 def _killer(exc: WorkerLostError) -> signal.Signals | None:
@@ -200,7 +201,7 @@ class Executor:
     ) -> None:
         task.status = TaskStatus.SUCCEEDED
         task.result = result
-        task.error = task.traceback = None
+        task.error = task.traceback = task.failure = None
         task.finished_at = datetime.now(UTC)
         if not await self._settle(reservation, task):
             return
@@ -258,8 +259,10 @@ class Executor:
     async def _failed(
         self, reservation: Reservation, task: Task, entry: RegisteredTask, exc: Exception
     ) -> None:
-        task.error = f"{type(exc).__name__}: {exc}"
-        task.traceback = "".join(traceback.format_exception(exc))
+        text = format_traceback(exc)
+        task.failure = Failure.of(exc, text)
+        task.error = utf8_safe(f"{type(exc).__name__}: {message_of(exc)}")
+        task.traceback = utf8_safe(text)
         if isinstance(exc, PayloadError):
             await self._dead(reservation, task, f"bad payload: {exc}", owned=True)
         elif isinstance(exc, WorkerLostError) and (killer := _killer(exc)) is not None:
@@ -293,6 +296,10 @@ class Executor:
         ``max_worker_lost``, without using a retry attempt; dead past the limit."""
         kills = child_kills(task) + 1
         task.error = f"WorkerLostError: {exc}"  # the public type; the text names the signal
+        if task.failure is not None:
+            task.failure = task.failure.model_copy(
+                update={"type": WorkerLostError.__qualname__, "module": WorkerLostError.__module__}
+            )
         lost = reservation.lost + kills
         limit = self.settings.max_worker_lost
         if lost > limit:

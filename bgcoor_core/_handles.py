@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Unpack, over
 from pydantic import TypeAdapter
 
 from ._building import build, payload_of
-from ._errors import TaskCancelledError, TaskFailedError
+from ._errors import TaskCancelledError
+from ._failures import failed_error
 from ._options import CallOptions
 from ._options import check as check_options
 from ._signature import Signature
@@ -50,7 +51,9 @@ class TaskHandle(Generic[R]):
     async def result(self, timeout: float | None = None) -> R:
         """Wait for the task to finish and return its result.
 
-        Raises :class:`TaskFailedError` (failed or dead, with the error and traceback),
+        Raises :class:`TaskFailedError` (failed or dead, with the error, traceback and
+        structured ``failure``; also an instance of the original exception's class when
+        that is found here, see :func:`~bgcoor_core._failures.failed_error`),
         :class:`TaskCancelledError`, or :class:`ResultTimeoutError`.
         """
         task = await self.manager.storage.wait(self.id, timeout=timeout)
@@ -61,7 +64,7 @@ class TaskHandle(Generic[R]):
             return self._decode(task.result) if self._decode else task.result
         if task.status is TaskStatus.CANCELLED:
             raise TaskCancelledError(f"task {task.id} was cancelled")
-        raise TaskFailedError(task.id, task.status, task.error, task.traceback)
+        raise failed_error(task)
 
     async def info(self) -> Task:
         """The full task record."""

@@ -41,6 +41,15 @@ from ._errors import (
     TaskTimeoutError,
     WorkerLostError,
 )
+from ._failures import (
+    CARRIED,
+    CAUSE_MESSAGE_LIMIT,
+    MAX_CAUSES,
+    MESSAGE_LIMIT,
+    FailureCause,
+    clip,
+)
+from ._failures import Failure as Described
 from ._handlers import FunctionHandler, Handler
 from ._task import Task
 
@@ -207,10 +216,12 @@ class ChildPool:
             if value.memory_limit_mb is not None:  # its heap may be damaged: a new one
                 await asyncio.shield(self._track(self._let_go(child)))
                 detail = f": {value.type_name}: {value.message}" if value.message else ""
-                raise MemoryLimitError(
+                error = MemoryLimitError(
                     f"task {task.name!r} exceeded its memory limit of "
                     f"{value.memory_limit_mb} MB{detail}"
-                ) from _ChildTraceback(value.traceback)
+                )
+                _carry(error, _out_of_memory(error, value))
+                raise error from _ChildTraceback(value.traceback)
             await self._checkin(child)
             raise _rebuilt(value)
 
@@ -359,7 +370,35 @@ def _rebuilt(failure: Failure) -> BaseException:
     elif str(exc) != failure.message:  # a class whose __init__ rewrites its message
         exc.args = (failure.message,)
     exc.__cause__ = _ChildTraceback(failure.traceback)
+    _carry(exc, failure.described)
     return exc
+
+
+def _carry(exc: BaseException, described: Described | None) -> None:
+    """Have the record keep ``described`` (the child's account of the exception: its
+    class's module, its chain) rather than what the rebuilt ``exc`` says."""
+    if described is not None:
+        with contextlib.suppress(Exception):  # a class that refuses new attributes
+            setattr(exc, CARRIED, described)
+
+
+def _out_of_memory(error: MemoryLimitError, failure: Failure) -> Described | None:
+    """The failure of a task that ran out of memory: this error, with the child's
+    traceback and the child's exception (and its chain) as its causes."""
+    child = failure.described
+    if child is None:
+        return None
+    message = clip(child.message, CAUSE_MESSAGE_LIMIT)
+    kind = FailureCause(type=child.type, module=child.module, message=message)
+    causes = [kind, *child.causes]
+    return Described(
+        type=type(error).__qualname__,
+        module=type(error).__module__,
+        message=clip(str(error), MESSAGE_LIMIT),
+        traceback=child.traceback,
+        causes=causes[:MAX_CAUSES],
+        causes_clipped=child.causes_clipped or len(causes) > MAX_CAUSES,
+    )
 
 
 class _ChildTraceback(Exception):

@@ -16,8 +16,9 @@ from ._building import build, payload_of
 from ._cancels import CancelSignals
 from ._capabilities import check_capabilities
 from ._composition import Graph
-from ._errors import ResultTimeoutError, TaskFailedError, TaskNotFoundError
+from ._errors import ResultTimeoutError, TaskNotFoundError
 from ._executor import Executor
+from ._failures import failed_error
 from ._handles import TaskCall, TaskDecorator, TaskFunction, TaskHandle
 from ._options import CallOptions, TaskDefaults
 from ._options import check as check_options
@@ -435,7 +436,8 @@ class TaskManager:
         """Run everything ready in the queues, one at a time, in this task; return how many.
 
         For tests: with ``raise_errors`` the first task that does not succeed raises its
-        error here (:class:`TaskFailedError` carrying the traceback).
+        error here (:class:`TaskFailedError` carrying the traceback and failure, and an
+        instance of the original exception's class when that is found, as ``result()``).
         """
         broker, storage = self._ensure_backends()
         executor = Executor(broker, storage, self.registry, self.settings, host=self.host)
@@ -457,7 +459,7 @@ class TaskManager:
             TaskStatus.FAILED,
             TaskStatus.DEAD,
         ):
-            raise TaskFailedError(task.id, task.status, task.error, task.traceback)
+            raise failed_error(task)
 
     async def close(self) -> None:
         """Close the broker and storage (and the private loop of the sync API)."""

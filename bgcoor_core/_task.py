@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ._errors import InvalidNameError
+from ._failures import Failure
 from ._ids import new_task_id
 from ._values import Value
 
@@ -166,6 +167,9 @@ class Task(BaseModel):
     finished_at: datetime | None = None
     error: str | None = None
     traceback: str | None = None
+    #: The exception that failed it, as data (type, module, message, traceback, causes),
+    #: set with ``error`` and ``traceback``; ``None`` when no exception did.
+    failure: Failure | None = None
     result: Value = None
     #: Token of the lease under which the current attempt runs; outcome writes carrying
     #: another token are refused by the storage.

@@ -20,14 +20,18 @@ FAILED_MARKER = "bgcoor_failed"
 
 
 def failure(record: Task) -> dict[str, Any]:
-    """``{"bgcoor_failed": {"id", "task", "status", "error"}}``: what a member that did not
-    succeed passes on (to its ``on_error``, or to dependents under ``continue``)."""
+    """``{"bgcoor_failed": {"id", "task", "status", "error", "failure"}}``: what a member
+    that did not succeed passes on (to its ``on_error``, or to dependents under
+    ``continue``). ``failure`` is its last attempt's structured failure without the
+    traceback (type, module, message, causes), or ``None`` when no attempt of it raised
+    (say, cancelled or expired before it ran, or dead-lettered unrun)."""
     return {
         FAILED_MARKER: {
             "id": record.id,
             "task": record.name,
             "status": record.status.value,
             "error": record.error,
+            "failure": None if record.failure is None else record.failure.outline(),
         }
     }
 

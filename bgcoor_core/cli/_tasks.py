@@ -12,6 +12,7 @@ from rich.text import Text
 
 from .. import _limits as limits
 from .._errors import ResultTimeoutError, TaskCancelledError, TaskFailedError
+from .._failures import Failure
 from .._handlers import FunctionHandler
 from .._manager import TaskManager
 from .._options import options as declared_options
@@ -266,7 +267,8 @@ def inspect(
         bool, typer.Option("--json", help="Print the whole record as JSON.")
     ] = False,
 ) -> None:
-    """Show one task: status, attempts, timestamps, error with traceback, result."""
+    """Show one task: status, attempts, timestamps, error (type, module, message, causes)
+    with traceback, result."""
 
     async def body(manager: TaskManager) -> Task:
         return await manager.get(task_id)
@@ -277,9 +279,10 @@ def inspect(
         return
     console = out_console()
     console.print(_describe(record))
-    if record.traceback:
+    shown = record.traceback or (record.failure.traceback if record.failure else None)
+    if shown:
         console.print(Text("traceback", style="bold"))
-        console.print(Text(clean(record.traceback.rstrip(), multiline=True)), soft_wrap=True)
+        console.print(Text(clean(shown.rstrip(), multiline=True)), soft_wrap=True)
 
 
 def _describe(task: Task) -> Table:
@@ -310,4 +313,19 @@ def _describe(task: Task) -> Table:
         grid.add_row("result", Text(json_text(task.result)))
     if task.error:
         grid.add_row("error", cell(task.error, "red"))
+    if task.failure is not None:
+        _add_failure(grid, task.failure)
     return grid
+
+
+def _add_failure(grid: Table, failure: Failure) -> None:
+    """The structured failure, as the record has it (its class is never imported): type,
+    module, message, and each exception behind it."""
+    grid.add_row("type", cell(failure.type))
+    grid.add_row("module", cell(failure.module or "-"))
+    grid.add_row("message", Text(clean(failure.message, multiline=True)))
+    for link in failure.causes:
+        label = "while handling" if link.implicit else "caused by"
+        grid.add_row(label, Text(clean(f"{link.qualified}: {link.message}", multiline=True)))
+    if failure.causes_clipped:
+        grid.add_row("", cell("(further causes not kept)"))
