@@ -60,8 +60,9 @@ class TaskHandle(Generic[R]):
         return self._unwrap(task)
 
     def _unwrap(self, task: Task) -> R:
-        if task.status is TaskStatus.SUCCEEDED:
-            return self._decode(task.result) if self._decode else task.result
+        if task.status is TaskStatus.SUCCEEDED:  # sealed: opened here, or DecodeError
+            result = self.manager.broker.codec.open_result(task.result)
+            return self._decode(result) if self._decode else result
         if task.status is TaskStatus.CANCELLED:
             raise TaskCancelledError(f"task {task.id} was cancelled")
         raise failed_error(task)

@@ -7,12 +7,12 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
 from ._errors import InvalidNameError
 from ._failures import Failure
 from ._ids import new_task_id
-from ._values import Value
+from ._values import Unpacked, Value, packed_once
 
 QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,199}")
@@ -153,7 +153,7 @@ class Task(BaseModel):
     format: int = MESSAGE_FORMAT
     id: str = Field(default_factory=new_task_id)
     name: str
-    payload: Value = None
+    payload: Unpacked = None
     status: TaskStatus = TaskStatus.PENDING
     attempts: int = Field(default=0, ge=0)
     max_retries: int = Field(default=3, ge=0)
@@ -170,7 +170,7 @@ class Task(BaseModel):
     #: The exception that failed it, as data (type, module, message, traceback, causes),
     #: set with ``error`` and ``traceback``; ``None`` when no exception did.
     failure: Failure | None = None
-    result: Value = None
+    result: Value | None = None
     #: Token of the lease under which the current attempt runs; outcome writes carrying
     #: another token are refused by the storage.
     lease_token: str | None = None
@@ -181,6 +181,10 @@ class Task(BaseModel):
     #: Metadata a producer or plugin attaches (trace context, tenant, deploy version):
     #: carried unchanged through every backend, retry and dead letter.
     headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_serializer("payload", when_used="json")
+    def _pack_payload(self, value: Any) -> Any:
+        return packed_once(self, value)
 
     _check_id = field_validator("id")(lambda cls, v: validate_task_id(v))
     _check_name = field_validator("name")(lambda cls, v: validate_task_name(v))

@@ -11,13 +11,15 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import _limits as limits
-from .._errors import ResultTimeoutError, TaskCancelledError, TaskFailedError
+from .._codec import Codec
+from .._errors import DecodeError, ResultTimeoutError, TaskCancelledError, TaskFailedError
 from .._failures import Failure
 from .._handlers import FunctionHandler
 from .._manager import TaskManager
 from .._options import options as declared_options
 from .._task import Task, TaskStatus
 from .._task_registry import RegisteredTask
+from .._values import Opaque, UnrepresentableError, pack
 from .._workflows import NODE_HEADER, WORKFLOW_HEADER
 from ._app_loading import run_with_manager
 from ._options import AppArgument, AppOption, check_queue, check_task_id, in_range
@@ -270,22 +272,22 @@ def inspect(
     """Show one task: status, attempts, timestamps, error (type, module, message, causes)
     with traceback, result."""
 
-    async def body(manager: TaskManager) -> Task:
-        return await manager.get(task_id)
+    async def body(manager: TaskManager) -> tuple[Task, Codec]:
+        return await manager.get(task_id), manager.broker.codec
 
-    record = run_with_manager(app, body)
+    record, codec = run_with_manager(app, body)
     if as_json:
-        typer.echo(clean_json(record.model_dump_json(indent=2)))
+        typer.echo(clean_json(_record_json(record, codec)))
         return
     console = out_console()
-    console.print(_describe(record))
+    console.print(_describe(record, codec))
     shown = record.traceback or (record.failure.traceback if record.failure else None)
     if shown:
         console.print(Text("traceback", style="bold"))
         console.print(Text(clean(shown.rstrip(), multiline=True)), soft_wrap=True)
 
 
-def _describe(task: Task) -> Table:
+def _describe(task: Task, codec: Codec | None = None) -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
@@ -302,7 +304,7 @@ def _describe(task: Task) -> Table:
     grid.add_row("finished", timestamp(task.finished_at))
     if task.timeout is not None:
         grid.add_row("timeout", f"{task.timeout:g}s")
-    grid.add_row("payload", Text(json_text(task.payload)))
+    grid.add_row("payload", _shown(task.payload, codec, result=False))
     if WORKFLOW_HEADER in task.headers:
         node = task.headers.get(NODE_HEADER, "?")
         grid.add_row("workflow", cell(f"{task.headers[WORKFLOW_HEADER]} (node {node})"))
@@ -310,7 +312,7 @@ def _describe(task: Task) -> Table:
         shown = ", ".join(f"{k}={v}" for k, v in sorted(task.headers.items()))
         grid.add_row("headers", cell(shown))
     if task.status is TaskStatus.SUCCEEDED:
-        grid.add_row("result", Text(json_text(task.result)))
+        grid.add_row("result", _shown(task.result, codec, result=True))
     if task.error:
         grid.add_row("error", cell(task.error, "red"))
     if task.failure is not None:
@@ -329,3 +331,62 @@ def _add_failure(grid: Table, failure: Failure) -> None:
         grid.add_row(label, Text(clean(f"{link.qualified}: {link.message}", multiline=True)))
     if failure.causes_clipped:
         grid.add_row("", cell("(further causes not kept)"))
+
+
+# -- sealed values (payload codecs, pickle) --------------------------------------------
+
+
+def _opened(value: Opaque, codec: Codec, *, result: bool) -> Any:
+    """A sealed value's content, as the worker would open it; ``DecodeError`` if not."""
+    return codec.open_result(value) if result else codec.open(value)
+
+
+def _shown(value: Any, codec: Codec | None, *, result: bool) -> Text:
+    """A payload or result as JSON text; a sealed one opened when this process can (its
+    keys, its accepted types), else described: ``encrypted (key k2)``, the value's size."""
+    if type(value) is Opaque and codec is not None:
+        try:
+            value = _opened(value, codec, result=result)
+        except DecodeError as exc:
+            return cell(f"{_label(value)}, not opened: {exc}", "yellow")
+    return Text(json_text(value))
+
+
+def _label(value: Opaque) -> str:
+    keys = [
+        spec[len("aesgcm:") :] for spec in value.codecs.split(",") if spec.startswith("aesgcm:")
+    ]
+    return f"encrypted (key {keys[-1]})" if keys else repr(value)
+
+
+def _record_json(record: Task, codec: Codec) -> str:
+    """The record as JSON; a sealed payload or result opened when it can be (and then
+    tagged like any value), else ``{"$type": "sealed", "value": {...}}`` describing it."""
+    if type(record.payload) is not Opaque and type(record.result) is not Opaque:
+        return record.model_dump_json(indent=2)
+    data = json.loads(record.model_dump_json())
+    for name, result in (("payload", False), ("result", True)):
+        value = getattr(record, name)
+        if type(value) is Opaque:
+            data[name] = _json_value(value, codec, result=result)
+    return json.dumps(data, indent=2, ensure_ascii=False)
+
+
+def _json_value(value: Opaque, codec: Codec, *, result: bool) -> Any:
+    try:
+        opened = _opened(value, codec, result=result)
+    except DecodeError as exc:
+        return {
+            "$type": "sealed",
+            "value": {
+                "content_type": value.content_type,
+                "codecs": value.codecs,
+                "bytes": len(value.data),
+                "shown": _label(value),
+                "not_opened": str(exc),
+            },
+        }
+    try:
+        return pack(opened)
+    except UnrepresentableError:  # an object only pickle carries: the tag as stored
+        return pack(value)
