@@ -27,9 +27,7 @@ from bgcoor_core.testing.values import rich_values, same
 
 HOST = build_plugin_host()
 SCHEMES = sorted(s for s, e in HOST.brokers.entries.items() if e.test_url is not None)
-FORMATS = sorted(
-    getattr(s, "name", ct) for ct, s in HOST.serializers.serializers.items()
-)
+FORMATS = sorted(getattr(s, "name", ct) for ct, s in HOST.serializers.serializers.items())
 FAST: dict[str, Any] = {"lease_seconds": 5.0, "poll_seconds": 0.05, "retry_backoff": 0.01}
 
 
@@ -180,9 +178,7 @@ class Gadget:
 # Two managers with their own codecs on one backend: memory backends are private to their
 # manager (the codec-level refusal is tested in test_plugins.py).
 @pytest.mark.parametrize("scheme", [s for s in SCHEMES if s != "memory"])
-async def test_pickle_carries_any_object_and_only_when_enabled(
-    scheme: str, tmp_path: Path
-) -> None:
+async def test_pickle_carries_any_object_and_only_when_enabled(scheme: str, tmp_path: Path) -> None:
     entry = HOST.brokers.entries[scheme]
     assert entry.test_url is not None
     url = entry.test_url(tmp_path)
