@@ -28,6 +28,7 @@ from ._codec import printable
 from ._context import CancelFlag, CurrentTask
 from ._errors import (
     CorruptRecordError,
+    DecodeError,
     InvalidTransitionError,
     NonRetryableError,
     PayloadError,
@@ -148,11 +149,13 @@ class Executor:
         task = await self._mark_running(reservation, reservation.task)
         if task is None:
             return
+        run = task  # what the handler gets: a workflow member's with its inputs
         if task.headers and (INPUTS_HEADER in task.headers or ERROR_OF_HEADER in task.headers):
-            task = await self._with_inputs(reservation, task)
-            if task is None:
+            member = await self._with_inputs(reservation, task)
+            if member is None:
                 return
-        current = CurrentTask(task, cancel)
+            run = member
+        current = CurrentTask(run, cancel)
         if current.cancel_requested:  # cancelled while it waited for a slot: never run
             await self._cancelled(reservation, task, "cancelled before it started")
             return
@@ -485,16 +488,18 @@ class Executor:
             await self.storage.save(task, ttl=self._ttl(task))
 
     async def _with_inputs(self, reservation: Reservation, task: Task) -> Task | None:
-        """A workflow member with its parents' results put before its own arguments (or,
-        for an ``on_error``, the failed member's failure); ``None`` when they cannot be
-        read, and the member is dead-lettered saying why."""
+        """The task to run: a workflow member with its parents' results put before its
+        own arguments (or, for an ``on_error``, the failed member's failure), sealed
+        values opened; ``None`` when they cannot be read, and the member is dead-lettered
+        saying why. A copy: ``task`` keeps its own payload for a retry and its records."""
+        codec = self.broker.codec
         try:
-            values = await member_inputs(self.storage, task)
-            task.payload = with_leading(task.name, task.payload, values)
-        except (LookupError, ValueError, PayloadError) as exc:
+            values = await member_inputs(self.storage, task, codec.open_result)
+            payload = with_leading(task.name, codec.open(task.payload), values)
+        except (LookupError, ValueError, PayloadError, DecodeError) as exc:
             await self._dead(reservation, task, f"workflow inputs: {exc}", owned=True)
             return None
-        return task
+        return task.model_copy(update={"payload": payload})
 
     def _ttl(self, task: Task) -> float | None:
         """How long a final record is kept: the task's own ``result_ttl``, else the setting."""

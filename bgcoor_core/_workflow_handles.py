@@ -164,7 +164,7 @@ class WorkflowHandle:
         for task_id in sinks:
             record = await self.manager.storage.get(task_id)
             assert record is not None
-            records[task_id] = record.result
+            records[task_id] = self.manager.broker.codec.open_result(record.result)
         return _assemble(state.graph.result, state.tasks, records)
 
     async def _wait(self, task_ids: list[str], give_up: float | None) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._handlers import split_payload
@@ -36,8 +37,11 @@ def failure(record: Task) -> dict[str, Any]:
     }
 
 
-async def member_inputs(storage: Storage, task: Task) -> list[Any]:
-    """The values to put before the member's own positional arguments."""
+async def member_inputs(
+    storage: Storage, task: Task, opened: Callable[[Any], Any] = lambda value: value
+) -> list[Any]:
+    """The values to put before the member's own positional arguments; ``opened`` opens
+    a parent's sealed result (``Codec.open_result``)."""
     failed_id = task.headers.get(ERROR_OF_HEADER)
     if failed_id is not None:
         return [failure(await _record(storage, failed_id))]
@@ -46,7 +50,7 @@ async def member_inputs(storage: Storage, task: Task) -> list[Any]:
         raise ValueError(f"header {INPUTS_HEADER} is not a list of shapes")
     ids = sorted(set(_leaves(shapes)))
     records = dict(zip(ids, await asyncio.gather(*(_record(storage, i) for i in ids)), strict=True))
-    return [_value(shape, records) for shape in shapes]
+    return [_value(shape, records, opened) for shape in shapes]
 
 
 async def _record(storage: Storage, task_id: str) -> Task:
@@ -64,11 +68,11 @@ def _leaves(shape: Any) -> list[str]:
     raise ValueError(f"header {INPUTS_HEADER} holds {type(shape).__name__}, not task ids")
 
 
-def _value(shape: Any, records: dict[str, Task]) -> Any:
+def _value(shape: Any, records: dict[str, Task], opened: Callable[[Any], Any]) -> Any:
     if isinstance(shape, list):
-        return [_value(part, records) for part in shape]
+        return [_value(part, records, opened) for part in shape]
     record = records[shape]
-    return record.result if record.status is TaskStatus.SUCCEEDED else failure(record)
+    return opened(record.result) if record.status is TaskStatus.SUCCEEDED else failure(record)
 
 
 def with_leading(name: str, payload: Any, values: list[Any]) -> dict[str, Any]:
