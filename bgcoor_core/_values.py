@@ -90,6 +90,40 @@ def _dict(value: dict[Any, Any]) -> Any:
     return _tag("dict", packed) if TYPE in packed else packed
 
 
+def _irregular(offset: dt.timedelta | None) -> int | None:
+    """An offset that is not whole minutes, in microseconds: ISO text cannot hold it (and
+    ``fromisoformat`` reads it as UTC), so it travels beside the naive text."""
+    if offset is None or (not offset.seconds % 60 and not offset.microseconds):
+        return None
+    return offset // dt.timedelta(microseconds=1)
+
+
+# The base classes' methods, not a subclass's overrides: the value as it is.
+def _datetime_data(value: dt.datetime) -> Any:
+    micros = _irregular(dt.datetime.utcoffset(value))
+    if micros is None:
+        return dt.datetime.isoformat(value)
+    return [dt.datetime.isoformat(dt.datetime.replace(value, tzinfo=None)), micros]
+
+
+def _time_data(value: dt.time) -> Any:
+    micros = _irregular(dt.time.utcoffset(value))
+    if micros is None:
+        return dt.time.isoformat(value)
+    return [dt.time.isoformat(dt.time.replace(value, tzinfo=None)), micros]
+
+
+def _from_clock(kind: type[dt.datetime] | type[dt.time]) -> Callable[[Any], Any]:
+    def read(data: Any) -> Any:
+        if isinstance(data, str):
+            return kind.fromisoformat(data)
+        text, micros = data
+        zone = dt.timezone(dt.timedelta(microseconds=micros))
+        return kind.fromisoformat(text).replace(tzinfo=zone)
+
+    return read
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
@@ -100,9 +134,9 @@ _PACKERS: dict[type, Callable[[Any], Any]] = {
     list: _list,
     tuple: _list,
     dict: _dict,
-    dt.datetime: lambda v: _tag("datetime", v.isoformat()),
+    dt.datetime: lambda v: _tag("datetime", _datetime_data(v)),
     dt.date: lambda v: _tag("date", v.isoformat()),
-    dt.time: lambda v: _tag("time", v.isoformat()),
+    dt.time: lambda v: _tag("time", _time_data(v)),
     dt.timedelta: lambda v: _tag("timedelta", [v.days, v.seconds, v.microseconds]),
     uuid.UUID: lambda v: _tag("uuid", str(v)),
     decimal.Decimal: lambda v: _tag("decimal", str(v)),
@@ -208,9 +242,9 @@ def _opaque(data: Any) -> Opaque:
 
 
 _UNPACKERS: dict[str, Callable[[Any], Any]] = {
-    "datetime": dt.datetime.fromisoformat,
+    "datetime": _from_clock(dt.datetime),
     "date": dt.date.fromisoformat,
-    "time": dt.time.fromisoformat,
+    "time": _from_clock(dt.time),
     "timedelta": _timedelta,
     "uuid": uuid.UUID,
     "decimal": decimal.Decimal,

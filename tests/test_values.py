@@ -110,6 +110,9 @@ def test_rich_leaves_keep_their_exact_kind() -> None:
         dt.datetime(2024, 1, 2, tzinfo=dt.timezone(dt.timedelta(hours=-5))),
         dt.date(2024, 1, 2),
         dt.time(3, 4, 5, 6, tzinfo=dt.UTC),
+        # Offsets ISO text cannot hold (fromisoformat would read them as UTC).
+        dt.datetime(2024, 1, 2, tzinfo=dt.timezone(dt.timedelta(microseconds=1))),
+        dt.time(1, 2, tzinfo=dt.timezone(-dt.timedelta(seconds=30))),
         dt.timedelta(days=-1, microseconds=5),
         uuid.UUID(int=7),
         decimal.Decimal("1.10"),

@@ -26,12 +26,15 @@ from pydantic import BaseModel
 from .._codec import Codec, Serializer
 from .._task import Task
 
-#: Fixed offsets only: a ZoneInfo zone is carried as its UTC offset (documented).
+#: Fixed offsets, whole minutes or not (a ZoneInfo zone is carried as its UTC offset).
 _ZONES = st.one_of(
     st.none(),
     st.just(dt.UTC),
     st.integers(min_value=-14 * 60, max_value=14 * 60).map(
         lambda minutes: dt.timezone(dt.timedelta(minutes=minutes))
+    ),
+    st.integers(min_value=-86_399_999_999, max_value=86_399_999_999).map(
+        lambda micros: dt.timezone(dt.timedelta(microseconds=micros))
     ),
 )
 

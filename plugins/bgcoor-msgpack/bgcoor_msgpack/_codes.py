@@ -8,9 +8,9 @@ from __future__ import annotations
 from typing import Final
 
 #: Extension type codes (msgpack's application range is 0..127).
-DATETIME: Final = 1  # ISO 8601 text (ASCII), datetime.isoformat(); naive: no offset
+DATETIME: Final = 1  # ISO 8601 text (ASCII); naive: no offset; sub-minute offset: naive@µs
 DATE: Final = 2  # ISO 8601 text, YYYY-MM-DD
-TIME: Final = 3  # ISO 8601 text, time.isoformat(); with the offset when it has one
+TIME: Final = 3  # ISO 8601 text; the offset as for DATETIME
 TIMEDELTA: Final = 4  # 12 bytes: int32 days, uint32 seconds, uint32 microseconds (big-endian)
 UUID: Final = 5  # the 16 bytes of the UUID (RFC 9562 order)
 DECIMAL: Final = 6  # text as str(Decimal) writes it: "1.10", "-0", "1E+3", "-Infinity"

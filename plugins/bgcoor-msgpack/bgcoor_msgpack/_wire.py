@@ -55,6 +55,35 @@ ExtHook = Callable[[int, bytes], Any]
 # -- encoding ---------------------------------------------------------------------------
 
 
+def _with_offset(naive: str, offset: dt.timedelta | None, text: str) -> bytes:
+    """``text``; for an offset that is not whole minutes (ISO text cannot hold it, and
+    ``fromisoformat`` reads it as UTC), the naive text then ``@<microseconds>``."""
+    if offset is None or (not offset.seconds % 60 and not offset.microseconds):
+        return text.encode()
+    return f"{naive}@{offset // dt.timedelta(microseconds=1)}".encode()
+
+
+# The base classes' methods, not a subclass's overrides: the value as it is.
+def _datetime_data(value: dt.datetime) -> bytes:
+    naive = dt.datetime.isoformat(dt.datetime.replace(value, tzinfo=None))
+    return _with_offset(naive, dt.datetime.utcoffset(value), dt.datetime.isoformat(value))
+
+
+def _time_data(value: dt.time) -> bytes:
+    naive = dt.time.isoformat(dt.time.replace(value, tzinfo=None))
+    return _with_offset(naive, dt.time.utcoffset(value), dt.time.isoformat(value))
+
+
+def _from_clock(kind: type[dt.datetime] | type[dt.time], text: str) -> dt.datetime | dt.time:
+    clock, at, micros = text.partition("@")
+    value = kind.fromisoformat(clock)
+    if not at:
+        return value
+    if value.tzinfo is not None:
+        raise ValueError("an offset twice")
+    return value.replace(tzinfo=dt.timezone(dt.timedelta(microseconds=int(micros))))
+
+
 def _bigint(value: int) -> Any:
     size = (value.bit_length() + 8) // 8  # room for the sign bit
     return _ExtType(BIGINT, int.to_bytes(value, size, "big", signed=True))
@@ -72,9 +101,9 @@ def _opaque(value: Opaque) -> Any:
 #: Exact types to their encoders, each written with the base class's own methods so that
 #: it serves a subclass too (through ``_BASES``).
 _ENCODERS: dict[type, Callable[[Any], Any]] = {
-    dt.datetime: lambda v: _ExtType(DATETIME, dt.datetime.isoformat(v).encode()),
+    dt.datetime: lambda v: _ExtType(DATETIME, _datetime_data(v)),
     dt.date: lambda v: _ExtType(DATE, dt.date.isoformat(v).encode()),
-    dt.time: lambda v: _ExtType(TIME, dt.time.isoformat(v).encode()),
+    dt.time: lambda v: _ExtType(TIME, _time_data(v)),
     dt.timedelta: _timedelta,
     uuid.UUID: lambda v: _ExtType(UUID, v.bytes),
     decimal.Decimal: lambda v: _ExtType(DECIMAL, decimal.Decimal.__str__(v).encode()),
@@ -181,9 +210,9 @@ def _no_extension(code: int, data: bytes) -> Any:
 
 
 _DECODERS: dict[int, Callable[[bytes], Any]] = {
-    DATETIME: lambda data: dt.datetime.fromisoformat(_text(data)),
+    DATETIME: lambda data: _from_clock(dt.datetime, _text(data)),
     DATE: lambda data: dt.date.fromisoformat(_text(data)),
-    TIME: lambda data: dt.time.fromisoformat(_text(data)),
+    TIME: lambda data: _from_clock(dt.time, _text(data)),
     TIMEDELTA: _decode_timedelta,
     UUID: lambda data: uuid.UUID(bytes=data),
     DECIMAL: lambda data: decimal.Decimal(_text(data)),
