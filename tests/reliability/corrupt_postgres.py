@@ -59,8 +59,14 @@ async def _execute(rig: Rig, sql: str, *args: object, rows: int) -> None:
     assert int(done.rsplit(" ", 1)[-1]) == rows, f"{sql!r}: {done}"
 
 
-def _pg(name: str, what: str, apply: Apply, *, runs: bool = False) -> Corruption:
-    return Corruption("postgres", name, what, apply, victim_runs=runs)
+def _pg(
+    name: str, what: str, apply: Apply, *, runs: bool = False, shared: str | None = None
+) -> Corruption:
+    return Corruption("postgres", name, what, apply, victim_runs=runs, shared=shared)
+
+
+#: What a gate or slot key on the victim's row touches beyond it.
+_KEY = "a gate key's slots, which any task naming that key shares"
 
 
 OTHER_BODY = "(SELECT body FROM {s}.messages WHERE id <> $1 ORDER BY seq LIMIT 1)"
@@ -137,6 +143,7 @@ MESSAGE_CORRUPTIONS = [
         "messages.state: 'parked' for a slot of a key nobody holds (the sweep frees the slot)",
         _update("messages", "state = 'parked', slot_key = 'orphan-key'"),
         runs=True,
+        shared=_KEY,
     ),
     _pg(
         "available-at-infinity",
@@ -181,11 +188,13 @@ MESSAGE_CORRUPTIONS = [
         "gate-zero-concurrency",
         "messages.gate: a gate of concurrency 0 (well formed, but it could never run)",
         _update("messages", "gate = '- 1 0 some-key'"),
+        shared=_KEY,
     ),
     _pg(
         "gate-infinite-interval",
         "messages.gate: a rate of one per infinite interval",
         _update("messages", "gate = 'inf 1 - some-key'"),
+        shared=_KEY,
     ),
     _pg(
         "gate-on-ungated",
@@ -193,6 +202,7 @@ MESSAGE_CORRUPTIONS = [
         "runs: nobody else holds the key)",
         _update("messages", "gate = '- 1 1 foreign-key'"),
         runs=True,
+        shared=_KEY,
     ),
     _pg(
         "slot-key-on-ready",
@@ -200,6 +210,7 @@ MESSAGE_CORRUPTIONS = [
         "frees nothing)",
         _update("messages", "slot_key = 'stray-key'"),
         runs=True,
+        shared=_KEY,
     ),
     _pg(
         "admitted-on-ungated",
@@ -303,6 +314,7 @@ RECORD_CORRUPTIONS = [
         "queues.name: the victim's queue renamed to a name no path accepts",
         _statement("UPDATE {s}.queues SET name = 'not a queue!' WHERE $1::text IS NOT NULL"),
         runs=True,
+        shared="the queues table: the victim's queue is every good task's",
     ),
 ]
 

@@ -52,11 +52,15 @@ class Keys:
 def _client(rig: Rig) -> tuple[aredis.Redis, Keys]:
     parts = urlsplit(rig.url)
     prefix = parse_qs(parts.query)["prefix"][0]
-    return aredis.Redis(host=parts.hostname, port=parts.port, db=int(parts.path[1:])), Keys(prefix)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 6379
+    return aredis.Redis(host=host, port=port, db=int(parts.path[1:])), Keys(prefix)
 
 
-def _corruption(name: str, what: str, damage: Damage, runs: str | None = None) -> Corruption:
-    """``damage(client, keys, victim)`` applied once; ``runs`` says why the victim still runs."""
+def _corruption(
+    name: str, what: str, damage: Damage, runs: str | None = None, shared: str | None = None
+) -> Corruption:
+    """``damage(client, keys, victim)`` applied once; ``runs`` says why the victim still runs,
+    ``shared`` which key of every task's it damages (see :class:`Corruption`)."""
 
     async def apply(rig: Rig, victim: str) -> None:
         client, keys = _client(rig)
@@ -66,7 +70,9 @@ def _corruption(name: str, what: str, damage: Damage, runs: str | None = None) -
             await client.aclose()
 
     suffix = f"; the victim runs: {runs}" if runs else ""
-    return Corruption("redis", name, what + suffix, apply, victim_runs=runs is not None)
+    return Corruption(
+        "redis", name, what + suffix, apply, victim_runs=runs is not None, shared=shared
+    )
 
 
 def _field(
@@ -103,12 +109,13 @@ def _wrong_type(name: str, key: Callable[[Keys], str], what: str, runs: str | No
         else:
             await client.set(target, "junk")
 
-    return _corruption(name, what, damage, runs)
+    return _corruption(name, what, damage, runs, shared="a key of the queue or of every record")
 
 
 async def _name_index(client: aredis.Redis, keys: Keys, victim: str) -> str:
     name = await client.hget(keys.record(victim), "n")
     assert name, "the victim has no record to read its name from"
+    assert isinstance(name, bytes)  # the client decodes nothing
     return keys("i", "n", name.decode())
 
 
@@ -290,6 +297,7 @@ WRONG_TYPES = [
         "sequence counter holds text",
         lambda c, k, v: c.set(k("seq"), "twelve"),
         runs="the next push restarts it above every number in use",
+        shared="the sequence counter every push reads",
     ),
     _wrong_type(
         "index-all-wrong-type", lambda k: k("i", "all"), "record index i:all is a string", _REPLACED
@@ -305,6 +313,7 @@ WRONG_TYPES = [
         "name index i:n:<name> is a string",
         _wrong_type_name_index,
         runs=_REPLACED,
+        shared="the name index, which holds every good task too",
     ),
     _wrong_type(
         "index-queue-wrong-type",

@@ -123,5 +123,6 @@ CORRUPTIONS: list[Corruption] = [
         "a queues row whose name is text that is not UTF-8 (skipped with a warning)",
         _garbage_queue_name,
         victim_runs=True,
+        shared="the queues table, which every queue's listing reads",
     ),
 ]
