@@ -8,11 +8,7 @@ the msgpack and CBOR plugins are covered here once installed, on every backend.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-import decimal
-import enum
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,30 +19,12 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from bgcoor_core import TaskManager, TaskStatus, build_plugin_host
-from bgcoor_core.testing.values import rich_values, same
+from bgcoor_core.testing.values import Colour, Order, Point, rich_values, same
 
 HOST = build_plugin_host()
 SCHEMES = sorted(s for s, e in HOST.brokers.entries.items() if e.test_url is not None)
 FORMATS = sorted(getattr(s, "name", ct) for ct, s in HOST.serializers.serializers.items())
 FAST: dict[str, Any] = {"lease_seconds": 5.0, "poll_seconds": 0.05, "retry_backoff": 0.01}
-
-
-class Colour(enum.Enum):
-    RED = "red"
-    BLUE = "blue"
-
-
-@dataclasses.dataclass
-class Point:
-    x: int
-    at: dt.date
-
-
-class Order(BaseModel):
-    id: uuid.UUID
-    total: decimal.Decimal
-    placed: dt.datetime
-    lines: list[bytes]
 
 
 class Receipt(BaseModel):

@@ -104,8 +104,10 @@ def same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
+# Sample types for tests of rich arguments (the contract below, and formats' own tests).
 class Colour(enum.Enum):
     RED = "red"
+    BLUE = "blue"
 
 
 @dataclasses.dataclass
@@ -117,6 +119,11 @@ class Point:
 class Order(BaseModel):
     id: uuid.UUID
     total: decimal.Decimal
+    placed: dt.datetime
+    lines: list[bytes]
+
+
+PLACED = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 
 
 class SerializerContract:
@@ -164,7 +171,7 @@ class SerializerContract:
         payload = [
             Colour.RED,
             Point(1, dt.date(2024, 1, 2)),
-            Order(id=oid, total=decimal.Decimal("9.50")),
+            Order(id=oid, total=decimal.Decimal("9.50"), placed=PLACED, lines=[b"\xff"]),
         ]
         back = codec.decode(codec.encode(Task.new("t", payload))).payload
         if getattr(codec.serializer, "carries_objects", False):
@@ -172,7 +179,8 @@ class SerializerContract:
             return
         assert same(back[0], "red")
         assert same(back[1], {"x": 1, "at": dt.date(2024, 1, 2)})
-        assert same(back[2], {"id": oid, "total": decimal.Decimal("9.50")})
+        wanted = {"id": oid, "total": decimal.Decimal("9.50"), "placed": PLACED, "lines": [b"\xff"]}
+        assert same(back[2], wanted)
 
     def test_an_object_it_cannot_carry_is_refused_by_name(self, codec: Codec) -> None:
         class Mystery:

@@ -7,13 +7,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import decimal
-import enum
 import uuid
 from typing import Any
 
-from pydantic import BaseModel
-
 from bgcoor_core import TaskManager, TaskStatus
+from bgcoor_core.testing.values import Colour, Order, Point
 
 D = decimal.Decimal
 
@@ -25,23 +23,6 @@ FAST: dict[str, Any] = {
     "poll_seconds": 0.05,
     "shutdown_grace": 2.0,
 }
-
-
-class Colour(enum.Enum):
-    RED = "red"
-
-
-@dataclasses.dataclass
-class Point:
-    x: int
-    at: dt.date
-
-
-class Order(BaseModel):
-    id: uuid.UUID
-    total: D
-    placed: dt.datetime
-    lines: list[bytes]
 
 
 @dataclasses.dataclass
