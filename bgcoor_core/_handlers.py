@@ -19,9 +19,18 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from pydantic import BaseModel, Secret, SecretBytes, SecretStr, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    PydanticSchemaGenerationError,
+    Secret,
+    SecretBytes,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+)
 
-from ._errors import PayloadError
+from ._errors import PayloadError, TaskRegistrationError
 from ._text import printable
 
 
@@ -48,7 +57,9 @@ class FunctionHandler:
         self.is_async = inspect.iscoroutinefunction(fn)
         self.signature = inspect.signature(fn)
         types = _argument_types(fn, self.signature)
-        self._adapters = {name: TypeAdapter(tp) for name, tp in types.items()}
+        self._adapters = {
+            key: adapter_for(tp, f"task {name!r}: parameter {key!r}") for key, tp in types.items()
+        }
         #: Arguments whose declared type may hold a pydantic secret: checked at enqueue.
         self._secret_params = frozenset(name for name, tp in types.items() if may_hold_secret(tp))
         if self.is_async:
@@ -272,6 +283,26 @@ def split_payload(name: str, payload: Any) -> tuple[list[Any], dict[str, Any]]:
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         raise PayloadError(f"task {name!r}: payload 'args' must be a list and 'kwargs' a dict")
     return args, kwargs
+
+
+_ANY_CLASS = ConfigDict(arbitrary_types_allowed=True)
+
+
+def adapter_for(tp: Any, what: str) -> TypeAdapter[Any]:
+    """The validator of a declared type. A class of its own that pydantic has no schema
+    for is checked with ``isinstance`` (only pickle carries its objects; other formats
+    refuse them at enqueue, naming the type); a type no validator can be made for is a
+    :class:`TaskRegistrationError` naming ``what`` declared it."""
+    try:
+        return TypeAdapter(tp)
+    except PydanticSchemaGenerationError:
+        pass
+    try:
+        return TypeAdapter(tp, config=_ANY_CLASS)
+    except Exception as exc:
+        raise TaskRegistrationError(
+            f"{what}: cannot validate values of type {tp!r}: {str(exc).splitlines()[0]}"
+        ) from None
 
 
 def _argument_types(fn: Callable[..., Any], signature: inspect.Signature) -> dict[str, Any]:

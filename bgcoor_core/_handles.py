@@ -7,11 +7,10 @@ import typing
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Unpack, overload
 
-from pydantic import TypeAdapter
-
 from ._building import build, payload_of
 from ._errors import TaskCancelledError
 from ._failures import failed_error
+from ._handlers import adapter_for
 from ._options import CallOptions
 from ._options import check as check_options
 from ._signature import Signature
@@ -170,8 +169,10 @@ def result_decoder(fn: Callable[..., Any]) -> Callable[[Any], Any] | None:
         return None
     if hint is None or hint is Any or hint is type(None):
         return None
-    adapter: TypeAdapter[Any] = TypeAdapter(hint)
-    return adapter.validate_python
+    if hint is typing.NoReturn or hint is typing.Never:  # it never returns: nothing to decode
+        return None
+    name = getattr(fn, "__qualname__", repr(fn))
+    return adapter_for(hint, f"task function {name}: its return type").validate_python
 
 
 class TaskDecorator:

@@ -125,3 +125,42 @@ def test_rich_leaves_keep_their_exact_kind() -> None:
     for value in values:
         back = unpack(pack(value))
         assert same(back, value), value
+
+
+class Widget:
+    """A class of its own: pydantic has no schema for it."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+async def test_a_parameter_of_a_class_of_its_own_is_checked_by_isinstance() -> None:
+    from typing import NoReturn
+
+    from bgcoor_core import PayloadError, TaskManager
+
+    for serializer in ("json", "pickle"):
+        manager = TaskManager(
+            broker_url="memory://", storage_url="memory://", serializer=serializer
+        )
+
+        @manager.task(name="grow")
+        def grow(widget: Widget) -> Widget:
+            return Widget(widget.size + 1)
+
+        @manager.task(name="never")
+        def never() -> NoReturn:  # registers: no result to decode
+            raise ValueError("no")
+
+        try:
+            with pytest.raises(PayloadError, match="argument 'widget'"):
+                await grow.enqueue(3)  # type: ignore[arg-type]  # not a Widget
+            if serializer == "json":
+                with pytest.raises(PayloadError, match=r"test_values\.Widget has no repr"):
+                    await grow.enqueue(Widget(1))
+                continue
+            handle = await grow.enqueue(Widget(1))
+            await manager.drain()
+            assert (await handle.result(timeout=5)).size == 2
+        finally:
+            await manager.close()
