@@ -84,6 +84,11 @@ class JsonSerializer:
         return unpack(from_json(raw))
 
 
+#: The payload of a message sent with a claim check: the worker reads the real one from
+#: the task's record (``BGCOOR_CLAIM_CHECK``).
+CLAIMED = Opaque("application/x-bgcoor-claim-check", b"")
+
+
 def fields_of(task: Task) -> dict[str, Any]:
     """The task's fields as they are (no copy of its values): what a serializer dumps."""
     data = dict(task.__dict__)
@@ -109,11 +114,14 @@ class Codec:
         accept: Iterable[str] | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+        claim_check_bytes: int | None = None,
         payload_codecs: Sequence[PayloadCodec] = (),
         openers: Openers | None = None,
     ) -> None:
         """``payload_codecs``: what new payloads and results pass through, in order;
-        ``openers``: the codecs sealed values are opened with (default: those)."""
+        ``openers``: the codecs sealed values are opened with (default: those);
+        ``claim_check_bytes``: with a claim check, the largest task accepted (its message
+        then carries :data:`CLAIMED` and the worker reads the payload from its record)."""
         content_type = resolve_content_type(serializers, content_type)
         if accept is None:  # every format installed but those whose loading runs code
             accept = [ct for ct, s in serializers.items() if not getattr(s, "trusted_only", False)]
@@ -121,6 +129,9 @@ class Codec:
         self.content_type = content_type
         self.max_payload_bytes = max_payload_bytes
         self.max_result_bytes = max_result_bytes
+        self.claim_check_bytes = claim_check_bytes
+        #: The largest payload a value may be, serialised: what sealing and opening bound.
+        self._value_limit = max(max_payload_bytes, claim_check_bytes or 0)
         self._serializer = serializers[content_type]
         self._objects = bool(getattr(self._serializer, "carries_objects", False))
         self._chain = tuple(payload_codecs)
@@ -170,11 +181,22 @@ class Codec:
             refuse_secrets_in_payload(task.name, task.payload)
         data = self._prefix + body
         if len(data) > self.max_payload_bytes:
-            raise PayloadTooLargeError(
-                f"task {task.name!r} is {len(data)} bytes encoded, above the limit of "
-                f"{self.max_payload_bytes} bytes (max_payload_bytes)"
-            )
+            return self._claimed(task, len(data))
         return data
+
+    def _claimed(self, task: Task, size: int) -> bytes:
+        """The message of a task too large for one: with a claim check, the task with
+        :data:`CLAIMED` for its payload (the record, written from ``task``, keeps it)."""
+        limit = self.claim_check_bytes
+        if limit is None or size > limit or task.payload is CLAIMED:
+            setting = "max_payload_bytes" if limit is None else "claim_check_max_bytes"
+            if task.payload is CLAIMED:  # the rest of the task is too large alone
+                limit, setting = None, "max_payload_bytes, without its payload"
+            raise PayloadTooLargeError(
+                f"task {task.name!r} is {size} bytes encoded, above the limit of "
+                f"{limit or self.max_payload_bytes} bytes ({setting})"
+            )
+        return self.encode(task.model_copy(update={"payload": CLAIMED}))
 
     def decode(self, data: bytes) -> Task:
         """Parse a body made by :meth:`encode`; raises :class:`DecodeError` saying why not.
@@ -248,7 +270,7 @@ class Codec:
         data = self._serializer.dumps(value)
         if name is not None and _MASK in data:
             refuse_secrets_in_payload(name, value)
-        limit = self.max_payload_bytes if limit is None else limit
+        limit = self._value_limit if limit is None else limit
         if len(data) > limit:
             raise PayloadTooLargeError(f"{len(data)} bytes serialised, above the limit of {limit}")
         data, specs = self._through_chain(data)
@@ -286,7 +308,7 @@ class Codec:
             )
         data = value.data
         if value.codecs:
-            data = self._unsealed(value, self.max_payload_bytes if limit is None else limit)
+            data = self._unsealed(value, self._value_limit if limit is None else limit)
         try:
             return serializer.loads(data)
         except Exception as exc:

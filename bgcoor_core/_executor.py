@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ._broker import Broker, Capability, Reservation
-from ._codec import printable
+from ._codec import CLAIMED, printable
 from ._context import CancelFlag, CurrentTask
 from ._errors import (
     CorruptRecordError,
@@ -45,6 +45,7 @@ from ._settings import Settings
 from ._storage import Storage
 from ._task import Task, TaskStatus
 from ._task_registry import RegisteredTask, TaskRegistry
+from ._values import Opaque
 from ._wiring import Backends
 from ._workflow_inputs import member_inputs, with_leading
 from ._workflows import ERROR_OF_HEADER, INPUTS_HEADER, WORKFLOW_HEADER
@@ -181,6 +182,11 @@ class Executor:
         if reservation.defect is not None:
             await self._reject(reservation, reservation.defect)
             return None
+        if type(task.payload) is Opaque and task.payload == CLAIMED:
+            reason = await self._claim(task)
+            if reason is not None:
+                await self._dead(reservation, task, reason)
+                return None
         try:
             entry = self.registry.get(task.name)
         except UnknownTaskError as exc:
@@ -486,6 +492,18 @@ class Executor:
             await self._workflows.save_member(task)
         else:
             await self.storage.save(task, ttl=self._ttl(task))
+
+    async def _claim(self, task: Task) -> str | None:
+        """Put the payload of a task sent with a claim check back (read from its record,
+        which holds it), before anything stores the task; else why it cannot run."""
+        try:
+            record = await self.storage.get(task.id)
+        except CorruptRecordError as exc:
+            return f"claim check: {exc}"
+        if record is None or record.payload == CLAIMED:
+            return "claim check: the record holding its payload is gone"
+        task.payload = record.payload
+        return None
 
     async def _with_inputs(self, reservation: Reservation, task: Task) -> Task | None:
         """The task to run: a workflow member with its parents' results put before its

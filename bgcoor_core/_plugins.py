@@ -179,6 +179,7 @@ class PluginHost:
             accept=settings.accept_content,
             max_payload_bytes=settings.max_payload_bytes,
             max_result_bytes=settings.max_result_bytes,
+            claim_check_bytes=settings.claim_check_max_bytes if settings.claim_check else None,
             payload_codecs=chain,
             openers=openers,
         )

@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     max_payload_bytes: int = _bounded(DEFAULT_MAX_PAYLOAD_BYTES, limits.PAYLOAD_BYTES)
     #: Largest result a task may return, JSON-encoded; a larger one fails the task.
     max_result_bytes: int = _bounded(DEFAULT_MAX_RESULT_BYTES, limits.PAYLOAD_BYTES)
+    #: Claim check: a task whose message would pass ``max_payload_bytes`` is sent with a
+    #: reference instead, its payload read from its record by the worker; tasks up to
+    #: ``claim_check_max_bytes`` encoded are accepted (see docs/serialization.md).
+    claim_check: bool = False
+    claim_check_max_bytes: int = _bounded(64 * 1024 * 1024, limits.PAYLOAD_BYTES)
     max_worker_lost: int = _bounded(3, limits.WORKER_LOST)
     #: How often an enqueue whose outcome is unknown (the connection failed mid-call) is
     #: tried again with the same task ids; a duplicate found then means the first try
