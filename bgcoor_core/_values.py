@@ -350,9 +350,16 @@ def packed_once(owner: Any, value: Any) -> Any:
 
 
 def _unpack_field(value: Any, info: ValidationInfo) -> Any:
-    if info.mode == "json" and (type(value) is dict or type(value) is list):
-        return unpack(value)
-    return value
+    if info.mode != "json":
+        return value
+    kind = type(value)
+    if kind is dict and TYPE not in value:  # a payload: tags only below, if anywhere
+        for key, item in value.items():
+            inner = type(item)
+            if (inner is dict or inner is list) and item and not _plain(item):
+                value[key] = unpack(item)
+        return value
+    return unpack(value) if kind is dict or kind is list else value
 
 
 #: A model field holding a value read from JSON tagged (``model_validate_json``), as it
