@@ -13,6 +13,7 @@ import datetime
 import decimal
 import enum
 import inspect
+import math
 import pathlib
 import typing
 import uuid
@@ -62,6 +63,12 @@ class FunctionHandler:
         }
         #: Arguments whose declared type may hold a pydantic secret: checked at enqueue.
         self._secret_params = frozenset(name for name, tp in types.items() if may_hold_secret(tp))
+        self._positional, self._fewest = _positional(self.signature)
+        #: The validators of the positional parameters, in order (``None``: unannotated).
+        self._positional_validators = tuple(
+            None if key not in self._adapters else self._adapters[key].validator.validate_python
+            for key in self._positional
+        )
         if self.is_async:
             self.run = self._run_async  # type: ignore[method-assign]
 
@@ -76,8 +83,17 @@ class FunctionHandler:
     def arguments(self, payload: Any) -> tuple[Sequence[Any], Mapping[str, Any]]:
         """Unpack and validate ``payload``; :class:`PayloadError` says what is wrong."""
         args, kwargs = split_payload(self.name, payload)
-        if not self._adapters and not args and not kwargs:
-            return args, kwargs
+        if not kwargs and self._fewest <= len(args) <= len(self._positional):
+            # Positional arguments the function takes, none missing: bound in place.
+            if not self._adapters:
+                return args, kwargs
+            try:
+                return [
+                    value if validate is None else validate(value)
+                    for validate, value in zip(self._positional_validators, args, strict=False)
+                ], kwargs
+            except ValidationError:
+                pass  # validated again one by one below, to say which argument is wrong
         bound = self.bind(args, kwargs)
         for key, value in bound.arguments.items():
             adapter = self._adapters.get(key)
@@ -119,15 +135,25 @@ class FunctionHandler:
         (``"5"`` for an ``int`` becomes ``5``), kept as Python values for the codec to
         carry (see :mod:`bgcoor_core._values`). ``partial``: some may be missing (a
         workflow's signature, whose parents' results come first)."""
+        if not partial and not kwargs and self._fewest <= len(args) <= len(self._positional):
+            checked_args = list(args)
+            for index, key in enumerate(self._positional[: len(args)]):
+                adapter = self._adapters.get(key)
+                if adapter is not None:
+                    checked_args[index] = self._checked(adapter, key, args[index])
+            return {"args": checked_args, "kwargs": {}}
         bound = self.bind_partial(args, kwargs) if partial else self.bind(args, kwargs)
         for key, value in bound.arguments.items():
             adapter = self._adapters.get(key)
             if adapter is not None:
-                checked = self._validate(adapter, key, value)
-                if key in self._secret_params:
-                    refuse_secrets(self.name, checked, f"argument {key!r}")
-                bound.arguments[key] = checked
+                bound.arguments[key] = self._checked(adapter, key, value)
         return {"args": list(bound.args), "kwargs": dict(bound.kwargs)}
+
+    def _checked(self, adapter: TypeAdapter[Any], key: str, value: Any) -> Any:
+        checked = self._validate(adapter, key, value)
+        if key in self._secret_params:
+            refuse_secrets(self.name, checked, f"argument {key!r}")
+        return checked
 
     def _validate(self, adapter: TypeAdapter[Any], key: str, value: Any) -> Any:
         try:
@@ -136,6 +162,24 @@ class FunctionHandler:
             # What is wrong and where, never the value: arguments carry PINs and tokens,
             # and this message ends up in worker logs and dead-letter reasons.
             raise PayloadError(f"task {self.name!r}: argument {key!r}{_problem(exc)}") from None
+
+
+def _positional(signature: inspect.Signature) -> tuple[tuple[str, ...], float]:
+    """The names of the parameters positional arguments fill, in order, and how few
+    positional arguments leave none missing (infinite when a keyword-only parameter has
+    no default: such a call always goes through ``Signature.bind``)."""
+    names: list[str] = []
+    fewest: float = 0
+    for param in signature.parameters.values():
+        if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+            names.append(param.name)
+            if param.default is param.empty:
+                fewest = len(names)
+        elif param.kind is param.KEYWORD_ONLY and param.default is param.empty:
+            fewest = math.inf
+        elif param.kind is param.VAR_POSITIONAL:
+            break  # more arguments than names: Signature.bind
+    return tuple(names), fewest
 
 
 def _problem(exc: ValidationError) -> str:
@@ -270,10 +314,13 @@ def _members(value: Any) -> list[tuple[str, Any]]:
     return []
 
 
+_PAYLOAD_KEYS = frozenset({"args", "kwargs"})
+
+
 def split_payload(name: str, payload: Any) -> tuple[list[Any], dict[str, Any]]:
     if payload is None:
         return [], {}
-    if not isinstance(payload, dict) or not set(payload) <= {"args", "kwargs"}:
+    if not isinstance(payload, dict) or not payload.keys() <= _PAYLOAD_KEYS:
         raise PayloadError(
             f"task {name!r}: payload must be {{'args': [...], 'kwargs': {{...}}}}, "
             f"got {type(payload).__name__}"

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_valid
 from ._errors import InvalidNameError
 from ._failures import Failure
 from ._ids import new_task_id
-from ._values import Unpacked, Value, packed_once
+from ._values import Unpacked, Value, adopt_packed, packed_once
 
 QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,199}")
@@ -170,7 +170,7 @@ class Task(BaseModel):
     #: The exception that failed it, as data (type, module, message, traceback, causes),
     #: set with ``error`` and ``traceback``; ``None`` when no exception did.
     failure: Failure | None = None
-    result: Value | None = None
+    result: Value = None
     #: Token of the lease under which the current attempt runs; outcome writes carrying
     #: another token are refused by the storage.
     lease_token: str | None = None
@@ -185,6 +185,9 @@ class Task(BaseModel):
     @field_serializer("payload", when_used="json")
     def _pack_payload(self, value: Any) -> Any:
         return packed_once(self, value)
+
+    def model_post_init(self, context: Any, /) -> None:
+        adopt_packed(self, self.payload)
 
     _check_id = field_validator("id")(lambda cls, v: validate_task_id(v))
     _check_name = field_validator("name")(lambda cls, v: validate_task_name(v))

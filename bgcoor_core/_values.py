@@ -28,6 +28,7 @@ import decimal
 import enum
 import math
 import pathlib
+import threading
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Annotated, Any, Final
@@ -272,23 +273,53 @@ def _untag(value: dict[str, Any]) -> Any:
 
 
 def unpack(value: Any) -> Any:
-    """Data written by :func:`pack` as the Python value it was (containers rebuilt in
-    place: the data is fresh from a parser). Raises ``ValueError`` for a bad tag (in a
-    model field: a ``ValidationError``, as for any malformed field)."""
+    """Data written by :func:`pack` as the Python value it was. Containers holding a tag
+    are copied, never changed: the data read stays as it was, so a record loaded can be
+    written back without packing it again (see :func:`adopt_packed`). Raises
+    ``ValueError`` for a bad tag (in a model field: a ``ValidationError``, as for any
+    malformed field)."""
     kind = type(value)
     if kind is dict:
-        if TYPE in value:
-            return _untag(value)
-        for key, item in value.items():
-            inner = type(item)
-            if (inner is dict or inner is list) and item:
-                value[key] = unpack(item)
-    elif kind is list:
-        for index, item in enumerate(value):
-            inner = type(item)
-            if (inner is dict or inner is list) and item:
-                value[index] = unpack(item)
-    return value
+        return _untag(value) if TYPE in value else _unpack_dict(value)
+    return _unpack_list(value) if kind is list else value
+
+
+def _unpack_dict(value: dict[str, Any]) -> dict[str, Any]:
+    copied: dict[str, Any] | None = None
+    for key, item in value.items():
+        inner = type(item)
+        if inner is dict:
+            if not item:
+                continue
+            rebuilt = _untag(item) if TYPE in item else _unpack_dict(item)
+        elif inner is list and item:
+            rebuilt = _unpack_list(item)
+        else:
+            continue
+        if rebuilt is not item:
+            if copied is None:
+                copied = dict(value)
+            copied[key] = rebuilt
+    return value if copied is None else copied
+
+
+def _unpack_list(value: list[Any]) -> list[Any]:
+    copied: list[Any] | None = None
+    for index, item in enumerate(value):
+        inner = type(item)
+        if inner is dict:
+            if not item:
+                continue
+            rebuilt = _untag(item) if TYPE in item else _unpack_dict(item)
+        elif inner is list and item:
+            rebuilt = _unpack_list(item)
+        else:
+            continue
+        if rebuilt is not item:
+            if copied is None:
+                copied = list(value)
+            copied[index] = rebuilt
+    return value if copied is None else copied
 
 
 def _plain(value: Any) -> bool:
@@ -335,36 +366,63 @@ PACKED_SLOT: Final = "_bgcoor_packed"
 
 def packed_once(owner: Any, value: Any) -> Any:
     """:func:`pack` for a value ``owner`` (a model) dumps again and again: a task's payload
-    goes into its message and into each record written over its life. Packed once and
-    kept beside the value it was made from; a value replaced is packed anew."""
+    goes into its message and into each record written over its life. Packed (or found
+    plain) once and kept beside the value it was made from; a value replaced is packed
+    anew. The value is not to be changed in place once dumped."""
     kind = type(value)
-    if kind in _AS_IS or ((kind is dict or kind is list) and _plain(value)):
+    if kind in _AS_IS:
         return value
     slots = owner.__dict__
     kept = slots.get(PACKED_SLOT)
     if kept is not None and kept[0] is value:
         return kept[1]
-    packed = pack(value)
+    packed = value if (kind is dict or kind is list) and _plain(value) else pack(value)
     slots[PACKED_SLOT] = (value, packed)
     return packed
+
+
+class _Loaded(threading.local):
+    """The payload a model field just read from JSON, beside the data it was read from,
+    until the model it belongs to adopts it (:func:`adopt_packed`), in the same thread."""
+
+    kept: tuple[Any, Any] | None = None
+
+
+_loaded = _Loaded()
+
+
+def adopt_packed(owner: Any, value: Any) -> None:
+    """Keep, for ``owner``'s next dumps, the data its field value ``value`` was just read
+    from (by an :data:`Unpacked` field): a worker writes the records of a task
+    whose payload holds rich values without packing them again. Called by the model
+    after validation (``model_post_init``); a value it does not hold is ignored."""
+    kept = _loaded.kept
+    if kept is not None:
+        _loaded.kept = None
+        if kept[0] is value:
+            owner.__dict__[PACKED_SLOT] = kept
 
 
 def _unpack_field(value: Any, info: ValidationInfo) -> Any:
     if info.mode != "json":
         return value
     kind = type(value)
-    if kind is dict and TYPE not in value:  # a payload: tags only below, if anywhere
-        for key, item in value.items():
-            inner = type(item)
-            if (inner is dict or inner is list) and item and not _plain(item):
-                value[key] = unpack(item)
-        return value
-    return unpack(value) if kind is dict or kind is list else value
+    if kind is dict:
+        return _untag(value) if TYPE in value else _unpack_dict(value)
+    return _unpack_list(value) if kind is list else value
+
+
+def _unpack_payload(value: Any, info: ValidationInfo) -> Any:
+    unpacked = _unpack_field(value, info)
+    if unpacked is not value:
+        _loaded.kept = (unpacked, value)
+    return unpacked
 
 
 #: A model field holding a value read from JSON tagged (``model_validate_json``), as it
-#: is from Python (``model_validate``); the model packs it (see :func:`packed_once`).
-Unpacked = Annotated[Any, AfterValidator(_unpack_field)]
+#: is from Python (``model_validate``); the model packs it (see :func:`packed_once`) and
+#: adopts the data it was read from (:func:`adopt_packed`).
+Unpacked = Annotated[Any, AfterValidator(_unpack_payload)]
 
 #: A model field holding a task's value (payload, result): tagged when dumped to JSON and
 #: read back from it (``model_dump_json``, ``model_validate_json``), as it is in Python
