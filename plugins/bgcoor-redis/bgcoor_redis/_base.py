@@ -14,6 +14,7 @@ from bgcoor_core import Codec, ConfigurationError, Message, Task
 
 from ._channel import BlockingPool, CommandChannel
 from ._encoding import chunks, limit_args, raise_for, text
+from ._notices import Subscriber
 from ._options import RedisTarget
 from ._scripts import Script, scripts
 
@@ -35,6 +36,9 @@ class Link:
             for _ in range(options.pipelines)
         ]
         self.blocking = BlockingPool(connect, limit=options.max_connections, where=target.safe_url)
+        self.subscriber = Subscriber(
+            connect, where=target.safe_url, timeout=options.socket_connect_timeout
+        )
         self._loading: dict[str, asyncio.Future[Any]] = {}
         self._where = target.safe_url
         #: The server's eviction policy has been found safe (see ``check_policy``).
@@ -116,6 +120,7 @@ class Link:
         for channel in self.channels:
             await channel.close()
         await self.blocking.close()
+        await self.subscriber.close()
 
 
 class RedisBase:

@@ -38,8 +38,12 @@ class RedisOptions(BaseModel):
     socket_connect_timeout: float = Field(default=5.0, gt=0)
     #: Longest single blocking wait for a wake-up before a consumer looks again anyway.
     max_block: float = Field(default=5.0, gt=0)
-    #: ``result()`` polls the record from 1 ms up to this interval (seconds).
+    #: ``result()`` polls the record from 1 ms up to this interval (seconds) when notices
+    #: of finished tasks cannot be had (the subscription failed).
     result_poll_max: float = Field(default=0.02, gt=0)
+    #: ``result()`` is woken by a notice when the task finishes, and looks at the record
+    #: this often (seconds) anyway, in case a notice was lost with a connection.
+    result_safety_poll: float = Field(default=1.0, gt=0)
     client_name: str | None = Field(default=None, pattern=r"^[!-~]{1,100}$")
     # TLS (rediss:// only), passed to redis-py.
     ssl_cert_reqs: Literal["none", "optional", "required"] = "required"

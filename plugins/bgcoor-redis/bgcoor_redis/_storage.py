@@ -17,13 +17,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from bgcoor_core import CorruptRecordError, ResultTimeoutError, Storage, Task, TaskStatus
 from bgcoor_core.kit import check_page
 
 from ._base import RedisBase
 from ._encoding import decode_record, raise_for, record_args, text, ttl_arg
+from ._notices import Subscriber
 
 log = logging.getLogger("bgcoor.redis")
 
@@ -81,22 +82,48 @@ class RedisStorageSide(RedisBase, Storage):
         return int(await self.run("delete_expired"))
 
     async def wait(self, task_id: str, *, timeout: float | None) -> Task:
-        """Poll the record (1 ms, doubling up to ``result_poll_max``) until it is final;
-        each poll is one small script call that returns the record only once final."""
+        """The record once final: read now, else the one its final write publishes (see
+        ``_notices.py``), with a look at the record every ``result_safety_poll`` seconds
+        anyway. Without notices (the subscription failed), poll from 1 ms doubling up to
+        ``result_poll_max``. Each look is one small script call that returns the record
+        only once final."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        subscriber = self.link().subscriber
+        channel = self.key("done", task_id).encode()
+        notice = await self._watch(subscriber, channel)
         interval = 0.001
-        while True:
-            raw = await self.run("final", task_id)
-            if raw is not None:
-                return decode_record(task_id, raw)
-            pause = interval
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise ResultTimeoutError(f"task {task_id} did not finish within {timeout}s")
-                pause = min(pause, left)
-            await asyncio.sleep(pause)
-            interval = min(interval * 2, self.options.result_poll_max)
+        try:
+            while True:
+                raw = await self.run("final", task_id)
+                if raw is not None:
+                    return decode_record(task_id, raw)
+                pause = self.options.result_safety_poll if notice else interval
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise ResultTimeoutError(f"task {task_id} did not finish within {timeout}s")
+                    pause = min(pause, left)
+                if notice is None:
+                    await asyncio.sleep(pause)
+                    interval = min(interval * 2, self.options.result_poll_max)
+                    continue
+                await asyncio.wait([notice], timeout=pause)
+                if notice.done():
+                    if notice.exception() is None:  # the final record itself
+                        return decode_record(task_id, notice.result())
+                    subscriber.unwatch(channel, notice)  # its connection was lost
+                    notice = await self._watch(subscriber, channel)
+        finally:
+            if notice is not None:
+                subscriber.unwatch(channel, notice)
+
+    @staticmethod
+    async def _watch(subscriber: Subscriber, channel: bytes) -> asyncio.Future[bytes] | None:
+        try:
+            return await subscriber.watch(channel)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.debug("waiting for %s by polling: no notices (%s)", channel, exc)
+            return None
 
 
 def _listed(task_id: Any, status: Any, raw: Any, started: Any, token: Any) -> Task | None:

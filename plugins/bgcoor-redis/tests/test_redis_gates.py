@@ -373,7 +373,8 @@ async def test_ungated_tasks_cost_the_server_what_they_did_before_limits(
     commands), and that ``stats`` and ``purge`` (not steps of a task) also count and delete
     a queue's parked set, and that a reserve that leaves nothing ready reads when the
     first scheduled task falls due (one ZRANGE a queue), so that its consumer's next wait
-    ends then (the server ends a blocking wait only on its 10-a-second ticks)."""
+    ends then (the server ends a blocking wait only on its 10-a-second ticks), and that a
+    completion publishes the final record to whoever waits for it (one PUBLISH, issue 16)."""
     server = private_server()
     client = redis.Redis.from_url(server.url)
     backend = RedisBackend(server.url, make_test_codec())
@@ -409,6 +410,7 @@ async def test_ungated_tasks_cost_the_server_what_they_did_before_limits(
     for step in ("nack", "requeue", "lost"):
         want[step]["hmget"] = want[step].get("hmget", 0) + want[step].pop("hget")
     want["reserve 5"]["zrange"] = 1
+    want["complete"]["publish"] = 1
     want["stats"]["zcard"] += 1
     want["purge"]["zrange"] += 1
     want["purge"]["del"] += 1

@@ -340,6 +340,8 @@ local function write_record(old, id, status, token, name, queue, json, ttl, t)
     redis.call("HSET", key, "s", status, "k", token, "n", name, "q", queue, "j", json)
     if old[5] then persist(key, id, old[7]) end
   end
+  -- whoever waits for this task's outcome (``result()``, see _notices.py) gets it now
+  if is_final(status) then redis.call("PUBLISH", P .. ":done:" .. id, json) end
 end
 
 -- Mark the record of a task being reserved running under `token`, as the executor would,
