@@ -2,9 +2,10 @@
 
 Every script that writes a final record (``write_record`` in ``lua/common.lua``) publishes
 the record's JSON on the channel ``<prefix>:done:<id>``, in the same script: the notice
-leaves only once the record is stored, and the waiter needs no read after it. A waiter subscribes first, waits for the server to
-confirm, then reads the record; whatever finishes after that read is announced to it.
-Publishing to a channel nobody listens on costs the server one hash lookup.
+leaves only once the record is stored, and the waiter needs no read after it. A waiter
+subscribes first, waits for the server to confirm, then reads the record; whatever
+finishes after that read is announced to it. Publishing to a channel nobody listens on
+costs the server one hash lookup.
 
 One subscribed connection per event loop carries every waiter's channel. A notice lost
 with that connection only delays a waiter until its next safety-net look at the record
