@@ -304,27 +304,19 @@ def unpack(value: Any) -> Any:
 
 
 def _unpack_dict(value: dict[str, Any]) -> dict[str, Any]:
-    copied: dict[str, Any] | None = None
-    for key, item in value.items():
-        inner = type(item)
-        if inner is dict:
-            if not item:
-                continue
-            rebuilt = _untag(item) if TYPE in item else _unpack_dict(item)
-        elif inner is list and item:
-            rebuilt = _unpack_list(item)
-        else:
-            continue
-        if rebuilt is not item:
-            if copied is None:
-                copied = dict(value)
-            copied[key] = rebuilt
-    return value if copied is None else copied
+    return _rebuilt(value, value.items(), dict)  # type: ignore[no-any-return]
 
 
 def _unpack_list(value: list[Any]) -> list[Any]:
-    copied: list[Any] | None = None
-    for index, item in enumerate(value):
+    return _rebuilt(value, enumerate(value), list)  # type: ignore[no-any-return]
+
+
+def _rebuilt(value: Any, items: Iterable[tuple[Any, Any]], copy: Callable[[Any], Any]) -> Any:
+    """``value`` (a dict or a list, whose ``items`` are given) with its tags read: itself
+    when it holds none, else a ``copy`` with the rebuilt items (tags read inline, one call
+    per container rather than per item)."""
+    copied = None
+    for key, item in items:
         inner = type(item)
         if inner is dict:
             if not item:
@@ -336,8 +328,8 @@ def _unpack_list(value: list[Any]) -> list[Any]:
             continue
         if rebuilt is not item:
             if copied is None:
-                copied = list(value)
-            copied[index] = rebuilt
+                copied = copy(value)
+            copied[key] = rebuilt
     return value if copied is None else copied
 
 

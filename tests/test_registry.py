@@ -143,6 +143,36 @@ def test_function_payload_is_validated_against_the_signature(registry: TaskRegis
         handler.run({"args": {"x": 1}})
 
 
+def test_positional_calls_bind_as_signature_bind_would(registry: TaskRegistry) -> None:
+    """Positional arguments are bound without ``Signature.bind`` (its cost per task): the
+    same defaults, the same refusals, the argument named when one is wrong."""
+
+    def shaped(a: int, b: int = 2, *rest: int, c: int = 3) -> list[int]:
+        return [a, b, *rest, c]
+
+    def needs_keyword(a: int, *, k: int) -> int:
+        return a + k
+
+    handler = registry.register("shaped", shaped).handler
+    assert handler.run({"args": ["1"]}) == [1, 2, 3]  # validated: "1" becomes 1
+    assert handler.run({"args": [1, 5]}) == [1, 5, 3]
+    assert handler.run({"args": [1, 5, 7, 8]}) == [1, 5, 7, 8, 3]  # *rest: bound by bind
+    assert handler.run({"args": [], "kwargs": {"a": 4, "c": 9}}) == [4, 2, 9]
+    with pytest.raises(PayloadError, match="missing a required argument: 'a'"):
+        handler.run({"args": []})
+    with pytest.raises(PayloadError, match="argument 'b'"):
+        handler.run({"args": [1, "two"]})
+    keyword = registry.register("needs_keyword", needs_keyword).handler
+    with pytest.raises(PayloadError, match="missing a required argument: 'k'"):
+        keyword.run({"args": [1]})
+    assert keyword.run({"args": [1], "kwargs": {"k": 2}}) == 3
+    fn = registry.get("shaped").handler
+    assert isinstance(fn, FunctionHandler)
+    assert fn.encode_arguments([1, "5"], {}) == {"args": [1, 5], "kwargs": {}}
+    with pytest.raises(PayloadError, match="argument 'a'"):
+        fn.encode_arguments(["x"], {})
+
+
 def test_annotated_arguments_arrive_as_their_type(registry: TaskRegistry) -> None:
     def when(at: datetime) -> str:
         assert isinstance(at, datetime)

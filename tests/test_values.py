@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from pydantic import ValidationError
 
-from bgcoor_core import Task
+from bgcoor_core import Task, TaskStatus
 from bgcoor_core._values import TYPE, VALUE, Opaque, UnrepresentableError, pack, unpack
 from bgcoor_core.serializers import JsonSerializer, PickleSerializer
 from bgcoor_core.testing.values import SerializerContract, rich_values, same
@@ -44,6 +44,39 @@ def test_a_record_keeps_rich_values_through_its_json(value: Any) -> None:
     back = Task.model_validate_json(task.model_dump_json())
     assert same(back.payload, task.payload)
     assert same(back.result, value)
+
+
+def test_unpacking_leaves_the_data_read_unchanged() -> None:
+    data = {"args": [{TYPE: "uuid", VALUE: "31abdb25-9e3e-4330-9675-563e708ca831"}, [1]]}
+    before = repr(data)
+    back = unpack(data)
+    assert back["args"][0] == uuid.UUID("31abdb25-9e3e-4330-9675-563e708ca831")
+    assert repr(data) == before  # copied where a tag was read, never changed in place
+    assert back["args"][1] is data["args"][1]  # what holds no tag is shared, not copied
+    plain = {"args": [1, "a", {"k": [2]}], "kwargs": {}}
+    assert unpack(plain) is plain
+
+
+def test_a_task_read_from_json_is_written_back_without_packing_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker writes the record of a task it read (running, then its outcome): the
+    payload's tags are the data it was read from, not packed anew."""
+    payload = {"args": [dt.date(2024, 1, 2), decimal.Decimal("1.50")], "kwargs": {}}
+    body = Task.new("t", payload).model_dump_json()
+    loaded = Task.model_validate_json(body)
+    assert loaded.payload == payload
+
+    def refuse(value: Any) -> Any:
+        raise AssertionError("packed again")
+
+    monkeypatch.setattr("bgcoor_core._values.pack", refuse)
+    running = loaded.model_copy(update={"status": TaskStatus.RUNNING})
+    assert Task.model_validate_json(running.model_dump_json()).payload == payload
+    # a payload replaced is packed anew (here: refused, as pack is patched)
+    running.payload = {"args": [dt.date(2025, 1, 1)], "kwargs": {}}
+    with pytest.raises(Exception, match="packed again"):
+        running.model_dump_json()
 
 
 def test_tags_are_readable_json() -> None:
