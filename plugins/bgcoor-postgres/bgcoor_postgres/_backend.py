@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -31,6 +32,7 @@ from bgcoor_core import (
     Message,
     QueueStats,
     Reservation,
+    ResultTimeoutError,
     ScheduleDefinition,
     ScheduleEntry,
     StaleLeaseError,
@@ -91,6 +93,8 @@ class _LoopState:
 #: instead of taking again at once: saves the empty round trip that would follow every
 #: partial batch. Etas and expired leases (which send no NOTIFY) wait this much longer.
 TRUST_NOTIFY = 0.05
+#: How long ``result()`` waits for the LISTEN connection before it polls instead.
+LISTEN_WAIT = 2.0
 
 
 class PostgresBackend(Broker, Storage):
@@ -125,7 +129,7 @@ class PostgresBackend(Broker, Storage):
         if state is None:
             batch = self.options.max_batch
             state = _LoopState(
-                Listener(self._db, self.sql.channel),
+                Listener(self._db, self.sql.channel, self.sql.done_channel),
                 Coalescer(self._flush_writes, key=lambda w: w.task.id, max_batch=batch),
                 Coalescer(self._flush_extensions, key=lambda e: e[0], max_batch=batch),
             )
@@ -463,6 +467,38 @@ class PostgresBackend(Broker, Storage):
         _checks.text("task id", [task_id])
         row = await self._db.run(lambda c: c.fetchrow(self.sql.get, task_id))
         return None if row is None else _records.decode(task_id, *row)
+
+    async def wait(self, task_id: str, *, timeout: float | None) -> Task:
+        """The record once final: read now, then again each time the listener hears it
+        was written final (``pg_notify`` in the writing statement, see ``_listener.py``),
+        and every ``result_safety_poll`` seconds anyway. Without the LISTEN connection,
+        the default polling (1 ms doubling to ``Storage.wait_poll_max``)."""
+        listener = self._state().listener
+        notice = await listener.watch(task_id, LISTEN_WAIT)
+        if notice is None:
+            return await super().wait(task_id, timeout=timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                task = await self.get(task_id)
+                if task is not None and task.status.is_final:
+                    return task
+                pause = self.options.result_safety_poll
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise ResultTimeoutError(f"task {task_id} did not finish within {timeout}s")
+                    pause = min(pause, left)
+                await asyncio.wait([notice], timeout=pause)
+                if notice.done():  # told (or the connection changed): look again
+                    listener.unwatch(task_id, notice)
+                    renewed = await listener.watch(task_id, LISTEN_WAIT)
+                    if renewed is None:
+                        rest = None if deadline is None else deadline - time.monotonic()
+                        return await super().wait(task_id, timeout=rest)
+                    notice = renewed
+        finally:
+            listener.unwatch(task_id, notice)
 
     async def list(
         self,

@@ -37,6 +37,15 @@ def _in(statuses: Iterable[TaskStatus]) -> str:
 KNOWN = _in(TaskStatus)
 
 
+def announce(channel: str) -> str:
+    """A ``RETURNING`` item of a statement that writes records (``t``): each one written
+    final is announced on ``channel`` with its id, at commit (``result()`` waits for it,
+    see ``_listener.py``). A data-modifying CTE computes its ``RETURNING`` list for every
+    row it writes, whether or not the rest of the statement reads it."""
+    final = _in(status for status in TaskStatus if status.is_final)
+    return f"CASE WHEN t.status IN {final} THEN pg_notify('{channel}', t.id) END AS told"
+
+
 def _allowed_pairs() -> str:
     """``ALLOWED_TRANSITIONS`` as SQL row literals, generated so the two never diverge."""
     pairs = sorted(
@@ -184,6 +193,9 @@ class Statements:
         relax = f" CROSS JOIN {RELAX}" if fast_lease_commits else ""
         self.schema = schema
         self.channel = f"{schema}_wake"
+        #: Each record written final is announced here (payload: its id): ``result()``
+        #: waits for it (see ``_listener.py``).
+        self.done_channel = f"{schema}_done"
         m, t, q = f"{s}.messages", f"{s}.tasks", f"{s}.queues"
         upsert = _RECORD_UPSERT.format(allowed=write_allowed("t", "excluded"))
         notify = f"SELECT count(*) FROM (SELECT pg_notify('{self.channel}', d.queue) FROM "
@@ -357,9 +369,10 @@ class Statements:
             f"SELECT n.id, n.name, n.queue, n.status, n.lease_token, "
             f"clock_timestamp() + n.ttl::float8 {SECONDS}, n.record::json "
         )
+        told = announce(self.done_channel)
         self.save = (
             f"WITH new_t AS ({records}), {old}, "
-            f"up AS ({insert} FROM new_t n ORDER BY n.id {upsert} RETURNING t.id) "
+            f"up AS ({insert} FROM new_t n ORDER BY n.id {upsert} RETURNING t.id, {told}) "
             "SELECT n.id, up.id IS NOT NULL AS saved, NULL::boolean AS held, old.status, "
             "old.lease_token FROM new_t n LEFT JOIN up USING (id) LEFT JOIN old USING (id)"
         )
@@ -373,7 +386,7 @@ class Statements:
             f"held AS (SELECT m.id FROM {m} m JOIN new_t n ON m.id = n.id AND m.token = n.token "
             f"WHERE {HELD} ORDER BY m.id FOR UPDATE OF m), {old}, "
             f"up AS ({insert} FROM new_t n JOIN held USING (id) ORDER BY n.id {upsert} "
-            "RETURNING t.id), "
+            f"RETURNING t.id, {told}), "
             f"gone AS (DELETE FROM {m} m USING up WHERE m.id = up.id RETURNING m.id, "
             "m.slot_key) "
             "SELECT n.id, gone.id IS NOT NULL AS saved, held.id IS NOT NULL AS held, "

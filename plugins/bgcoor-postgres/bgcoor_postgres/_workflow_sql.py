@@ -6,7 +6,7 @@ from bgcoor_core import TaskStatus
 from bgcoor_core.kit import WorkflowStatus
 
 from ._schedules import HOLD_LIMIT_MS
-from ._sql import LIVE, SECONDS, Statements, quote_ident
+from ._sql import LIVE, SECONDS, Statements, announce, quote_ident
 
 #: ``expires_at`` of a workflow row after a step: kept, set from the step's seconds
 #: (``NULL`` seconds: kept forever), or cleared (a reopened workflow).
@@ -112,10 +112,10 @@ class WorkflowStatements:
         self.expire_member = (
             f"UPDATE {t} SET expires_at = clock_timestamp() + $2::float8 {SECONDS} WHERE id = $1"
         )
-        self.step = _step(sql.channel, wf, nodes, parked, t, m, q)
+        self.step = _step(sql.channel, sql.done_channel, wf, nodes, parked, t, m, q)
 
 
-def _step(channel: str, wf: str, nodes: str, parked: str, t: str, m: str, q: str) -> str:
+def _step(channel: str, done: str, wf: str, nodes: str, parked: str, t: str, m: str, q: str) -> str:
     """One statement doing a step's effects.
 
     $1 id, $2 status, $3 members left, $4 error, $5 finished_at, $6 expires_at mode
@@ -151,7 +151,7 @@ def _step(channel: str, wf: str, nodes: str, parked: str, t: str, m: str, q: str
         f"expires_at = clock_timestamp() + c.ttl::float8 {SECONDS}, started_at = NULL, "
         "before_status = NULL, before_token = NULL "
         "FROM unnest($14::text[], $15::text[], $16::text[], $17::text[], $18::text[]) "
-        "AS c(id, record, token, status, ttl) WHERE t.id = c.id), "
+        f"AS c(id, record, token, status, ttl) WHERE t.id = c.id RETURNING {announce(done)}), "
         f"expiring AS (UPDATE {t} t SET expires_at = clock_timestamp() + e.ttl::float8 "
         f"{SECONDS} FROM unnest($19::text[], $20::text[]) AS e(id, ttl) "
         f"WHERE t.id = e.id AND {LIVE}) "
