@@ -106,13 +106,26 @@ class Storage(ABC):
             task = await self.get(task_id)
             if task is not None and task.status.is_final:
                 return task
-            if deadline is not None and time.monotonic() >= deadline:
-                raise ResultTimeoutError(f"task {task_id} did not finish within {timeout}s")
-            await asyncio.sleep(interval)
+            await asyncio.sleep(pause_within(deadline, interval, task_id, timeout))
             interval = min(interval * 2, self.wait_poll_max)
 
     async def close(self) -> None:  # noqa: B027 - optional hook with a sensible default
         """Release connections. The storage must not be used afterwards."""
+
+
+def pause_within(
+    deadline: float | None, pause: float, task_id: str, timeout: float | None
+) -> float:
+    """``pause`` seconds, or what is left before ``deadline`` (``time.monotonic()``) if
+    less, for a :meth:`Storage.wait` between two looks at the record of ``task_id``;
+    raises :class:`ResultTimeoutError` once ``deadline`` has passed (``timeout``: the
+    seconds the caller gave, for the message)."""
+    if deadline is None:
+        return pause
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise ResultTimeoutError(f"task {task_id} did not finish within {timeout}s")
+    return min(pause, left)
 
 
 def check_page(limit: int) -> None:

@@ -33,7 +33,7 @@ from ._limits import MAX_DELAY, MAX_LEASE
 from ._schedules import ACTIVE as SCHEDULE_ACTIVE
 from ._schedules import WAITING as SCHEDULE_WAITING
 from ._schedules import apply_fire
-from ._storage import check_page, check_transition, check_write
+from ._storage import check_page, check_transition, check_write, pause_within
 from ._task import (
     FROM_UNKNOWN_STATUS,
     QUEUE_NAME,
@@ -174,6 +174,7 @@ __all__ = [
     "is_queue_name",
     "member_of",
     "pack",
+    "pause_within",
     "placeholder",
     "printable",
     "redact",

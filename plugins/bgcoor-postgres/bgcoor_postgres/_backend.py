@@ -32,7 +32,6 @@ from bgcoor_core import (
     Message,
     QueueStats,
     Reservation,
-    ResultTimeoutError,
     ScheduleDefinition,
     ScheduleEntry,
     StaleLeaseError,
@@ -44,6 +43,7 @@ from bgcoor_core.kit import (
     UNIQUE_HEADER,
     check_page,
     is_queue_name,
+    pause_within,
     printable,
     shielded_take,
     validate_queue_name,
@@ -483,12 +483,7 @@ class PostgresBackend(Broker, Storage):
                 task = await self.get(task_id)
                 if task is not None and task.status.is_final:
                     return task
-                pause = self.options.result_safety_poll
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise ResultTimeoutError(f"task {task_id} did not finish within {timeout}s")
-                    pause = min(pause, left)
+                pause = pause_within(deadline, self.options.result_safety_poll, task_id, timeout)
                 await asyncio.wait([notice], timeout=pause)
                 if notice.done():  # told (or the connection changed): look again
                     listener.unwatch(task_id, notice)

@@ -52,10 +52,10 @@ class PostgresOptions(BaseModel):
     auto_migrate: bool = True
     #: Safety-net poll of an idle consumer, in seconds; LISTEN/NOTIFY wakes it earlier.
     poll_interval: float = Field(default=1.0, gt=0, le=3600)
-    #: How long an operation keeps retrying while the server is unreachable.
     #: ``result()`` is woken when the task's record is written final (NOTIFY), and reads
     #: the record this often (seconds) anyway, in case a notice was lost.
     result_safety_poll: float = Field(default=1.0, gt=0, le=3600)
+    #: How long an operation keeps retrying while the server is unreachable.
     reconnect_timeout: float = Field(default=60.0, ge=0)
     #: Most items one coalesced statement (concurrent saves, completions) carries.
     max_batch: int = Field(default=500, ge=1, le=10_000)

@@ -19,8 +19,8 @@ from typing import Any
 
 from redis.exceptions import RedisError, ResponseError
 
-from bgcoor_core import CorruptRecordError, ResultTimeoutError, Storage, Task, TaskStatus
-from bgcoor_core.kit import check_page
+from bgcoor_core import CorruptRecordError, Storage, Task, TaskStatus
+from bgcoor_core.kit import check_page, pause_within
 
 from ._base import RedisBase
 from ._encoding import decode_record, raise_for, record_args, text, ttl_arg
@@ -97,12 +97,8 @@ class RedisStorageSide(RedisBase, Storage):
                 raw = await self.run("final", task_id)
                 if raw is not None:
                     return decode_record(task_id, raw)
-                pause = self.options.result_safety_poll if notice else interval
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise ResultTimeoutError(f"task {task_id} did not finish within {timeout}s")
-                    pause = min(pause, left)
+                pause = interval if notice is None else self.options.result_safety_poll
+                pause = pause_within(deadline, pause, task_id, timeout)
                 if notice is None:
                     await asyncio.sleep(pause)
                     interval = min(interval * 2, self.options.result_poll_max)
