@@ -90,7 +90,7 @@ def build(task: RegisteredTask, payload: Any, call: dict[str, Any], settings: Se
         raise OutOfRangeError(f"task {task.name!r}: unique_for needs a unique_key")
     if opts.rate_limit is not None or opts.concurrency_limit is not None:
         headers[GATE_HEADER] = _gate(task, payload).encode()
-    return Task(
+    return Task.prechecked(
         name=task.name,
         payload=payload,
         queue=call.get("queue", opts.queue),

@@ -12,10 +12,12 @@ _last_ms = 0
 _last_tail = 0
 _TAIL_BITS = 74  # 12 bits rand_a + 62 bits rand_b
 _TAIL_MASK = (1 << _TAIL_BITS) - 1
+#: The version (7) and variant (0b10) bits, in place.
+_MARKS = (0x7 << 76) | (0b10 << 62)
 
 
-def uuid7() -> uuid.UUID:
-    """Return a UUIDv7 that sorts after every id made earlier in this process.
+def _uuid7_int() -> int:
+    """A UUIDv7 as its 128-bit integer, after every one made earlier in this process.
 
     Within one millisecond the 74 random bits are incremented instead of redrawn
     (RFC 9562, method 2), so ids made in a tight loop stay ordered.
@@ -30,14 +32,22 @@ def uuid7() -> uuid.UUID:
             _last_tail = (_last_tail + 1) & _TAIL_MASK
             ms = _last_ms
         tail = _last_tail
-    value = (ms & 0xFFFF_FFFF_FFFF) << 80
-    value |= 0x7 << 76  # version
-    value |= (tail >> 62) << 64  # rand_a (12 bits)
-    value |= 0b10 << 62  # variant
-    value |= tail & ((1 << 62) - 1)  # rand_b
-    return uuid.UUID(int=value)
+    # 48 bits of milliseconds, version, rand_a (12 bits), variant, rand_b (62 bits).
+    return (
+        ((ms & 0xFFFF_FFFF_FFFF) << 80)
+        | ((tail >> 62) << 64)
+        | (tail & ((1 << 62) - 1))
+        | _MARKS
+    )
+
+
+def uuid7() -> uuid.UUID:
+    """Return a UUIDv7 that sorts after every id made earlier in this process."""
+    return uuid.UUID(int=_uuid7_int())
 
 
 def new_task_id() -> str:
-    """A new task id as its canonical string form."""
-    return str(uuid7())
+    """A new task id: a UUIDv7's canonical text, formatted from its integer directly (a
+    ``uuid.UUID`` and its ``str`` cost twice as much, on every task enqueued)."""
+    h = f"{_uuid7_int():032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

@@ -198,6 +198,22 @@ class Task(BaseModel):
         """Create a pending task, as in ``Task.new("my_task", payload, 3)``."""
         return cls(name=name, payload=payload, max_retries=max_retries, **fields)
 
+    @classmethod
+    def prechecked(cls, **fields: Any) -> Task:
+        """A new task from ``fields`` already checked by the caller (a registered task's
+        name, call options checked against :class:`~bgcoor_core.CallOptions`), built without
+        validating them again: enqueue's trusted path, where validation was a fifth of
+        the cost of each task. Fields left out take their defaults; the id and creation
+        time are new."""
+        task = _BLANK.__copy__()
+        state = task.__dict__
+        state["id"] = new_task_id()
+        state["created_at"] = utcnow()
+        state["headers"] = {}
+        state.update(fields)
+        task.__pydantic_fields_set__.update(fields)
+        return task
+
     def to_json(self) -> str:
         return self.model_dump_json()
 
@@ -218,3 +234,7 @@ class Task(BaseModel):
                 "lease_token": token,
             }
         )
+
+
+#: What :meth:`Task.prechecked` copies: every field at its default.
+_BLANK = Task(name="_")

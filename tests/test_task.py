@@ -309,3 +309,27 @@ def test_non_string_ids_are_rejected() -> None:
 
     with pytest.raises(InvalidNameError):
         validate_task_id(42)
+
+
+def test_a_prechecked_task_is_the_one_validation_would_build() -> None:
+    fields: dict[str, Any] = {
+        "name": "t",
+        "payload": {"args": [1, "x"], "kwargs": {"k": [2]}},
+        "queue": "q",
+        "priority": 2,
+        "max_retries": 5,
+        "timeout": 1.5,
+        "headers": {"h": "v"},
+        "eta": datetime(2030, 1, 1, tzinfo=UTC),
+        "status": TaskStatus.SCHEDULED,
+    }
+    fast, slow = Task.prechecked(**fields), Task(**fields)
+    new = {"id", "created_at"}
+    assert fast.model_dump(exclude=new) == slow.model_dump(exclude=new)
+    assert fast.model_fields_set == slow.model_fields_set
+    assert Task.from_json(fast.to_json()) == fast
+    assert fast.id != slow.id and fast.created_at.tzinfo is not None
+    # Defaults are fresh per task: one task's headers are not another's.
+    a, b = Task.prechecked(name="t"), Task.prechecked(name="t")
+    a.headers["x"] = "1"
+    assert b.headers == {} and a.id != b.id and a.status is TaskStatus.PENDING
