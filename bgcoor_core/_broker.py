@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from ._arguments import CHECKS, checked
@@ -46,7 +46,9 @@ class Capability(enum.StrEnum):
 class Message:
     """An encoded task as the broker stores it. ``eta`` is a Unix timestamp. ``gate``: the
     task's rate and concurrency limits (:meth:`Gate.encode <bgcoor_core.kit.Gate.encode>`),
-    kept beside the body so that the reserve step can enforce them without decoding it."""
+    kept beside the body so that the reserve step can enforce them without decoding it.
+    ``record``: the task's record as its JSON text, when the body is that text (JSON, no
+    claim check), made once by :meth:`Broker.to_message`; see :func:`record_json`."""
 
     id: str
     queue: str
@@ -54,6 +56,16 @@ class Message:
     priority: int = 0
     eta: float | None = None
     gate: str | None = None
+    record: str | None = field(default=None, compare=False, repr=False)
+
+
+def record_json(task: Task, message: Message | None = None) -> str:
+    """``task``'s record as JSON text: the text its ``message`` (made from it by
+    :meth:`Broker.to_message`) already holds, else dumped anew. An enqueue storing a
+    record and a message together encodes the task once, not twice."""
+    if message is not None and message.record is not None and message.id == task.id:
+        return message.record
+    return task.model_dump_json()
 
 
 @dataclass(slots=True)
@@ -155,7 +167,8 @@ class Broker(ABC):
                 f"{type(self).__name__} cannot enforce rate or concurrency limits (task "
                 f"{task.name!r})"
             )
-        return Message(task.id, task.queue, self.codec.encode(task), task.priority, eta, gate)
+        body, record = self.codec.encode_with_record(task)
+        return Message(task.id, task.queue, body, task.priority, eta, gate, record)
 
     @abstractmethod
     async def push_messages(self, messages: Sequence[Message]) -> None:

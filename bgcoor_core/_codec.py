@@ -162,11 +162,19 @@ class Codec:
 
     def encode(self, task: Task) -> bytes:
         """Serialise ``task``; raises :class:`PayloadError` naming what cannot be encoded."""
+        return self.encode_with_record(task)[0]
+
+    def encode_with_record(self, task: Task) -> tuple[bytes, str | None]:
+        """:meth:`encode`, and the task's record JSON when the body holds it as it is
+        (``None`` in another format or with a claim check): stored beside the message
+        without dumping the task again."""
+        record = None
         try:
             if self._seals:
                 task.payload = self._sealed_payload(task)
             if self.content_type == JSON:
-                body = task.model_dump_json().encode()
+                record = task.model_dump_json()
+                body = record.encode()
             else:
                 body = self._serializer.dumps(fields_of(task))
         except PayloadError:
@@ -181,8 +189,8 @@ class Codec:
             refuse_secrets_in_payload(task.name, task.payload)
         data = self._prefix + body
         if len(data) > self.max_payload_bytes:
-            return self._claimed(task, len(data))
-        return data
+            return self._claimed(task, len(data)), None
+        return data, record
 
     def _claimed(self, task: Task, size: int) -> bytes:
         """The message of a task too large for one: with a claim check, the task with

@@ -19,7 +19,6 @@ import logging
 import random
 import signal
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,6 +44,7 @@ from ._settings import Settings
 from ._storage import Storage
 from ._task import Task, TaskStatus
 from ._task_registry import RegisteredTask, TaskRegistry
+from ._threads import TaskThreads
 from ._values import Opaque
 from ._wiring import Backends
 from ._workflow_inputs import member_inputs, with_leading
@@ -123,7 +123,7 @@ class Executor:
         settings: Settings,
         *,
         host: PluginHost | None = None,
-        threads: ThreadPoolExecutor | None = None,
+        threads: TaskThreads | None = None,
     ) -> None:
         self.broker = broker
         self.storage = storage

@@ -34,10 +34,7 @@ def _uuid7_int() -> int:
         tail = _last_tail
     # 48 bits of milliseconds, version, rand_a (12 bits), variant, rand_b (62 bits).
     return (
-        ((ms & 0xFFFF_FFFF_FFFF) << 80)
-        | ((tail >> 62) << 64)
-        | (tail & ((1 << 62) - 1))
-        | _MARKS
+        ((ms & 0xFFFF_FFFF_FFFF) << 80) | ((tail >> 62) << 64) | (tail & ((1 << 62) - 1)) | _MARKS
     )
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from ._context import _CURRENT, CurrentTask
@@ -25,6 +24,7 @@ if TYPE_CHECKING:
     from ._settings import Settings
     from ._task import Task
     from ._task_registry import RegisteredTask
+    from ._threads import TaskThreads
 
 
 class Invoker:
@@ -33,7 +33,7 @@ class Invoker:
     def __init__(
         self,
         settings: Settings,
-        threads: ThreadPoolExecutor | None,
+        threads: TaskThreads | None,
         host: PluginHost | None,
         codec: Codec,
     ) -> None:
@@ -44,7 +44,9 @@ class Invoker:
         # A worker pool's threads carry its child processes (see WorkerPool), which it
         # stops at shutdown; any other executor (``drain``) starts one child per
         # process-isolated task.
-        self._child_pool: Callable[[], ChildPool] | None = getattr(threads, "child_pool", None)
+        self._child_pool: Callable[[], ChildPool] | None = (
+            None if threads is None else threads.child_pool
+        )
         self._children: ChildPool | None = None
 
     async def invoke(self, entry: RegisteredTask, current: CurrentTask) -> Any:
@@ -100,8 +102,10 @@ class Invoker:
             return await entry.handler.run(payload)
         # The thread runs in a copy of this context: current_task() works there too.
         context = contextvars.copy_context()
+        if self.threads is not None:
+            return await self.threads.run(context.run, entry.handler.run, payload)
         return await asyncio.get_running_loop().run_in_executor(
-            self.threads, context.run, entry.handler.run, payload
+            None, context.run, entry.handler.run, payload
         )
 
     def _opened(self, task: Task) -> Any:

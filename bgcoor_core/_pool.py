@@ -21,12 +21,10 @@ import logging
 import os
 import signal
 import sys
-import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ParamSpec, Self, TypeVar
+from typing import TYPE_CHECKING, Self
 
 from ._broker import Broker, Capability, Reservation
 from ._cancels import CancelWatch
@@ -41,61 +39,19 @@ from ._scheduler import check_schedules
 from ._settings import Settings, load_settings
 from ._storage import Storage
 from ._task_registry import TaskRegistry
+from ._threads import TaskThreads
 
 if TYPE_CHECKING:
-    from ._isolation import ChildPool
     from ._scheduler import Scheduler
 
 __all__ = ["WorkerPool", "check_capabilities"]  # check_capabilities: its old home
 
 log = logging.getLogger("bgcoor.pool")
 
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
 
 #: How long a burst pool's reserve waits while tasks still run: short, so the pool notices
 #: soon after the last one settles that there is nothing left.
 _BURST_POLL = 0.05
-
-
-class _TaskThreads(ThreadPoolExecutor):
-    """The threads sync handlers run in, knowing which are busy: a thread cannot be
-    interrupted, and the interpreter waits for it at exit, so a forced stop says how many
-    it is waiting for. They carry the child processes that ``isolation="process"`` tasks
-    run in (none is started until such a task runs)."""
-
-    def __init__(self, workers: int, settings: Settings) -> None:
-        super().__init__(workers, thread_name_prefix="bgcoor-task")
-        self._settings = settings
-        self.children: ChildPool | None = None
-        # Thread ids, not a counter under a lock: set.add and set.discard are atomic, and
-        # a lock would be contended by every thread finishing a task at once.
-        self._running: set[int] = set()
-
-    def child_pool(self) -> ChildPool:
-        """The children, made on first use (so a pool without such tasks imports nothing
-        of process isolation)."""
-        if self.children is None:
-            from ._isolation import ChildPool
-
-            self.children = ChildPool.for_settings(self._settings, self._max_workers)
-        return self.children
-
-    @property
-    def busy(self) -> int:
-        """Threads running a task now."""
-        return len(self._running)
-
-    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
-        return super().submit(self._marked, fn, *args, **kwargs)
-
-    def _marked(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
-        ident = threading.get_ident()
-        self._running.add(ident)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            self._running.discard(ident)
 
 
 @dataclass(eq=False, slots=True)
@@ -143,7 +99,7 @@ class WorkerPool:
         self.concurrency = concurrency or self.settings.concurrency
         self.queues = list(queues or self.settings.queues)
         self.host = host
-        self._threads = _TaskThreads(self.concurrency, self.settings)
+        self._threads = TaskThreads(self.concurrency, self.settings)
         self.executor = Executor(
             broker, storage, registry, self.settings, host=host, threads=self._threads
         )

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from ._backend_registry import redact
 from ._background import running_in_background
+from ._broker import record_json
 from ._cancels import CancelSignals, OnCancel, OnGap
 from ._codec import _summarise
 from ._composition import Graph, Node, OnFailure
@@ -177,6 +178,7 @@ __all__ = [
     "pause_within",
     "placeholder",
     "printable",
+    "record_json",
     "redact",
     "reduce",
     "reopen",

@@ -63,3 +63,27 @@ def test_plugins_import_no_private_core_module(plugin: str) -> None:
         for match in private.finditer(path.read_text())
     ]
     assert not found, found
+
+
+def test_record_json_reuses_a_json_message_text_and_dumps_otherwise() -> None:
+    from bgcoor_core import Codec
+    from bgcoor_core._codec import JsonSerializer
+    from bgcoor_core.backends.memory import MemoryBroker
+    from bgcoor_core.serializers import PickleSerializer
+
+    task = Task.new("jobs.x", {"args": [1], "kwargs": {}})
+    message = MemoryBroker().to_message(task)
+    assert message.record == task.model_dump_json()
+    assert message.body == b"application/json\n" + message.record.encode()
+    assert kit.record_json(task, message) is message.record  # not dumped again
+    other = Task.new("jobs.y")
+    assert kit.record_json(other, message) == other.model_dump_json()  # another task's
+    assert kit.record_json(task) == task.model_dump_json()
+    # Another format, or a claim check, carries no record text: the record is dumped.
+    pickled = Codec({"p": PickleSerializer()}, content_type="p", accept=["p"])
+    assert MemoryBroker(codec=pickled).to_message(task).record is None
+    big = Task.new("jobs.x", {"args": ["x" * 2000], "kwargs": {}})
+    json_only = {"application/json": JsonSerializer()}
+    claimed = MemoryBroker(codec=Codec(json_only, max_payload_bytes=1000, claim_check_bytes=10**4))
+    assert claimed.to_message(big).record is None
+    assert kit.record_json(big, claimed.to_message(big)) == big.model_dump_json()

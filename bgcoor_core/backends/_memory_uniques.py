@@ -36,8 +36,8 @@ class MemoryUniques:
                 if self.storage._live(task.id) is not None:
                     raise DuplicateTaskError(f"task {task.id} already has a record")
             self.broker._push_locked(messages, limited=True)  # refused whole, before a record
-            for task in tasks:
-                self.storage._insert(task)
+            for task, message in zip(tasks, messages, strict=True):
+                self.storage._insert(task, message)
 
     async def enqueue_unique(
         self, tasks: Sequence[Task], messages: Sequence[Message]
@@ -51,7 +51,7 @@ class MemoryUniques:
             chosen = [i for i, holder in enumerate(holders) if holder is None]
             self.broker._push_locked([messages[i] for i in chosen], limited=True)
             for i in chosen:
-                self.storage._insert(tasks[i])
+                self.storage._insert(tasks[i], messages[i])
             for key, task in taken.items():
                 self._keys[key] = (task.id, unique_until(task))
             return holders

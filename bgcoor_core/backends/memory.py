@@ -16,7 +16,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .._backend_registry import BackendContext, BrokerRegistry, StorageRegistry
-from .._broker import Broker, Capability, DeadLetter, Message, QueueStats, Reservation
+from .._broker import (
+    Broker,
+    Capability,
+    DeadLetter,
+    Message,
+    QueueStats,
+    Reservation,
+    record_json,
+)
 from .._codec import Codec
 from .._errors import DuplicateTaskError, ResultTimeoutError, StaleLeaseError
 from .._gates import Gate, admit
@@ -453,11 +461,16 @@ class MemoryStorage(Storage):
             for task in tasks:
                 self._insert(task)
 
-    def _insert(self, task: Task) -> None:
+    def _insert(self, task: Task, message: Message | None = None) -> None:
         """Store a record (the lock held; the caller checked the id is free, or that the
-        transition is allowed), waking whoever waits for it to finish."""
+        transition is allowed), waking whoever waits for it to finish; ``message``: the
+        one made from it, whose record text is reused (:func:`record_json`)."""
         self._records[task.id] = _Record(
-            task.status, task.name, task.queue, task.lease_token, task.model_dump_json().encode()
+            task.status,
+            task.name,
+            task.queue,
+            task.lease_token,
+            record_json(task, message).encode(),
         )
         self._expires.pop(task.id, None)
         if task.status.is_final and task.id in self._waiters:

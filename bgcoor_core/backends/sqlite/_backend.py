@@ -408,7 +408,7 @@ def _store_new(
     """An enqueue's writes, inside the caller's transaction (also a fired schedule's,
     which no queue limit refuses: see :meth:`SQLiteBackend._store_limited`)."""
     _insert(conn, messages)  # first: a duplicate id is that, whatever its record says
-    _records.insert_new(conn, tasks)  # any record refuses the batch (rolled back)
+    _records.insert_new(conn, tasks, messages)  # any record refuses the batch (rolled back)
 
 
 def _insert(conn: sqlite3.Connection, messages: Sequence[Message]) -> None:

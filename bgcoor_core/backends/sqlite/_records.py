@@ -8,6 +8,7 @@ is no task) never fails more than its own task: the reserve hands it over as a d
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sqlite3
 import time
@@ -16,6 +17,7 @@ from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
+from ..._broker import Message, record_json
 from ..._codec import printable
 from ..._errors import BgcoorError, CorruptRecordError, DuplicateTaskError
 from ..._storage import check_transition
@@ -118,13 +120,16 @@ _INSERT_NEW = (
 )
 
 
-def insert_new(conn: sqlite3.Connection, tasks: Sequence[Task]) -> None:
+def insert_new(
+    conn: sqlite3.Connection, tasks: Sequence[Task], messages: Sequence[Message] = ()
+) -> None:
     """Store new records (inside a transaction); an id that already has a record, in any
-    status, raises :class:`DuplicateTaskError` and the caller's transaction rolls back."""
+    status, raises :class:`DuplicateTaskError` and the caller's transaction rolls back.
+    ``messages``: those made from the tasks, in order, whose record text is reused."""
     now = time.time()
     rows = [
-        (t.id, t.name, t.queue, t.status.value, t.lease_token, t.model_dump_json(), now)
-        for t in tasks
+        (t.id, t.name, t.queue, t.status.value, t.lease_token, record_json(t, m), now)
+        for t, m in itertools.zip_longest(tasks, messages[: len(tasks)])
     ]
     if conn.executemany(_INSERT_NEW, rows).rowcount != len(rows):
         raise _duplicate_record(conn, rows)

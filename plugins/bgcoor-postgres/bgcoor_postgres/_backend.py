@@ -45,6 +45,7 @@ from bgcoor_core.kit import (
     is_queue_name,
     pause_within,
     printable,
+    record_json,
     shielded_take,
     validate_queue_name,
 )
@@ -195,7 +196,11 @@ class PostgresBackend(Broker, Storage):
     def _enqueue_args(self, tasks: Sequence[Task], messages: Sequence[Message]) -> list[Any]:
         """The enqueue's parameters: messages, records and (only if one has a gate) the
         messages' gates, for :meth:`_enqueue_statement`."""
-        return [*_message_columns(messages), *_new_record_columns(tasks), *_gate_column(messages)]
+        return [
+            *_message_columns(messages),
+            *_new_record_columns(tasks, messages),
+            *_gate_column(messages),
+        ]
 
     def _enqueue_statement(self, messages: Sequence[Message]) -> str:
         return self.sql.enqueue_gated if gated(messages) else self.sql.enqueue
@@ -697,7 +702,9 @@ def _check_messages(messages: Sequence[Message]) -> None:
         raise DuplicateTaskError("the same task id appears twice in one batch")
 
 
-def _new_record_columns(tasks: Sequence[Task]) -> list[list[Any]]:
+def _new_record_columns(tasks: Sequence[Task], messages: Sequence[Message] = ()) -> list[list[Any]]:
+    """Columns of new records; ``messages``: those made from them, in the same order,
+    whose record text is reused (:func:`~bgcoor_core.kit.record_json`)."""
     if len({t.id for t in tasks}) != len(tasks):
         raise DuplicateTaskError("the same task id appears twice in one batch")
     for task in tasks:
@@ -708,7 +715,7 @@ def _new_record_columns(tasks: Sequence[Task]) -> list[list[Any]]:
         [t.queue for t in tasks],
         [t.status.value for t in tasks],
         [t.lease_token for t in tasks],
-        [t.model_dump_json() for t in tasks],
+        [record_json(t, messages[i] if i < len(messages) else None) for i, t in enumerate(tasks)],
     ]
 
 

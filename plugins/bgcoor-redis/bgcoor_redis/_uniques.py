@@ -50,8 +50,8 @@ class RedisUniques:
 def unique_args(tasks: Sequence[Task], messages: Sequence[Message]) -> list[Any]:
     """The script's arguments after the prefix, every task encoded and checked first."""
     args: list[Any] = [len(tasks)]
-    for task in tasks:
-        args += record_args(task)
+    for task, message in zip(tasks, messages, strict=True):
+        args += record_args(task, message)
     for message in messages:
         args += message_args(message)
     for task in tasks:
