@@ -5,9 +5,10 @@ processes: two workers can never hold the same task while its lease is current, 
 take a rate or concurrency limit's last slot (decided in the take's transaction, see
 :mod:`._gates`), and two producers never both take a limited queue's last place (counted
 in the enqueue's transaction, see :mod:`._queue_limits`). Idle consumers poll cheaply (a
-read without the write lock) every ``poll_interval`` seconds; pushes made through the same
-backend object wake local consumers at once, as do settles that free a limit's slot for a
-parked message.
+read without the write lock) every ``poll_interval`` seconds as a safety net: pushes, and
+settles that free a limit's slot for a parked message, wake consumers at once, those of
+this backend object directly and those of other processes with a datagram on a local
+socket (see :mod:`._wakes`); outcomes wake callers waiting for a result the same way.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from ..._errors import (
     StaleLeaseError,
 )
 from ..._schedules import Fire, FireOutcome, ScheduleDefinition, ScheduleEntry
-from ..._storage import Storage, check_page
+from ..._storage import Storage, check_page, pause_within
 from ..._task import Task, TaskStatus, validate_queue_name
 from ...kit import placeholder, shielded_take
 from .._waiters import Waiters, wait_for_wake
@@ -41,6 +42,7 @@ from . import _defects, _gates, _queue_limits, _records, _schedules
 from ._connection import Connection, transaction
 from ._schema import SCHEMA_VERSION
 from ._uniques import SQLiteUniques
+from ._wakes import Wakes
 from ._workflows import SQLiteWorkflows
 
 log = logging.getLogger("bgcoor.sqlite")
@@ -99,7 +101,7 @@ class SQLiteBackend(Broker, Storage):
         )
         self._waiters = Waiters()
         self._waiters_lock = threading.Lock()
-        self.wait_poll_max = self.options.poll_interval  # reads are cheap: poll as reserve does
+        self._wakes = Wakes(path, self._wake_local)
         self._next_sweep = 0.0  # monotonic time of the next idle sweep for stray messages
 
     def __repr__(self) -> str:
@@ -111,8 +113,7 @@ class SQLiteBackend(Broker, Storage):
         for message in messages:
             validate_queue_name(message.queue)
         await self.db.run(self._push_limited, messages)
-        with self._waiters_lock:
-            self._waiters.wake_all()
+        self._wake_consumers()
 
     # -- broker: consuming -------------------------------------------------------------
 
@@ -133,6 +134,7 @@ class SQLiteBackend(Broker, Storage):
                 remaining = give_up - time.monotonic()
                 if remaining <= 0:
                     break
+                self._wakes.listen()  # other processes' pushes wake this wait
                 await wait_for_wake(future, min(remaining, self.options.poll_interval))
             finally:
                 with self._waiters_lock:
@@ -282,6 +284,26 @@ class SQLiteBackend(Broker, Storage):
 
     async def save(self, task: Task, *, ttl: float | None = None) -> None:
         await self.db.run(_records.save, task, ttl)
+        if task.status.is_final:
+            self._wake_consumers()  # and whoever waits for its result
+
+    async def wait(self, task_id: str, *, timeout: float | None) -> Task:
+        """Look at the record each time an outcome is stored in any process using the
+        file (a wake-up, see :mod:`._wakes`), and every ``poll_interval`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._wakes.listen()
+        while True:
+            with self._waiters_lock:
+                future = self._waiters.add()
+            try:
+                task = await self.get(task_id)
+                if task is not None and task.status.is_final:
+                    return task
+                pause = pause_within(deadline, self.options.poll_interval, task_id, timeout)
+                await wait_for_wake(future, pause)
+            finally:
+                with self._waiters_lock:
+                    self._waiters.discard(future)
 
     async def get(self, task_id: str) -> Task | None:
         return await self.db.run(_records.get, task_id)
@@ -313,15 +335,14 @@ class SQLiteBackend(Broker, Storage):
         for message in messages:
             validate_queue_name(message.queue)
         await self.db.run(self._enqueue_limited, tasks, messages)
-        with self._waiters_lock:
-            self._waiters.wake_all()
+        self._wake_consumers()
 
     async def save_many(self, tasks: Sequence[Task]) -> None:
         await self.db.run(_records.save_many, tasks)
 
     async def complete(self, reservation: Reservation, task: Task, *, ttl: float | None) -> None:
-        if await self.db.run(_complete, reservation.task.id, reservation.token, task, ttl):
-            self._wake_consumers()
+        await self.db.run(_complete, reservation.task.id, reservation.token, task, ttl)
+        self._wake_consumers()  # a freed limit slot, a waiter for the result
 
     # -- schedules (periodic tasks): fired in the enqueue's own transaction ------------
 
@@ -343,8 +364,7 @@ class SQLiteBackend(Broker, Storage):
                 validate_queue_name(request.message.queue)
         outcomes = await self.db.run(_schedules.fire, requests, _store_new)
         if FireOutcome.FIRED in outcomes:
-            with self._waiters_lock:
-                self._waiters.wake_all()
+            self._wake_consumers()
         return outcomes
 
     # -- workflows: each member's outcome steps its workflow in the same transaction ---
@@ -386,6 +406,11 @@ class SQLiteBackend(Broker, Storage):
         _queue_limits.refuse_if_full(self, conn, messages)
 
     def _wake_consumers(self) -> None:
+        """Wake the consumers and result waiters of every process using the file."""
+        self._wake_local()
+        self._wakes.notify()
+
+    def _wake_local(self) -> None:
         with self._waiters_lock:
             self._waiters.wake_all()
 
@@ -396,6 +421,7 @@ class SQLiteBackend(Broker, Storage):
         return [f"{self.db.path}: schema version {v + 1}" for v in range(found, SCHEMA_VERSION)]
 
     async def close(self) -> None:
+        self._wakes.close()
         await self.db.close()
 
 
