@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import gc
 import logging
 import os
 import sys
@@ -189,6 +190,11 @@ async def _serve(manager: TaskManager, options: WorkerRun, link: ChildLink | Non
         name = "worker" if link is None else f"worker {link.index} (pid {os.getpid()})"
 
         def ready() -> None:
+            # What is loaded by now (the app, plugins, pydantic's schemas) lives as long
+            # as the process: frozen, the collector no longer walks it in every full
+            # collection, which a worker making objects for each task runs again and again.
+            gc.collect()
+            gc.freeze()
             # Only once the pool has started and its signal handlers are in place is a
             # SIGTERM a graceful stop, so "ready" is a promise scripts and tests rely on.
             if link is None:
