@@ -514,18 +514,37 @@ end
 -- nil if every record and message is new, else {"DUPLICATE", id} (a message with this id
 -- exists, or two share it) or {"DUPLICATE", id, status} (a record does: even a finished
 -- task's id is never reused; a message pushed on its own may follow its record, saved first).
+-- How many of `keys` exist: one EXISTS per thousand keys (a call takes a bounded number of
+-- arguments).
+local function count_existing(keys)
+  local n = 0
+  for i = 1, #keys, 1000 do
+    n = n + redis.call("EXISTS", unpack(keys, i, math.min(i + 999, #keys)))
+  end
+  return n
+end
+
 local function refuse_new(recs, msgs)
+  -- The common case, every id new, is asked in one EXISTS per kind; only a batch where one
+  -- exists looks id by id, to name it.
+  local mkeys, tkeys = {}, {}
+  for i, a in ipairs(msgs) do mkeys[i] = mkey(ARGV[a]) end
+  for i, a in ipairs(recs) do tkeys[i] = tkey(ARGV[a]) end
+  local some_message = count_existing(mkeys) > 0
+  local some_record = count_existing(tkeys) > 0
   -- messages first: a duplicate message is DUPLICATE whatever its record says
   local seen = {}
   for _, a in ipairs(msgs) do
     local id = ARGV[a]
-    if seen[id] or redis.call("EXISTS", mkey(id)) == 1 then return {"DUPLICATE", id} end
+    if seen[id] or (some_message and redis.call("EXISTS", mkey(id)) == 1) then
+      return {"DUPLICATE", id}
+    end
     seen[id] = true
   end
   local recorded = {}
   for _, a in ipairs(recs) do
     local id = ARGV[a]
-    local status = taken_by(id)
+    local status = some_record and taken_by(id)
     if status then return {"DUPLICATE", id, status} end
     if recorded[id] then return {"DUPLICATE", id} end
     recorded[id] = true
@@ -535,9 +554,37 @@ end
 
 -- Store the records and push the messages (in their order), waking idle consumers.
 local function store_new(recs, msgs, t)
-  for _, a in ipairs(recs) do
+  -- Sorted-set members are added per key for the whole batch (ZADD takes many), not per
+  -- task: a batch of one queue, name and status makes five ZADDs, whatever its size.
+  local keys, members = {}, {}
+  local function add(key, score, id)
+    local m = members[key]
+    if not m then
+      m = {}
+      members[key] = m
+      keys[#keys + 1] = key
+    end
+    m[#m + 1] = score
+    m[#m + 1] = id
+  end
+  local ids = {}
+  for i, a in ipairs(recs) do ids[i] = ARGV[a] end
+  for i = 1, #ids, 1000 do -- records Redis expired before a cleanup came by (see forget)
+    local part = {unpack(ids, i, math.min(i + 999, #ids))}
+    local metas = redis.pcall("HMGET", EXPMETA, unpack(part))
+    if metas.err then metas = fixed(EXPMETA, "HMGET", EXPMETA, unpack(part)) end
+    for j = 1, #part do
+      if metas[j] then forget(part[j], metas[j]) end
+    end
+  end
+  for _, a in ipairs(recs) do -- write_record's writes for a record that is new
     local id, status, token, name, queue, json = unpack(ARGV, a, a + 5)
-    write_record(nil, id, status, token, name, queue, json, 0, t)
+    add(ALL, 0, id)
+    add(ikey("s", status), 0, id)
+    add(ikey("n", name), 0, id)
+    add(ikey("q", queue), 0, id)
+    redis.call("HSET", tkey(id), "s", status, "k", token, "n", name, "q", queue, "j", json)
+    if is_final(status) then redis.call("PUBLISH", P .. ":done:" .. id, json) end
   end
   local nmsg = #msgs
   local seq = nmsg > 0 and next_seq(nmsg) - nmsg or 0
@@ -558,15 +605,20 @@ local function store_new(recs, msgs, t)
       end
       listed[queue] = true
     end
-    local key = qkey(queue, "ready")
     if eta ~= "" and tonumber(eta) > t then
-      key, score = qkey(queue, "later"), eta
+      add(qkey(queue, "later"), eta, id)
     else
+      add(qkey(queue, "ready"), score, id)
       ready[queue] = true
     end
-    -- (redis.pcall first, fixed only when it failed: see fixed)
-    if type(redis.pcall("ZADD", key, score, id)) == "table" then
-      fixed(key, "ZADD", key, score, id)
+  end
+  for _, key in ipairs(keys) do -- (redis.pcall first, fixed only when it failed: see fixed)
+    local m = members[key]
+    for i = 1, #m, 1000 do
+      local part = {unpack(m, i, math.min(i + 999, #m))}
+      if type(redis.pcall("ZADD", key, unpack(part))) == "table" then
+        fixed(key, "ZADD", key, unpack(part))
+      end
     end
   end
   for queue in pairs(ready) do wake(queue) end
