@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     #: :class:`~bgcoor_core.QueueFullError` or waits for room.
     queue_limits: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
     queue_full: Literal["reject", "wait"] = "reject"
+    #: The event loop ``bgcoor worker`` runs on: ``uvloop`` (``pip install
+    #: 'bgcoor[uvloop]'``), ``asyncio``, or ``auto``: uvloop when it is installed.
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
     #: How long an enqueue waits for room under ``queue_full="wait"``.
     queue_full_timeout: float = _bounded(30.0, limits.TIMEOUT)
     #: The format of new messages: a content type or a serializer's short name

@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from .._loops import run as run_loop
 from .._manager import TaskManager
 from .._pool import WorkerPool
 from .._supervisor import ChildLink, Supervisor
@@ -127,7 +128,7 @@ def worker(
         if tagged and link is not None:  # our own handler only, never the app's
             for handler in logging.getLogger().handlers:
                 handler.addFilter(WorkerTag(link.index))
-        asyncio.run(_serve(manager, options, link))
+        run_loop(_serve(manager, options, link), manager.settings.event_loop)
 
 
 @dataclasses.dataclass(frozen=True)
