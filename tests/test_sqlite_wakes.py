@@ -11,6 +11,7 @@ import asyncio
 import os
 import socket
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -142,8 +143,9 @@ def test_a_socket_whose_process_is_gone_is_removed(tmp_path: Path) -> None:
 
 
 def test_where_the_sockets_live(tmp_path: Path) -> None:
-    short = str(tmp_path / "a.db")
-    assert wake_dir(short) == os.path.realpath(short) + "-wake"
+    with tempfile.TemporaryDirectory(prefix="w", dir="/tmp") as near:  # a short path
+        short = os.path.join(near, "a.db")
+        assert wake_dir(short) == os.path.realpath(short) + "-wake"
     deep = tmp_path / ("d" * 90)
     deep.mkdir()
     long = wake_dir(str(deep / "a.db"))
