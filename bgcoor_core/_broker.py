@@ -68,6 +68,15 @@ def record_json(task: Task, message: Message | None = None) -> str:
     return task.model_dump_json()
 
 
+def record_jsons(tasks: Sequence[Task], messages: Sequence[Message] = ()) -> list[str]:
+    """:func:`record_json` for each of ``tasks``, paired by position with ``messages``
+    (made from them, as many or fewer: the rest are dumped)."""
+    return [
+        record_json(task, messages[i] if i < len(messages) else None)
+        for i, task in enumerate(tasks)
+    ]
+
+
 @dataclass(slots=True)
 class Reservation:
     """A task leased to one consumer.

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from ._backend_registry import redact
 from ._background import running_in_background
-from ._broker import record_json
+from ._broker import record_json, record_jsons
 from ._cancels import CancelSignals, OnCancel, OnGap
 from ._codec import _summarise
 from ._composition import Graph, Node, OnFailure
@@ -179,6 +179,7 @@ __all__ = [
     "placeholder",
     "printable",
     "record_json",
+    "record_jsons",
     "redact",
     "reduce",
     "reopen",

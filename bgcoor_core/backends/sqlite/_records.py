@@ -8,7 +8,6 @@ is no task) never fails more than its own task: the reserve hands it over as a d
 
 from __future__ import annotations
 
-import itertools
 import logging
 import sqlite3
 import time
@@ -17,7 +16,7 @@ from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
-from ..._broker import Message, record_json
+from ..._broker import Message, record_jsons
 from ..._codec import printable
 from ..._errors import BgcoorError, CorruptRecordError, DuplicateTaskError
 from ..._storage import check_transition
@@ -128,8 +127,8 @@ def insert_new(
     ``messages``: those made from the tasks, in order, whose record text is reused."""
     now = time.time()
     rows = [
-        (t.id, t.name, t.queue, t.status.value, t.lease_token, record_json(t, m), now)
-        for t, m in itertools.zip_longest(tasks, messages[: len(tasks)])
+        (t.id, t.name, t.queue, t.status.value, t.lease_token, text, now)
+        for t, text in zip(tasks, record_jsons(tasks, messages), strict=True)
     ]
     if conn.executemany(_INSERT_NEW, rows).rowcount != len(rows):
         raise _duplicate_record(conn, rows)

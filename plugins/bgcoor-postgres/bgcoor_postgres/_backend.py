@@ -45,7 +45,7 @@ from bgcoor_core.kit import (
     is_queue_name,
     pause_within,
     printable,
-    record_json,
+    record_jsons,
     shielded_take,
     validate_queue_name,
 )
@@ -704,7 +704,7 @@ def _check_messages(messages: Sequence[Message]) -> None:
 
 def _new_record_columns(tasks: Sequence[Task], messages: Sequence[Message] = ()) -> list[list[Any]]:
     """Columns of new records; ``messages``: those made from them, in the same order,
-    whose record text is reused (:func:`~bgcoor_core.kit.record_json`)."""
+    whose record text is reused (:func:`~bgcoor_core.kit.record_jsons`)."""
     if len({t.id for t in tasks}) != len(tasks):
         raise DuplicateTaskError("the same task id appears twice in one batch")
     for task in tasks:
@@ -715,7 +715,7 @@ def _new_record_columns(tasks: Sequence[Task], messages: Sequence[Message] = ())
         [t.queue for t in tasks],
         [t.status.value for t in tasks],
         [t.lease_token for t in tasks],
-        [record_json(t, messages[i] if i < len(messages) else None) for i, t in enumerate(tasks)],
+        record_jsons(tasks, messages),
     ]
 
 

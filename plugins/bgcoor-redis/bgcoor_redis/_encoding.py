@@ -18,7 +18,7 @@ from bgcoor_core import (
     TaskStatus,
     kit,
 )
-from bgcoor_core.kit import record_json, validate_queue_name
+from bgcoor_core.kit import record_jsons, validate_queue_name
 
 from ._scripts import MAX_PRIORITY, MIN_PRIORITY
 
@@ -27,15 +27,17 @@ from ._scripts import MAX_PRIORITY, MIN_PRIORITY
 CHUNK = 500
 
 
-def record_args(task: Task, message: Message | None = None) -> list[Any]:
-    """id, status, token, name, queue, json: a record as the scripts take it (its JSON
-    the text ``message``, made from it, holds: :func:`~bgcoor_core.kit.record_json`).
+def record_args(task: Task, json: str | None = None) -> list[Any]:
+    """id, status, token, name, queue, json: a record as the scripts take it (``json``:
+    its text when already made, see :func:`~bgcoor_core.kit.record_jsons`).
 
     The lease token is ``""`` for none and ``"+" + token`` otherwise, so that an empty
     token still counts as a token, as it does in :func:`bgcoor_core.check_write`.
     """
     token = "" if task.lease_token is None else "+" + task.lease_token
-    return [task.id, task.status.value, token, task.name, task.queue, record_json(task, message)]
+    if json is None:
+        json = task.model_dump_json()
+    return [task.id, task.status.value, token, task.name, task.queue, json]
 
 
 #: Script arguments per message (:func:`message_args`).
@@ -194,8 +196,8 @@ def chunks(
         records = tasks[start : start + size]
         pushed = messages[start : start + size]
         args: list[Any] = [len(records), len(pushed)]
-        for i, task in enumerate(records):
-            args += record_args(task, pushed[i] if i < len(pushed) else None)
+        for task, json in zip(records, record_jsons(records, pushed), strict=True):
+            args += record_args(task, json)
         for message in pushed:
             args += message_args(message)
         args += limits

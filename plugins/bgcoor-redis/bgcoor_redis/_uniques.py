@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from bgcoor_core import DuplicateTaskError, Message, Task
-from bgcoor_core.kit import unique_key, unique_until
+from bgcoor_core.kit import record_jsons, unique_key, unique_until
 
 from ._encoding import limit_args, message_args, raise_for, record_args, text
 
@@ -50,8 +50,8 @@ class RedisUniques:
 def unique_args(tasks: Sequence[Task], messages: Sequence[Message]) -> list[Any]:
     """The script's arguments after the prefix, every task encoded and checked first."""
     args: list[Any] = [len(tasks)]
-    for task, message in zip(tasks, messages, strict=True):
-        args += record_args(task, message)
+    for task, json in zip(tasks, record_jsons(tasks, messages), strict=True):
+        args += record_args(task, json)
     for message in messages:
         args += message_args(message)
     for task in tasks:
