@@ -355,7 +355,7 @@ _PRODUCER = textwrap.dedent(
     """
 )
 PROCESSES = 3
-PROCESS_LIMIT = 30
+PROCESS_LIMIT = 300  # room for many batches, so that every process is in the race before it is full
 
 
 async def test_processes_sharing_the_file_never_pass_the_limit(
