@@ -12,6 +12,7 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from ._arguments import CHECKS, checked
@@ -92,6 +93,8 @@ class Reservation:
     a broker that is also the storage may set it (see :class:`AtomicCompletion`), and only
     for a record that existed and was allowed to become running; the executor honours it
     only when the broker :meth:`~AtomicCompletion.shares_store_with` its storage.
+    ``started_at``: with ``started``, the start time it stored, which the executor then
+    keeps in every record of this attempt (else it stamps its own, a moment later).
     """
 
     task: Task
@@ -100,6 +103,7 @@ class Reservation:
     lost: int = 0
     defect: str | None = None
     started: bool = False
+    started_at: datetime | None = None
 
     @property
     def queue(self) -> str:

@@ -221,9 +221,11 @@ class Executor:
     async def _mark_running(self, reservation: Reservation, task: Task) -> Task | None:
         """The task as it runs now, stored (unless the reserve did); ``None`` if its
         record is already settled, and the delivery settled without running it."""
-        task = task.started(reservation.token, datetime.now(UTC))
+        stored = reservation.started and self._atomic  # the reserve stored the start
+        at = reservation.started_at if stored else None
+        task = task.started(reservation.token, at or datetime.now(UTC))
         try:
-            if not (reservation.started and self._atomic):  # else stored by the reserve
+            if not stored:
                 await self.storage.save(task)
         except InvalidTransitionError as exc:
             await self._already_settled(reservation, exc)

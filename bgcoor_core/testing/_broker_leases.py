@@ -8,8 +8,11 @@ import pytest
 
 from .._broker import AtomicCompletion, AtomicEnqueue, Broker, Capability, QueueStats, Reservation
 from .._errors import DuplicateTaskError, StaleLeaseError
+from .._executor import Executor
+from .._settings import Settings
 from .._storage import Storage
 from .._task import Task, TaskStatus
+from .._task_registry import TaskRegistry
 from ._helpers import (
     ASYNC,
     DEFAULT,
@@ -47,6 +50,13 @@ async def _started(
     if not reservation.started:
         pytest.skip(f"{type(broker).__name__} does not mark records running as it reserves")
     return storage, task, reservation
+
+
+class _Done:
+    """A handler that returns ``"done"``."""
+
+    async def run(self, payload: object) -> str:
+        return "done"
 
 
 class BrokerLeaseTests:
@@ -226,9 +236,9 @@ class BrokerLeaseTests:
         held = await broker.reserve([DEFAULT], lease=LONG_LEASE, limit=3, timeout=SLACK)
         by_id = {r.task.id: r for r in held}
         assert set(by_id) == {fresh.id, cancelled.id, absent.id}
-        assert not by_id[cancelled.id].started
+        assert (by_id[cancelled.id].started, by_id[cancelled.id].started_at) == (False, None)
         assert await storage.get(cancelled.id) == cancelled
-        assert not by_id[absent.id].started
+        assert (by_id[absent.id].started, by_id[absent.id].started_at) == (False, None)
         assert await storage.get(absent.id) is None
         reservation = by_id[fresh.id]
         assert reservation.task == fresh  # the message, as pushed
@@ -243,12 +253,33 @@ class BrokerLeaseTests:
             reservation.token,
         )
         assert stored.started_at is not None
+        assert reservation.started_at == stored.started_at  # the start it stored
         assert stored.finished_at is None
         assert (stored.payload, stored.name, stored.queue) == (fresh.payload, fresh.name, DEFAULT)
         if isinstance(broker, AtomicCompletion):
             done = stored.model_copy(update={"status": TaskStatus.SUCCEEDED, "result": 7})
             await broker.complete(reservation, done, ttl=None)
             assert await storage.get(fresh.id) == done
+
+    async def test_the_executor_keeps_the_start_the_reserve_stored(
+        self, broker: Broker, completion_storage: Storage | None
+    ) -> None:
+        """A task whose record the reserve marked running keeps that start time in its
+        final record: the executor does not stamp a later one of its own (a record would
+        otherwise say it started twice, and rate limits enforced at the reserve would
+        look broken in the records)."""
+        storage, task, reservation = await _started(broker, completion_storage, LONG_LEASE)
+        running = await storage.get(task.id)
+        assert running is not None
+        assert running.started_at is not None
+        registry = TaskRegistry()
+        registry.register(task.name, _Done())
+        await asyncio.sleep(0.05)  # a later stamp would differ from the stored one
+        await Executor(broker, storage, registry, Settings()).execute(reservation)
+        final = await storage.get(task.id)
+        assert final is not None
+        assert (final.status, final.result) == (TaskStatus.SUCCEEDED, "done")
+        assert final.started_at == running.started_at == reservation.started_at
 
     async def test_a_hand_back_restores_a_started_record(
         self, broker: Broker, completion_storage: Storage | None

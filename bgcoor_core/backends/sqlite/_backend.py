@@ -158,7 +158,7 @@ class SQLiteBackend(Broker, Storage):
             task = placeholder(message_id, queue)
             return Reservation(task, token, deliveries, lost, defect)
         task, defect = self.decode(message_id, queue, body)
-        return Reservation(task, token, deliveries, lost, defect, started)
+        return Reservation(task, token, deliveries, lost, defect, started is not None, started)
 
     def _read_body(self, body: bytes) -> Task | None:
         """A damaged row's body as a task, if it can be decoded at all (to name the
@@ -550,7 +550,7 @@ def _take_one(
     token = os.urandom(12).hex()
     if not sound:
         message_id, defect = _defects.take(conn, rowid, queue, token, until, read_body)
-        return (message_id, queue, b"", 1, 0, token, False, defect)
+        return (message_id, queue, b"", 1, 0, token, None, defect)
     was_lost = state == "reserved"  # its lease ran out: the worker was lost
     lost += was_lost
     if gate is not None and not _gates.passes(
@@ -566,7 +566,7 @@ def _take_one(
         started = _records.start(conn, message_id, token, now)
     except CorruptRecordError as exc:  # the message is sound, its record is not
         log.error("%s", exc)
-        return (message_id, queue, body, deliveries + 1, lost, token, False, str(exc))
+        return (message_id, queue, body, deliveries + 1, lost, token, None, str(exc))
     return (message_id, queue, body, deliveries + 1, lost, token, started, None)
 
 

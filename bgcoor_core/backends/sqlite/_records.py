@@ -166,9 +166,10 @@ def save_many(conn: sqlite3.Connection, tasks: Sequence[Task]) -> None:
         insert_new(conn, tasks)
 
 
-def start(conn: sqlite3.Connection, task_id: str, token: str, now: float) -> bool:
+def start(conn: sqlite3.Connection, task_id: str, token: str, now: float) -> datetime | None:
     """Mark the record of a task being reserved running under ``token`` (inside the
-    reserve's transaction), as the executor would; True if it did (``Reservation.started``).
+    reserve's transaction), as the executor would; the start time it stored if it did
+    (``Reservation.started``, ``started_at``), else ``None``.
     No record, or one that may not become running, is left to the executor; a record
     that cannot be read raises :class:`CorruptRecordError` (the reserve's defect)."""
     sql = f"SELECT status, record, before_start FROM tasks WHERE id = ? AND {_LIVE}"
@@ -179,26 +180,27 @@ def start(conn: sqlite3.Connection, task_id: str, token: str, now: float) -> boo
             unreadable(conn, task_id, ("status", "record", "before_start"))
         ) from None
     if row is None:
-        return False
+        return None
     allowed = _ALLOWED.get(row[0])
     if allowed is None:
         raise _unknown_status(task_id, row[0])
     if TaskStatus.RUNNING not in allowed:
-        return False
+        return None
     # After a start whose worker was lost, start from the record as it was before that
     # one: attempts count as the executor counts them, and a hand-back restores that.
     before = row[2] or row[1]
     try:
         task = Task.model_validate_json(before)
     except ValidationError:
-        return False  # the executor's own write replaces it
-    running = task.started(token, datetime.fromtimestamp(now, UTC))
+        return None  # the executor's own write replaces it
+    at = datetime.fromtimestamp(now, UTC)
+    running = task.started(token, at)
     conn.execute(
         "UPDATE tasks SET status = ?, lease_token = ?, expires_at = NULL, record = ?, "
         "before_start = ? WHERE id = ?",
         (TaskStatus.RUNNING.value, token, running.model_dump_json(), before, task_id),
     )
-    return True
+    return at
 
 
 def mark_dead(conn: sqlite3.Connection, task_id: str, queue: str, reason: str) -> None:

@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -365,7 +366,9 @@ class PostgresBackend(Broker, Storage):
                 defect = f"corrupt message {message_id}: {printable(repr(exc), 300)}"
         if defect is not None:
             task = Task.model_construct(id=message_id, name=CORRUPT, queue=queue)
-        return Reservation(task, token, deliveries, lost, defect, started=row["started"])
+        at = row["started"]  # when the reserve marked its record running, else None
+        started_at = None if at is None else datetime.fromtimestamp(at, UTC)
+        return Reservation(task, token, deliveries, lost, defect, at is not None, started_at)
 
     async def ack(self, reservation: Reservation) -> None:
         await self._settle(self.sql.ack, reservation)

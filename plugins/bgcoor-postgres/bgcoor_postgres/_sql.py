@@ -162,7 +162,8 @@ def taking(
         "ELSE t.before_status END, "
         "before_token = CASE WHEN t.started_at IS NULL THEN t.lease_token "
         "ELSE t.before_token END FROM taken k "
-        f"WHERE t.id = k.id AND {LIVE} AND t.status IN ({_TO_RUNNING}) RETURNING t.id)"
+        f"WHERE t.id = k.id AND {LIVE} AND t.status IN ({_TO_RUNNING}) "
+        "RETURNING t.id, t.started_at)"
     )
 
 
@@ -174,7 +175,8 @@ def taken_rows(schema: str) -> str:
     return (
         "SELECT k.id, k.queue, k.body, k.deliveries, k.lost, k.token, k.ord, k.priority, "
         "k.seq, NULL::float8 AS due, "
-        "marked.id IS NOT NULL AS started, k.odd, "
+        # the start a marked record holds (Reservation.started_at), as reads apply it
+        "extract(epoch FROM marked.started_at)::float8 AS started, k.odd, "
         # only a record the reserve did not mark running is looked up again (a
         # correlated lookup by id, skipped by the CASE for every marked one)
         "CASE WHEN marked.id IS NULL THEN (SELECT r.status FROM "

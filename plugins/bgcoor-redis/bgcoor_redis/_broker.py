@@ -18,6 +18,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from redis.exceptions import NoScriptError, ResponseError
@@ -220,8 +221,11 @@ class RedisBrokerSide(RedisBase, Broker):
                 task = Task.model_construct(id=message_id, name="<corrupt>", queue=queue)
             else:
                 task, defect = self.decode(message_id, queue, reply[at + 1])
+            begun = None if started in (b"0", b"!") else datetime.fromtimestamp(float(started), UTC)
             taken.append(
-                Reservation(task, token, int(deliveries), int(lost), defect, started == b"1")
+                Reservation(
+                    task, token, int(deliveries), int(lost), defect, begun is not None, begun
+                )
             )
         return taken, float(reply[1]) if reply[1] else math.inf
 

@@ -345,9 +345,10 @@ local function write_record(old, id, status, token, name, queue, json, ttl, t)
 end
 
 -- Mark the record of a task being reserved running under `token`, as the executor would,
--- without rewriting its JSON (the r field says what changed). Returns "1" if it did, "0"
--- if there is no record or its status may not become running (the executor then writes,
--- and is refused, itself), and, for a record that cannot be read, "0" and what is wrong.
+-- without rewriting its JSON (the r field says what changed). Returns the start time (as r
+-- holds it) if it did, "0" if there is no record or its status may not become running (the
+-- executor then writes, and is refused, itself), and, for a record that cannot be read, "0"
+-- and what is wrong.
 local function start_record(id, token, t)
   local old = old_record(id)
   if not old then return "0" end
@@ -364,9 +365,10 @@ local function start_record(id, token, t)
   local before = old[6] and string.match(old[6], "^%S+ (%S+ .*)$")
   if not before then before = old[1] .. " " .. (old[2] or "") end
   reindex("s", old[1], "running", id)
-  redis.call("HSET", key, "s", "running", "k", "+" .. token, "r", fmt(t) .. " " .. before)
+  local at = fmt(t)
+  redis.call("HSET", key, "s", "running", "k", "+" .. token, "r", at .. " " .. before)
   if old[5] then persist(key, id, old[7]) end
-  return "1"
+  return at
 end
 
 -- Undo start_record for a reservation handed back (its task may have begun, not finished).

@@ -3,8 +3,9 @@
 -- Returns {count, seconds until something falls due ("" if nothing will, or if something
 -- was taken and more stays ready), how many stay ready, then per message
 -- "<id> <queue index> <deliveries> <lost> <started>" and the body}. The n-th message's
--- lease token is the nonce followed by n; <started> is 1 when the task's record was marked
--- running here (Reservation.started), and "!" for a message or record that cannot be read:
+-- lease token is the nonce followed by n; <started> is the start time stored when the task's
+-- record was marked running here (Reservation.started, started_at), 0 when it was not, and
+-- "!" for a message or record that cannot be read:
 -- then the body's place holds what is wrong (Reservation.defect), and the message is
 -- leased like any other, so that the worker dead-letters it. Few reply elements: parsing
 -- them costs a client most.
