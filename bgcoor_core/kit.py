@@ -26,6 +26,7 @@ from ._backend_registry import redact
 from ._background import running_in_background
 from ._broker import record_json, record_jsons
 from ._cancels import CancelSignals, OnCancel, OnGap
+from ._coalesce import Coalescer
 from ._codec import _summarise
 from ._composition import Graph, Node, OnFailure
 from ._errors import CorruptRecordError, DuplicateTaskError, StaleLeaseError
@@ -146,6 +147,7 @@ __all__ = [
     "WORKFLOW_HEADER",
     "CancelSignals",
     "Cells",
+    "Coalescer",
     "CorruptRecordError",
     "DuplicateTaskError",
     "Effects",

@@ -42,6 +42,7 @@ from bgcoor_core import (
 )
 from bgcoor_core.kit import (
     UNIQUE_HEADER,
+    Coalescer,
     check_page,
     is_queue_name,
     pause_within,
@@ -52,7 +53,6 @@ from bgcoor_core.kit import (
 )
 
 from . import _checks, _records
-from ._coalesce import Coalescer
 from ._database import CONNECTION_ERRORS, Conn, Database, Operation
 from ._gates import PostgresGates, parse_gate
 from ._listener import Listener

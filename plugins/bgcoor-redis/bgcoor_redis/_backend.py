@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from bgcoor_core import Codec, ConfigurationError, Message, Reservation, Storage, Task
+from bgcoor_core.kit import Coalescer
 
 from ._broker import RedisBrokerSide
-from ._encoding import raise_for, record_args, text, ttl_arg
+from ._encoding import CHUNK, raise_for, record_args, text, ttl_arg
 from ._options import RedisTarget, parse_redis_url
 from ._schedules import RedisScheduleSide
 from ._storage import RedisStorageSide
@@ -34,6 +38,7 @@ class RedisBackend(RedisBrokerSide, RedisStorageSide, RedisScheduleSide):
         target = parse_redis_url(url) if isinstance(url, str) else url
         super().__init__(target, codec)
         self.wait_poll_max = target.options.result_poll_max
+        self._outcomes: dict[asyncio.AbstractEventLoop, Coalescer[_Outcome, None]] = {}
 
     async def preflight(self) -> None:
         """A worker refuses to start on a server that would evict queued tasks."""
@@ -67,11 +72,40 @@ class RedisBackend(RedisBrokerSide, RedisStorageSide, RedisScheduleSide):
         await self.enqueue(tasks, messages)
 
     async def complete(self, reservation: Reservation, task: Task, *, ttl: float | None) -> None:
-        """Store ``task`` (the outcome) and ack its message in one script call."""
-        token = reservation.token
+        """Store ``task`` (the outcome) and ack its message in one atomic step. Outcomes
+        that arrive together (a batch of tasks finishing at once) share one script call,
+        each still stored or refused on its own (:class:`~bgcoor_core.kit.Coalescer`)."""
         _, *record = record_args(task)
-        reply = await self.run("complete", reservation.task.id, token, *record, ttl_arg(ttl))
-        raise_for(reply, task.id, task.status.value)
+        args = [reservation.task.id, reservation.token, *record, ttl_arg(ttl)]
+        await self._outcome_batches().submit(_Outcome(task.id, task.status.value, args))
+
+    def _outcome_batches(self) -> Coalescer[_Outcome, None]:
+        loop = asyncio.get_running_loop()
+        batches = self._outcomes.get(loop)
+        if batches is None:
+            for stale in [other for other in self._outcomes if other.is_closed()]:
+                del self._outcomes[stale]
+            batches = Coalescer(self._complete, key=lambda o: o.args[0], max_batch=CHUNK // 2)
+            self._outcomes[loop] = batches
+        return batches
+
+    async def _complete(self, outcomes: Sequence[_Outcome]) -> list[BaseException | None]:
+        replies = await self.run("complete", *(a for o in outcomes for a in o.args))
+        verdicts: list[BaseException | None] = []
+        for outcome, reply in zip(outcomes, replies, strict=True):
+            try:
+                raise_for(reply, outcome.task_id, outcome.status)
+            except Exception as exc:
+                verdicts.append(exc)
+            else:
+                verdicts.append(None)
+        return verdicts
+
+    async def close(self) -> None:
+        batches = self._outcomes.get(asyncio.get_running_loop())
+        if batches is not None:
+            await batches.drain()
+        await super().close()
 
     async def migrate(self) -> list[str]:
         """Record the key layout version on first use; refuse a newer layout."""
@@ -85,3 +119,13 @@ class RedisBackend(RedisBrokerSide, RedisStorageSide, RedisScheduleSide):
                 f"{found}, newer than this bgcoor-redis supports ({LAYOUT_VERSION}); upgrade it"
             )
         return []
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """One task's outcome as the complete script takes it (``args``), with what a
+    refusal of it names."""
+
+    task_id: str
+    status: str
+    args: list[Any]

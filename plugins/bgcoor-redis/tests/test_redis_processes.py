@@ -32,7 +32,8 @@ async def wait_for(manager: TaskManager, status: TaskStatus, count: int, limit: 
 async def test_three_workers_run_each_of_3000_tasks_once(redis_url: str, tmp_path: Path) -> None:
     n = 3000
     manager = TaskManager(broker_url=redis_url, storage_url=redis_url)
-    await ledger_task(manager).enqueue_many([(i,) for i in range(n)])
+    # 10 ms each: one worker alone would need 1.5 s, time for the other two to start
+    await ledger_task(manager).enqueue_many([(i, 0.01) for i in range(n)])
     with WorkerFleet(redis_url, tmp_path, **SETTINGS) as fleet:
         fleet.start(3)
         await wait_for(manager, TaskStatus.SUCCEEDED, n, limit=45)

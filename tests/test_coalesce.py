@@ -6,7 +6,8 @@ import asyncio
 from collections.abc import Sequence
 
 import pytest
-from bgcoor_postgres._coalesce import Coalescer
+
+from bgcoor_core.kit import Coalescer
 
 
 class Recorder:

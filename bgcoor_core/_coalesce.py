@@ -1,10 +1,11 @@
-"""Group commit for concurrent calls: many awaiting callers, one statement.
+"""Group commit for concurrent calls: many awaiting callers, one write.
 
 A worker's slots mark their tasks running and store their outcomes at nearly the same
 moments (a reserved batch starts together). Each call is queued; whatever is queued by
-the time a flush starts goes out as one statement with array parameters, and each caller
-gets its own row's result. An idle system pays no delay: the first call is flushed on the
-next turn of the event loop, and later calls pile up only while earlier flushes run.
+the time a flush starts goes out as one write (a statement with array parameters, a
+script call with many items), and each caller gets its own item's result. An idle system
+pays no delay: the first call is flushed on the next turn of the event loop, and later
+calls pile up only while earlier flushes run.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ class Coalescer(Generic[Item, Result]):
     """Batches :meth:`submit` calls into :data:`Flush` calls.
 
     ``key`` identifies an item's row: two items with one key never share a batch (one
-    statement may not update a row twice), so the later one waits for the next flush.
+    write may not update a row twice), so the later one waits for the next flush.
     """
 
     def __init__(
