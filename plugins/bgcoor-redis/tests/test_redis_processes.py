@@ -32,19 +32,21 @@ async def wait_for(manager: TaskManager, status: TaskStatus, count: int, limit: 
 async def test_three_workers_run_each_of_3000_tasks_once(redis_url: str, tmp_path: Path) -> None:
     n = 3000
     manager = TaskManager(broker_url=redis_url, storage_url=redis_url)
-    # 10 ms each: one worker alone would need 1.5 s, time for the other two to start
-    await ledger_task(manager).enqueue_many([(i, 0.01) for i in range(n)])
-    with WorkerFleet(redis_url, tmp_path, **SETTINGS) as fleet:
-        fleet.start(3)
-        await wait_for(manager, TaskStatus.SUCCEEDED, n, limit=45)
-        assert fleet.stop() == [0, 0, 0], fleet.logs()
-    runs = Counter(run.i for run in fleet.runs())
-    assert set(runs) == set(range(n)), "a task was lost"
-    assert max(runs.values()) == 1, [i for i, c in runs.items() if c > 1]
-    assert len({run.pid for run in fleet.runs()}) == 3, "a worker did nothing"
-    stats = await manager.broker.stats("default")
-    assert (stats.ready, stats.reserved) == (0, 0)
-    await manager.close()
+    try:
+        # 10 ms each: one worker alone would need 1.5 s, time for the other two to start
+        await ledger_task(manager).enqueue_many([(i, 0.01) for i in range(n)])
+        with WorkerFleet(redis_url, tmp_path, **SETTINGS) as fleet:
+            fleet.start(3)
+            await wait_for(manager, TaskStatus.SUCCEEDED, n, limit=45)
+            assert fleet.stop() == [0, 0, 0], fleet.logs()
+        runs = Counter(run.i for run in fleet.runs())
+        assert set(runs) == set(range(n)), "a task was lost"
+        assert max(runs.values()) == 1, [i for i, c in runs.items() if c > 1]
+        assert len({run.pid for run in fleet.runs()}) == 3, "a worker did nothing"
+        stats = await manager.broker.stats("default")
+        assert (stats.ready, stats.reserved) == (0, 0)
+    finally:  # a failed check must not leave its connections to fail a later test
+        await manager.close()
 
 
 async def test_workers_and_producers_ride_out_a_redis_restart(
