@@ -46,18 +46,25 @@ class Coalescer(Generic[Item, Result]):
     async def submit(self, item: Item) -> Result:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._launch)
+        self._start()
         return await future
 
-    def _launch(self) -> None:
+    def _start(self) -> None:
+        """Start a flush unless one that has not taken its batch yet is already coming:
+        it takes whatever was submitted before it first runs (the rest of this turn of
+        the event loop)."""
+        if self._scheduled or not self._pending or len(self._inflight) >= self._max_inflight:
+            return
+        self._scheduled = True
+        task = asyncio.create_task(self._next())
+        self._inflight.add(task)
+        task.add_done_callback(self._finished)
+
+    async def _next(self) -> None:
         self._scheduled = False
-        while self._pending and len(self._inflight) < self._max_inflight:
-            batch = self._take()
-            task = asyncio.create_task(self._run(batch))
-            self._inflight.add(task)
-            task.add_done_callback(self._finished)
+        batch = self._take()
+        self._start()  # what did not fit (too many, or a key twice) goes in another
+        await self._run(batch)
 
     def _take(self) -> list[tuple[Item, asyncio.Future[Result]]]:
         batch: list[tuple[Item, asyncio.Future[Result]]] = []
@@ -99,9 +106,7 @@ class Coalescer(Generic[Item, Result]):
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
-        if self._pending and not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._launch)
+        self._start()
 
     async def drain(self) -> None:
         """Wait until every queued call has been flushed."""
