@@ -10,6 +10,7 @@ from typing import Any
 from bgcoor_core import Codec, ConfigurationError, Message, Reservation, Storage, Task
 from bgcoor_core.kit import Coalescer
 
+from ._base import per_loop
 from ._broker import RedisBrokerSide
 from ._encoding import CHUNK, raise_for, record_args, text, ttl_arg
 from ._options import RedisTarget, parse_redis_url
@@ -80,14 +81,10 @@ class RedisBackend(RedisBrokerSide, RedisStorageSide, RedisScheduleSide):
         await self._outcome_batches().submit(_Outcome(task.id, task.status.value, args))
 
     def _outcome_batches(self) -> Coalescer[_Outcome, None]:
-        loop = asyncio.get_running_loop()
-        batches = self._outcomes.get(loop)
-        if batches is None:
-            for stale in [other for other in self._outcomes if other.is_closed()]:
-                del self._outcomes[stale]
-            batches = Coalescer(self._complete, key=lambda o: o.args[0], max_batch=CHUNK // 2)
-            self._outcomes[loop] = batches
-        return batches
+        return per_loop(
+            self._outcomes,
+            lambda: Coalescer(self._complete, key=lambda o: o.args[0], max_batch=CHUNK // 2),
+        )
 
     async def _complete(self, outcomes: Sequence[_Outcome]) -> list[BaseException | None]:
         replies = await self.run("complete", *(a for o in outcomes for a in o.args))

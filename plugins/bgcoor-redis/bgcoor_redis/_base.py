@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine, Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 from redis.exceptions import NoScriptError, ResponseError
 
@@ -19,6 +19,21 @@ from ._options import RedisTarget
 from ._scripts import Script, scripts
 
 log = logging.getLogger("bgcoor.redis")
+
+
+T = TypeVar("T")
+
+
+def per_loop(table: dict[asyncio.AbstractEventLoop, T], make: Callable[[], T]) -> T:
+    """The running event loop's entry of ``table``, made by ``make`` on first use; the
+    entries of loops closed since are dropped then."""
+    loop = asyncio.get_running_loop()
+    entry = table.get(loop)
+    if entry is None:
+        for stale in [other for other in table if other.is_closed()]:
+            del table[stale]
+        entry = table[loop] = make()
+    return entry
 
 
 class Link:
@@ -150,13 +165,7 @@ class RedisBase:
         return ":".join((self.prefix, *parts))
 
     def link(self) -> Link:
-        loop = asyncio.get_running_loop()
-        link = self._links.get(loop)
-        if link is None:
-            for stale in [other for other in self._links if other.is_closed()]:
-                del self._links[stale]
-            link = self._links[loop] = Link(self.target)
-        return link
+        return per_loop(self._links, lambda: Link(self.target))
 
     async def run(self, name: str, *args: Any) -> Any:
         """Run script ``name`` with ARGV ``prefix, *args``: one command, one atomic step."""
